@@ -1,0 +1,139 @@
+"""The aiohttp application factory: one cleanup context per resource, roles chosen at start.
+
+Roles: `api` (REST API + dashboard), `worker` (sends), `sweeper` (recovery). Cleanup
+contexts exit in reverse order, so workers drain before the pools close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from redis.asyncio import Redis
+
+from .campaigns import CampaignService
+from .config import Settings
+from .db import create_pool
+from .migrate import require_current_schema
+from .pacing import Pacer, PacingPolicySpec
+from .plugins import call_all, get_plugin_manager
+from .queue import RedisQueue
+from .resources import resource_dir
+from .store import Store
+from .sweeper import Sweeper
+from .transport import TransportRegistry, TransportSpec
+from .web import api, dashboard, health
+from .web.keys import CAMPAIGNS, PLUGINS, POOL, QUEUE, REDIS, ROLES, SETTINGS, STORE, WORKERS
+from .web.middleware import auth_middleware, error_middleware
+from .worker import WorkerPool
+
+log = logging.getLogger(__name__)
+ALL_ROLES = frozenset({"api", "worker", "sweeper"})
+PACING_POLICIES = ("fixed_window", "min_gap")
+
+
+async def _connections(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    assert settings.database_url and settings.redis_url
+    pool_size = max(10, min(50, settings.worker_concurrency // 4))
+    pool = await create_pool(settings.database_url, max_size=pool_size)
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        async with pool.acquire() as conn:
+            await require_current_schema(conn)
+        app[POOL] = pool
+        app[REDIS] = redis
+        app[STORE] = Store(pool)
+        app[QUEUE] = RedisQueue(
+            redis, shards=settings.queue_shards, lease_ms=settings.lease_seconds * 1000
+        )
+        app[CAMPAIGNS] = CampaignService(app[STORE], app[QUEUE])
+        await call_all(app[PLUGINS].hook.startup, settings=settings, app=app)
+        yield
+        await call_all(app[PLUGINS].hook.shutdown, settings=settings, app=app)
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+async def _workers(app: web.Application) -> AsyncIterator[None]:
+    settings, hooks = app[SETTINGS], app[PLUGINS].hook
+    transport_specs: list[TransportSpec] = [
+        spec for specs in await call_all(hooks.register_transports, settings=settings)
+        for spec in specs
+    ]  # fmt: skip
+    policy_specs: dict[str, PacingPolicySpec] = {
+        spec.name: spec
+        for specs in await call_all(hooks.register_pacing_policies, settings=settings)
+        for spec in specs
+    }
+    policies = [
+        (name, policy_specs[name].factory(app[REDIS], settings))
+        for name in PACING_POLICIES
+        if name in policy_specs
+    ]
+    pool = WorkerPool(
+        settings,
+        app[STORE],
+        app[QUEUE],
+        app[REDIS],
+        TransportRegistry(transport_specs, settings, app[POOL]),
+        Pacer(policies),
+        hooks,
+    )
+    app[WORKERS] = pool
+    await pool.start()
+    yield
+    await pool.stop()
+
+
+async def _sweeper(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    sweeper = Sweeper(
+        app[STORE],
+        app[QUEUE],
+        app[REDIS],
+        interval_s=max(1.0, settings.lease_seconds / 4),
+        max_stalls=settings.max_attempts,
+    )
+    task = asyncio.create_task(sweeper.run(), name="dispatch-sweeper")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    with contextlib.suppress(Exception):
+        await sweeper.release()
+
+
+def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Application:
+    chosen = frozenset(roles)
+    unknown = chosen - ALL_ROLES
+    if unknown or not chosen:
+        known = ", ".join(sorted(ALL_ROLES))
+        raise ValueError(f"roles must be among {known}, got {sorted(chosen)}")
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware], client_max_size=64 * 1024**2
+    )
+    app[SETTINGS] = settings
+    app[ROLES] = chosen
+    app[PLUGINS] = get_plugin_manager(settings)
+    app.cleanup_ctx.append(_connections)
+    app.add_routes(health.routes)
+    if "api" in chosen:
+        aiohttp_jinja2.setup(
+            app,
+            loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
+            autoescape=jinja2.select_autoescape(default=True),
+        )
+        app.add_routes(api.routes)
+        app.add_routes(dashboard.routes)
+    if "sweeper" in chosen:
+        app.cleanup_ctx.append(_sweeper)
+    if "worker" in chosen:
+        app.cleanup_ctx.append(_workers)
+    return app

@@ -1,0 +1,201 @@
+"""Turn a schedule request into a campaign row, dispatch rows (COPY) and queue entries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from .errors import ApiError, invalid
+from .models import Sender, User
+from .queue import RedisQueue
+from .recipients import ParsedRecipients, from_csv, from_json
+from .render import TemplateProblem, check_templates, idempotency_key
+from .store import NewDispatch, Store
+
+MAX_SUBJECT = 998
+MAX_BODY = 1_000_000
+
+
+@dataclass(frozen=True)
+class ScheduleRequest:
+    subject: str
+    body: str
+    html: str | None
+    recipients: ParsedRecipients
+    start_at: datetime
+    delay_between_ms: int
+    hourly_limit: int | None
+    sender: str | None
+
+
+@dataclass(frozen=True)
+class ScheduleResult:
+    campaign_id: int
+    accepted: int
+    rejected: list[dict[str, Any]]
+    replayed: bool = False
+
+
+def _text(data: dict[str, Any], name: str, *, required: bool, limit: int) -> str | None:
+    value = data.get(name)
+    if value is None or value == "":
+        if required:
+            raise invalid(name, "is required")
+        return None
+    if not isinstance(value, str):
+        raise invalid(name, "must be a string")
+    if len(value) > limit:
+        raise invalid(name, f"must be at most {limit} characters")
+    return value
+
+
+def _int(data: dict[str, Any], name: str, *, minimum: int, maximum: int) -> int | None:
+    value = data.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+        if isinstance(value, float | bool) or str(number) != str(value).strip():
+            raise ValueError
+    except (TypeError, ValueError):
+        raise invalid(name, f"must be a whole number, got {value!r}") from None
+    if not minimum <= number <= maximum:
+        raise invalid(name, f"must be between {minimum} and {maximum}, got {number}")
+    return number
+
+
+def _start_at(value: Any, now: datetime) -> datetime:
+    if value is None or value == "":
+        return now
+    if not isinstance(value, str):
+        raise invalid("start_at", "must be an ISO 8601 date-time string")
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise invalid("start_at", f"is not an ISO 8601 date-time: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise invalid("start_at", "needs a UTC offset, e.g. 2026-01-31T09:00:00+01:00 or …Z")
+    return parsed.astimezone(UTC)
+
+
+def parse_schedule_request(data: dict[str, Any], *, now: datetime) -> ScheduleRequest:
+    """Validate the fields of POST /api/emails/schedule (already decoded from JSON/multipart)."""
+    subject = _text(data, "subject", required=True, limit=MAX_SUBJECT)
+    body = _text(data, "body", required=True, limit=MAX_BODY)
+    assert subject is not None and body is not None
+    if "\n" in subject or "\r" in subject:
+        raise invalid("subject", "must be a single line")
+    html = _text(data, "html", required=False, limit=MAX_BODY)
+    has_list = data.get("recipients") is not None
+    csv_text = data.get("recipients_csv")
+    if has_list and csv_text is not None:
+        raise invalid("recipients", "give either recipients or recipients_csv, not both")
+    if has_list:
+        recipients = from_json(data["recipients"])
+    elif csv_text is not None:
+        if not isinstance(csv_text, str):
+            raise invalid("recipients_csv", "must be CSV text")
+        recipients = from_csv(csv_text)
+    else:
+        raise invalid("recipients", "is required (or recipients_csv, or a recipients_file upload)")
+    if not recipients.accepted:
+        raise ApiError(
+            422,
+            "no_valid_recipients",
+            "recipients: no valid address found",
+            field="recipients",
+            details={"rejected": recipients.rejected[:1000]},
+        )
+    sender = data.get("sender")
+    return ScheduleRequest(
+        subject=subject,
+        body=body,
+        html=html,
+        recipients=recipients,
+        start_at=_start_at(data.get("start_at"), now),
+        delay_between_ms=_int(data, "delay_between_ms", minimum=0, maximum=86_400_000) or 0,
+        hourly_limit=_int(data, "hourly_limit", minimum=1, maximum=10_000_000),
+        sender=None if sender in (None, "") else str(sender),
+    )
+
+
+def _due_ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+class CampaignService:
+    def __init__(self, store: Store, queue: RedisQueue) -> None:
+        self.store = store
+        self.queue = queue
+
+    async def schedule(
+        self,
+        user: User,
+        request: ScheduleRequest,
+        *,
+        default_sender: Sender,
+        idempotency_header: str | None,
+    ) -> ScheduleResult:
+        if idempotency_header:
+            existing = await self.store.campaign_by_idempotency_key(user.id, idempotency_header)
+            if existing is not None:
+                return ScheduleResult(existing, 0, [], replayed=True)
+        sender = default_sender
+        if request.sender is not None:
+            found = await self.store.find_sender(user.id, request.sender)
+            if found is None:
+                raise invalid("sender", f"no sender {request.sender!r} belongs to you")
+            sender = found
+        try:
+            check_templates(request.subject, request.body, request.html, request.recipients.columns)
+        except TemplateProblem as exc:
+            raise invalid(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
+
+        people = request.recipients.accepted
+        ids = await self.store.reserve_dispatch_ids(len(people))
+        step = timedelta(milliseconds=request.delay_between_ms)
+        try:
+            async with self.store.pool.acquire() as conn, conn.transaction():
+                campaign_id = await self.store.create_campaign(
+                    conn,
+                    owner_id=user.id,
+                    sender_id=sender.id,
+                    subject=request.subject,
+                    body_text=request.body,
+                    body_html=request.html,
+                    start_at=request.start_at,
+                    delay_between_ms=request.delay_between_ms,
+                    hourly_limit=request.hourly_limit,
+                    total=len(people),
+                    idempotency_key=idempotency_header,
+                )
+                rows = []
+                for n, (dispatch_id, person) in enumerate(zip(ids, people, strict=True)):
+                    at = request.start_at + step * n
+                    key = idempotency_key(campaign_id, person.email, _due_ms(at) * 1000)
+                    rows.append(NewDispatch(dispatch_id, person.email, person.vars, at, key))
+                await self.store.copy_dispatches(
+                    conn,
+                    campaign_id=campaign_id,
+                    owner_id=user.id,
+                    sender_id=sender.id,
+                    rows=rows,
+                )
+        except asyncpg.UniqueViolationError:
+            # A concurrent request with the same Idempotency-Key won the race.
+            if idempotency_header:
+                existing = await self.store.campaign_by_idempotency_key(user.id, idempotency_header)
+                if existing is not None:
+                    return ScheduleResult(existing, 0, [], replayed=True)
+            raise
+        # After the commit: if this process dies here, recovery re-adds the rows from PostgreSQL.
+        gap = max(sender.min_gap_ms, request.delay_between_ms)
+        await self.queue.enqueue(
+            sender.id,
+            ((r.id, _due_ms(r.scheduled_at)) for r in rows),
+            claim_cap=1 if gap > 0 else 0,
+        )
+        return ScheduleResult(campaign_id, len(rows), request.recipients.rejected)

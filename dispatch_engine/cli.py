@@ -1,0 +1,245 @@
+"""The `dispatch-engine` command: up, run, migrate, token create, plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import orjson
+from aiohttp import web
+
+from .app import ALL_ROLES, create_app
+from .config import Settings, SettingsError, ensure_secret_key, load_settings
+from .db import create_pool
+from .embedded import EmbeddedError, EmbeddedServers, running_urls
+from .migrate import SchemaBehindError, migrate
+from .plugins import PluginError, describe_plugins, get_plugin_manager
+from .store import Store
+
+log = logging.getLogger("dispatch_engine")
+DEV_EMAIL = "dev@example.com"
+USER_ERRORS = (SettingsError, EmbeddedError, SchemaBehindError, PluginError)
+
+
+@dataclass
+class Context:
+    settings: Settings
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@contextlib.contextmanager
+def _servers(settings: Settings, *, may_start: bool) -> Iterator[Settings]:
+    """Settings with URLs: the configured ones, a running `up`'s, or private servers."""
+    if settings.database_url and settings.redis_url:
+        yield settings
+        return
+    if bool(settings.database_url) != bool(settings.redis_url):
+        missing = "REDIS_URL" if settings.database_url else "DATABASE_URL"
+        raise SettingsError(f"{missing} must be set too (set both, or neither for local mode)")
+    urls = running_urls(settings.data_dir)
+    if urls is not None:
+        yield settings.with_urls(urls.database_url, urls.redis_url)
+        return
+    if not may_start:
+        raise SettingsError(
+            "DATABASE_URL and REDIS_URL are not set and no `dispatch-engine up` runs on "
+            f"DISPATCH_DATA_DIR={settings.data_dir}"
+        )
+    with EmbeddedServers(settings.data_dir) as servers:
+        yield settings.with_urls(servers.urls.database_url, servers.urls.redis_url)
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    assert settings.database_url
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            return await migrate(conn)
+    finally:
+        await pool.close()
+
+
+async def _create_token(settings: Settings, email: str, name: str) -> str:
+    assert settings.database_url
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        store = Store(pool)
+        user = await store.ensure_user(email)
+        await store.ensure_default_sender(
+            user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
+        )
+        return await store.create_token(user.id, name)
+    finally:
+        await pool.close()
+
+
+async def _dev_token(settings: Settings) -> str:
+    """The local dev user's token, kept in the data folder and reused while valid."""
+    assert settings.database_url
+    path = settings.data_dir / "dev_token"
+    if path.exists():
+        pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+        try:
+            if await Store(pool).user_for_token(path.read_text().strip()):
+                return path.read_text().strip()
+        finally:
+            await pool.close()
+    token = await _create_token(settings, DEV_EMAIL, "dispatch-engine up")
+    path.write_text(token)
+    path.chmod(0o600)
+    return token
+
+
+async def serve(
+    app: web.Application, host: str, port: int, on_ready: Callable[[int], None]
+) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down in order (workers drain, pools close)."""
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise SettingsError(f"DISPATCH_PORT {port} on {host} cannot be used: {exc}") from None
+        bound = runner.addresses[0][1] if runner.addresses else port
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        on_ready(bound)
+        await stop.wait()
+        click.echo("Stopping: finishing in-flight sends…", err=True)
+    finally:
+        await runner.cleanup()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Dispatch Engine: schedule and send email campaigns."""
+    settings = load_settings()
+    _setup_logging(settings.log_level)
+    ctx.obj = Context(settings)
+
+
+@cli.command()
+@click.pass_obj
+def up(obj: Context) -> None:
+    """Start everything locally: private PostgreSQL + Redis (unless URLs are set), all roles."""
+    settings = obj.settings
+    local = not (settings.database_url or settings.redis_url)
+    with _servers(settings, may_start=True) as settings:
+        settings = ensure_secret_key(settings)
+        applied = asyncio.run(_migrate(settings))
+        if applied:
+            click.echo(f"Applied migrations: {', '.join(applied)}")
+        token = asyncio.run(_dev_token(settings))
+
+        def ready(port: int) -> None:
+            url = settings.base_url or f"http://{settings.host}:{port}"
+            click.echo(
+                f"\nDispatch Engine is up ({'local mode, ' if local else ''}"
+                f"transport: {settings.transport}).\n"
+                f"  Dashboard:  {url}/\n"
+                f"  API token:  {token}  (user {DEV_EMAIL})\n"
+                f"  Try it:\n"
+                f"    curl -X POST {url}/api/emails/schedule \\\n"
+                f"      -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n"
+                f'      -d \'{{"subject": "Hello", "body": "Hi {{{{ email }}}}!", '
+                f'"recipients": ["ada@example.com", "alan@example.com"]}}\'\n'
+                f"    curl -H 'Authorization: Bearer {token}' {url}/api/inbox\n"
+                f"  Stop with Ctrl-C.\n"
+            )
+
+        asyncio.run(serve(create_app(settings), settings.host, settings.port, ready))
+
+
+@cli.command()
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(sorted(ALL_ROLES)),
+    help="Run only these roles (repeatable). Default: all.",
+)
+@click.option("--migrate/--no-migrate", "do_migrate", default=True, show_default=True,
+              help="Apply pending migrations before starting.")  # fmt: skip
+@click.pass_obj
+def run(obj: Context, roles: tuple[str, ...], do_migrate: bool) -> None:
+    """Run API, worker and/or sweeper roles against DATABASE_URL and REDIS_URL."""
+    with _servers(obj.settings, may_start=False) as settings:
+        settings = ensure_secret_key(settings)
+        if do_migrate:
+            asyncio.run(_migrate(settings))
+        chosen = frozenset(roles or ALL_ROLES)
+
+        def ready(port: int) -> None:
+            click.echo(f"Running {', '.join(sorted(chosen))} on http://{settings.host}:{port}")
+
+        asyncio.run(serve(create_app(settings, chosen), settings.host, settings.port, ready))
+
+
+@cli.command(name="migrate")
+@click.pass_obj
+def migrate_command(obj: Context) -> None:
+    """Apply pending database migrations (safe to run from several processes)."""
+    with _servers(obj.settings, may_start=True) as settings:
+        applied = asyncio.run(_migrate(settings))
+    click.echo(f"Applied: {', '.join(applied)}" if applied else "The schema is up to date.")
+
+
+@cli.group()
+def token() -> None:
+    """Manage API tokens."""
+
+
+@token.command(name="create")
+@click.option("--email", required=True, help="The user the token acts for (created if new).")
+@click.option("--name", default="cli", show_default=True, help="A label for the token.")
+@click.pass_obj
+def token_create(obj: Context, email: str, name: str) -> None:
+    """Print a new API token for EMAIL (use it as `Authorization: Bearer <token>`)."""
+    if "@" not in email:
+        raise click.BadParameter("must be an email address", param_hint="--email")
+    with _servers(obj.settings, may_start=True) as settings:
+        asyncio.run(_migrate(settings))
+        click.echo(asyncio.run(_create_token(settings, email, name)))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def plugins(obj: Context, as_json: bool) -> None:
+    """List the loaded plugins, where they come from and the hooks they implement."""
+    loaded = describe_plugins(get_plugin_manager(obj.settings))
+    if as_json:
+        click.echo(orjson.dumps([p.__dict__ for p in loaded], option=orjson.OPT_INDENT_2))
+        return
+    for p in loaded:
+        click.echo(f"{p.name}  ({p.source})  {p.location}\n    hooks: {', '.join(p.hooks)}")
+
+
+def main(argv: list[str] | None = None) -> Any:
+    try:
+        return cli.main(args=argv, prog_name="dispatch-engine", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except USER_ERRORS as exc:
+        click.echo(f"dispatch-engine: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

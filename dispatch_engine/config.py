@@ -1,0 +1,183 @@
+"""Typed settings, read once from the environment (and a `.env` file when present).
+
+Every variable is validated when the process starts; a bad value raises `SettingsError`
+whose message names the variable, and the CLI prints that one line and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+TransportName = str
+SmtpTls = Literal["none", "starttls", "tls"]
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    redis_url: str | None = None
+    max_emails_per_hour: int = 50
+    rate_window_seconds: int = 3600
+    worker_concurrency: int = 200
+    worker_batch_size: int = 100
+    max_attempts: int = 5
+    lease_seconds: int = 60
+    queue_shards: int = 1
+    smtp_host: str = "localhost"
+    smtp_port: int = 587
+    smtp_user: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_tls: SmtpTls = "starttls"
+    smtp_pool_size: int = 4
+    google_client_id: str | None = None
+    google_client_secret: str | None = field(default=None, repr=False)
+    secret_key: str = field(default="", repr=False)
+    base_url: str | None = None
+    data_dir: Path = Path("var")
+    transport: TransportName = "capture"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    plugins_dir: Path | None = None
+    log_level: str = "INFO"
+
+    @property
+    def public_url(self) -> str:
+        return self.base_url or f"http://{self.host}:{self.port}"
+
+    def with_urls(self, database_url: str, redis_url: str) -> Settings:
+        return replace(self, database_url=database_url, redis_url=redis_url)
+
+
+def _int(name: str, raw: str, minimum: int, maximum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in schemes or not (parts.hostname or parts.path):
+        raise SettingsError(
+            f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}, "
+            f"got {raw!r}"
+        )
+    return raw
+
+
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def _bool_tls(name: str, raw: str) -> SmtpTls:
+    aliases: dict[str, SmtpTls] = {
+        "none": "none", "off": "none", "false": "none", "0": "none", "no": "none",
+        "starttls": "starttls", "true": "starttls", "1": "starttls", "yes": "starttls",
+        "tls": "tls", "ssl": "tls", "implicit": "tls",
+    }  # fmt: skip
+    value = aliases.get(raw.strip().lower())
+    if value is None:
+        raise SettingsError(f"{name} must be one of none, starttls, tls, got {raw!r}")
+    return value
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, read_dotenv: bool = True
+) -> Settings:
+    """Build Settings from `environ` (default: os.environ plus `.env` in the working folder)."""
+    env: dict[str, str] = {}
+    if environ is None:
+        if read_dotenv and Path(".env").is_file():
+            from dotenv import dotenv_values
+
+            env.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
+        env.update(os.environ)
+    else:
+        env.update(environ)
+
+    def get(name: str, parse: Callable[[str, str], T], default: T) -> T:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        return parse(name, raw.strip())
+
+    def text(name: str, raw: str) -> str:
+        return raw
+
+    def port(name: str, raw: str) -> int:
+        return _int(name, raw, 1, 65535)
+
+    transport = get("DISPATCH_TRANSPORT", text, "capture")
+    if not transport.replace("_", "").replace("-", "").isalnum():
+        raise SettingsError(f"DISPATCH_TRANSPORT must be a transport name, got {transport!r}")
+    secret_key = get("DISPATCH_SECRET_KEY", text, "")
+    if secret_key and len(secret_key) < 16:
+        raise SettingsError("DISPATCH_SECRET_KEY must be at least 16 characters long")
+    base_url = get("DISPATCH_BASE_URL", lambda n, r: _url(n, r, ("http", "https")), None)
+    plugins_dir = get("DISPATCH_PLUGINS_DIR", lambda n, r: Path(r), None)
+    if plugins_dir is not None and not plugins_dir.is_dir():
+        raise SettingsError(f"DISPATCH_PLUGINS_DIR must be a folder, {str(plugins_dir)!r} is not")
+
+    return Settings(
+        database_url=get("DATABASE_URL", lambda n, r: _url(n, r, ("postgresql", "postgres")), None),
+        redis_url=get("REDIS_URL", lambda n, r: _url(n, r, ("redis", "rediss", "unix")), None),
+        max_emails_per_hour=get("MAX_EMAILS_PER_HOUR", lambda n, r: _int(n, r, 1, 10_000_000), 50),
+        rate_window_seconds=get(
+            "DISPATCH_RATE_WINDOW_SECONDS", lambda n, r: _int(n, r, 1, 86_400 * 7), 3600
+        ),
+        worker_concurrency=get("WORKER_CONCURRENCY", lambda n, r: _int(n, r, 1, 10_000), 200),
+        worker_batch_size=get("WORKER_BATCH_SIZE", lambda n, r: _int(n, r, 1, 5_000), 100),
+        max_attempts=get("DISPATCH_MAX_ATTEMPTS", lambda n, r: _int(n, r, 1, 100), 5),
+        lease_seconds=get("DISPATCH_LEASE_SECONDS", lambda n, r: _int(n, r, 2, 3600), 60),
+        queue_shards=get("DISPATCH_QUEUE_SHARDS", lambda n, r: _int(n, r, 1, 1024), 1),
+        smtp_host=get("SMTP_HOST", text, "localhost"),
+        smtp_port=get("SMTP_PORT", port, 587),
+        smtp_user=get("SMTP_USER", text, None),
+        smtp_password=get("SMTP_PASSWORD", text, None),
+        smtp_tls=get("SMTP_TLS", _bool_tls, "starttls"),
+        smtp_pool_size=get("SMTP_POOL_SIZE", lambda n, r: _int(n, r, 1, 64), 4),
+        google_client_id=get("GOOGLE_CLIENT_ID", text, None),
+        google_client_secret=get("GOOGLE_CLIENT_SECRET", text, None),
+        secret_key=secret_key,
+        base_url=base_url,
+        data_dir=get("DISPATCH_DATA_DIR", lambda n, r: Path(r), Path("var")),
+        transport=transport,
+        host=get("DISPATCH_HOST", text, "127.0.0.1"),
+        port=get("DISPATCH_PORT", lambda n, r: _int(n, r, 0, 65535), 8080),
+        plugins_dir=plugins_dir,
+        log_level=get(
+            "DISPATCH_LOG_LEVEL",
+            lambda n, r: _choice(n, r, ("debug", "info", "warning", "error")).upper(),
+            "INFO",
+        ),
+    )
+
+
+def ensure_secret_key(settings: Settings) -> Settings:
+    """Local mode: keep a generated secret in the data folder so sessions survive restarts."""
+    if settings.secret_key:
+        return settings
+    path = settings.data_dir / "secret_key"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return replace(settings, secret_key=path.read_text().strip())

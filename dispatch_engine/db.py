@@ -1,0 +1,26 @@
+"""The asyncpg pool: jsonb as Python objects via orjson."""
+
+from __future__ import annotations
+
+import asyncpg
+import orjson
+
+# What asyncpg hands out: a plain connection or a pool's proxy of one.
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: orjson.dumps(v).decode(),
+        decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,84 @@
+"""Statuses and the records that cross module boundaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class DispatchStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    RATE_LIMITED = "rate_limited"
+    CANCELLED = "cancelled"
+
+
+# A dispatch in one of these should be in Redis (queued or leased).
+QUEUED_STATES = frozenset(
+    {DispatchStatus.SCHEDULED, DispatchStatus.SENDING, DispatchStatus.RATE_LIMITED}
+)
+TERMINAL_STATES = frozenset({DispatchStatus.SENT, DispatchStatus.FAILED, DispatchStatus.CANCELLED})
+
+
+class CampaignStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    email: str
+    name: str
+    avatar_url: str | None
+
+
+@dataclass(frozen=True)
+class Sender:
+    id: int
+    owner_id: int
+    from_address: str
+    display_name: str
+    reply_to: str | None
+    transport: str
+    transport_settings: dict[str, Any]
+    hourly_limit: int
+    min_gap_ms: int
+
+
+@dataclass(frozen=True)
+class CampaignContent:
+    """What a worker needs to render a campaign's emails; immutable once created."""
+
+    id: int
+    owner_id: int
+    sender_id: int
+    subject: str
+    body_text: str
+    body_html: str | None
+    delay_between_ms: int
+    hourly_limit: int | None
+
+
+@dataclass(frozen=True)
+class DispatchJob:
+    """One claimed dispatch as the worker loads it."""
+
+    id: int
+    campaign_id: int
+    sender_id: int
+    owner_id: int
+    recipient: str
+    vars: dict[str, Any]
+    status: DispatchStatus
+    campaign_status: CampaignStatus
+    idempotency_key: bytes
+    attempts: int
+    scheduled_at: datetime

@@ -1,0 +1,64 @@
+"""The face of pacing: policies (plugins) decide how many of a sender's emails may go now.
+
+The worker asks every configured policy; the smallest allowance wins and the latest resume
+time parks the sender (its backlog stays in order in Redis; nothing is rescheduled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+from .config import Settings
+
+
+@dataclass(frozen=True)
+class PacingRequest:
+    sender_id: int
+    hourly_limit: int  # the effective limit: min(sender's, campaign's)
+    min_gap_ms: int  # the effective gap: max(sender's, campaign's delay_between)
+    count: int  # how many emails the worker holds for this sender
+    now_ms: int  # Redis' clock, from the claim
+
+
+@dataclass(frozen=True)
+class PacingDecision:
+    allowed: int
+    resume_at_ms: int | None = None  # when the sender may send again, if allowed < count
+    reason: str = ""
+
+
+class PacingPolicy(Protocol):
+    async def acquire(self, request: PacingRequest) -> PacingDecision: ...
+
+
+@dataclass(frozen=True)
+class PacingPolicySpec:
+    name: str
+    factory: Callable[[Redis, Settings], PacingPolicy]
+    description: str = ""
+
+
+class Pacer:
+    """Runs the configured policies in order; stops asking once one allows nothing."""
+
+    def __init__(self, policies: Sequence[tuple[str, PacingPolicy]]) -> None:
+        self.policies = list(policies)
+
+    async def acquire(self, request: PacingRequest) -> PacingDecision:
+        allowed = request.count
+        resume: int | None = None
+        reasons = []
+        for name, policy in self.policies:
+            if allowed == 0:
+                break
+            decision = await policy.acquire(replace(request, count=allowed))
+            if decision.allowed < allowed:
+                allowed = decision.allowed
+                reasons.append(decision.reason or name)
+                if decision.resume_at_ms is not None:
+                    resume = max(resume or 0, decision.resume_at_ms)
+        return PacingDecision(allowed, resume, "; ".join(reasons))

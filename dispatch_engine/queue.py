@@ -1,0 +1,202 @@
+"""The Redis delayed queue: per-sender ZSETs, a ready-senders ZSET, leases with fencing tokens.
+
+Redis holds ids and times only (the email lives in PostgreSQL). Every mutation is one Lua
+script from `lua/`, so it is atomic; scripts read Redis' clock (`TIME`), one clock for every
+host. Keys of one shard share a hash tag (`dispatch:{q0}:…`), so the queue runs unchanged
+on Redis Cluster. See docs/queue.md for the protocol.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+
+WAKE_CHANNEL = "dispatch:wake"
+ENQUEUE_CHUNK = 1000
+
+
+def _script(name: str) -> str:
+    return resources.files("dispatch_engine").joinpath("lua", f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True)
+class ShardKeys:
+    """Every key name of one queue shard comes from here."""
+
+    shard: int
+
+    @property
+    def prefix(self) -> str:
+        return f"dispatch:{{q{self.shard}}}:"
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def keys(self, *names: str) -> list[str]:
+        return [self.prefix + name for name in names]
+
+    @property
+    def sender_prefix(self) -> str:
+        return self.prefix + "s:"
+
+    def sender(self, sender_id: int | str) -> str:
+        return f"{self.sender_prefix}{sender_id}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    dispatch_id: int
+    sender_id: int
+    token: str
+    shard: int
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    leases: list[Lease]
+    now_ms: int
+    next_due_ms: int | None  # earliest ready time over all shards when nothing was claimed
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What to do with a lease: ack it, retry it at `due_ms`, or give it back unchanged."""
+
+    lease: Lease
+    action: str  # "ack" | "retry" | "release"
+    due_ms: int | None = None
+
+
+class RedisQueue:
+    def __init__(self, redis: Redis, *, shards: int = 1, lease_ms: int = 60_000) -> None:
+        self.redis = redis
+        self.shards = [ShardKeys(n) for n in range(shards)]
+        self.lease_ms = lease_ms
+        self._claim = redis.register_script(_script("claim"))
+        self._enqueue = redis.register_script(_script("enqueue"))
+        self._settle = redis.register_script(_script("settle"))
+        self._defer = redis.register_script(_script("defer_sender"))
+        self._reap = redis.register_script(_script("reap"))
+        self._renew = redis.register_script(_script("renew"))
+        self._next_shard = 0
+
+    def shard_of(self, sender_id: int) -> ShardKeys:
+        return self.shards[zlib.crc32(str(sender_id).encode()) % len(self.shards)]
+
+    async def enqueue(
+        self, sender_id: int, items: Iterable[tuple[int, int]], *, claim_cap: int = 0
+    ) -> int:
+        """Queue (dispatch_id, due_ms) pairs of one sender; ids already queued or leased stay."""
+        keys = self.shard_of(sender_id)
+        script_keys = [*keys.keys("ready", "lease", "resume", "caps"), keys.sender(sender_id)]
+        added = 0
+        chunk: list[int] = []
+        for dispatch_id, due_ms in items:
+            chunk += (dispatch_id, due_ms)
+            if len(chunk) >= 2 * ENQUEUE_CHUNK:
+                added += await self._enqueue(
+                    keys=script_keys, args=[sender_id, claim_cap, WAKE_CHANNEL, *chunk]
+                )
+                chunk = []
+        if chunk:
+            added += await self._enqueue(
+                keys=script_keys, args=[sender_id, claim_cap, WAKE_CHANNEL, *chunk]
+            )
+        return added
+
+    async def claim(self, limit: int) -> ClaimResult:
+        """Lease up to `limit` due ids, trying the shards in turn until one has work."""
+        next_due: int | None = None
+        now_ms = 0
+        for _ in range(len(self.shards)):
+            keys = self.shards[self._next_shard]
+            self._next_shard = (self._next_shard + 1) % len(self.shards)
+            raw: list[Any] = await self._claim(
+                keys=keys.keys("ready", "leases", "lease", "token", "resume", "caps"),
+                args=[limit, self.lease_ms, keys.sender_prefix],
+            )
+            now_ms = int(raw[0])
+            if len(raw) > 3:
+                token = str(int(raw[2]))
+                leases = [
+                    Lease(int(raw[i]), int(raw[i + 1]), token, keys.shard)
+                    for i in range(3, len(raw), 2)
+                ]
+                return ClaimResult(leases, now_ms, None)
+            due = int(float(raw[1]))
+            if due >= 0 and (next_due is None or due < next_due):
+                next_due = due
+        return ClaimResult([], now_ms, next_due)
+
+    async def settle(self, settlements: Sequence[Settlement]) -> list[int]:
+        """Ack / retry / release leases in one call per shard; returns ids refused as stale."""
+        by_shard: dict[int, list[Any]] = {}
+        for s in settlements:
+            due = "ack" if s.action == "ack" else ("" if s.action == "release" else s.due_ms)
+            by_shard.setdefault(s.lease.shard, []).extend((s.lease.dispatch_id, s.lease.token, due))
+        refused: list[int] = []
+        for shard, args in by_shard.items():
+            keys = self.shards[shard]
+            raw = await self._settle(
+                keys=keys.keys("ready", "leases", "lease", "resume", "stalls"),
+                args=[keys.sender_prefix, WAKE_CHANNEL, *args],
+            )
+            refused.extend(int(x) for x in raw)
+        return refused
+
+    async def ack(self, leases: Sequence[Lease]) -> list[int]:
+        return await self.settle([Settlement(lease, "ack") for lease in leases])
+
+    async def retry(self, lease: Lease, due_ms: int) -> list[int]:
+        return await self.settle([Settlement(lease, "retry", due_ms)])
+
+    async def release(self, leases: Sequence[Lease]) -> list[int]:
+        return await self.settle([Settlement(lease, "release") for lease in leases])
+
+    async def defer_sender(self, sender_id: int, until_ms: int) -> None:
+        """Park a sender: none of its ids is claimed before `until_ms`."""
+        keys = self.shard_of(sender_id)
+        await self._defer(
+            keys=[*keys.keys("ready", "resume"), keys.sender(sender_id)],
+            args=[sender_id, until_ms],
+        )
+
+    async def reap(self, *, batch: int = 1000, max_stalls: int = 5) -> tuple[int, list[int]]:
+        """Return expired leases to their queues; ids stalled too often come back as dead."""
+        reaped = 0
+        dead: list[int] = []
+        for keys in self.shards:
+            while True:
+                raw = await self._reap(
+                    keys=keys.keys("ready", "leases", "lease", "resume", "stalls"),
+                    args=[keys.sender_prefix, batch, max_stalls, WAKE_CHANNEL],
+                )
+                count = int(raw[0])
+                reaped += count
+                dead.extend(int(x) for x in raw[1:])
+                if count < batch:
+                    break
+        return reaped, dead
+
+    async def renew(self, leases: Sequence[Lease]) -> list[int]:
+        """Push back the expiry of leases still held; returns ids this worker no longer holds."""
+        by_shard: dict[int, list[Any]] = {}
+        for lease in leases:
+            by_shard.setdefault(lease.shard, []).extend((lease.dispatch_id, lease.token))
+        lost: list[int] = []
+        for shard, args in by_shard.items():
+            keys = self.shards[shard]
+            raw = await self._renew(keys=keys.keys("leases", "lease"), args=[self.lease_ms, *args])
+            lost.extend(int(x) for x in raw)
+        return lost
+
+    async def depth(self, sender_id: int) -> int:
+        return int(await self.redis.zcard(self.shard_of(sender_id).sender(sender_id)))
+
+    async def leased_count(self) -> int:
+        return sum([int(await self.redis.zcard(k.key("leases"))) for k in self.shards])

@@ -1,0 +1,106 @@
+"""Parse recipients from JSON lists, CSV text or a bare list of addresses, line by line.
+
+A bad row never fails the good ones: it is reported with its line number and reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+
+from .errors import invalid
+
+MAX_RECIPIENTS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Recipient:
+    email: str
+    vars: dict[str, Any]
+
+
+@dataclass
+class ParsedRecipients:
+    accepted: list[Recipient] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    columns: set[str] = field(default_factory=set)
+    _seen: dict[str, int] = field(default_factory=dict)
+
+    def add(self, line: int, raw: str, variables: dict[str, Any]) -> None:
+        value = raw.strip()
+        if not value:
+            self.rejected.append({"line": line, "value": raw, "reason": "empty address"})
+            return
+        try:
+            # Syntax only: a DNS lookup per address would make scheduling slow and flaky.
+            address = validate_email(value, check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            self.rejected.append({"line": line, "value": value, "reason": str(exc)})
+            return
+        key = address.lower()
+        if key in self._seen:
+            reason = f"duplicate of line {self._seen[key]}"
+            self.rejected.append({"line": line, "value": value, "reason": reason})
+            return
+        if len(self.accepted) >= MAX_RECIPIENTS:
+            reason = f"more than {MAX_RECIPIENTS} recipients in one campaign"
+            self.rejected.append({"line": line, "value": value, "reason": reason})
+            return
+        self._seen[key] = line
+        self.accepted.append(Recipient(address, variables))
+
+
+def from_json(items: Any) -> ParsedRecipients:
+    if not isinstance(items, list):
+        raise invalid("recipients", "must be a list of addresses or of {email, vars} objects")
+    parsed = ParsedRecipients()
+    for n, item in enumerate(items, start=1):
+        if isinstance(item, str):
+            parsed.add(n, item, {})
+        elif isinstance(item, dict) and isinstance(item.get("email"), str):
+            variables = item.get("vars") or {}
+            if not isinstance(variables, dict):
+                parsed.rejected.append({"line": n, "value": item["email"],
+                                        "reason": "vars must be an object"})  # fmt: skip
+                continue
+            parsed.columns.update(str(k) for k in variables)
+            parsed.add(n, item["email"], {str(k): v for k, v in variables.items()})
+        else:
+            parsed.rejected.append(
+                {"line": n, "value": str(item)[:200], "reason": "not an address or {email, vars}"}
+            )
+    return parsed
+
+
+def from_csv(text: str) -> ParsedRecipients:
+    """A header row with an `email` column (other columns become variables), or bare lines."""
+    parsed = ParsedRecipients()
+    lines = text.lstrip("\ufeff").splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        return parsed
+    # Spreadsheets export with commas, semicolons (European locales) or tabs.
+    delimiter = max(",;\t", key=lines[first].count)
+    header = [h.strip().lower() for h in next(csv.reader([lines[first]], delimiter=delimiter))]
+    has_header = "email" in header
+    email_col = header.index("email") if has_header else 0
+    if has_header:
+        parsed.columns.update(h for h in header if h and h != "email")
+    reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter)
+    for n, row in enumerate(reader, start=1):
+        if n - 1 < first or (has_header and n - 1 == first) or not any(c.strip() for c in row):
+            continue
+        if len(row) <= email_col:
+            parsed.rejected.append({"line": n, "value": ",".join(row), "reason": "no email column"})
+            continue
+        variables = (
+            {h: v.strip() for h, v in zip(header, row, strict=False) if h and h != "email"}
+            if has_header
+            else {}
+        )
+        parsed.add(n, row[email_col], variables)
+    return parsed

@@ -1,0 +1,488 @@
+"""Every SQL query of Dispatch Engine, grouped by what it serves.
+
+Each state change of a dispatch is one statement guarded by the states it may come from,
+so two processes can never both win.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from .db import Conn
+from .models import (
+    CampaignContent,
+    CampaignStatus,
+    DispatchJob,
+    DispatchStatus,
+    Sender,
+    User,
+)
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _user(row: asyncpg.Record) -> User:
+    return User(row["id"], row["email"], row["name"], row["avatar_url"])
+
+
+def _sender(row: asyncpg.Record) -> Sender:
+    return Sender(
+        row["id"],
+        row["owner_id"],
+        row["from_address"],
+        row["display_name"],
+        row["reply_to"],
+        row["transport"],
+        row["transport_settings"],
+        row["hourly_limit"],
+        row["min_gap_ms"],
+    )
+
+
+@dataclass(frozen=True)
+class NewDispatch:
+    id: int
+    recipient: str
+    vars: dict[str, Any]
+    scheduled_at: datetime
+    idempotency_key: bytes
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What the worker learned about one dispatch, recorded in one group commit."""
+
+    dispatch_id: int
+    idempotency_key: bytes
+    status: DispatchStatus  # sent, failed, scheduled (retry)
+    campaign_id: int
+    recipient: str
+    message_id: str = ""
+    response: str = ""
+    error: str | None = None
+    retry_at: datetime | None = None
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    # ---- users, tokens, senders ----
+
+    async def ensure_user(self, email: str, name: str = "") -> User:
+        row = await self.pool.fetchrow(
+            """INSERT INTO users (email, name) VALUES ($1, $2)
+               ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email
+               RETURNING id, email, name, avatar_url""",
+            email.lower(),
+            name,
+        )
+        assert row is not None
+        return _user(row)
+
+    async def create_token(self, user_id: int, name: str) -> str:
+        token = "de_" + secrets.token_urlsafe(32)
+        await self.pool.execute(
+            "INSERT INTO api_tokens (user_id, name, token_hash) VALUES ($1, $2, $3)",
+            user_id,
+            name,
+            hash_token(token),
+        )
+        return token
+
+    async def user_for_token(self, token: str) -> User | None:
+        row = await self.pool.fetchrow(
+            """UPDATE api_tokens SET last_used_at = now()
+               FROM users WHERE users.id = api_tokens.user_id
+                 AND token_hash = $1 AND revoked_at IS NULL
+               RETURNING users.id, users.email, users.name, users.avatar_url""",
+            hash_token(token),
+        )
+        return _user(row) if row else None
+
+    async def ensure_default_sender(
+        self, user: User, *, transport: str, hourly_limit: int
+    ) -> Sender:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM senders WHERE owner_id = $1 AND is_default", user.id
+        )
+        if row is None:
+            row = await self.pool.fetchrow(
+                """INSERT INTO senders (owner_id, from_address, display_name, transport,
+                                        hourly_limit, is_default)
+                   VALUES ($1, $2, $3, $4, $5, true)
+                   ON CONFLICT (owner_id, from_address) DO UPDATE SET is_default = true
+                   RETURNING *""",
+                user.id,
+                user.email,
+                user.name,
+                transport,
+                hourly_limit,
+            )
+        assert row is not None
+        return _sender(row)
+
+    async def find_sender(self, owner_id: int, ref: str | int) -> Sender | None:
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            row = await self.pool.fetchrow(
+                "SELECT * FROM senders WHERE owner_id = $1 AND id = $2", owner_id, int(ref)
+            )
+        else:
+            row = await self.pool.fetchrow(
+                "SELECT * FROM senders WHERE owner_id = $1 AND lower(from_address) = lower($2)",
+                owner_id,
+                ref,
+            )
+        return _sender(row) if row else None
+
+    async def senders_by_id(self, ids: Sequence[int]) -> dict[int, Sender]:
+        rows = await self.pool.fetch("SELECT * FROM senders WHERE id = ANY($1::bigint[])", ids)
+        return {r["id"]: _sender(r) for r in rows}
+
+    # ---- campaigns ----
+
+    async def campaign_by_idempotency_key(self, owner_id: int, key: str) -> int | None:
+        value = await self.pool.fetchval(
+            "SELECT id FROM campaigns WHERE owner_id = $1 AND idempotency_key = $2", owner_id, key
+        )
+        return int(value) if value is not None else None
+
+    async def reserve_dispatch_ids(self, count: int) -> list[int]:
+        rows = await self.pool.fetch(
+            "SELECT nextval('dispatches_id_seq') AS id FROM generate_series(1, $1)", count
+        )
+        return [r["id"] for r in rows]
+
+    async def create_campaign(
+        self,
+        conn: Conn,
+        *,
+        owner_id: int,
+        sender_id: int,
+        subject: str,
+        body_text: str,
+        body_html: str | None,
+        start_at: datetime,
+        delay_between_ms: int,
+        hourly_limit: int | None,
+        total: int,
+        idempotency_key: str | None,
+    ) -> int:
+        """Insert the campaign row (inside the caller's transaction); None when the key exists."""
+        value = await conn.fetchval(
+            """INSERT INTO campaigns (owner_id, sender_id, subject, body_text, body_html,
+                   start_at, delay_between_ms, hourly_limit, total, idempotency_key)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id""",
+            owner_id,
+            sender_id,
+            subject,
+            body_text,
+            body_html,
+            start_at,
+            delay_between_ms,
+            hourly_limit,
+            total,
+            idempotency_key,
+        )
+        return int(value)
+
+    async def copy_dispatches(
+        self,
+        conn: Conn,
+        *,
+        campaign_id: int,
+        owner_id: int,
+        sender_id: int,
+        rows: Sequence[NewDispatch],
+    ) -> None:
+        await conn.copy_records_to_table(
+            "dispatches",
+            columns=[
+                "id",
+                "campaign_id",
+                "owner_id",
+                "sender_id",
+                "recipient",
+                "vars",
+                "scheduled_at",
+                "idempotency_key",
+            ],
+            records=[
+                (
+                    d.id,
+                    campaign_id,
+                    owner_id,
+                    sender_id,
+                    d.recipient,
+                    d.vars,
+                    d.scheduled_at,
+                    d.idempotency_key,
+                )
+                for d in rows
+            ],
+        )
+
+    async def campaign_detail(self, owner_id: int, campaign_id: int) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            """SELECT c.*, s.from_address FROM campaigns c JOIN senders s ON s.id = c.sender_id
+               WHERE c.owner_id = $1 AND c.id = $2""",
+            owner_id,
+            campaign_id,
+        )
+        if row is None:
+            return None
+        counts = {s.value: 0 for s in DispatchStatus}
+        for r in await self.pool.fetch(
+            "SELECT status, count(*) AS n FROM dispatches WHERE campaign_id = $1 GROUP BY status",
+            campaign_id,
+        ):
+            counts[r["status"]] = r["n"]
+        detail = dict(row)
+        detail["counts"] = counts
+        return detail
+
+    async def campaign_contents(self, ids: Sequence[int]) -> dict[int, CampaignContent]:
+        rows = await self.pool.fetch(
+            """SELECT id, owner_id, sender_id, subject, body_text, body_html, delay_between_ms,
+                      hourly_limit FROM campaigns WHERE id = ANY($1::bigint[])""",
+            ids,
+        )
+        return {r["id"]: CampaignContent(**dict(r)) for r in rows}
+
+    # ---- listings (keyset pagination) ----
+
+    async def list_scheduled(
+        self, owner_id: int, limit: int, after: tuple[datetime, int] | None
+    ) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """SELECT d.id, d.recipient, c.subject, d.scheduled_at, d.status, d.campaign_id,
+                      d.last_error, d.attempts
+               FROM dispatches d JOIN campaigns c ON c.id = d.campaign_id
+               WHERE d.owner_id = $1 AND d.status IN ('scheduled', 'sending', 'rate_limited')
+                 AND ($3::timestamptz IS NULL OR (d.scheduled_at, d.id) > ($3, $4))
+               ORDER BY d.scheduled_at, d.id LIMIT $2""",
+            owner_id,
+            limit,
+            after[0] if after else None,
+            after[1] if after else 0,
+        )
+
+    async def list_finished(
+        self, owner_id: int, limit: int, before: tuple[datetime, int] | None
+    ) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """SELECT d.id, d.recipient, c.subject, d.scheduled_at, d.sent_at, d.finished_at,
+                      d.status, d.campaign_id, d.last_error, d.message_id, d.attempts
+               FROM dispatches d JOIN campaigns c ON c.id = d.campaign_id
+               WHERE d.owner_id = $1 AND d.status IN ('sent', 'failed')
+                 AND ($3::timestamptz IS NULL OR (d.finished_at, d.id) < ($3, $4))
+               ORDER BY d.finished_at DESC, d.id DESC LIMIT $2""",
+            owner_id,
+            limit,
+            before[0] if before else None,
+            before[1] if before else 0,
+        )
+
+    async def list_inbox(
+        self, owner_id: int, limit: int, before_id: int | None
+    ) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """SELECT id, dispatch_id, message_id, mail_from, recipients, subject, received_at
+               FROM captured_messages
+               WHERE owner_id = $1 AND ($3::bigint IS NULL OR id < $3)
+               ORDER BY id DESC LIMIT $2""",
+            owner_id,
+            limit,
+            before_id,
+        )
+
+    async def inbox_message(self, owner_id: int, message_id: int) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            "SELECT * FROM captured_messages WHERE owner_id = $1 AND id = $2",
+            owner_id,
+            message_id,
+        )
+
+    # ---- the worker's path ----
+
+    async def load_jobs(self, ids: Sequence[int]) -> list[DispatchJob]:
+        rows = await self.pool.fetch(
+            """SELECT d.id, d.campaign_id, d.sender_id, d.owner_id, d.recipient, d.vars,
+                      d.status, c.status AS campaign_status, d.idempotency_key, d.attempts,
+                      d.scheduled_at
+               FROM dispatches d JOIN campaigns c ON c.id = d.campaign_id
+               WHERE d.id = ANY($1::bigint[])""",
+            ids,
+        )
+        return [
+            DispatchJob(
+                r["id"],
+                r["campaign_id"],
+                r["sender_id"],
+                r["owner_id"],
+                r["recipient"],
+                r["vars"],
+                DispatchStatus(r["status"]),
+                CampaignStatus(r["campaign_status"]),
+                r["idempotency_key"],
+                r["attempts"],
+                r["scheduled_at"],
+            )
+            for r in rows
+        ]
+
+    async def begin_sends(
+        self,
+        ids: Sequence[int],
+        message_ids: Sequence[str],
+        transports: Sequence[str],
+        attempt_token: str,
+    ) -> tuple[set[int], set[int]]:
+        """Mark dispatches `sending` and write their ledger rows, in one statement.
+
+        Returns (go, already_sent): ids to hand to the transport now, and ids whose ledger
+        says a previous attempt was recorded as sent (they are only repaired and acked).
+        A ledger row still `sending` belongs to an attempt that died; this one takes it over.
+        """
+        rows = await self.pool.fetch(
+            """WITH input AS (
+                   SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, mid, tr)
+               ), marked AS (
+                   UPDATE dispatches d SET status = 'sending', attempts = d.attempts + 1,
+                          updated_at = now()
+                   FROM input WHERE d.id = input.id
+                     AND d.status IN ('scheduled', 'rate_limited', 'sending')
+                   RETURNING d.id, d.idempotency_key, input.mid, input.tr
+               ), led AS (
+                   INSERT INTO ledger (idempotency_key, dispatch_id, state, attempt_token,
+                                       transport, message_id)
+                   SELECT idempotency_key, id, 'sending', $4, tr, mid FROM marked
+                   ON CONFLICT (idempotency_key) DO UPDATE
+                       SET attempt_token = EXCLUDED.attempt_token, at = now()
+                       WHERE ledger.state = 'sending'
+                   RETURNING dispatch_id
+               )
+               SELECT m.id, (l.dispatch_id IS NOT NULL) AS go
+               FROM marked m LEFT JOIN led l ON l.dispatch_id = m.id""",
+            ids,
+            message_ids,
+            transports,
+            attempt_token,
+        )
+        go = {r["id"] for r in rows if r["go"]}
+        return go, {r["id"] for r in rows if not r["go"]}
+
+    async def record_outcomes(self, outcomes: Sequence[SendOutcome]) -> None:
+        """Group commit: one transaction records a whole batch of results."""
+        sent = [o for o in outcomes if o.status == DispatchStatus.SENT]
+        failed = [o for o in outcomes if o.status == DispatchStatus.FAILED]
+        retry = [o for o in outcomes if o.status == DispatchStatus.SCHEDULED]
+        async with self.pool.acquire() as conn, conn.transaction():
+            if sent:
+                await conn.execute(
+                    """WITH input AS (
+                           SELECT * FROM unnest($1::bytea[], $2::text[]) AS t(k, response)
+                       )
+                       UPDATE ledger SET state = 'sent', response = input.response, at = now()
+                       FROM input WHERE ledger.idempotency_key = input.k""",
+                    [o.idempotency_key for o in sent],
+                    [o.response[:1000] for o in sent],
+                )
+                await conn.execute(
+                    """WITH input AS (
+                           SELECT * FROM unnest($1::bigint[], $2::text[]) AS t(id, mid)
+                       )
+                       UPDATE dispatches d SET status = 'sent', message_id = input.mid,
+                              sent_at = now(), finished_at = now(), last_error = NULL,
+                              updated_at = now()
+                       FROM input WHERE d.id = input.id AND d.status = 'sending'""",
+                    [o.dispatch_id for o in sent],
+                    [o.message_id for o in sent],
+                )
+            if failed:
+                await conn.execute(
+                    """WITH input AS (
+                           SELECT * FROM unnest($1::bigint[], $2::text[]) AS t(id, error)
+                       )
+                       UPDATE dispatches d SET status = 'failed', last_error = input.error,
+                              finished_at = now(), updated_at = now()
+                       FROM input WHERE d.id = input.id AND d.status = 'sending'""",
+                    [o.dispatch_id for o in failed],
+                    [o.error or "" for o in failed],
+                )
+            if retry:
+                await conn.execute(
+                    """WITH input AS (
+                           SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[])
+                               AS t(id, error, at)
+                       )
+                       UPDATE dispatches d SET status = 'scheduled', last_error = input.error,
+                              scheduled_at = input.at, updated_at = now()
+                       FROM input WHERE d.id = input.id AND d.status = 'sending'""",
+                    [o.dispatch_id for o in retry],
+                    [o.error or "" for o in retry],
+                    [o.retry_at for o in retry],
+                )
+
+    async def repair_sent(self, ids: Sequence[int]) -> None:
+        """A ledger row says sent but the dispatch does not (a crash between the two)."""
+        await self.pool.execute(
+            """UPDATE dispatches d SET status = 'sent', message_id = l.message_id,
+                      sent_at = l.at, finished_at = l.at, updated_at = now()
+               FROM ledger l WHERE l.dispatch_id = d.id AND d.id = ANY($1::bigint[])
+                 AND l.state = 'sent' AND d.status <> 'sent'""",
+            ids,
+        )
+
+    async def mark_rate_limited(self, ids: Sequence[int]) -> None:
+        await self.pool.execute(
+            """UPDATE dispatches SET status = 'rate_limited', updated_at = now()
+               WHERE id = ANY($1::bigint[]) AND status = 'scheduled'""",
+            ids,
+        )
+
+    async def fail_dispatches(self, ids: Sequence[int], reason: str) -> None:
+        await self.pool.execute(
+            """UPDATE dispatches SET status = 'failed', last_error = $2, finished_at = now(),
+                      updated_at = now()
+               WHERE id = ANY($1::bigint[])
+                 AND status IN ('scheduled', 'sending', 'rate_limited')""",
+            ids,
+            reason,
+        )
+
+    async def update_campaign_progress(self, campaign_ids: Sequence[int]) -> None:
+        await self.pool.execute(
+            """UPDATE campaigns c SET status = CASE
+                   WHEN NOT EXISTS (SELECT 1 FROM dispatches d WHERE d.campaign_id = c.id
+                                    AND d.status IN ('scheduled', 'sending', 'rate_limited'))
+                   THEN 'completed' ELSE 'running' END,
+                   updated_at = now()
+               WHERE c.id = ANY($1::bigint[]) AND c.status IN ('scheduled', 'running')""",
+            campaign_ids,
+        )
+
+    # ---- recovery ----
+
+    async def queued_after(self, after_id: int, limit: int) -> list[asyncpg.Record]:
+        """Queued dispatches in id order, for re-adding to Redis in batches."""
+        return await self.pool.fetch(
+            """SELECT d.id, d.sender_id, d.scheduled_at, c.delay_between_ms, s.min_gap_ms
+               FROM dispatches d
+               JOIN campaigns c ON c.id = d.campaign_id
+               JOIN senders s ON s.id = d.sender_id
+               WHERE d.status IN ('scheduled', 'sending', 'rate_limited') AND d.id > $1
+                 AND c.status IN ('scheduled', 'running')
+               ORDER BY d.id LIMIT $2""",
+            after_id,
+            limit,
+        )

@@ -1,0 +1,101 @@
+"""Recovery: put back into Redis what PostgreSQL says is queued, and reap expired leases.
+
+PostgreSQL is the truth and Redis may lose everything. Only one sweeper acts at a time (a
+Redis lock with expiry); a full re-queue runs at start and whenever Redis lost its marker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import defaultdict
+
+from redis.asyncio import Redis
+
+from .queue import RedisQueue
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+LEADER_KEY = "dispatch:sweeper:leader"
+MARKER_KEY = "dispatch:sweeper:synced"  # gone after FLUSHALL or a restart without persistence
+REQUEUE_BATCH = 5000
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
+
+
+async def requeue_all(store: Store, queue: RedisQueue, batch: int = REQUEUE_BATCH) -> int:
+    """Re-add every queued dispatch (idempotent: queued or leased ids are left alone)."""
+    after, added = 0, 0
+    while True:
+        rows = await store.queued_after(after, batch)
+        if not rows:
+            return added
+        by_sender: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        caps: dict[int, int] = {}
+        for r in rows:
+            by_sender[r["sender_id"]].append((r["id"], int(r["scheduled_at"].timestamp() * 1000)))
+            if max(r["delay_between_ms"], r["min_gap_ms"]) > 0:
+                caps[r["sender_id"]] = 1
+        for sender_id, items in by_sender.items():
+            added += await queue.enqueue(sender_id, items, claim_cap=caps.get(sender_id, 0))
+        after = rows[-1]["id"]
+
+
+class Sweeper:
+    def __init__(
+        self,
+        store: Store,
+        queue: RedisQueue,
+        redis: Redis,
+        *,
+        interval_s: float,
+        max_stalls: int,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.redis = redis
+        self.interval_s = interval_s
+        self.max_stalls = max_stalls
+        self.identity = secrets.token_hex(8)
+        self._lock = redis.register_script(_RENEW)
+
+    async def is_leader(self) -> bool:
+        ttl_ms = int(self.interval_s * 3000)
+        return bool(await self._lock(keys=[LEADER_KEY], args=[self.identity, ttl_ms]))
+
+    async def sweep(self, *, full: bool = False) -> tuple[int, int]:
+        """One pass: reap expired leases; re-queue everything at start or if Redis lost data."""
+        reaped, dead = await self.queue.reap(max_stalls=self.max_stalls)
+        if dead:
+            reason = f"stalled: its worker stopped responding {self.max_stalls + 1} times"
+            await self.store.fail_dispatches(dead, reason)
+        requeued = 0
+        if full or not await self.redis.exists(MARKER_KEY):
+            requeued = await requeue_all(self.store, self.queue)
+            await self.redis.set(MARKER_KEY, "1")
+            if requeued:
+                log.info("recovery re-queued %d dispatches from PostgreSQL", requeued)
+        return reaped, requeued
+
+    async def run(self) -> None:
+        # A process that died between its COPY and its enqueue left rows only in PostgreSQL.
+        full = True
+        while True:
+            try:
+                if await self.is_leader():
+                    await self.sweep(full=full)
+                    full = False
+            except Exception:
+                log.warning("sweep failed; trying again", exc_info=True)
+            await asyncio.sleep(self.interval_s)
+
+    async def release(self) -> None:
+        if await self.redis.get(LEADER_KEY) == self.identity.encode():
+            await self.redis.delete(LEADER_KEY)

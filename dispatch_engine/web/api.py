@@ -1,0 +1,246 @@
+"""The REST API under /api (JSON via orjson; errors from middleware.error_middleware)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+import orjson
+from aiohttp import BodyPartReader, web
+
+from ..campaigns import parse_schedule_request
+from ..errors import ApiError, invalid
+from .keys import CAMPAIGNS, SETTINGS, STORE
+from .middleware import current_user, json_response
+
+routes = web.RouteTableDef()
+MAX_UPLOAD = 64 * 1024 * 1024
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def _encode_cursor(at: datetime, dispatch_id: int) -> str:
+    raw = orjson.dumps([at.isoformat(), dispatch_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(request: web.Request) -> tuple[datetime, int] | None:
+    cursor = request.query.get("cursor")
+    if not cursor:
+        return None
+    try:
+        at, dispatch_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(at), int(dispatch_id)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise invalid("cursor", "is not a cursor this API returned") from None
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+        raise invalid("limit", f"must be a whole number from 1 to 500, got {raw!r}")
+    return int(raw)
+
+
+async def _read_schedule_body(request: web.Request) -> dict[str, Any]:
+    if request.content_type.startswith("multipart/"):
+        data: dict[str, Any] = {}
+        reader = await request.multipart()
+        size = 0
+        async for part in reader:
+            if not isinstance(part, BodyPartReader) or part.name is None:
+                continue
+            chunk = await part.read(decode=True)
+            size += len(chunk)
+            if size > MAX_UPLOAD:
+                raise ApiError(413, "too_large", f"the upload is larger than {MAX_UPLOAD} bytes")
+            try:
+                text = chunk.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise invalid(part.name, "must be UTF-8 text (save the CSV as UTF-8)") from None
+            if part.name == "recipients_file":
+                data["recipients_csv"] = text
+            elif part.name == "recipients":
+                data["recipients"] = [line for line in text.splitlines() if line.strip()]
+            else:
+                data[part.name] = text
+        return data
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    return body
+
+
+def _campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
+    counts = detail["counts"]
+    total = detail["total"]
+    done = counts["sent"] + counts["failed"] + counts["cancelled"]
+    return {
+        "id": detail["id"],
+        "subject": detail["subject"],
+        "status": detail["status"],
+        "sender": {"id": detail["sender_id"], "from_address": detail["from_address"]},
+        "start_at": _iso(detail["start_at"]),
+        "delay_between_ms": detail["delay_between_ms"],
+        "hourly_limit": detail["hourly_limit"],
+        "total": total,
+        "counts": counts,
+        "progress": round(done / total, 4) if total else 1.0,
+        "created_at": _iso(detail["created_at"]),
+    }
+
+
+@routes.post("/api/emails/schedule")
+async def schedule(request: web.Request) -> web.Response:
+    user = current_user(request)
+    data = await _read_schedule_body(request)
+    parsed = parse_schedule_request(data, now=datetime.now(UTC))
+    settings = request.app[SETTINGS]
+    store = request.app[STORE]
+    sender = await store.ensure_default_sender(
+        user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
+    )
+    result = await request.app[CAMPAIGNS].schedule(
+        user,
+        parsed,
+        default_sender=sender,
+        idempotency_header=request.headers.get("Idempotency-Key"),
+    )
+    detail = await store.campaign_detail(user.id, result.campaign_id)
+    assert detail is not None
+    body = {
+        "campaign": _campaign_json(detail),
+        "accepted": detail["total"] if result.replayed else result.accepted,
+        "rejected": result.rejected,
+    }
+    return json_response(body, 200 if result.replayed else 201)
+
+
+@routes.get("/api/emails/scheduled")
+async def scheduled(request: web.Request) -> web.Response:
+    user, limit = current_user(request), _limit(request)
+    rows = await request.app[STORE].list_scheduled(user.id, limit + 1, _decode_cursor(request))
+    items = [
+        {
+            "id": r["id"],
+            "email": r["recipient"],
+            "subject": r["subject"],
+            "scheduled_at": _iso(r["scheduled_at"]),
+            "status": r["status"],
+            "campaign_id": r["campaign_id"],
+            "attempts": r["attempts"],
+            "error": r["last_error"],
+        }
+        for r in rows[:limit]
+    ]
+    last = rows[limit - 1] if len(rows) > limit else None
+    cursor = _encode_cursor(last["scheduled_at"], last["id"]) if last else None
+    return json_response({"items": items, "next_cursor": cursor})
+
+
+@routes.get("/api/emails/sent")
+async def sent(request: web.Request) -> web.Response:
+    user, limit = current_user(request), _limit(request)
+    rows = await request.app[STORE].list_finished(user.id, limit + 1, _decode_cursor(request))
+    items = [
+        {
+            "id": r["id"],
+            "email": r["recipient"],
+            "subject": r["subject"],
+            "scheduled_at": _iso(r["scheduled_at"]),
+            "sent_at": _iso(r["sent_at"]),
+            "finished_at": _iso(r["finished_at"]),
+            "status": r["status"],
+            "campaign_id": r["campaign_id"],
+            "message_id": r["message_id"],
+            "attempts": r["attempts"],
+            "error": r["last_error"],
+        }
+        for r in rows[:limit]
+    ]
+    last = rows[limit - 1] if len(rows) > limit else None
+    cursor = _encode_cursor(last["finished_at"], last["id"]) if last else None
+    return json_response({"items": items, "next_cursor": cursor})
+
+
+def _path_id(request: web.Request, name: str = "id") -> int:
+    raw = request.match_info[name]
+    if not raw.isdigit():
+        raise invalid(name, f"must be a number, got {raw!r}")
+    return int(raw)
+
+
+@routes.get("/api/campaigns/{id}")
+async def campaign(request: web.Request) -> web.Response:
+    user = current_user(request)
+    detail = await request.app[STORE].campaign_detail(user.id, _path_id(request))
+    if detail is None:
+        raise ApiError(404, "not_found", "no such campaign")
+    return json_response(_campaign_json(detail))
+
+
+@routes.get("/api/inbox")
+async def inbox(request: web.Request) -> web.Response:
+    user, limit = current_user(request), _limit(request)
+    before = request.query.get("cursor")
+    if before is not None and not before.isdigit():
+        raise invalid("cursor", "is not a cursor this API returned")
+    rows = await request.app[STORE].list_inbox(user.id, limit + 1, int(before) if before else None)
+    items = [
+        {
+            "id": r["id"],
+            "dispatch_id": r["dispatch_id"],
+            "message_id": r["message_id"],
+            "from": r["mail_from"],
+            "to": list(r["recipients"]),
+            "subject": r["subject"],
+            "received_at": _iso(r["received_at"]),
+        }
+        for r in rows[:limit]
+    ]
+    cursor = str(rows[limit - 1]["id"]) if len(rows) > limit else None
+    return json_response({"items": items, "next_cursor": cursor})
+
+
+@routes.get("/api/inbox/{id}")
+async def inbox_message(request: web.Request) -> web.Response:
+    user = current_user(request)
+    row = await request.app[STORE].inbox_message(user.id, _path_id(request))
+    if row is None:
+        raise ApiError(404, "not_found", "no such message")
+    parsed = message_from_bytes(row["raw"], policy=policy.default)
+    assert isinstance(parsed, EmailMessage)
+    text = parsed.get_body(preferencelist=("plain",))
+    html = parsed.get_body(preferencelist=("html",))
+    return json_response(
+        {
+            "id": row["id"],
+            "dispatch_id": row["dispatch_id"],
+            "message_id": row["message_id"],
+            "from": row["mail_from"],
+            "to": list(row["recipients"]),
+            "subject": row["subject"],
+            "received_at": _iso(row["received_at"]),
+            "headers": [[k, str(v)] for k, v in parsed.items()],
+            "text": text.get_content() if isinstance(text, EmailMessage) else None,
+            "html": html.get_content() if isinstance(html, EmailMessage) else None,
+            "raw": row["raw"].decode("utf-8", "replace"),
+        }
+    )
+
+
+@routes.get("/api/me")
+async def me(request: web.Request) -> web.Response:
+    user = current_user(request)
+    return json_response(
+        {"id": user.id, "email": user.email, "name": user.name, "avatar_url": user.avatar_url}
+    )

@@ -1,0 +1,403 @@
+"""The worker pool: claim → pace → ledger → send → record → ack, in batches.
+
+One claim loop leases due ids in batches while send slots are free; each email is sent in
+its own task; a recorder writes results in group commits and only then acks them in Redis.
+An email whose result is not recorded is never acked, so its lease expires and it is sent
+again (same Message-ID): delivery is at-least-once, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from .config import Settings
+from .models import QUEUED_STATES, CampaignStatus, DispatchJob, DispatchStatus
+from .pacing import Pacer, PacingRequest
+from .plugins import notify
+from .queue import WAKE_CHANNEL, Lease, RedisQueue, Settlement
+from .render import CompiledCampaign, message_id_for
+from .store import SendOutcome, Store
+from .transport import (
+    OutgoingMessage,
+    PermanentError,
+    SenderRateLimitedError,
+    TransientError,
+    TransportRegistry,
+)
+
+log = logging.getLogger(__name__)
+
+IDLE_CAP_S = 10.0  # an idle worker asks Redis at most once per this many seconds
+RECORD_BATCH = 500
+CAMPAIGN_CACHE = 1024
+
+
+def retry_delay_s(attempt: int) -> float:
+    """Exponential backoff with ±20 % jitter: 5 s, 10 s, 20 s … capped at one hour."""
+    base = min(3600.0, 5.0 * 2.0 ** max(0, attempt - 1))
+    return float(base * random.uniform(0.8, 1.2))
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        queue: RedisQueue,
+        redis: Redis,
+        transports: TransportRegistry,
+        pacer: Pacer,
+        hooks: Any,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.redis = redis
+        self.transports = transports
+        self.pacer = pacer
+        self.hooks = hooks
+        self.concurrency = settings.worker_concurrency
+        self._slots = asyncio.Semaphore(settings.worker_concurrency)
+        self._inflight: dict[int, Lease] = {}
+        self._send_tasks: set[asyncio.Task[None]] = set()
+        self._outcomes: asyncio.Queue[tuple[SendOutcome, Lease]] = asyncio.Queue()
+        self._campaigns: OrderedDict[int, CompiledCampaign] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._wake_at_ms = 0.0
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.sent = 0
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="dispatch-claim"),
+            asyncio.create_task(self._record_loop(), name="dispatch-record"),
+            asyncio.create_task(self._listen_for_wakeups(), name="dispatch-wake"),
+            asyncio.create_task(self._renew_loop(), name="dispatch-renew"),
+        ]
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop claiming, let in-flight sends finish within `grace_s`, record them, give back."""
+        self._stopping = True
+        self._wake.set()
+        claim, record, *others = self._tasks
+        await asyncio.wait([claim], timeout=grace_s)
+        if self._send_tasks:
+            await asyncio.wait(list(self._send_tasks), timeout=grace_s)
+        for task in list(self._send_tasks):
+            task.cancel()
+        await asyncio.gather(*self._send_tasks, return_exceptions=True)
+        await self._outcomes.join()
+        for task in (claim, record, *others):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._inflight:  # sends cut short: hand them to another worker now
+            with contextlib.suppress(Exception):
+                await self.queue.release(list(self._inflight.values()))
+        await self.transports.close()
+
+    # ---- claiming ----
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            free = self.concurrency - len(self._inflight)
+            if free < min(self.settings.worker_batch_size, self.concurrency) // 2 + 1:
+                await self._wait(1.0)  # woken as soon as sends finish
+                continue
+            try:
+                result = await self.queue.claim(min(self.settings.worker_batch_size, free))
+            except Exception:
+                log.exception("claim failed; retrying")
+                await self._wait(1.0)
+                continue
+            if not result.leases:
+                if result.next_due_ms is None:
+                    delay = IDLE_CAP_S
+                else:
+                    delay = min(IDLE_CAP_S, max(0.0, (result.next_due_ms - result.now_ms) / 1000))
+                self._wake_at_ms = result.now_ms + delay * 1000
+                await self._wait(delay)
+                continue
+            for lease in result.leases:
+                self._inflight[lease.dispatch_id] = lease
+            try:
+                await self._start_batch(result.leases, result.now_ms)
+            except Exception:
+                # Leases stay held and expire; the reaper hands them to another worker.
+                log.exception("could not start a batch of %d", len(result.leases))
+                for lease in result.leases:
+                    self._inflight.pop(lease.dispatch_id, None)
+                await self._wait(1.0)
+
+    async def _wait(self, seconds: float) -> None:
+        self._wake.clear()
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _listen_for_wakeups(self) -> None:
+        """An enqueue that makes work due sooner publishes its time; re-arm the timer."""
+        while not self._stopping:
+            try:
+                pubsub = self.redis.pubsub()
+                await pubsub.subscribe(WAKE_CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    if float(message["data"]) < self._wake_at_ms:
+                        self._wake.set()
+            except Exception:
+                log.warning("wake-up channel lost; reconnecting", exc_info=True)
+                await asyncio.sleep(1.0)
+
+    async def _renew_loop(self) -> None:
+        interval = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            if self._inflight:
+                try:
+                    await self.queue.renew(list(self._inflight.values()))
+                except Exception:
+                    log.warning("lease renewal failed", exc_info=True)
+
+    # ---- one claimed batch ----
+
+    async def _compiled(self, jobs: Iterable[DispatchJob]) -> dict[int, CompiledCampaign]:
+        wanted = {job.campaign_id for job in jobs}
+        missing = [cid for cid in wanted if cid not in self._campaigns]
+        if missing:
+            contents = await self.store.campaign_contents(missing)
+            senders = await self.store.senders_by_id(list({c.sender_id for c in contents.values()}))
+            for cid, content in contents.items():
+                self._campaigns[cid] = CompiledCampaign(content, senders[content.sender_id])
+            while len(self._campaigns) > CAMPAIGN_CACHE:
+                self._campaigns.popitem(last=False)
+        return {cid: self._campaigns[cid] for cid in wanted if cid in self._campaigns}
+
+    async def _start_batch(self, leases: list[Lease], now_ms: int) -> None:
+        by_id = {lease.dispatch_id: lease for lease in leases}
+        jobs = await self.store.load_jobs(list(by_id))
+        done: list[Lease] = [by_id[i] for i in set(by_id) - {j.id for j in jobs}]
+        runnable: list[DispatchJob] = []
+        for job in jobs:
+            if job.status in QUEUED_STATES and job.campaign_status in (
+                CampaignStatus.SCHEDULED,
+                CampaignStatus.RUNNING,
+            ):
+                runnable.append(job)
+            else:  # finished, cancelled or paused: nothing to send, drop from the queue
+                done.append(by_id[job.id])
+        compiled = await self._compiled(runnable)
+        go: list[DispatchJob] = []
+        by_sender: dict[int, list[DispatchJob]] = {}
+        for job in runnable:
+            by_sender.setdefault(job.sender_id, []).append(job)
+        for sender_id, group in by_sender.items():
+            allowed = await self._pace(sender_id, group, compiled, by_id, now_ms)
+            go.extend(group[:allowed])
+        if go:
+            message_ids = [
+                message_id_for(j.idempotency_key, compiled[j.campaign_id].sender.from_address)
+                for j in go
+            ]
+            transports = [compiled[j.campaign_id].sender.transport for j in go]
+            token = f"{leases[0].token}:{secrets.token_hex(4)}"
+            started, already_sent = await self.store.begin_sends(
+                [j.id for j in go], message_ids, transports, token
+            )
+            if already_sent:
+                await self.store.repair_sent(list(already_sent))
+            done += [by_id[i] for i in already_sent]
+            done += [by_id[j.id] for j in go if j.id not in started and j.id not in already_sent]
+            for job, message_id in zip(go, message_ids, strict=True):
+                if job.id in started:
+                    await self._slots.acquire()
+                    task = asyncio.create_task(
+                        self._send(job, compiled[job.campaign_id], message_id, by_id[job.id])
+                    )
+                    self._send_tasks.add(task)
+                    task.add_done_callback(self._send_tasks.discard)
+        if done:
+            await self.queue.ack(done)
+            for lease in done:
+                self._inflight.pop(lease.dispatch_id, None)
+
+    async def _pace(
+        self,
+        sender_id: int,
+        group: list[DispatchJob],
+        compiled: dict[int, CompiledCampaign],
+        by_id: dict[int, Lease],
+        now_ms: int,
+    ) -> int:
+        """Ask the pacing policies; park the sender and give back what may not go now."""
+        campaigns = [compiled[j.campaign_id].campaign for j in group]
+        sender = compiled[group[0].campaign_id].sender
+        limit = min([sender.hourly_limit] + [c.hourly_limit for c in campaigns if c.hourly_limit])
+        gap = max([sender.min_gap_ms] + [c.delay_between_ms for c in campaigns])
+        decision = await self.pacer.acquire(
+            PacingRequest(sender_id, limit, gap, len(group), now_ms)
+        )
+        if decision.allowed >= len(group):
+            return len(group)
+        held = group[decision.allowed :]
+        await self.queue.release([by_id[j.id] for j in held])
+        for job in held:
+            self._inflight.pop(job.id, None)
+        if decision.resume_at_ms is not None:
+            resume = decision.resume_at_ms + random.randint(0, 250)  # spread the restart
+            await self.queue.defer_sender(sender_id, resume)
+            if decision.resume_at_ms - now_ms > 1000:  # visible only when really held back
+                await self.store.mark_rate_limited([j.id for j in held])
+                await notify(
+                    self.hooks.sender_limited,
+                    sender_id=sender_id,
+                    resume_at_ms=resume,
+                    reason=decision.reason,
+                )
+        return decision.allowed
+
+    # ---- one email ----
+
+    async def _send(
+        self, job: DispatchJob, compiled: CompiledCampaign, message_id: str, lease: Lease
+    ) -> None:
+        attempt = job.attempts + 1
+        try:
+            outcome = await self._deliver(job, compiled, message_id, attempt)
+            await self._outcomes.put((outcome, lease))
+        finally:
+            self._slots.release()
+
+    async def _deliver(
+        self, job: DispatchJob, compiled: CompiledCampaign, message_id: str, attempt: int
+    ) -> SendOutcome:
+        def outcome(status: DispatchStatus, **kw: Any) -> SendOutcome:
+            return SendOutcome(
+                job.id,
+                job.idempotency_key,
+                status,
+                job.campaign_id,
+                job.recipient,
+                message_id,
+                **kw,
+            )
+
+        sender = compiled.sender
+        try:
+            subject, raw = compiled.render(job.recipient, job.vars, message_id)
+            transport = self.transports.for_sender(
+                sender.id, sender.transport, sender.transport_settings
+            )
+            message = OutgoingMessage(
+                job.id, job.owner_id, sender.from_address, (job.recipient,), message_id,
+                subject, raw,
+            )  # fmt: skip
+            result = await transport.send(message)
+            return outcome(DispatchStatus.SENT, response=result.response)
+        except SenderRateLimitedError as exc:
+            until = time.time() + exc.retry_after_s
+            await self.queue.defer_sender(sender.id, int(until * 1000))
+            await notify(
+                self.hooks.sender_limited,
+                sender_id=sender.id,
+                resume_at_ms=int(until * 1000),
+                reason=str(exc),
+            )
+            at = datetime.fromtimestamp(until, UTC)
+            return outcome(DispatchStatus.SCHEDULED, error=str(exc), retry_at=at)
+        except TransientError as exc:
+            if attempt >= self.settings.max_attempts:
+                reason = f"gave up after {attempt} attempts: {exc}"
+                return outcome(DispatchStatus.FAILED, error=reason)
+            at = datetime.now(UTC) + timedelta(seconds=retry_delay_s(attempt))
+            return outcome(DispatchStatus.SCHEDULED, error=str(exc), retry_at=at)
+        except PermanentError as exc:
+            return outcome(DispatchStatus.FAILED, error=str(exc))
+        except Exception as exc:  # a template or plugin bug: fail this email, keep the worker
+            log.exception("sending dispatch %d failed unexpectedly", job.id)
+            return outcome(DispatchStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+    # ---- recording ----
+
+    async def _record_loop(self) -> None:
+        while True:
+            first = await self._outcomes.get()
+            batch = [first]
+            while len(batch) < RECORD_BATCH and not self._outcomes.empty():
+                batch.append(self._outcomes.get_nowait())
+            try:
+                await self._record(batch)
+            finally:
+                for _ in batch:
+                    self._outcomes.task_done()
+
+    async def _record(self, batch: list[tuple[SendOutcome, Lease]]) -> None:
+        outcomes = [o for o, _ in batch]
+        delay = 0.1
+        while True:
+            try:
+                await self.store.record_outcomes(outcomes)
+                break
+            except Exception:  # PostgreSQL away: keep the results, never ack unrecorded sends
+                if self._stopping and delay > 5:
+                    log.error("could not record %d results before stopping", len(batch))
+                    return
+                log.warning("recording %d results failed; retrying", len(batch), exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        settlements = []
+        for outcome, lease in batch:
+            if outcome.status == DispatchStatus.SCHEDULED and outcome.retry_at is not None:
+                due_ms = int(outcome.retry_at.timestamp() * 1000)
+                settlements.append(Settlement(lease, "retry", due_ms))
+            else:
+                settlements.append(Settlement(lease, "ack"))
+        try:
+            refused = await self.queue.settle(settlements)
+            if refused:
+                log.warning("%d leases had expired before their ack", len(refused))
+        except Exception:
+            log.warning("ack failed; the leases will expire and be re-checked", exc_info=True)
+        for _, lease in batch:
+            self._inflight.pop(lease.dispatch_id, None)
+        self._wake.set()  # send slots are free again
+        self.sent += sum(1 for o in outcomes if o.status == DispatchStatus.SENT)
+        await self._after_record(outcomes)
+
+    async def _after_record(self, outcomes: list[SendOutcome]) -> None:
+        finished = [o for o in outcomes if o.status != DispatchStatus.SCHEDULED]
+        if not finished:
+            return
+        try:
+            await self.store.update_campaign_progress(list({o.campaign_id for o in finished}))
+            ids = [o.dispatch_id for o in finished]
+            event = {"type": "dispatches", "ids": ids[:1000]}
+            await self.redis.publish("dispatch:events", orjson.dumps(event))
+        except Exception:
+            log.warning("progress update failed", exc_info=True)
+        sent_hooks = self.hooks.dispatch_sent.get_hookimpls()
+        failed_hooks = self.hooks.dispatch_failed.get_hookimpls()
+        for o in finished:
+            if o.status == DispatchStatus.SENT and sent_hooks:
+                await notify(self.hooks.dispatch_sent, dispatch_id=o.dispatch_id,
+                             campaign_id=o.campaign_id, recipient=o.recipient,
+                             message_id=o.message_id)  # fmt: skip
+            elif o.status == DispatchStatus.FAILED and failed_hooks:
+                await notify(self.hooks.dispatch_failed, dispatch_id=o.dispatch_id,
+                             campaign_id=o.campaign_id, recipient=o.recipient,
+                             error=o.error or "")  # fmt: skip

@@ -1,0 +1,147 @@
+"""The Redis queue against a real server: atomic claims, fencing, reaping, fairness."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from redis.asyncio import Redis
+
+from dispatch_engine.config import Settings
+from dispatch_engine.queue import RedisQueue
+
+
+async def _now_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def test_concurrent_claimers_claim_each_id_exactly_once(settings: Settings) -> None:
+    assert settings.redis_url
+    clients = [Redis.from_url(settings.redis_url) for _ in range(8)]
+    queues = [RedisQueue(c, lease_ms=60_000) for c in clients]
+    now = await _now_ms(clients[0])
+    for sender in range(1, 6):
+        await queues[0].enqueue(sender, [(sender * 100_000 + i, now - 1) for i in range(1000)])
+
+    claimed: list[int] = []
+
+    async def claimer(queue: RedisQueue) -> None:
+        while True:
+            result = await queue.claim(37)
+            if not result.leases:
+                return
+            claimed.extend(lease.dispatch_id for lease in result.leases)
+            await queue.ack(result.leases)
+
+    await asyncio.gather(*(claimer(q) for q in queues))
+    counts = Counter(claimed)
+    assert len(counts) == 5000
+    assert max(counts.values()) == 1
+    for client in clients:
+        await client.aclose()
+
+
+async def test_claim_is_round_robin_across_senders(queue: RedisQueue, redis: Redis) -> None:
+    now = await _now_ms(redis)
+    await queue.enqueue(1, [(i, now - 10_000 + i) for i in range(1, 1001)])  # a big campaign
+    await queue.enqueue(2, [(5001, now - 1), (5002, now - 1)])  # a small one, due later
+    result = await queue.claim(10)
+    senders = Counter(lease.sender_id for lease in result.leases)
+    assert senders[2] == 2, "the small campaign must not wait behind the big one"
+    assert senders[1] == 8
+
+
+async def test_stale_token_is_refused(queue: RedisQueue, redis: Redis) -> None:
+    now = await _now_ms(redis)
+    await queue.enqueue(1, [(42, now - 1)])
+    fast = RedisQueue(redis, lease_ms=1)
+    first = (await fast.claim(1)).leases[0]
+    await asyncio.sleep(0.01)
+    reaped, dead = await queue.reap()
+    assert (reaped, dead) == (1, [])
+    second = (await queue.claim(1)).leases[0]
+    assert second.dispatch_id == 42 and second.token != first.token
+    assert await queue.ack([first]) == [42], "the late worker's ack must be refused"
+    assert await queue.ack([second]) == []
+    assert await queue.leased_count() == 0
+
+
+async def test_expired_lease_comes_back_and_gives_up_after_max_stalls(
+    redis: Redis,
+) -> None:
+    queue = RedisQueue(redis, lease_ms=1)
+    now = await _now_ms(redis)
+    await queue.enqueue(7, [(70, now - 1)])
+    for _ in range(3):
+        assert [lease.dispatch_id for lease in (await queue.claim(5)).leases] == [70]
+        await asyncio.sleep(0.01)
+        assert await queue.reap(max_stalls=3) == (1, [])
+    assert [lease.dispatch_id for lease in (await queue.claim(5)).leases] == [70]
+    await asyncio.sleep(0.01)
+    assert await queue.reap(max_stalls=3) == (1, [70])
+    assert (await queue.claim(5)).leases == []
+
+
+async def test_enqueue_is_idempotent_and_skips_leased_ids(queue: RedisQueue, redis: Redis) -> None:
+    now = await _now_ms(redis)
+    assert await queue.enqueue(3, [(1, now - 1), (2, now + 60_000)]) == 2
+    assert await queue.enqueue(3, [(1, now - 1), (2, now + 60_000)]) == 0
+    lease = (await queue.claim(10)).leases
+    assert [x.dispatch_id for x in lease] == [1]
+    assert await queue.enqueue(3, [(1, now - 1)]) == 0, "a leased id must not be queued twice"
+    assert await queue.depth(3) == 1
+
+
+async def test_empty_claim_reports_the_next_due_time(queue: RedisQueue, redis: Redis) -> None:
+    result = await queue.claim(10)
+    assert result.leases == [] and result.next_due_ms is None
+    now = await _now_ms(redis)
+    await queue.enqueue(4, [(9, now + 5000)])
+    result = await queue.claim(10)
+    assert result.leases == []
+    assert result.next_due_ms == now + 5000
+
+
+async def test_defer_sender_parks_it_and_keeps_order(queue: RedisQueue, redis: Redis) -> None:
+    now = await _now_ms(redis)
+    await queue.enqueue(5, [(i, now - 100 + i) for i in range(1, 6)])
+    first = (await queue.claim(2)).leases
+    assert [x.dispatch_id for x in first] == [1, 2]
+    await queue.release(first[1:])
+    await queue.defer_sender(5, now + 60_000)
+    parked = await queue.claim(10)
+    assert parked.leases == [] and parked.next_due_ms == now + 60_000
+    await queue.defer_sender(5, now - 1)  # an earlier time never shortens a park
+    assert (await queue.claim(10)).leases == []
+
+    await queue.enqueue(8, [(80, now - 1)])
+    await queue.defer_sender(8, now + 300)  # a short park: it ends by itself
+    assert (await queue.claim(10)).leases == []
+    leases = []
+    while not leases:
+        leases = (await queue.claim(10)).leases
+    assert (await _now_ms(redis)) >= now + 300
+    assert [x.dispatch_id for x in leases] == [80]
+    # the long-parked sender's backlog is intact and in order
+    assert await redis.zrange("dispatch:{q0}:s:5", 0, -1) == [b"2", b"3", b"4", b"5"]
+
+
+async def test_retry_moves_the_id_to_its_new_due_time(queue: RedisQueue, redis: Redis) -> None:
+    now = await _now_ms(redis)
+    await queue.enqueue(6, [(61, now - 1)])
+    lease = (await queue.claim(1)).leases[0]
+    assert await queue.retry(lease, now + 30_000) == []
+    assert await redis.zscore("dispatch:{q0}:s:6", "61") == now + 30_000
+
+
+async def test_shards_spread_senders_and_claim_from_all(redis: Redis) -> None:
+    queue = RedisQueue(redis, shards=4)
+    now = await _now_ms(redis)
+    for sender in range(1, 9):
+        await queue.enqueue(sender, [(sender * 10, now - 1)])
+    assert len({queue.shard_of(s).shard for s in range(1, 9)}) > 1
+    got: list[int] = []
+    for _ in range(8):
+        got += [x.dispatch_id for x in (await queue.claim(10)).leases]
+    assert sorted(got) == [s * 10 for s in range(1, 9)]
