@@ -33,6 +33,7 @@ class Settings:
     worker_concurrency: int = 200
     worker_batch_size: int = 100
     max_attempts: int = 5
+    retry_base_ms: int = 5000
     lease_seconds: int = 60
     queue_shards: int = 1
     smtp_host: str = "localhost"
@@ -146,6 +147,7 @@ def load_settings(
         worker_concurrency=get("WORKER_CONCURRENCY", lambda n, r: _int(n, r, 1, 10_000), 200),
         worker_batch_size=get("WORKER_BATCH_SIZE", lambda n, r: _int(n, r, 1, 5_000), 100),
         max_attempts=get("DISPATCH_MAX_ATTEMPTS", lambda n, r: _int(n, r, 1, 100), 5),
+        retry_base_ms=get("DISPATCH_RETRY_BASE_MS", lambda n, r: _int(n, r, 1, 3_600_000), 5000),
         lease_seconds=get("DISPATCH_LEASE_SECONDS", lambda n, r: _int(n, r, 2, 3600), 60),
         queue_shards=get("DISPATCH_QUEUE_SHARDS", lambda n, r: _int(n, r, 1, 1024), 1),
         smtp_host=get("SMTP_HOST", text, "localhost"),

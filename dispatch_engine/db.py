@@ -10,11 +10,13 @@ Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Binary format (a version byte, then the JSON text) so COPY can write jsonb too.
     await conn.set_type_codec(
         "jsonb",
-        encoder=lambda v: orjson.dumps(v).decode(),
-        decoder=orjson.loads,
+        encoder=lambda v: b"\x01" + orjson.dumps(v),
+        decoder=lambda data: orjson.loads(data[1:]),
         schema="pg_catalog",
+        format="binary",
     )
 
 

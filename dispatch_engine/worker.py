@@ -44,10 +44,10 @@ RECORD_BATCH = 500
 CAMPAIGN_CACHE = 1024
 
 
-def retry_delay_s(attempt: int) -> float:
-    """Exponential backoff with ±20 % jitter: 5 s, 10 s, 20 s … capped at one hour."""
-    base = min(3600.0, 5.0 * 2.0 ** max(0, attempt - 1))
-    return float(base * random.uniform(0.8, 1.2))
+def retry_delay_s(attempt: int, base_ms: int) -> float:
+    """Exponential backoff with ±20 % jitter: base, 2 base, 4 base … capped at one hour."""
+    delay = min(3600.0, base_ms / 1000 * 2.0 ** max(0, attempt - 1))
+    return float(delay * random.uniform(0.8, 1.2))
 
 
 class WorkerPool:
@@ -324,7 +324,9 @@ class WorkerPool:
             if attempt >= self.settings.max_attempts:
                 reason = f"gave up after {attempt} attempts: {exc}"
                 return outcome(DispatchStatus.FAILED, error=reason)
-            at = datetime.now(UTC) + timedelta(seconds=retry_delay_s(attempt))
+            at = datetime.now(UTC) + timedelta(
+                seconds=retry_delay_s(attempt, self.settings.retry_base_ms)
+            )
             return outcome(DispatchStatus.SCHEDULED, error=str(exc), retry_at=at)
         except PermanentError as exc:
             return outcome(DispatchStatus.FAILED, error=str(exc))

@@ -128,3 +128,26 @@ def queue(redis: Redis, settings: Settings) -> RedisQueue:
 
 def fast(settings: Settings, **changes: object) -> Settings:
     return replace(settings, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def make_client(settings: Settings) -> AsyncIterator[object]:
+    """Start the real app (all roles unless told) and return (client, token) factories."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from dispatch_engine.app import create_app
+
+    clients: list[TestClient] = []
+
+    async def start(
+        app_settings: Settings | None = None, roles: frozenset[str] | None = None
+    ) -> TestClient:
+        app = create_app(app_settings or settings, roles or {"api", "worker", "sweeper"})
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in reversed(clients):
+        await client.close()

@@ -14,7 +14,7 @@ from ..models import User
 from .keys import STORE
 
 log = logging.getLogger(__name__)
-USER = "dispatch_user"
+USER = web.RequestKey("user", User)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

@@ -1,0 +1,61 @@
+"""A real SMTP server (aiosmtpd) on loopback that records what it receives and can be told
+to answer some recipients with an error a number of times."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Sink:
+    messages: list[bytes] = field(default_factory=list)
+    # recipient -> (reply, how many times); e.g. "451 4.7.1 try later"
+    faults: dict[str, tuple[str, int]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        with self.lock:
+            reply, times = self.faults.get(address, ("", 0))
+            if times > 0:
+                self.faults[address] = (reply, times - 1)
+                return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.messages.append(envelope.original_content or envelope.content)
+        return "250 Message accepted for delivery"
+
+    def message_ids(self) -> Counter[str]:
+        with self.lock:
+            return Counter(str(message_from_bytes(m)["Message-ID"]) for m in self.messages)
+
+
+class SmtpSink:
+    def __init__(self) -> None:
+        self.sink = Sink()
+        self.port = free_port()
+        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port)
+
+    def __enter__(self) -> SmtpSink:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()

@@ -1,0 +1,184 @@
+"""The REST API on the real app: validation, per-line rejects, idempotency, listings, scoping."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import FormData
+from aiohttp.test_utils import TestClient
+
+from dispatch_engine.store import Store
+
+from .helpers import auth, new_token, wait_for
+
+Start = Callable[..., Awaitable[TestClient]]
+
+
+async def test_api_requires_a_valid_token(make_client: Start) -> None:
+    client = await make_client()
+    response = await client.get("/api/emails/scheduled")
+    assert response.status == 401
+    assert (await response.json())["error"]["code"] == "unauthenticated"
+    response = await client.get("/api/me", headers=auth("de_wrong"))
+    assert response.status == 401
+    assert (await response.json())["error"]["code"] == "invalid_token"
+
+
+async def test_validation_errors_name_the_field(make_client: Start, store: Store) -> None:
+    client = await make_client()
+    headers = auth(await new_token(store))
+    cases: list[tuple[Any, str]] = [
+        ({"body": "x", "recipients": ["a@example.com"]}, "subject"),
+        ({"subject": "s", "recipients": ["a@example.com"]}, "body"),
+        ({"subject": "s", "body": "b"}, "recipients"),
+        ({"subject": "s", "body": "b", "recipients": ["a@example.com"], "start_at": "tomorrow"},
+         "start_at"),
+        ({"subject": "s", "body": "b", "recipients": ["a@example.com"],
+          "start_at": "2030-01-01T09:00:00"}, "start_at"),
+        ({"subject": "s", "body": "b", "recipients": ["a@example.com"], "delay_between_ms": -5},
+         "delay_between_ms"),
+        ({"subject": "s", "body": "b", "recipients": ["a@example.com"], "hourly_limit": "lots"},
+         "hourly_limit"),
+        ({"subject": "Hi {{ name }}", "body": "b", "recipients": ["a@example.com"]}, "subject"),
+        ({"subject": "s", "body": "{% if %}", "recipients": ["a@example.com"]}, "body"),
+        ({"subject": "s", "body": "b", "recipients": ["not-an-address"]}, "recipients"),
+        ({"subject": "s", "body": "b", "recipients": ["a@example.com"], "sender": "nobody@x.io"},
+         "sender"),
+    ]  # fmt: skip
+    for payload, field in cases:
+        response = await client.post("/api/emails/schedule", json=payload, headers=headers)
+        body = await response.json()
+        assert response.status == 422, (payload, body)
+        assert body["error"]["field"] == field, (payload, body)
+        assert field in body["error"]["message"]
+    response = await client.post("/api/emails/schedule", data=b"{nope", headers=headers)
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == "invalid_json"
+    response = await client.get("/api/emails/sent?limit=0", headers=headers)
+    assert (await response.json())["error"]["field"] == "limit"
+
+
+async def test_bad_rows_are_rejected_by_line_and_good_ones_scheduled(
+    make_client: Start, store: Store
+) -> None:
+    client = await make_client(roles=frozenset({"api"}))
+    headers = auth(await new_token(store))
+    csv_text = (
+        "email,name\n"
+        "ada@example.com,Ada\n"
+        "not an address,Bob\n"
+        "alan@example.com,Alan\n"
+        "ada@example.com,Ada again\n"
+    )
+    form = FormData()
+    form.add_field("subject", "Hello {{ name }}")
+    form.add_field("body", "Hi {{ name }}, this is for {{ email }}.")
+    form.add_field("start_at", (datetime.now(UTC) + timedelta(hours=1)).isoformat())
+    form.add_field("recipients_file", csv_text.encode(), filename="people.csv")
+    response = await client.post("/api/emails/schedule", data=form, headers=headers)
+    body = await response.json()
+    assert response.status == 201, body
+    assert body["accepted"] == 2
+    assert [(r["line"], r["value"]) for r in body["rejected"]] == [
+        (3, "not an address"),
+        (5, "ada@example.com"),
+    ]
+    assert "duplicate of line 2" in body["rejected"][1]["reason"]
+    assert body["campaign"]["total"] == 2
+    assert body["campaign"]["counts"]["scheduled"] == 2
+
+    listed = await (await client.get("/api/emails/scheduled", headers=headers)).json()
+    assert [i["email"] for i in listed["items"]] == ["ada@example.com", "alan@example.com"]
+    assert listed["items"][0]["subject"] == "Hello {{ name }}"
+    assert listed["next_cursor"] is None
+
+
+async def test_idempotency_key_creates_one_campaign(make_client: Start, store: Store) -> None:
+    client = await make_client(roles=frozenset({"api"}))
+    headers = {**auth(await new_token(store)), "Idempotency-Key": "order-42"}
+    payload = {"subject": "s", "body": "b", "recipients": ["a@example.com", "b@example.com"],
+               "start_at": "2099-01-01T00:00:00Z"}  # fmt: skip
+    responses = await asyncio.gather(
+        *(client.post("/api/emails/schedule", json=payload, headers=headers) for _ in range(3))
+    )
+    bodies = [await r.json() for r in responses]
+    assert sorted(r.status for r in responses) == [200, 200, 201]
+    assert len({b["campaign"]["id"] for b in bodies}) == 1
+    count = await store.pool.fetchval("SELECT count(*) FROM dispatches")
+    assert count == 2
+
+
+async def test_keyset_pagination_walks_every_row_once(make_client: Start, store: Store) -> None:
+    client = await make_client(roles=frozenset({"api"}))
+    headers = auth(await new_token(store))
+    recipients = [f"user{i}@example.com" for i in range(23)]
+    payload = {"subject": "s", "body": "b", "recipients": recipients,
+               "start_at": "2099-01-01T00:00:00Z", "delay_between_ms": 1000}  # fmt: skip
+    assert (await client.post("/api/emails/schedule", json=payload, headers=headers)).status == 201
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        url = "/api/emails/scheduled?limit=5" + (f"&cursor={cursor}" if cursor else "")
+        page = await (await client.get(url, headers=headers)).json()
+        seen += [i["email"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == recipients
+
+
+async def test_users_never_see_each_other(make_client: Start, store: Store) -> None:
+    client = await make_client(roles=frozenset({"api"}))
+    ada = auth(await new_token(store, "ada@example.com"))
+    eve = auth(await new_token(store, "eve@example.com"))
+    payload = {"subject": "s", "body": "b", "recipients": ["x@example.com"],
+               "start_at": "2099-01-01T00:00:00Z"}  # fmt: skip
+    created = await (await client.post("/api/emails/schedule", json=payload, headers=ada)).json()
+    campaign_id = created["campaign"]["id"]
+    assert (await client.get(f"/api/campaigns/{campaign_id}", headers=eve)).status == 404
+    assert (await client.get(f"/api/campaigns/{campaign_id}", headers=ada)).status == 200
+    eve_list = await (await client.get("/api/emails/scheduled", headers=eve)).json()
+    assert eve_list["items"] == []
+
+
+async def test_scheduled_emails_reach_the_capture_inbox_once_at_their_time(
+    make_client: Start, store: Store
+) -> None:
+    client = await make_client()
+    headers = auth(await new_token(store))
+    start = datetime.now(UTC) + timedelta(seconds=1)
+    recipients = [{"email": f"p{i}@example.com", "vars": {"n": i}} for i in range(100)]
+    payload = {"subject": "Number {{ n }}", "body": "Hello {{ email }}", "recipients": recipients,
+               "start_at": start.isoformat(), "delay_between_ms": 10}  # fmt: skip
+    response = await client.post("/api/emails/schedule", json=payload, headers=headers)
+    assert response.status == 201
+    campaign_id = (await response.json())["campaign"]["id"]
+
+    async def all_sent() -> bool:
+        detail = await (await client.get(f"/api/campaigns/{campaign_id}", headers=headers)).json()
+        return bool(detail["counts"]["sent"] == 100)
+
+    await wait_for(all_sent)
+    rows = await store.pool.fetch(
+        """SELECT d.scheduled_at, d.sent_at, m.deliveries, m.subject, m.recipients
+           FROM dispatches d JOIN captured_messages m ON m.dispatch_id = d.id"""
+    )
+    assert len(rows) == 100
+    assert all(r["deliveries"] == 1 for r in rows)
+    assert all(r["sent_at"] >= r["scheduled_at"] for r in rows), "sent before its time"
+    assert {r["subject"] for r in rows} == {f"Number {i}" for i in range(100)}
+    detail = await (await client.get(f"/api/campaigns/{campaign_id}", headers=headers)).json()
+    assert detail["status"] == "completed" and detail["progress"] == 1.0
+
+    inbox = await (await client.get("/api/inbox?limit=500", headers=headers)).json()
+    assert len(inbox["items"]) == 100
+    first = inbox["items"][0]
+    message = await (await client.get(f"/api/inbox/{first['id']}", headers=headers)).json()
+    assert message["text"].strip() == f"Hello {first['to'][0]}"
+    assert dict(message["headers"])["Message-ID"] == first["message_id"]
+
+    sent = await (await client.get("/api/emails/sent?limit=500", headers=headers)).json()
+    assert len(sent["items"]) == 100 and {i["status"] for i in sent["items"]} == {"sent"}
