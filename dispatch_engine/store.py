@@ -296,7 +296,8 @@ class Store:
         self, owner_id: int, limit: int, before_id: int | None
     ) -> list[asyncpg.Record]:
         return await self.pool.fetch(
-            """SELECT id, dispatch_id, message_id, mail_from, recipients, subject, received_at
+            """SELECT id, dispatch_id, message_id, mail_from, recipients, subject, received_at,
+                      deliveries
                FROM captured_messages
                WHERE owner_id = $1 AND ($3::bigint IS NULL OR id < $3)
                ORDER BY id DESC LIMIT $2""",

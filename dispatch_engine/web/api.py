@@ -204,6 +204,7 @@ async def inbox(request: web.Request) -> web.Response:
             "to": list(r["recipients"]),
             "subject": r["subject"],
             "received_at": _iso(r["received_at"]),
+            "deliveries": r["deliveries"],
         }
         for r in rows[:limit]
     ]
@@ -230,6 +231,7 @@ async def inbox_message(request: web.Request) -> web.Response:
             "to": list(row["recipients"]),
             "subject": row["subject"],
             "received_at": _iso(row["received_at"]),
+            "deliveries": row["deliveries"],
             "headers": [[k, str(v)] for k, v in parsed.items()],
             "text": text.get_content() if isinstance(text, EmailMessage) else None,
             "html": html.get_content() if isinstance(html, EmailMessage) else None,

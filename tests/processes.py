@@ -1,0 +1,64 @@
+"""Run `dispatch-engine` as real processes, as users do, and read what they print."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+BIN = Path(sys.executable).parent / "dispatch-engine"
+
+
+class Proc:
+    def __init__(self, args: list[str], env: Mapping[str, str], log: Path) -> None:
+        self.log = log
+        self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(BIN), *args],
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_output(self, pattern: str, within: float = 60.0) -> re.Match[str]:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.output())
+            if match:
+                return match
+            if self.proc.poll() is not None:
+                raise AssertionError(f"process exited {self.proc.returncode}:\n{self.output()}")
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not printed within {within} s:\n{self.output()}")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._out.close()
+
+    def stop(self, within: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(within)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError(f"did not stop within {within} s:\n{self.output()}") from None
+        self._out.close()
+        return self.proc.returncode
+
+
+def without_urls(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in ("DATABASE_URL", "REDIS_URL")} | {
+        "PATH": os.environ["PATH"]
+    }
