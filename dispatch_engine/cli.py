@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 import orjson
+import pluggy
 from aiohttp import web
 
 from .app import ALL_ROLES, create_app
@@ -31,6 +32,7 @@ USER_ERRORS = (SettingsError, EmbeddedError, SchemaBehindError, PluginError)
 @dataclass
 class Context:
     settings: Settings
+    plugins: pluggy.PluginManager
 
 
 def _setup_logging(level: str) -> None:
@@ -125,12 +127,8 @@ async def serve(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli() -> None:
     """Dispatch Engine: schedule and send email campaigns."""
-    settings = load_settings()
-    _setup_logging(settings.log_level)
-    ctx.obj = Context(settings)
 
 
 @cli.command()
@@ -222,7 +220,7 @@ def token_create(obj: Context, email: str, name: str) -> None:
 @click.pass_obj
 def plugins(obj: Context, as_json: bool) -> None:
     """List the loaded plugins, where they come from and the hooks they implement."""
-    loaded = describe_plugins(get_plugin_manager(obj.settings))
+    loaded = describe_plugins(obj.plugins)
     if as_json:
         click.echo(orjson.dumps([p.__dict__ for p in loaded], option=orjson.OPT_INDENT_2))
         return
@@ -232,7 +230,16 @@ def plugins(obj: Context, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     try:
-        return cli.main(args=argv, prog_name="dispatch-engine", standalone_mode=False)
+        settings = load_settings()
+        _setup_logging(settings.log_level)
+        plugins = get_plugin_manager(settings)
+        plugins.hook.register_commands(cli=cli)
+        return cli.main(
+            args=argv,
+            prog_name="dispatch-engine",
+            standalone_mode=False,
+            obj=Context(settings, plugins),
+        )
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as exc:

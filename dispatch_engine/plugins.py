@@ -99,11 +99,20 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[LoadedPlugin]:
 
 
 async def call_all(hook: Any, **kwargs: Any) -> list[Any]:
-    """Call every implementation, awaiting the ones that return awaitables (pluggy is sync)."""
+    """Call every implementation in pluggy's order, awaiting coroutines (pluggy is sync).
+
+    An exception stops the caller, wrapped in a PluginError that names the plugin.
+    """
     results = []
-    for result in hook(**kwargs):
-        if inspect.isawaitable(result):
-            result = await result
+    for impl in reversed(hook.get_hookimpls()):
+        try:
+            result = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} failed in {hook.name}: {type(exc).__name__}: {exc}"
+            ) from exc
         if result is not None:
             results.append(result)
     return results

@@ -91,7 +91,10 @@ def from_csv(text: str) -> ParsedRecipients:
     if has_header:
         parsed.columns.update(h for h in header if h and h != "email")
     reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter)
-    for n, row in enumerate(reader, start=1):
+    end = 0
+    for row in reader:
+        # The line this record starts on: a quoted cell may span several lines.
+        n, end = end + 1, reader.line_num
         if n - 1 < first or (has_header and n - 1 == first) or not any(c.strip() for c in row):
             continue
         if len(row) <= email_col:

@@ -71,7 +71,9 @@ def idempotency_key(campaign_id: int, recipient: str, scheduled_at_us: int) -> b
 def _header(value: str) -> str:
     if value.isascii() and "\n" not in value and "\r" not in value:
         return value
-    return Header(value.replace("\r", " ").replace("\n", " "), "utf-8").encode()
+    # Header.encode folds with a bare LF unless told: the wire wants CRLF.
+    cleaned = value.replace("\r", " ").replace("\n", " ")
+    return Header(cleaned, "utf-8").encode(linesep="\r\n")
 
 
 def _body_part(text: str) -> bytes:
@@ -114,7 +116,7 @@ class CompiledCampaign:
         text = self._text.render(context)
         lines = (
             f"To: {recipient}\r\nSubject: {_header(subject)}\r\n"
-            f"Date: {formatdate(localtime=False)}\r\nMessage-ID: {message_id}\r\n"
+            f"Date: {formatdate(usegmt=True)}\r\nMessage-ID: {message_id}\r\n"
         ).encode()
         if self._html is None:
             body = b"Content-Type: text/plain; charset=utf-8\r\n" + _body_part(text)

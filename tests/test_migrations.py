@@ -95,7 +95,9 @@ async def test_migrating_twice_applies_each_migration_once(empty_database: str) 
         assert tables >= TABLES | {"schema_migrations"}
         indexes = {
             r["indexname"]
-            for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")
+            for r in await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'"
+            )
         }
         assert indexes >= LISTING_INDEXES
         await require_current_schema(conn)  # a migrated schema is accepted
@@ -136,9 +138,9 @@ async def test_two_processes_migrating_at_once_both_succeed(
 
         await wait_for(both_waiting, within=60)
         await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
-        outputs = [
-            await asyncio.wait_for(p.communicate(), timeout=120) for p in procs
-        ]
+        outputs = await asyncio.wait_for(
+            asyncio.gather(*(p.communicate() for p in procs)), timeout=120
+        )
     finally:
         for p in procs:
             if p.returncode is None:
@@ -146,7 +148,7 @@ async def test_two_processes_migrating_at_once_both_succeed(
                 await p.wait()
         await holder.close()
 
-    for p, (out, err) in zip(procs, outputs, strict=True):
+    for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err.decode()
     # Each migration was applied by exactly one of the two processes.
     names = [m.name for m in available_migrations()]

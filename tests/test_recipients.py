@@ -1,0 +1,193 @@
+"""Recipient lists: CSV (with or without a header, any common delimiter) and JSON; a bad row
+is reported with its line number and value, and never fails the good ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dispatch_engine.errors import ApiError
+from dispatch_engine.recipients import ParsedRecipients, from_csv, from_json
+
+
+def accepted(parsed: ParsedRecipients) -> list[tuple[str, dict[str, Any]]]:
+    return [(r.email, r.vars) for r in parsed.accepted]
+
+
+def rejected(parsed: ParsedRecipients) -> list[tuple[int, str]]:
+    return [(r["line"], r["value"]) for r in parsed.rejected]
+
+
+def test_header_csv_extra_columns_become_variables() -> None:
+    parsed = from_csv(
+        "Email,First Name,company\n"
+        "ada@example.com,Ada,Analytical Engines\n"
+        'alan@example.com, Alan ,"Bletchley, Park"\n'
+    )
+    assert accepted(parsed) == [
+        ("ada@example.com", {"first name": "Ada", "company": "Analytical Engines"}),
+        ("alan@example.com", {"first name": "Alan", "company": "Bletchley, Park"}),
+    ]
+    assert parsed.columns == {"first name", "company"}
+    assert parsed.rejected == []
+
+
+def test_email_column_need_not_be_first() -> None:
+    parsed = from_csv("name,email\nAda,ada@example.com\n")
+    assert accepted(parsed) == [("ada@example.com", {"name": "Ada"})]
+
+
+def test_bare_list_one_address_per_line() -> None:
+    parsed = from_csv("ada@example.com\nalan@example.com\r\ngrace@example.org\n")
+    assert accepted(parsed) == [
+        ("ada@example.com", {}),
+        ("alan@example.com", {}),
+        ("grace@example.org", {}),
+    ]
+    assert parsed.columns == set()
+    assert parsed.rejected == []
+
+
+def test_semicolon_separated_csv() -> None:
+    parsed = from_csv(
+        "email;name;city\nada@example.com;Ada;London\nalan@example.com;Alan;Wilmslow\n"
+    )
+    assert accepted(parsed) == [
+        ("ada@example.com", {"name": "Ada", "city": "London"}),
+        ("alan@example.com", {"name": "Alan", "city": "Wilmslow"}),
+    ]
+
+
+def test_tab_separated_csv() -> None:
+    parsed = from_csv("email\tname\nada@example.com\tAda\n")
+    assert accepted(parsed) == [("ada@example.com", {"name": "Ada"})]
+
+
+def test_byte_order_mark_is_ignored() -> None:
+    with_header = from_csv("\ufeffemail,name\nada@example.com,Ada\n")
+    assert accepted(with_header) == [("ada@example.com", {"name": "Ada"})]
+    bare = from_csv("\ufeffada@example.com\nalan@example.com\n")
+    assert accepted(bare) == [("ada@example.com", {}), ("alan@example.com", {})]
+    assert bare.rejected == []
+
+
+def test_blank_lines_are_skipped_and_line_numbers_stay_true() -> None:
+    parsed = from_csv(
+        "\n"  # 1
+        "email,name\n"  # 2
+        "ada@example.com,Ada\n"  # 3
+        "\n"  # 4
+        "   \n"  # 5
+        "not-an-address,Nobody\n"  # 6
+        "alan@example.com,Alan\n"  # 7
+        "\n"
+    )
+    assert accepted(parsed) == [
+        ("ada@example.com", {"name": "Ada"}),
+        ("alan@example.com", {"name": "Alan"}),
+    ]
+    assert rejected(parsed) == [(6, "not-an-address")]
+
+
+def test_invalid_and_duplicate_addresses_are_reported_by_line() -> None:
+    parsed = from_csv(
+        "email,name\n"  # 1
+        "ada@example.com,Ada\n"  # 2
+        "bad@,Broken\n"  # 3
+        "alan@example.com,Alan\n"  # 4
+        "ADA@example.com,Ada again\n"  # 5
+        "no-at-sign,X\n"  # 6
+        "alan@example.com,Alan again\n"  # 7
+    )
+    assert accepted(parsed) == [
+        ("ada@example.com", {"name": "Ada"}),
+        ("alan@example.com", {"name": "Alan"}),
+    ]
+    assert rejected(parsed) == [
+        (3, "bad@"),
+        (5, "ADA@example.com"),
+        (6, "no-at-sign"),
+        (7, "alan@example.com"),
+    ]
+    reasons = {r["line"]: r["reason"] for r in parsed.rejected}
+    assert "line 2" in reasons[5]  # a duplicate says which line it repeats
+    assert "line 4" in reasons[7]
+    assert all(reasons.values())
+
+
+def test_bare_list_reports_bad_lines() -> None:
+    parsed = from_csv("ada@example.com\n\nnope\nada@example.com\n")
+    assert accepted(parsed) == [("ada@example.com", {})]
+    assert rejected(parsed) == [(3, "nope"), (4, "ada@example.com")]
+
+
+def test_line_numbers_after_a_multiline_quoted_cell() -> None:
+    parsed = from_csv(
+        "email,note\n"  # 1
+        'ada@example.com,"first line\n'  # 2
+        'second line"\n'  # 3
+        "bad-address,x\n"  # 4
+    )
+    assert accepted(parsed) == [("ada@example.com", {"note": "first line\nsecond line"})]
+    assert rejected(parsed) == [(4, "bad-address")]
+
+
+def test_empty_text_gives_nothing() -> None:
+    parsed = from_csv("\n  \n")
+    assert parsed.accepted == []
+    assert parsed.rejected == []
+
+
+def test_json_list_of_strings() -> None:
+    parsed = from_json(["ada@example.com", "alan@example.com"])
+    assert accepted(parsed) == [("ada@example.com", {}), ("alan@example.com", {})]
+    assert parsed.rejected == []
+
+
+def test_json_list_of_objects_with_vars() -> None:
+    parsed = from_json(
+        [
+            {"email": "ada@example.com", "vars": {"name": "Ada", "visits": 3}},
+            {"email": "alan@example.com"},
+        ]
+    )
+    assert accepted(parsed) == [
+        ("ada@example.com", {"name": "Ada", "visits": 3}),
+        ("alan@example.com", {}),
+    ]
+    assert parsed.columns == {"name", "visits"}
+
+
+def test_json_bad_items_are_reported_by_position() -> None:
+    parsed = from_json(
+        [
+            "ada@example.com",  # 1
+            42,  # 2
+            {"email": 5},  # 3
+            {"email": "x@example.com", "vars": ["not", "an", "object"]},  # 4
+            "not-an-address",  # 5
+            "Ada@Example.com",  # 6: duplicate of 1
+            None,  # 7
+            {"name": "no email"},  # 8
+            {"email": "grace@example.org", "vars": {"name": "Grace"}},  # 9
+        ]
+    )
+    assert accepted(parsed) == [
+        ("ada@example.com", {}),
+        ("grace@example.org", {"name": "Grace"}),
+    ]
+    assert [r["line"] for r in parsed.rejected] == [2, 3, 4, 5, 6, 7, 8]
+    by_line = {r["line"]: r for r in parsed.rejected}
+    assert by_line[4]["value"] == "x@example.com"
+    assert by_line[5]["value"] == "not-an-address"
+    assert by_line[6]["value"] == "Ada@Example.com"
+    assert "line 1" in by_line[6]["reason"]
+    assert "42" in by_line[2]["value"]
+
+
+def test_json_that_is_not_a_list_is_a_field_error() -> None:
+    with pytest.raises(ApiError) as caught:
+        from_json({"email": "ada@example.com"})
+    assert caught.value.status == 422
+    assert caught.value.field == "recipients"

@@ -1,0 +1,213 @@
+"""Rendered message bytes: what a mail client parses back is what the campaign said."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import jinja2
+import pytest
+
+from dispatch_engine.models import CampaignContent, Sender
+from dispatch_engine.render import (
+    CompiledCampaign,
+    TemplateProblem,
+    check_templates,
+    idempotency_key,
+    message_id_for,
+)
+
+RECIPIENT = "ada@example.com"
+
+
+def sender(display_name: str = "Zoë Ürban, Ltd.", reply_to: str | None = None) -> Sender:
+    return Sender(
+        id=1,
+        owner_id=1,
+        from_address="news@example.com",
+        display_name=display_name,
+        reply_to=reply_to,
+        transport="capture",
+        transport_settings={},
+        hourly_limit=50,
+        min_gap_ms=0,
+    )
+
+
+def campaign(subject: str, body: str, html: str | None = None) -> CampaignContent:
+    return CampaignContent(
+        id=7,
+        owner_id=1,
+        sender_id=1,
+        subject=subject,
+        body_text=body,
+        body_html=html,
+        delay_between_ms=0,
+        hourly_limit=None,
+    )
+
+
+def render(
+    content: CampaignContent, variables: dict[str, Any] | None = None, from_: Sender | None = None
+) -> tuple[str, bytes, str]:
+    the_sender = from_ or sender()
+    key = idempotency_key(content.id, RECIPIENT, 1_700_000_000_000_000)
+    message_id = message_id_for(key, the_sender.from_address)
+    subject, raw = CompiledCampaign(content, the_sender).render(
+        RECIPIENT, variables or {}, message_id
+    )
+    return subject, raw, message_id
+
+
+def parse(raw: bytes) -> EmailMessage:
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def text_of(part: EmailMessage) -> str:
+    # The parser keeps the wire's CRLF line ends inside payloads.
+    content = part.get_content()
+    assert isinstance(content, str)
+    return content.replace("\r\n", "\n")
+
+
+def test_plain_message_headers_and_body_round_trip() -> None:
+    long_line = "word " * 300  # 1,500 characters: longer than SMTP's 998-octet line limit
+    body = "Hello {{ name }}, ça va? ✓\n" + long_line + "\nBye"
+    subject, raw, message_id = render(campaign("Grüße, {{ name }}!", body), {"name": "Ada"})
+    message = parse(raw)
+
+    assert subject == "Grüße, Ada!"
+    assert message["Subject"] == "Grüße, Ada!"
+    (address,) = message["From"].addresses
+    assert address.display_name == "Zoë Ürban, Ltd."
+    assert address.addr_spec == "news@example.com"
+    assert message["To"] == RECIPIENT
+    assert message["Message-ID"] == message_id
+    # "-0000" is UTC (RFC 5322 3.3); the date is when the message was rendered.
+    sent = parsedate_to_datetime(message["Date"]).replace(tzinfo=UTC)
+    assert abs((sent - datetime.now(UTC)).total_seconds()) < 300
+    assert message.get_content_type() == "text/plain"
+    assert text_of(message) == f"Hello Ada, ça va? ✓\n{long_line}\nBye"
+    assert not message.defects
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+
+
+def test_ascii_body_round_trips() -> None:
+    _, raw, _ = render(campaign("Hi", "Line one\nLine two for {{ email }}"))
+    message = parse(raw)
+    assert text_of(message) == f"Line one\nLine two for {RECIPIENT}"
+    assert message["From"].addresses[0].display_name == "Zoë Ürban, Ltd."
+
+
+def test_without_display_name_from_is_the_bare_address() -> None:
+    _, raw, _ = render(campaign("Hi", "Body"), from_=sender(display_name=""))
+    (address,) = parse(raw)["From"].addresses
+    assert address.addr_spec == "news@example.com"
+    assert address.display_name == ""
+
+
+def test_reply_to_is_set_when_the_sender_has_one() -> None:
+    _, raw, _ = render(campaign("Hi", "Body"), from_=sender(reply_to="help@example.com"))
+    assert parse(raw)["Reply-To"] == "help@example.com"
+
+
+def test_html_campaign_is_multipart_alternative_with_escaped_variables() -> None:
+    content = campaign(
+        "News for {{ name }}",
+        "Hi {{ name }} ✓",
+        "<p>Hi <b>{{ name }}</b> ✓</p>",
+    )
+    _, raw, message_id = render(content, {"name": "<script>alert(1)</script>"})
+    message = parse(raw)
+    assert message.get_content_type() == "multipart/alternative"
+    assert message["Message-ID"] == message_id
+    parts = list(message.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+    plain, html = (text_of(p) for p in parts)
+    assert plain == "Hi <script>alert(1)</script> ✓"  # text is not HTML: left as written
+    assert html == "<p>Hi <b>&lt;script&gt;alert(1)&lt;/script&gt;</b> ✓</p>"
+    assert "<script>" not in html
+    assert not message.defects and not any(p.defects for p in parts)
+
+
+def test_a_variable_cannot_inject_headers_through_the_subject() -> None:
+    _, raw, _ = render(
+        campaign("Hello {{ name }}", "Body"), {"name": "Ada\r\nBcc: victim@example.net"}
+    )
+    message = parse(raw)
+    assert message["Bcc"] is None
+    assert re.search(rb"(?im)^bcc:", raw) is None
+    assert "Bcc" in str(message["Subject"])  # kept as text, inside the one Subject header
+    assert len(message.get_all("Subject") or []) == 1
+
+
+def test_long_non_ascii_subject_uses_only_crlf_line_ends() -> None:
+    subject = "Grüße — " + "a fairly long subject line " * 6
+    _, raw, _ = render(campaign(subject, "Body"))
+    assert parse(raw)["Subject"] == subject
+    assert re.search(rb"(?<!\r)\n", raw) is None, "bare LF in the message"
+
+
+def test_message_id_is_stable_per_key() -> None:
+    key = idempotency_key(7, RECIPIENT, 1_700_000_000_000_000)
+    same = idempotency_key(7, RECIPIENT, 1_700_000_000_000_000)
+    other = idempotency_key(7, "alan@example.com", 1_700_000_000_000_000)
+    first = message_id_for(key, "news@example.com")
+    assert first == message_id_for(same, "news@example.com")
+    assert first != message_id_for(other, "news@example.com")
+    assert re.fullmatch(r"<[0-9a-f]+@example\.com>", first)
+    # Rendering twice (a retry) carries the same Message-ID.
+    content = campaign("Hi", "Body")
+    assert parse(render(content)[1])["Message-ID"] == parse(render(content)[1])["Message-ID"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ email.__class__.__base__.__subclasses__() }}",
+        "{{ cycler.__init__.__globals__ }}",
+        "{{ name.__len__ }}",
+    ],
+)
+def test_sandbox_refuses_unsafe_template_code(source: str) -> None:
+    compiled = CompiledCampaign(campaign("Hi", source), sender())
+    with pytest.raises(jinja2.exceptions.SecurityError):
+        compiled.render(RECIPIENT, {"name": "Ada"}, "<x@example.com>")
+
+
+def test_sandbox_still_allows_safe_expressions() -> None:
+    _, raw, _ = render(campaign("Hi", "{{ email.upper() }} {{ name|title }}"), {"name": "ada l"})
+    assert text_of(parse(raw)) == "ADA@EXAMPLE.COM Ada L"
+
+
+@pytest.mark.parametrize(
+    ("subject", "body", "html", "field", "needle"),
+    [
+        ("Hi {{ nmae }}", "Body", None, "subject", "nmae"),
+        ("Hi", "Dear {{ first }}", None, "body", "first"),
+        ("Hi", "Body", "<p>{{ company }}</p>", "html", "company"),
+        ("Hi", "Dear {{ name", None, "body", "line 1"),
+        ("{% if %}", "Body", None, "subject", "line 1"),
+        ("Hi", "Body", "<p>\n{% for x in %}</p>", "html", "line 2"),
+    ],
+)
+def test_check_templates_names_the_field(
+    subject: str, body: str, html: str | None, field: str, needle: str
+) -> None:
+    with pytest.raises(TemplateProblem) as caught:
+        check_templates(subject, body, html, {"name"})
+    assert caught.value.field == field
+    assert field in str(caught.value)
+    assert needle in str(caught.value)
+
+
+def test_check_templates_accepts_known_variables() -> None:
+    check_templates("Hi {{ name }}", "{{ email }} {{ name|upper }}", "<p>{{ name }}</p>", {"name"})
