@@ -40,7 +40,7 @@ def _setup_logging(level: str) -> None:
 
 
 @contextlib.contextmanager
-def _servers(settings: Settings, *, may_start: bool) -> Iterator[Settings]:
+def _servers(settings: Settings, *, may_start: bool, attach: bool = True) -> Iterator[Settings]:
     """Settings with URLs: the configured ones, a running `up`'s, or private servers."""
     if settings.database_url and settings.redis_url:
         yield settings
@@ -48,7 +48,7 @@ def _servers(settings: Settings, *, may_start: bool) -> Iterator[Settings]:
     if bool(settings.database_url) != bool(settings.redis_url):
         missing = "REDIS_URL" if settings.database_url else "DATABASE_URL"
         raise SettingsError(f"{missing} must be set too (set both, or neither for local mode)")
-    urls = running_urls(settings.data_dir)
+    urls = running_urls(settings.data_dir) if attach else None
     if urls is not None:
         yield settings.with_urls(urls.database_url, urls.redis_url)
         return
@@ -137,7 +137,8 @@ def up(obj: Context) -> None:
     """Start everything locally: private PostgreSQL + Redis (unless URLs are set), all roles."""
     settings = obj.settings
     local = not (settings.database_url or settings.redis_url)
-    with _servers(settings, may_start=True) as settings:
+    # A second `up` on the same folder must not attach: the private servers refuse it.
+    with _servers(settings, may_start=True, attach=False) as settings:
         settings = ensure_secret_key(settings)
         applied = asyncio.run(_migrate(settings))
         if applied:

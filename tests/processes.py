@@ -62,3 +62,10 @@ def without_urls(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in ("DATABASE_URL", "REDIS_URL")} | {
         "PATH": os.environ["PATH"]
     }
+
+
+def run_cli(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a short `dispatch-engine` command to completion (call it via asyncio.to_thread)."""
+    return subprocess.run(
+        [str(BIN), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )

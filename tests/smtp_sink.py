@@ -3,6 +3,7 @@ to answer some recipients with an error a number of times."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections import Counter
@@ -25,6 +26,8 @@ class Sink:
     # recipient -> (reply, how many times); e.g. "451 4.7.1 try later"
     faults: dict[str, tuple[str, int]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    data_delay_s: float = 0.0  # hold every DATA this long: sends stay in flight
+    data_started: int = 0
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -38,6 +41,10 @@ class Sink:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.data_started += 1
+        if self.data_delay_s:
+            await asyncio.sleep(self.data_delay_s)
         with self.lock:
             self.messages.append(envelope.original_content or envelope.content)
         return "250 Message accepted for delivery"

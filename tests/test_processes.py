@@ -14,7 +14,7 @@ from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
 from .helpers import auth, new_token, wait_for
-from .processes import Proc, without_urls
+from .processes import Proc, run_cli, without_urls
 from .smtp_sink import SmtpSink, free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -63,6 +63,20 @@ async def test_up_killed_mid_campaign_delivers_the_rest_once(
                     detail = await _get(session, f"{base}/api/campaigns/{campaign}", token)
                     sent_at_kill = sent_at_kill or detail["counts"]["sent"]
                     return bool(detail["counts"]["sent"] == 300)
+
+                # The CLI works against the private servers of the running `up`.
+                made = await asyncio.to_thread(
+                    run_cli, ["token", "create", "--email", "eve@example.com"], up_env
+                )
+                assert made.returncode == 0, made.stderr
+                me = await _get(session, f"{base}/api/me", made.stdout.strip())
+                assert me["email"] == "eve@example.com"
+                migrated = await asyncio.to_thread(run_cli, ["migrate"], up_env)
+                assert migrated.returncode == 0 and "up to date" in migrated.stdout
+                twice = await asyncio.to_thread(run_cli, ["up"], up_env | {"DISPATCH_PORT": "0"})
+                assert twice.returncode == 2
+                assert "in use by another dispatch-engine" in twice.stderr
+                assert "Traceback" not in twice.stderr
 
                 await wait_for(all_sent, within=120)
                 assert sent_at_kill is not None and sent_at_kill < 300, "kill came too late"
