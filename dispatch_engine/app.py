@@ -17,7 +17,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from .campaigns import CampaignService
-from .config import Settings
+from .config import Settings, SettingsError
 from .db import create_pool
 from .migrate import require_current_schema
 from .pacing import Pacer, PacingPolicySpec
@@ -28,13 +28,13 @@ from .store import Store
 from .sweeper import Sweeper
 from .transport import TransportRegistry, TransportSpec
 from .web import api, dashboard, health
-from .web.keys import CAMPAIGNS, PLUGINS, POOL, QUEUE, REDIS, ROLES, SETTINGS, STORE, WORKERS
+from .web.guard import browser_middleware
+from .web.keys import CAMPAIGNS, PACER, PLUGINS, POOL, QUEUE, REDIS, ROLES, SETTINGS, STORE, WORKERS
 from .web.middleware import auth_middleware, error_middleware
 from .worker import WorkerPool
 
 log = logging.getLogger(__name__)
 ALL_ROLES = frozenset({"api", "worker", "sweeper"})
-PACING_POLICIES = ("fixed_window", "min_gap")
 
 
 async def _connections(app: web.Application) -> AsyncIterator[None]:
@@ -53,6 +53,7 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
             redis, shards=settings.queue_shards, lease_ms=settings.lease_seconds * 1000
         )
         app[CAMPAIGNS] = CampaignService(app[STORE], app[QUEUE])
+        app[PACER] = await _pacer(app)
         await call_all(app[PLUGINS].hook.startup, settings=settings, app=app)
         yield
         await call_all(app[PLUGINS].hook.shutdown, settings=settings, app=app)
@@ -61,21 +62,27 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
         await pool.close()
 
 
-async def _workers(app: web.Application) -> AsyncIterator[None]:
+async def _pacer(app: web.Application) -> Pacer:
+    """The configured pacing policies (DISPATCH_PACING), from the plugins that offer them."""
     settings, hooks = app[SETTINGS], app[PLUGINS].hook
-    transport_specs: list[TransportSpec] = [
-        spec for specs in await call_all(hooks.register_transports, settings=settings)
-        for spec in specs
-    ]  # fmt: skip
     policy_specs: dict[str, PacingPolicySpec] = {
         spec.name: spec
         for specs in await call_all(hooks.register_pacing_policies, settings=settings)
         for spec in specs
     }
-    policies = [
-        (name, policy_specs[name].factory(app[REDIS], settings))
-        for name in PACING_POLICIES
-        if name in policy_specs
+    unknown = [name for name in settings.pacing if name not in policy_specs]
+    if unknown:
+        known = ", ".join(sorted(policy_specs))
+        raise SettingsError(f"DISPATCH_PACING names unknown policies {unknown}; known: {known}")
+    return Pacer([(n, policy_specs[n].factory(app[REDIS], settings)) for n in settings.pacing])
+
+
+async def _workers(app: web.Application) -> AsyncIterator[None]:
+    settings, hooks = app[SETTINGS], app[PLUGINS].hook
+    transport_specs: list[TransportSpec] = [
+        spec
+        for specs in await call_all(hooks.register_transports, settings=settings)
+        for spec in specs
     ]
     pool = WorkerPool(
         settings,
@@ -83,7 +90,7 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         app[QUEUE],
         app[REDIS],
         TransportRegistry(transport_specs, settings, app[POOL]),
-        Pacer(policies),
+        app[PACER],
         hooks,
     )
     app[WORKERS] = pool
@@ -117,7 +124,8 @@ def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Appl
         known = ", ".join(sorted(ALL_ROLES))
         raise ValueError(f"roles must be among {known}, got {sorted(chosen)}")
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=64 * 1024**2
+        middlewares=[error_middleware, browser_middleware, auth_middleware],
+        client_max_size=64 * 1024**2,
     )
     app[SETTINGS] = settings
     app[ROLES] = chosen
@@ -131,7 +139,7 @@ def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Appl
             autoescape=jinja2.select_autoescape(default=True),
         )
         app.add_routes(api.routes)
-        app.add_routes(dashboard.routes)
+        dashboard.setup(app)
     if "sweeper" in chosen:
         app.cleanup_ctx.append(_sweeper)
     if "worker" in chosen:

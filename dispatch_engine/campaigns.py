@@ -9,11 +9,13 @@ from typing import Any
 import asyncpg
 
 from .errors import ApiError, invalid
-from .models import Sender, User
+from .models import CampaignStatus, Sender, User
+from .pacing import claim_cap
 from .queue import RedisQueue
 from .recipients import ParsedRecipients, from_csv, from_json
 from .render import TemplateProblem, check_templates, idempotency_key
 from .store import NewDispatch, Store
+from .sweeper import requeue
 
 MAX_SUBJECT = 998
 MAX_BODY = 1_000_000
@@ -196,6 +198,59 @@ class CampaignService:
         await self.queue.enqueue(
             sender.id,
             ((r.id, _due_ms(r.scheduled_at)) for r in rows),
-            claim_cap=1 if gap > 0 else 0,
+            claim_cap=claim_cap(sender.hourly_limit, request.hourly_limit, gap),
         )
         return ScheduleResult(campaign_id, len(rows), request.recipients.rejected)
+
+    # ---- controls: each is one guarded state change, then Redis is brought in line ----
+
+    async def _transition(
+        self, user: User, campaign_id: int, to: CampaignStatus, allowed_from: tuple[str, ...]
+    ) -> None:
+        if await self.store.set_campaign_status(user.id, campaign_id, to, allowed_from):
+            return
+        detail = await self.store.campaign_detail(user.id, campaign_id)
+        if detail is None:
+            raise ApiError(404, "not_found", "no such campaign")
+        raise ApiError(
+            409,
+            "invalid_state",
+            f"the campaign is {detail['status']}; only a campaign that is "
+            f"{' or '.join(allowed_from)} can become {to.value}",
+        )
+
+    async def _unqueue(self, rows: list[Any]) -> None:
+        by_sender: dict[int, list[int]] = {}
+        for row in rows:
+            by_sender.setdefault(row["sender_id"], []).append(row["id"])
+        for sender_id, ids in by_sender.items():
+            await self.queue.remove(sender_id, ids)
+
+    async def pause(self, user: User, campaign_id: int) -> None:
+        """No new email of the campaign starts; the ones in flight finish."""
+        await self._transition(user, campaign_id, CampaignStatus.PAUSED, ("scheduled", "running"))
+        await self._unqueue(await self.store.queued_of_campaign(campaign_id))
+
+    async def resume(self, user: User, campaign_id: int) -> None:
+        """Queue again what is still to send; what was sent is never sent again."""
+        await self._transition(user, campaign_id, CampaignStatus.RUNNING, ("paused",))
+        await requeue(self.store, self.queue, campaign_id=campaign_id)
+        await self.store.update_campaign_progress([campaign_id])
+
+    async def cancel(self, user: User, campaign_id: int) -> int:
+        await self._transition(
+            user, campaign_id, CampaignStatus.CANCELLED, ("scheduled", "running", "paused")
+        )
+        cancelled = await self.store.cancel_dispatches(campaign_id)
+        await self._unqueue(cancelled)
+        return len(cancelled)
+
+    async def retry_failed(self, user: User, campaign_id: int) -> int:
+        """Send the failed recipients again (same Message-IDs); others are untouched."""
+        await self._transition(
+            user, campaign_id, CampaignStatus.RUNNING, ("running", "completed", "scheduled")
+        )
+        count = await self.store.reset_failed(campaign_id)
+        await requeue(self.store, self.queue, campaign_id=campaign_id)
+        await self.store.update_campaign_progress([campaign_id])
+        return count

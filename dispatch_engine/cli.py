@@ -172,8 +172,13 @@ def up(obj: Context) -> None:
     type=click.Choice(sorted(ALL_ROLES)),
     help="Run only these roles (repeatable). Default: all.",
 )
-@click.option("--migrate/--no-migrate", "do_migrate", default=True, show_default=True,
-              help="Apply pending migrations before starting.")  # fmt: skip
+@click.option(
+    "--migrate/--no-migrate",
+    "do_migrate",
+    default=True,
+    show_default=True,
+    help="Apply pending migrations before starting.",
+)
 @click.pass_obj
 def run(obj: Context, roles: tuple[str, ...], do_migrate: bool) -> None:
     """Run API, worker and/or sweeper roles against DATABASE_URL and REDIS_URL."""

@@ -24,12 +24,23 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+GOOGLE_ISSUER = "https://accounts.google.com"
+
+
+@dataclass(frozen=True)
+class OidcClient:
+    issuer: str
+    client_id: str
+    client_secret: str = field(repr=False)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     max_emails_per_hour: int = 50
     rate_window_seconds: int = 3600
+    pacing: tuple[str, ...] = ("fixed_window", "min_gap")
     worker_concurrency: int = 200
     worker_batch_size: int = 100
     max_attempts: int = 5
@@ -44,6 +55,9 @@ class Settings:
     smtp_pool_size: int = 4
     google_client_id: str | None = None
     google_client_secret: str | None = field(default=None, repr=False)
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = field(default=None, repr=False)
     secret_key: str = field(default="", repr=False)
     base_url: str | None = None
     data_dir: Path = Path("var")
@@ -56,6 +70,20 @@ class Settings:
     @property
     def public_url(self) -> str:
         return self.base_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def oidc(self) -> OidcClient | None:
+        """The OpenID Connect login client (Google's by default), or None: local mode."""
+        if self.oidc_issuer and self.oidc_client_id and self.oidc_client_secret:
+            return OidcClient(self.oidc_issuer, self.oidc_client_id, self.oidc_client_secret)
+        if self.google_client_id and self.google_client_secret:
+            return OidcClient(GOOGLE_ISSUER, self.google_client_id, self.google_client_secret)
+        return None
+
+    @property
+    def local_mode(self) -> bool:
+        """No login provider is configured: the dev login is offered (see docs/dashboard.md)."""
+        return self.oidc is None
 
     def with_urls(self, database_url: str, redis_url: str) -> Settings:
         return replace(self, database_url=database_url, redis_url=redis_url)
@@ -90,14 +118,62 @@ def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
 
 def _bool_tls(name: str, raw: str) -> SmtpTls:
     aliases: dict[str, SmtpTls] = {
-        "none": "none", "off": "none", "false": "none", "0": "none", "no": "none",
-        "starttls": "starttls", "true": "starttls", "1": "starttls", "yes": "starttls",
-        "tls": "tls", "ssl": "tls", "implicit": "tls",
-    }  # fmt: skip
+        "none": "none",
+        "off": "none",
+        "false": "none",
+        "0": "none",
+        "no": "none",
+        "starttls": "starttls",
+        "true": "starttls",
+        "1": "starttls",
+        "yes": "starttls",
+        "tls": "tls",
+        "ssl": "tls",
+        "implicit": "tls",
+    }
     value = aliases.get(raw.strip().lower())
     if value is None:
         raise SettingsError(f"{name} must be one of none, starttls, tls, got {raw!r}")
     return value
+
+
+_OIDC_VARIABLES = (
+    "GOOGLE_CLIENT_ID",
+    "GOOGLE_CLIENT_SECRET",
+    "OIDC_ISSUER",
+    "OIDC_CLIENT_ID",
+    "OIDC_CLIENT_SECRET",
+)
+
+
+def _oidc_settings(raw: dict[str, str | None]) -> dict[str, str | None]:
+    """Login: GOOGLE_CLIENT_ID + _SECRET, or OIDC_ISSUER + OIDC_CLIENT_ID + _SECRET, or none."""
+    for group in (_OIDC_VARIABLES[:2], _OIDC_VARIABLES[2:]):
+        given = [name for name in group if raw[name]]
+        if given and len(given) < len(group):
+            missing = ", ".join(name for name in group if not raw[name])
+            raise SettingsError(f"{missing} must be set too (with {', '.join(given)})")
+    if raw["GOOGLE_CLIENT_ID"] and raw["OIDC_ISSUER"]:
+        raise SettingsError("set GOOGLE_CLIENT_ID/_SECRET or OIDC_ISSUER/_CLIENT_*, not both")
+    issuer = raw["OIDC_ISSUER"]
+    if issuer is not None:
+        parts = urlsplit(issuer)
+        loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        secure = parts.scheme == "https" or (parts.scheme == "http" and loopback)
+        if not parts.hostname or not secure:
+            raise SettingsError(
+                f"OIDC_ISSUER must be an https:// URL (http:// only on loopback), got {issuer!r}"
+            )
+        if parts.query or parts.fragment:
+            raise SettingsError(f"OIDC_ISSUER must have no query or fragment, got {issuer!r}")
+        issuer = issuer.rstrip("/")
+    return {
+        "google_client_id": raw["GOOGLE_CLIENT_ID"],
+        "google_client_secret": raw["GOOGLE_CLIENT_SECRET"],
+        "oidc_issuer": issuer,
+        "oidc_client_id": raw["OIDC_CLIENT_ID"],
+        "oidc_client_secret": raw["OIDC_CLIENT_SECRET"],
+    }
 
 
 def load_settings(
@@ -126,6 +202,10 @@ def load_settings(
     def port(name: str, raw: str) -> int:
         return _int(name, raw, 1, 65535)
 
+    def names(name: str, raw: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+    pacing = get("DISPATCH_PACING", names, Settings.pacing)
     transport = get("DISPATCH_TRANSPORT", text, "capture")
     if not transport.replace("_", "").replace("-", "").isalnum():
         raise SettingsError(f"DISPATCH_TRANSPORT must be a transport name, got {transport!r}")
@@ -133,6 +213,7 @@ def load_settings(
     if secret_key and len(secret_key) < 16:
         raise SettingsError("DISPATCH_SECRET_KEY must be at least 16 characters long")
     base_url = get("DISPATCH_BASE_URL", lambda n, r: _url(n, r, ("http", "https")), None)
+    login = _oidc_settings({k: get(k, text, None) for k in _OIDC_VARIABLES})
     plugins_dir = get("DISPATCH_PLUGINS_DIR", lambda n, r: Path(r), None)
     if plugins_dir is not None and not plugins_dir.is_dir():
         raise SettingsError(f"DISPATCH_PLUGINS_DIR must be a folder, {str(plugins_dir)!r} is not")
@@ -144,6 +225,7 @@ def load_settings(
         rate_window_seconds=get(
             "DISPATCH_RATE_WINDOW_SECONDS", lambda n, r: _int(n, r, 1, 86_400 * 7), 3600
         ),
+        pacing=pacing,
         worker_concurrency=get("WORKER_CONCURRENCY", lambda n, r: _int(n, r, 1, 10_000), 200),
         worker_batch_size=get("WORKER_BATCH_SIZE", lambda n, r: _int(n, r, 1, 5_000), 100),
         max_attempts=get("DISPATCH_MAX_ATTEMPTS", lambda n, r: _int(n, r, 1, 100), 5),
@@ -156,8 +238,7 @@ def load_settings(
         smtp_password=get("SMTP_PASSWORD", text, None),
         smtp_tls=get("SMTP_TLS", _bool_tls, "starttls"),
         smtp_pool_size=get("SMTP_POOL_SIZE", lambda n, r: _int(n, r, 1, 64), 4),
-        google_client_id=get("GOOGLE_CLIENT_ID", text, None),
-        google_client_secret=get("GOOGLE_CLIENT_SECRET", text, None),
+        **login,
         secret_key=secret_key,
         base_url=base_url,
         data_dir=get("DISPATCH_DATA_DIR", lambda n, r: Path(r), Path("var")),

@@ -382,6 +382,16 @@ class EmbeddedServers:
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = None
 
+    def restart_postgres(self) -> None:
+        """Stop PostgreSQL (fast shutdown) and start it again on the same port and data."""
+        if self._pg is None or self._urls is None:
+            raise EmbeddedError(f"the embedded servers for {self._shown} are not running")
+        _stop_process(self._pg.pid, PG_STOP_SIGNALS, "PostgreSQL", self._pg)
+        port = int(self._urls.database_url.rsplit(":", 1)[1].split("/")[0])
+        self._pg = self._start_postgres(_pick_postgres(self.data_dir / "postgres"), port)
+        self._wait_ready(self._pg, _pg_ready, port, "PostgreSQL", "postgres.log")
+        self._write_state(running=True, postgres_port=port)
+
     def _acquire_lock(self) -> None:
         fd = os.open(self.data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         for attempt in range(3):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from .auth import AuthProviderSpec
     from .config import Settings
     from .pacing import PacingPolicySpec
     from .transport import TransportSpec
@@ -37,6 +38,23 @@ def register_pacing_policies(settings: Settings) -> list[PacingPolicySpec] | Non
 
     A policy decides when a sender may send its next emails (hourly limits, gaps). Called in
     every worker process.
+    """
+
+
+@hookspec
+def register_auth_providers(settings: Settings) -> list[AuthProviderSpec] | None:
+    """Return the dashboard's login providers, as `AuthProviderSpec(name, label, start, …)`.
+
+    Each becomes a button labelled `label` on the login page. Pressing it POSTs (CSRF-checked)
+    to `/auth/<name>/start`, which calls `start(request, context)`: return a `LoginIdentity`
+    to sign the user in at once, or a response (usually a redirect to an identity provider).
+    The provider sends the browser back to `context.callback_url` (`/auth/<name>/callback`),
+    which calls `callback(request, context)`; it returns the verified `LoginIdentity` or
+    raises `AuthError(message)`, shown on the login page. `context.flows` keeps one-time
+    state (PKCE verifier, nonce) server-side, bound to the browser. The core links the
+    identity to a user (by provider + subject, else by verified email), then starts the
+    session. Return an empty list when the provider is not configured. Called once per API
+    process; may be a coroutine.
     """
 
 

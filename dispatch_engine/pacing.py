@@ -35,11 +35,28 @@ class PacingPolicy(Protocol):
     async def acquire(self, request: PacingRequest) -> PacingDecision: ...
 
 
+class CountingPolicy(PacingPolicy, Protocol):
+    """A policy that can also say how many emails a sender sent in its current window."""
+
+    async def usage(self, sender_id: int, now_ms: int) -> int: ...
+
+
 @dataclass(frozen=True)
 class PacingPolicySpec:
     name: str
     factory: Callable[[Redis, Settings], PacingPolicy]
     description: str = ""
+
+
+def claim_cap(sender_limit: int, campaign_limit: int | None, gap_ms: int) -> int:
+    """Most ids of one sender a claim should take: no more than its pace can use at once.
+
+    A gap-paced sender sends one at a time; a limited sender at most its limit per window.
+    Claiming more would only give the rest back every window (work growing with the batch).
+    """
+    if gap_ms > 0:
+        return 1
+    return min(sender_limit, campaign_limit or sender_limit)
 
 
 class Pacer:
@@ -62,3 +79,11 @@ class Pacer:
                 if decision.resume_at_ms is not None:
                     resume = max(resume or 0, decision.resume_at_ms)
         return PacingDecision(allowed, resume, "; ".join(reasons))
+
+    async def usage(self, sender_id: int, now_ms: int) -> int | None:
+        """Sent in the current window, from the first policy that counts (for /api/stats)."""
+        for _, policy in self.policies:
+            usage = getattr(policy, "usage", None)
+            if usage is not None:
+                return int(await usage(sender_id, now_ms))
+        return None

@@ -20,6 +20,20 @@ WAKE_CHANNEL = "dispatch:wake"
 ENQUEUE_CHUNK = 1000
 
 
+def member(dispatch_id: int) -> str:
+    """A dispatch id as a ZSET member that sorts like the number: "b10" after "a9".
+
+    Ids due at the same millisecond are popped in member order, so this keeps a campaign's
+    order (plain decimal strings would put 10 before 2). It costs one byte.
+    """
+    digits = str(dispatch_id)
+    return chr(96 + len(digits)) + digits
+
+
+def dispatch_id_of(raw: bytes | str) -> int:
+    return int(raw[1:])
+
+
 def _script(name: str) -> str:
     return resources.files("dispatch_engine").joinpath("lua", f"{name}.lua").read_text()
 
@@ -83,6 +97,7 @@ class RedisQueue:
         self._defer = redis.register_script(_script("defer_sender"))
         self._reap = redis.register_script(_script("reap"))
         self._renew = redis.register_script(_script("renew"))
+        self._remove = redis.register_script(_script("remove"))
         self._next_shard = 0
 
     def shard_of(self, sender_id: int) -> ShardKeys:
@@ -95,9 +110,9 @@ class RedisQueue:
         keys = self.shard_of(sender_id)
         script_keys = [*keys.keys("ready", "lease", "resume", "caps"), keys.sender(sender_id)]
         added = 0
-        chunk: list[int] = []
+        chunk: list[str | int] = []
         for dispatch_id, due_ms in items:
-            chunk += (dispatch_id, due_ms)
+            chunk += (member(dispatch_id), due_ms)
             if len(chunk) >= 2 * ENQUEUE_CHUNK:
                 added += await self._enqueue(
                     keys=script_keys, args=[sender_id, claim_cap, WAKE_CHANNEL, *chunk]
@@ -124,7 +139,7 @@ class RedisQueue:
             if len(raw) > 3:
                 token = str(int(raw[2]))
                 leases = [
-                    Lease(int(raw[i]), int(raw[i + 1]), token, keys.shard)
+                    Lease(dispatch_id_of(raw[i]), int(raw[i + 1]), token, keys.shard)
                     for i in range(3, len(raw), 2)
                 ]
                 return ClaimResult(leases, now_ms, None)
@@ -138,7 +153,9 @@ class RedisQueue:
         by_shard: dict[int, list[Any]] = {}
         for s in settlements:
             due = "ack" if s.action == "ack" else ("" if s.action == "release" else s.due_ms)
-            by_shard.setdefault(s.lease.shard, []).extend((s.lease.dispatch_id, s.lease.token, due))
+            by_shard.setdefault(s.lease.shard, []).extend(
+                (member(s.lease.dispatch_id), s.lease.token, due)
+            )
         refused: list[int] = []
         for shard, args in by_shard.items():
             keys = self.shards[shard]
@@ -146,7 +163,7 @@ class RedisQueue:
                 keys=keys.keys("ready", "leases", "lease", "resume", "stalls"),
                 args=[keys.sender_prefix, WAKE_CHANNEL, *args],
             )
-            refused.extend(int(x) for x in raw)
+            refused.extend(dispatch_id_of(x) for x in raw)
         return refused
 
     async def ack(self, leases: Sequence[Lease]) -> list[int]:
@@ -178,7 +195,7 @@ class RedisQueue:
                 )
                 count = int(raw[0])
                 reaped += count
-                dead.extend(int(x) for x in raw[1:])
+                dead.extend(dispatch_id_of(x) for x in raw[1:])
                 if count < batch:
                     break
         return reaped, dead
@@ -187,13 +204,42 @@ class RedisQueue:
         """Push back the expiry of leases still held; returns ids this worker no longer holds."""
         by_shard: dict[int, list[Any]] = {}
         for lease in leases:
-            by_shard.setdefault(lease.shard, []).extend((lease.dispatch_id, lease.token))
+            by_shard.setdefault(lease.shard, []).extend((member(lease.dispatch_id), lease.token))
         lost: list[int] = []
         for shard, args in by_shard.items():
             keys = self.shards[shard]
             raw = await self._renew(keys=keys.keys("leases", "lease"), args=[self.lease_ms, *args])
-            lost.extend(int(x) for x in raw)
+            lost.extend(dispatch_id_of(x) for x in raw)
         return lost
+
+    async def remove(self, sender_id: int, ids: Sequence[int]) -> int:
+        """Take queued ids of one sender out of Redis (leased ones finish or are dropped)."""
+        keys = self.shard_of(sender_id)
+        removed = 0
+        for start in range(0, len(ids), ENQUEUE_CHUNK):
+            removed += await self._remove(
+                keys=[*keys.keys("ready", "resume"), keys.sender(sender_id)],
+                args=[sender_id, *(member(i) for i in ids[start : start + ENQUEUE_CHUNK])],
+            )
+        return removed
+
+    async def sender_state(self, sender_id: int) -> dict[str, int | None]:
+        """Queue depth, earliest due time and parked-until of one sender (for /api/stats)."""
+        keys = self.shard_of(sender_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(keys.sender(sender_id))
+            pipe.zrange(keys.sender(sender_id), 0, 0, withscores=True)
+            pipe.hget(keys.key("resume"), str(sender_id))
+            pipe.time()
+            depth, head, resume, (seconds, micros) = await pipe.execute()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        parked = int(resume) if resume is not None and int(resume) > now_ms else None
+        return {
+            "queue_depth": int(depth),
+            "next_due_ms": int(head[0][1]) if head else None,
+            "parked_until_ms": parked,
+            "now_ms": now_ms,
+        }
 
     async def depth(self, sender_id: int) -> int:
         return int(await self.redis.zcard(self.shard_of(sender_id).sender(sender_id)))

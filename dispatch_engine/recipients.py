@@ -64,8 +64,9 @@ def from_json(items: Any) -> ParsedRecipients:
         elif isinstance(item, dict) and isinstance(item.get("email"), str):
             variables = item.get("vars") or {}
             if not isinstance(variables, dict):
-                parsed.rejected.append({"line": n, "value": item["email"],
-                                        "reason": "vars must be an object"})  # fmt: skip
+                parsed.rejected.append(
+                    {"line": n, "value": item["email"], "reason": "vars must be an object"}
+                )
                 continue
             parsed.columns.update(str(k) for k in variables)
             parsed.add(n, item["email"], {str(k): v for k, v in variables.items()})

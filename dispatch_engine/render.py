@@ -45,8 +45,11 @@ def template_variables(source: str, field: str, *, html: bool = False) -> set[st
 def check_templates(subject: str, body: str, html: str | None, columns: set[str]) -> None:
     """Raise TemplateProblem naming the field when a template uses an unknown variable."""
     known = columns | {"email"}
-    for field, source, is_html in (("subject", subject, False), ("body", body, False),
-                                   ("html", html, True)):  # fmt: skip
+    for field, source, is_html in (
+        ("subject", subject, False),
+        ("body", body, False),
+        ("html", html, True),
+    ):
         if source is None:
             continue
         missing = template_variables(source, field, html=is_html) - known
@@ -125,9 +128,17 @@ class CompiledCampaign:
             html = self._html.render(context)
             body = (
                 b'Content-Type: multipart/alternative; boundary="' + b + b'"\r\n\r\n'
-                b"--" + b + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                + _body_part(text) + b"\r\n--" + b + b"\r\n"
-                b"Content-Type: text/html; charset=utf-8\r\n" + _body_part(html)
-                + b"\r\n--" + b + b"--\r\n"
-            )  # fmt: skip
+                b"--"
+                + b
+                + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                + _body_part(text)
+                + b"\r\n--"
+                + b
+                + b"\r\n"
+                b"Content-Type: text/html; charset=utf-8\r\n"
+                + _body_part(html)
+                + b"\r\n--"
+                + b
+                + b"--\r\n"
+            )
         return subject, self._constant + lines + body

@@ -144,6 +144,21 @@ class Store:
             )
         return _sender(row) if row else None
 
+    async def senders_of(self, owner_id: int) -> list[Sender]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM senders WHERE owner_id = $1 ORDER BY is_default DESC, id", owner_id
+        )
+        return [_sender(r) for r in rows]
+
+    async def status_counts(self, owner_id: int) -> dict[str, int]:
+        rows = await self.pool.fetch(
+            "SELECT status, count(*) AS n FROM dispatches WHERE owner_id = $1 GROUP BY status",
+            owner_id,
+        )
+        counts = {s.value: 0 for s in DispatchStatus}
+        counts.update({r["status"]: r["n"] for r in rows})
+        return counts
+
     async def senders_by_id(self, ids: Sequence[int]) -> dict[int, Sender]:
         rows = await self.pool.fetch("SELECT * FROM senders WHERE id = ANY($1::bigint[])", ids)
         return {r["id"]: _sender(r) for r in rows}
@@ -313,6 +328,137 @@ class Store:
             message_id,
         )
 
+    # ---- dashboard: identities, sessions, senders, campaign list, live events ----
+
+    async def login_identity(
+        self,
+        provider: str,
+        subject: str,
+        email: str,
+        *,
+        email_verified: bool,
+        name: str,
+        avatar_url: str | None,
+    ) -> User | None:
+        """The user of an external identity, linked or created; refreshes name and avatar.
+
+        A new identity joins an existing user with the same email only when the provider
+        verified that email; otherwise None (the email belongs to someone else).
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            user_id = await conn.fetchval(
+                "SELECT user_id FROM identities WHERE provider = $1 AND subject = $2",
+                provider,
+                subject,
+            )
+            if user_id is None:
+                row = await conn.fetchrow(
+                    """INSERT INTO users (email, name, avatar_url) VALUES ($1, $2, $3)
+                       ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email
+                       RETURNING id, (xmax = 0) AS created""",
+                    email.lower(),
+                    name,
+                    avatar_url,
+                )
+                assert row is not None
+                if not row["created"] and not email_verified:
+                    return None
+                user_id = row["id"]
+                await conn.execute(
+                    """INSERT INTO identities (provider, subject, user_id) VALUES ($1, $2, $3)
+                       ON CONFLICT (provider, subject) DO NOTHING""",
+                    provider,
+                    subject,
+                    user_id,
+                )
+            row = await conn.fetchrow(
+                """UPDATE users SET name = COALESCE(NULLIF($2, ''), name),
+                                    avatar_url = COALESCE($3, avatar_url)
+                   WHERE id = $1 RETURNING id, email, name, avatar_url""",
+                user_id,
+                name,
+                avatar_url,
+            )
+        return _user(row) if row else None
+
+    async def create_session(
+        self, user_id: int, token_hash: bytes, *, provider: str, user_agent: str, ttl_s: int
+    ) -> None:
+        await self.pool.execute(
+            """INSERT INTO sessions (user_id, token_hash, provider, user_agent, expires_at)
+               VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))""",
+            user_id,
+            token_hash,
+            provider,
+            user_agent[:300],
+            ttl_s,
+        )
+
+    async def session_user(self, token_hash: bytes) -> User | None:
+        """The user of a live session (not revoked, not expired); notes it was seen."""
+        row = await self.pool.fetchrow(
+            """WITH s AS (
+                   SELECT id, user_id, last_seen_at FROM sessions
+                   WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()
+               ), seen AS (
+                   UPDATE sessions SET last_seen_at = now() FROM s
+                   WHERE sessions.id = s.id AND s.last_seen_at < now() - interval '5 minutes'
+               )
+               SELECT u.id, u.email, u.name, u.avatar_url
+               FROM s JOIN users u ON u.id = s.user_id""",
+            token_hash,
+        )
+        return _user(row) if row else None
+
+    async def revoke_session(self, token_hash: bytes) -> bool:
+        done = await self.pool.fetchval(
+            """UPDATE sessions SET revoked_at = now()
+               WHERE token_hash = $1 AND revoked_at IS NULL RETURNING true""",
+            token_hash,
+        )
+        return bool(done)
+
+    async def list_senders(self, owner_id: int) -> list[Sender]:
+        """The user's senders, the default one first."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM senders WHERE owner_id = $1 ORDER BY is_default DESC, from_address",
+            owner_id,
+        )
+        return [_sender(r) for r in rows]
+
+    async def dashboard_campaigns(
+        self, owner_id: int, limit: int, before_id: int | None
+    ) -> list[asyncpg.Record]:
+        """A page of campaigns, newest first, each with its counts by status (keyset on id)."""
+        return await self.pool.fetch(
+            """SELECT c.id, c.subject, c.status, c.total, c.start_at, c.created_at,
+                      s.from_address, k.counts
+               FROM campaigns c JOIN senders s ON s.id = c.sender_id
+               LEFT JOIN LATERAL (
+                   SELECT jsonb_object_agg(status, n) AS counts FROM (
+                       SELECT status, count(*) AS n FROM dispatches d
+                       WHERE d.campaign_id = c.id GROUP BY status
+                   ) by_status
+               ) k ON true
+               WHERE c.owner_id = $1 AND ($3::bigint IS NULL OR c.id < $3)
+               ORDER BY c.id DESC LIMIT $2""",
+            owner_id,
+            limit,
+            before_id,
+        )
+
+    async def dispatch_owners(
+        self, ids: Sequence[int], owner_ids: Sequence[int]
+    ) -> list[asyncpg.Record]:
+        """(owner_id, campaign_id, ids) of the given dispatches, only for the given owners."""
+        return await self.pool.fetch(
+            """SELECT owner_id, campaign_id, array_agg(id ORDER BY id) AS ids FROM dispatches
+               WHERE id = ANY($1::bigint[]) AND owner_id = ANY($2::bigint[])
+               GROUP BY owner_id, campaign_id""",
+            ids,
+            owner_ids,
+        )
+
     # ---- the worker's path ----
 
     async def load_jobs(self, ids: Sequence[int]) -> list[DispatchJob]:
@@ -472,18 +618,78 @@ class Store:
             campaign_ids,
         )
 
+    # ---- campaign controls (each a guarded state change) ----
+
+    async def list_campaigns(
+        self, owner_id: int, limit: int, before_id: int | None
+    ) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """SELECT c.id, c.subject, c.status, c.total, c.start_at, c.created_at,
+                      c.sender_id, s.from_address
+               FROM campaigns c JOIN senders s ON s.id = c.sender_id
+               WHERE c.owner_id = $1 AND ($3::bigint IS NULL OR c.id < $3)
+               ORDER BY c.id DESC LIMIT $2""",
+            owner_id,
+            limit,
+            before_id,
+        )
+
+    async def set_campaign_status(
+        self, owner_id: int, campaign_id: int, to: CampaignStatus, allowed_from: Sequence[str]
+    ) -> bool:
+        done = await self.pool.fetchval(
+            """UPDATE campaigns SET status = $3, updated_at = now()
+               WHERE owner_id = $1 AND id = $2 AND status = ANY($4::text[]) RETURNING true""",
+            owner_id,
+            campaign_id,
+            to.value,
+            list(allowed_from),
+        )
+        return bool(done)
+
+    async def cancel_dispatches(self, campaign_id: int) -> list[asyncpg.Record]:
+        """Cancel what has not started; emails already handed to a transport finish."""
+        return await self.pool.fetch(
+            """UPDATE dispatches SET status = 'cancelled', finished_at = now(),
+                      updated_at = now()
+               WHERE campaign_id = $1 AND status IN ('scheduled', 'rate_limited')
+               RETURNING id, sender_id""",
+            campaign_id,
+        )
+
+    async def reset_failed(self, campaign_id: int) -> int:
+        result = await self.pool.execute(
+            """UPDATE dispatches SET status = 'scheduled', attempts = 0, finished_at = NULL,
+                      scheduled_at = now(), updated_at = now()
+               WHERE campaign_id = $1 AND status = 'failed'""",
+            campaign_id,
+        )
+        return int(result.split()[-1])
+
     # ---- recovery ----
 
-    async def queued_after(self, after_id: int, limit: int) -> list[asyncpg.Record]:
-        """Queued dispatches in id order, for re-adding to Redis in batches."""
+    async def queued_after(
+        self, after_id: int, limit: int, campaign_id: int | None = None
+    ) -> list[asyncpg.Record]:
+        """Queued dispatches of live campaigns in id order, for re-adding to Redis in batches."""
         return await self.pool.fetch(
-            """SELECT d.id, d.sender_id, d.scheduled_at, c.delay_between_ms, s.min_gap_ms
+            """SELECT d.id, d.sender_id, d.scheduled_at, c.delay_between_ms, s.min_gap_ms,
+                      s.hourly_limit AS sender_limit, c.hourly_limit AS campaign_limit
                FROM dispatches d
                JOIN campaigns c ON c.id = d.campaign_id
                JOIN senders s ON s.id = d.sender_id
                WHERE d.status IN ('scheduled', 'sending', 'rate_limited') AND d.id > $1
                  AND c.status IN ('scheduled', 'running')
+                 AND ($3::bigint IS NULL OR d.campaign_id = $3)
                ORDER BY d.id LIMIT $2""",
             after_id,
             limit,
+            campaign_id,
+        )
+
+    async def queued_of_campaign(self, campaign_id: int) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """SELECT id, sender_id FROM dispatches
+               WHERE campaign_id = $1 AND status IN ('scheduled', 'rate_limited')""",
+            campaign_id,
         )

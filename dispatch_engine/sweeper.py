@@ -13,6 +13,7 @@ from collections import defaultdict
 
 from redis.asyncio import Redis
 
+from .pacing import claim_cap
 from .queue import RedisQueue
 from .store import Store
 
@@ -30,21 +31,27 @@ return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 """
 
 
-async def requeue_all(store: Store, queue: RedisQueue, batch: int = REQUEUE_BATCH) -> int:
-    """Re-add every queued dispatch (idempotent: queued or leased ids are left alone)."""
+async def requeue(
+    store: Store, queue: RedisQueue, *, campaign_id: int | None = None, batch: int = REQUEUE_BATCH
+) -> int:
+    """Re-add queued dispatches (all, or one campaign's) from PostgreSQL to Redis.
+
+    Idempotent: ids already queued or leased are left alone, so it is safe at any time.
+    """
     after, added = 0, 0
     while True:
-        rows = await store.queued_after(after, batch)
+        rows = await store.queued_after(after, batch, campaign_id)
         if not rows:
             return added
         by_sender: dict[int, list[tuple[int, int]]] = defaultdict(list)
         caps: dict[int, int] = {}
         for r in rows:
             by_sender[r["sender_id"]].append((r["id"], int(r["scheduled_at"].timestamp() * 1000)))
-            if max(r["delay_between_ms"], r["min_gap_ms"]) > 0:
-                caps[r["sender_id"]] = 1
+            gap = max(r["delay_between_ms"], r["min_gap_ms"])
+            cap = claim_cap(r["sender_limit"], r["campaign_limit"], gap)
+            caps[r["sender_id"]] = min(cap, caps.get(r["sender_id"], cap))
         for sender_id, items in by_sender.items():
-            added += await queue.enqueue(sender_id, items, claim_cap=caps.get(sender_id, 0))
+            added += await queue.enqueue(sender_id, items, claim_cap=caps[sender_id])
         after = rows[-1]["id"]
 
 
@@ -78,7 +85,7 @@ class Sweeper:
             await self.store.fail_dispatches(dead, reason)
         requeued = 0
         if full or not await self.redis.exists(MARKER_KEY):
-            requeued = await requeue_all(self.store, self.queue)
+            requeued = await requeue(self.store, self.queue)
             await self.redis.set(MARKER_KEY, "1")
             if requeued:
                 log.info("recovery re-queued %d dispatches from PostgreSQL", requeued)

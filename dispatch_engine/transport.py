@@ -44,9 +44,9 @@ class PermanentError(TransportError):
 class SenderRateLimitedError(TransientError):
     """The provider says the sender is sending too fast: park the sender, keep the email."""
 
-    def __init__(self, message: str, retry_after_s: float = 60.0) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = retry_after_s  # None: the worker's backoff decides
 
 
 class Transport(Protocol):

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 IDLE_CAP_S = 10.0  # an idle worker asks Redis at most once per this many seconds
 RECORD_BATCH = 500
+EVENTS_CHANNEL = "dispatch:events"  # live updates for dashboards, in any process
 CAMPAIGN_CACHE = 1024
 
 
@@ -259,7 +260,10 @@ class WorkerPool:
         for job in held:
             self._inflight.pop(job.id, None)
         if decision.resume_at_ms is not None:
-            resume = decision.resume_at_ms + random.randint(0, 250)  # spread the restart
+            # A little jitter spreads the restart of many parked senders; a tenth of the wait
+            # at most, so a 50 ms gap stays about 50 ms.
+            wait_ms = max(0, decision.resume_at_ms - now_ms)
+            resume = decision.resume_at_ms + random.randint(0, min(250, wait_ms // 10))
             await self.queue.defer_sender(sender_id, resume)
             if decision.resume_at_ms - now_ms > 1000:  # visible only when really held back
                 await self.store.mark_rate_limited([j.id for j in held])
@@ -304,13 +308,21 @@ class WorkerPool:
                 sender.id, sender.transport, sender.transport_settings
             )
             message = OutgoingMessage(
-                job.id, job.owner_id, sender.from_address, (job.recipient,), message_id,
-                subject, raw,
-            )  # fmt: skip
+                job.id,
+                job.owner_id,
+                sender.from_address,
+                (job.recipient,),
+                message_id,
+                subject,
+                raw,
+            )
             result = await transport.send(message)
             return outcome(DispatchStatus.SENT, response=result.response)
         except SenderRateLimitedError as exc:
-            until = time.time() + exc.retry_after_s
+            wait_s = exc.retry_after_s
+            if wait_s is None:
+                wait_s = retry_delay_s(attempt, self.settings.retry_base_ms)
+            until = time.time() + wait_s
             await self.queue.defer_sender(sender.id, int(until * 1000))
             await notify(
                 self.hooks.sender_limited,
@@ -389,17 +401,25 @@ class WorkerPool:
             await self.store.update_campaign_progress(list({o.campaign_id for o in finished}))
             ids = [o.dispatch_id for o in finished]
             event = {"type": "dispatches", "ids": ids[:1000]}
-            await self.redis.publish("dispatch:events", orjson.dumps(event))
+            await self.redis.publish(EVENTS_CHANNEL, orjson.dumps(event))
         except Exception:
             log.warning("progress update failed", exc_info=True)
         sent_hooks = self.hooks.dispatch_sent.get_hookimpls()
         failed_hooks = self.hooks.dispatch_failed.get_hookimpls()
         for o in finished:
             if o.status == DispatchStatus.SENT and sent_hooks:
-                await notify(self.hooks.dispatch_sent, dispatch_id=o.dispatch_id,
-                             campaign_id=o.campaign_id, recipient=o.recipient,
-                             message_id=o.message_id)  # fmt: skip
+                await notify(
+                    self.hooks.dispatch_sent,
+                    dispatch_id=o.dispatch_id,
+                    campaign_id=o.campaign_id,
+                    recipient=o.recipient,
+                    message_id=o.message_id,
+                )
             elif o.status == DispatchStatus.FAILED and failed_hooks:
-                await notify(self.hooks.dispatch_failed, dispatch_id=o.dispatch_id,
-                             campaign_id=o.campaign_id, recipient=o.recipient,
-                             error=o.error or "")  # fmt: skip
+                await notify(
+                    self.hooks.dispatch_failed,
+                    dispatch_id=o.dispatch_id,
+                    campaign_id=o.campaign_id,
+                    recipient=o.recipient,
+                    error=o.error or "",
+                )

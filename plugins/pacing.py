@@ -23,6 +23,26 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {allowed, used + allowed}
 """
 
+# A log of send times per sender (ZSET): exact, and it says when the oldest send leaves.
+_SLIDING = """
+local now, window, limit, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+    tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local used = redis.call('ZCARD', KEYS[1])
+local allowed = math.min(count, limit - used)
+if allowed > 0 then
+  local seq = redis.call('INCRBY', KEYS[2], allowed)
+  for i = 1, allowed do redis.call('ZADD', KEYS[1], now, seq - allowed + i) end
+  redis.call('PEXPIRE', KEYS[1], window)
+  redis.call('PEXPIRE', KEYS[2], window)
+else
+  allowed = 0
+end
+if allowed >= count then return {allowed, 0} end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {allowed, tonumber(oldest[2]) + window}
+"""
+
 _GAP = """
 local last = redis.call('GET', KEYS[1])
 local now, gap = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -36,12 +56,19 @@ class FixedWindow:
     """At most `hourly_limit` emails per sender per window (`DISPATCH_RATE_WINDOW_SECONDS`)."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
         self.window_ms = settings.rate_window_seconds * 1000
         self._script = redis.register_script(_WINDOW)
 
+    def _key(self, sender_id: int, now_ms: int) -> str:
+        return f"dispatch:rate:{{{sender_id}}}:{now_ms // self.window_ms}"
+
+    async def usage(self, sender_id: int, now_ms: int) -> int:
+        return int(await self.redis.get(self._key(sender_id, now_ms)) or 0)
+
     async def acquire(self, request: PacingRequest) -> PacingDecision:
         window = request.now_ms // self.window_ms
-        key = f"dispatch:rate:{{{request.sender_id}}}:{window}"
+        key = self._key(request.sender_id, request.now_ms)
         allowed, _used = await self._script(
             keys=[key], args=[request.count, request.hourly_limit, self.window_ms * 2]
         )
@@ -51,6 +78,35 @@ class FixedWindow:
             int(allowed),
             (window + 1) * self.window_ms,
             f"hourly limit {request.hourly_limit} reached",
+        )
+
+
+class SlidingWindow:
+    """At most `hourly_limit` emails in any window of `DISPATCH_RATE_WINDOW_SECONDS`.
+
+    Smoother than the clock window (no burst of twice the limit around a boundary); it keeps
+    one timestamp per send of the last window in Redis.
+    """
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.window_ms = settings.rate_window_seconds * 1000
+        self._script = redis.register_script(_SLIDING)
+
+    async def usage(self, sender_id: int, now_ms: int) -> int:
+        key = f"dispatch:sliding:{{{sender_id}}}"
+        return int(await self.redis.zcount(key, now_ms - self.window_ms + 1, "+inf"))
+
+    async def acquire(self, request: PacingRequest) -> PacingDecision:
+        tag = f"{{{request.sender_id}}}"
+        allowed, resume = await self._script(
+            keys=[f"dispatch:sliding:{tag}", f"dispatch:sliding-seq:{tag}"],
+            args=[request.now_ms, self.window_ms, request.hourly_limit, request.count],
+        )
+        if int(allowed) >= request.count:
+            return PacingDecision(request.count)
+        return PacingDecision(
+            int(allowed), int(resume), f"hourly limit {request.hourly_limit} reached"
         )
 
 
@@ -79,5 +135,6 @@ class MinimumGap:
 def register_pacing_policies(settings: Settings) -> list[Any]:
     return [
         PacingPolicySpec("fixed_window", FixedWindow, "hourly limit per clock window"),
+        PacingPolicySpec("sliding_window", SlidingWindow, "hourly limit over any window"),
         PacingPolicySpec("min_gap", MinimumGap, "minimum gap between two emails of a sender"),
     ]

@@ -4,6 +4,7 @@ to answer some recipients with an error a number of times."""
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import threading
 from collections import Counter
@@ -28,6 +29,10 @@ class Sink:
     lock: threading.Lock = field(default_factory=threading.Lock)
     data_delay_s: float = 0.0  # hold every DATA this long: sends stay in flight
     data_started: int = 0
+    fail_ratio: float = 0.0  # answer this share of messages with a 451
+    drop_ratio: float = 0.0  # drop the connection instead of answering this share
+    rejected: int = 0
+    dropped: int = 0
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -45,6 +50,16 @@ class Sink:
             self.data_started += 1
         if self.data_delay_s:
             await asyncio.sleep(self.data_delay_s)
+        roll = random.random()
+        if roll < self.drop_ratio:
+            with self.lock:
+                self.dropped += 1
+            server.transport.close()  # the client sees the connection lost mid-DATA
+            return "421 4.4.2 connection dropped"
+        if roll < self.drop_ratio + self.fail_ratio:
+            with self.lock:
+                self.rejected += 1
+            return "451 4.3.0 temporary local problem, try again"
         with self.lock:
             self.messages.append(envelope.original_content or envelope.content)
         return "250 Message accepted for delivery"

@@ -34,20 +34,35 @@ async def test_validation_errors_name_the_field(make_client: Start, store: Store
         ({"body": "x", "recipients": ["a@example.com"]}, "subject"),
         ({"subject": "s", "recipients": ["a@example.com"]}, "body"),
         ({"subject": "s", "body": "b"}, "recipients"),
-        ({"subject": "s", "body": "b", "recipients": ["a@example.com"], "start_at": "tomorrow"},
-         "start_at"),
-        ({"subject": "s", "body": "b", "recipients": ["a@example.com"],
-          "start_at": "2030-01-01T09:00:00"}, "start_at"),
-        ({"subject": "s", "body": "b", "recipients": ["a@example.com"], "delay_between_ms": -5},
-         "delay_between_ms"),
-        ({"subject": "s", "body": "b", "recipients": ["a@example.com"], "hourly_limit": "lots"},
-         "hourly_limit"),
+        (
+            {"subject": "s", "body": "b", "recipients": ["a@example.com"], "start_at": "tomorrow"},
+            "start_at",
+        ),
+        (
+            {
+                "subject": "s",
+                "body": "b",
+                "recipients": ["a@example.com"],
+                "start_at": "2030-01-01T09:00:00",
+            },
+            "start_at",
+        ),
+        (
+            {"subject": "s", "body": "b", "recipients": ["a@example.com"], "delay_between_ms": -5},
+            "delay_between_ms",
+        ),
+        (
+            {"subject": "s", "body": "b", "recipients": ["a@example.com"], "hourly_limit": "lots"},
+            "hourly_limit",
+        ),
         ({"subject": "Hi {{ name }}", "body": "b", "recipients": ["a@example.com"]}, "subject"),
         ({"subject": "s", "body": "{% if %}", "recipients": ["a@example.com"]}, "body"),
         ({"subject": "s", "body": "b", "recipients": ["not-an-address"]}, "recipients"),
-        ({"subject": "s", "body": "b", "recipients": ["a@example.com"], "sender": "nobody@x.io"},
-         "sender"),
-    ]  # fmt: skip
+        (
+            {"subject": "s", "body": "b", "recipients": ["a@example.com"], "sender": "nobody@x.io"},
+            "sender",
+        ),
+    ]
     for payload, field in cases:
         response = await client.post("/api/emails/schedule", json=payload, headers=headers)
         body = await response.json()
@@ -99,8 +114,12 @@ async def test_bad_rows_are_rejected_by_line_and_good_ones_scheduled(
 async def test_idempotency_key_creates_one_campaign(make_client: Start, store: Store) -> None:
     client = await make_client(roles=frozenset({"api"}))
     headers = {**auth(await new_token(store)), "Idempotency-Key": "order-42"}
-    payload = {"subject": "s", "body": "b", "recipients": ["a@example.com", "b@example.com"],
-               "start_at": "2099-01-01T00:00:00Z"}  # fmt: skip
+    payload = {
+        "subject": "s",
+        "body": "b",
+        "recipients": ["a@example.com", "b@example.com"],
+        "start_at": "2099-01-01T00:00:00Z",
+    }
     responses = await asyncio.gather(
         *(client.post("/api/emails/schedule", json=payload, headers=headers) for _ in range(3))
     )
@@ -115,8 +134,13 @@ async def test_keyset_pagination_walks_every_row_once(make_client: Start, store:
     client = await make_client(roles=frozenset({"api"}))
     headers = auth(await new_token(store))
     recipients = [f"user{i}@example.com" for i in range(23)]
-    payload = {"subject": "s", "body": "b", "recipients": recipients,
-               "start_at": "2099-01-01T00:00:00Z", "delay_between_ms": 1000}  # fmt: skip
+    payload = {
+        "subject": "s",
+        "body": "b",
+        "recipients": recipients,
+        "start_at": "2099-01-01T00:00:00Z",
+        "delay_between_ms": 1000,
+    }
     assert (await client.post("/api/emails/schedule", json=payload, headers=headers)).status == 201
     seen: list[str] = []
     cursor = ""
@@ -134,8 +158,12 @@ async def test_users_never_see_each_other(make_client: Start, store: Store) -> N
     client = await make_client(roles=frozenset({"api"}))
     ada = auth(await new_token(store, "ada@example.com"))
     eve = auth(await new_token(store, "eve@example.com"))
-    payload = {"subject": "s", "body": "b", "recipients": ["x@example.com"],
-               "start_at": "2099-01-01T00:00:00Z"}  # fmt: skip
+    payload = {
+        "subject": "s",
+        "body": "b",
+        "recipients": ["x@example.com"],
+        "start_at": "2099-01-01T00:00:00Z",
+    }
     created = await (await client.post("/api/emails/schedule", json=payload, headers=ada)).json()
     campaign_id = created["campaign"]["id"]
     assert (await client.get(f"/api/campaigns/{campaign_id}", headers=eve)).status == 404
@@ -151,8 +179,13 @@ async def test_scheduled_emails_reach_the_capture_inbox_once_at_their_time(
     headers = auth(await new_token(store))
     start = datetime.now(UTC) + timedelta(seconds=1)
     recipients = [{"email": f"p{i}@example.com", "vars": {"n": i}} for i in range(100)]
-    payload = {"subject": "Number {{ n }}", "body": "Hello {{ email }}", "recipients": recipients,
-               "start_at": start.isoformat(), "delay_between_ms": 10}  # fmt: skip
+    payload = {
+        "subject": "Number {{ n }}",
+        "body": "Hello {{ email }}",
+        "recipients": recipients,
+        "start_at": start.isoformat(),
+        "delay_between_ms": 10,
+    }
     response = await client.post("/api/emails/schedule", json=payload, headers=headers)
     assert response.status == 201
     campaign_id = (await response.json())["campaign"]["id"]

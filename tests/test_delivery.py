@@ -19,13 +19,19 @@ Start = Callable[..., Awaitable[TestClient]]
 
 def smtp_settings(settings: Settings, port: int) -> Settings:
     return replace(
-        settings, transport="smtp", smtp_host="127.0.0.1", smtp_port=port, smtp_tls="none",
-        retry_base_ms=50, max_attempts=3,
-    )  # fmt: skip
+        settings,
+        transport="smtp",
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        smtp_tls="none",
+        retry_base_ms=50,
+        max_attempts=3,
+    )
 
 
-async def test_smtp_delivery_records_ledger_and_retries(make_client: Start, store: Store,
-                                                        settings: Settings) -> None:  # fmt: skip
+async def test_smtp_delivery_records_ledger_and_retries(
+    make_client: Start, store: Store, settings: Settings
+) -> None:
     with SmtpSink() as smtp:
         sink = smtp.sink
         sink.faults["flaky@example.com"] = ("451 4.3.0 temporary failure", 2)
@@ -34,9 +40,11 @@ async def test_smtp_delivery_records_ledger_and_retries(make_client: Start, stor
         client = await make_client(smtp_settings(settings, smtp.port))
         headers = auth(await new_token(store))
         good = [f"r{i}@example.com" for i in range(50)]
-        payload = {"subject": "Hi", "body": "Hello {{ email }}",
-                   "recipients": [*good, "flaky@example.com", "gone@example.com",
-                                  "stuck@example.com"]}  # fmt: skip
+        payload = {
+            "subject": "Hi",
+            "body": "Hello {{ email }}",
+            "recipients": [*good, "flaky@example.com", "gone@example.com", "stuck@example.com"],
+        }
         response = await client.post("/api/emails/schedule", json=payload, headers=headers)
         assert response.status == 201
         campaign = (await response.json())["campaign"]["id"]

@@ -37,8 +37,12 @@ async def test_up_killed_mid_campaign_delivers_the_rest_once(
     try:
         token = first.wait_for_output(r"API token:\s+(\S+)").group(1)
         recipients = [f"r{i}@example.com" for i in range(300)]
-        payload = {"subject": "Hi", "body": "Hello {{ email }}", "recipients": recipients,
-                   "delay_between_ms": 10}  # fmt: skip
+        payload = {
+            "subject": "Hi",
+            "body": "Hello {{ email }}",
+            "recipients": recipients,
+            "delay_between_ms": 10,
+        }
         async with aiohttp.ClientSession() as session:
             async with session.post(
                 f"{base}/api/emails/schedule", json=payload, headers=auth(token)
@@ -101,9 +105,11 @@ async def test_two_worker_processes_send_each_email_once(
 ) -> None:
     with SmtpSink() as smtp:
         worker_env = env | {
-            "DISPATCH_TRANSPORT": "smtp", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port),
+            "DISPATCH_TRANSPORT": "smtp",
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(smtp.port),
             "SMTP_TLS": "none",
-        }  # fmt: skip
+        }
         workers = [
             Proc(["run", "--role", "worker"], worker_env, tmp_path / f"worker{n}.log")
             for n in range(2)

@@ -8,7 +8,7 @@ from collections import Counter
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
-from dispatch_engine.queue import RedisQueue
+from dispatch_engine.queue import RedisQueue, dispatch_id_of, member
 
 
 async def _now_ms(redis: Redis) -> int:
@@ -124,7 +124,8 @@ async def test_defer_sender_parks_it_and_keeps_order(queue: RedisQueue, redis: R
     assert (await _now_ms(redis)) >= now + 300
     assert [x.dispatch_id for x in leases] == [80]
     # the long-parked sender's backlog is intact and in order
-    assert await redis.zrange("dispatch:{q0}:s:5", 0, -1) == [b"2", b"3", b"4", b"5"]
+    queued = await redis.zrange("dispatch:{q0}:s:5", 0, -1)
+    assert [dispatch_id_of(m) for m in queued] == [2, 3, 4, 5]
 
 
 async def test_retry_moves_the_id_to_its_new_due_time(queue: RedisQueue, redis: Redis) -> None:
@@ -132,7 +133,7 @@ async def test_retry_moves_the_id_to_its_new_due_time(queue: RedisQueue, redis: 
     await queue.enqueue(6, [(61, now - 1)])
     lease = (await queue.claim(1)).leases[0]
     assert await queue.retry(lease, now + 30_000) == []
-    assert await redis.zscore("dispatch:{q0}:s:6", "61") == now + 30_000
+    assert await redis.zscore("dispatch:{q0}:s:6", member(61)) == now + 30_000
 
 
 async def test_shards_spread_senders_and_claim_from_all(redis: Redis) -> None:
@@ -145,3 +146,11 @@ async def test_shards_spread_senders_and_claim_from_all(redis: Redis) -> None:
     for _ in range(8):
         got += [x.dispatch_id for x in (await queue.claim(10)).leases]
     assert sorted(got) == [s * 10 for s in range(1, 9)]
+
+
+async def test_ids_due_at_the_same_time_come_out_in_id_order(
+    queue: RedisQueue, redis: Redis
+) -> None:
+    now = await _now_ms(redis)
+    await queue.enqueue(9, [(i, now - 1) for i in (10, 2, 100, 9, 1)])
+    assert [x.dispatch_id for x in (await queue.claim(10)).leases] == [1, 2, 9, 10, 100]

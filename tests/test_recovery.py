@@ -47,16 +47,21 @@ async def test_sigterm_lets_in_flight_sends_finish_and_records_them(
     with SmtpSink() as smtp:
         smtp.sink.data_delay_s = 1.0  # every DATA takes a second: sends are in flight for long
         worker_env = env | {
-            "DISPATCH_TRANSPORT": "smtp", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port),
-            "SMTP_TLS": "none", "SMTP_POOL_SIZE": "8",
-        }  # fmt: skip
+            "DISPATCH_TRANSPORT": "smtp",
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(smtp.port),
+            "SMTP_TLS": "none",
+            "SMTP_POOL_SIZE": "8",
+        }
         worker = Proc(["run", "--role", "worker"], worker_env, tmp_path / "worker.log")
         worker.wait_for_output(r"Running worker on")
         api = await make_client(replace(settings, transport="smtp"), frozenset({"api"}))
         headers = auth(await new_token(store))
         payload: dict[str, Any] = {
-            "subject": "s", "body": "b", "recipients": [f"y{i}@example.com" for i in range(40)],
-        }  # fmt: skip
+            "subject": "s",
+            "body": "b",
+            "recipients": [f"y{i}@example.com" for i in range(40)],
+        }
         assert (await api.post("/api/emails/schedule", json=payload, headers=headers)).status == 201
 
         async def sending() -> bool:

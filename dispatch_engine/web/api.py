@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -14,9 +15,11 @@ from aiohttp import BodyPartReader, web
 
 from ..campaigns import parse_schedule_request
 from ..errors import ApiError, invalid
-from .keys import CAMPAIGNS, SETTINGS, STORE
+from ..worker import EVENTS_CHANNEL
+from .keys import CAMPAIGNS, PACER, QUEUE, REDIS, SETTINGS, STORE
 from .middleware import current_user, json_response
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 MAX_UPLOAD = 64 * 1024 * 1024
 
@@ -188,6 +191,79 @@ async def campaign(request: web.Request) -> web.Response:
     return json_response(_campaign_json(detail))
 
 
+@routes.get("/api/campaigns")
+async def campaigns(request: web.Request) -> web.Response:
+    user, limit = current_user(request), _limit(request)
+    before = request.query.get("cursor")
+    if before is not None and not before.isdigit():
+        raise invalid("cursor", "is not a cursor this API returned")
+    rows = await request.app[STORE].list_campaigns(
+        user.id, limit + 1, int(before) if before else None
+    )
+    items = [
+        {
+            "id": r["id"],
+            "subject": r["subject"],
+            "status": r["status"],
+            "total": r["total"],
+            "sender": {"id": r["sender_id"], "from_address": r["from_address"]},
+            "start_at": _iso(r["start_at"]),
+            "created_at": _iso(r["created_at"]),
+        }
+        for r in rows[:limit]
+    ]
+    cursor = str(rows[limit - 1]["id"]) if len(rows) > limit else None
+    return json_response({"items": items, "next_cursor": cursor})
+
+
+async def _control(request: web.Request, action: str) -> web.Response:
+    user = current_user(request)
+    campaign_id = _path_id(request)
+    service = request.app[CAMPAIGNS]
+    affected: int | None = None
+    if action == "pause":
+        await service.pause(user, campaign_id)
+    elif action == "resume":
+        await service.resume(user, campaign_id)
+    elif action == "cancel":
+        affected = await service.cancel(user, campaign_id)
+    else:
+        affected = await service.retry_failed(user, campaign_id)
+    detail = await request.app[STORE].campaign_detail(user.id, campaign_id)
+    assert detail is not None
+    body = _campaign_json(detail)
+    await publish_event(request.app, {"type": "campaign", "id": campaign_id, "owner_id": user.id})
+    return json_response({"campaign": body, "affected": affected})
+
+
+@routes.post("/api/campaigns/{id}/pause")
+async def pause(request: web.Request) -> web.Response:
+    return await _control(request, "pause")
+
+
+@routes.post("/api/campaigns/{id}/resume")
+async def resume(request: web.Request) -> web.Response:
+    return await _control(request, "resume")
+
+
+@routes.post("/api/campaigns/{id}/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    return await _control(request, "cancel")
+
+
+@routes.post("/api/campaigns/{id}/retry-failed")
+async def retry_failed(request: web.Request) -> web.Response:
+    return await _control(request, "retry-failed")
+
+
+async def publish_event(app: web.Application, event: dict[str, Any]) -> None:
+    """Tell open dashboards (in any process) that something changed; best effort."""
+    try:
+        await app[REDIS].publish(EVENTS_CHANNEL, orjson.dumps(event))
+    except Exception:
+        log.warning("could not publish %s", event.get("type"), exc_info=True)
+
+
 @routes.get("/api/inbox")
 async def inbox(request: web.Request) -> web.Response:
     user, limit = current_user(request), _limit(request)
@@ -238,6 +314,38 @@ async def inbox_message(request: web.Request) -> web.Response:
             "raw": row["raw"].decode("utf-8", "replace"),
         }
     )
+
+
+@routes.get("/api/stats")
+async def stats(request: web.Request) -> web.Response:
+    """Per sender: its pace, what it sent this window, its backlog, whether it is parked."""
+    user = current_user(request)
+    store, queue, pacer = request.app[STORE], request.app[QUEUE], request.app[PACER]
+    settings = request.app[SETTINGS]
+    senders = []
+    for sender in await store.senders_of(user.id):
+        state = await queue.sender_state(sender.id)
+        now_ms = state["now_ms"] or 0
+        next_due = state["next_due_ms"]
+        senders.append(
+            {
+                "id": sender.id,
+                "from_address": sender.from_address,
+                "hourly_limit": sender.hourly_limit,
+                "min_gap_ms": sender.min_gap_ms,
+                "window_seconds": settings.rate_window_seconds,
+                "sent_this_window": await pacer.usage(sender.id, now_ms),
+                "queue_depth": state["queue_depth"],
+                "parked_until": _iso_ms(state["parked_until_ms"]),
+                "due_lag_ms": max(0, now_ms - next_due) if next_due is not None else 0,
+            }
+        )
+    counts = await store.status_counts(user.id)
+    return json_response({"senders": senders, "dispatches": counts})
+
+
+def _iso_ms(ms: int | None) -> str | None:
+    return _iso(datetime.fromtimestamp(ms / 1000, UTC)) if ms is not None else None
 
 
 @routes.get("/api/me")

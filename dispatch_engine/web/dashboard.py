@@ -1,18 +1,32 @@
-"""The dashboard's pages (server-rendered Jinja). The full dashboard is its own issue."""
+"""The dashboard (api role): login, pages, compose helpers, live events, static files.
+
+`setup(app)` wires it into the app factory; each part lives in its own module.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
 
-import aiohttp_jinja2
 from aiohttp import web
 
-from .keys import SETTINGS
+from . import auth, compose, events, pages
+from .keys import SESSIONS, SETTINGS, STORE
+from .sessions import SessionManager
+from .views import setup_templates, static_dir
 
-routes = web.RouteTableDef()
+
+async def _sessions(app: web.Application) -> AsyncIterator[None]:
+    app[SESSIONS] = SessionManager(app[SETTINGS], app[STORE])
+    yield
 
 
-@routes.get("/")
-@aiohttp_jinja2.template("index.html")
-async def index(request: web.Request) -> dict[str, Any]:
-    return {"base_url": request.app[SETTINGS].public_url}
+def setup(app: web.Application) -> None:
+    """Add the dashboard to `app` (after the connections' cleanup context)."""
+    setup_templates(app)
+    app.cleanup_ctx.extend([_sessions, auth.providers_context, events.events_context])
+    app.on_shutdown.append(events.close_streams)
+    app.add_routes(auth.routes)
+    app.add_routes(compose.routes)
+    app.add_routes(events.routes)
+    app.add_routes(pages.routes)
+    app.router.add_static("/static", static_dir())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import aiohttp
 import asyncpg
 import pluggy
 from aiohttp import web
@@ -9,9 +12,15 @@ from redis.asyncio import Redis
 
 from ..campaigns import CampaignService
 from ..config import Settings
+from ..pacing import Pacer
 from ..queue import RedisQueue
 from ..store import Store
 from ..worker import WorkerPool
+
+if TYPE_CHECKING:
+    from ..auth import AuthProviderSpec
+    from .events import EventHub
+    from .sessions import SessionManager
 
 SETTINGS = web.AppKey("settings", Settings)
 ROLES: web.AppKey[frozenset[str]] = web.AppKey("roles")
@@ -22,3 +31,9 @@ STORE = web.AppKey("store", Store)
 QUEUE = web.AppKey("queue", RedisQueue)
 CAMPAIGNS = web.AppKey("campaigns", CampaignService)
 WORKERS = web.AppKey("workers", WorkerPool)
+PACER = web.AppKey("pacer", Pacer)
+# The dashboard's (api role): sessions, login providers by name, their HTTP client, live events.
+SESSIONS: web.AppKey[SessionManager] = web.AppKey("sessions")
+AUTH_PROVIDERS: web.AppKey[dict[str, AuthProviderSpec]] = web.AppKey("auth_providers")
+HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
+EVENT_HUB: web.AppKey[EventHub] = web.AppKey("event_hub")

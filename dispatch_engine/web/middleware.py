@@ -47,7 +47,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/api/") and request.path != "/api/openapi.json":
+    api = request.path.startswith("/api/") and request.path != "/api/openapi.json"
+    # A browser's session (web/guard.py) may already have named the user.
+    if api and USER not in request:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

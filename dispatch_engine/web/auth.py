@@ -1,0 +1,159 @@
+"""Login and logout: the login page, the provider routes, and turning an identity into a session.
+
+Providers are plugins (`register_auth_providers`): `POST /auth/<name>/start` (CSRF-checked
+by the browser gate) and `GET /auth/<name>/callback` call their handlers; whatever identity
+they verify is linked to a user here, and a new server-side session starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from ..auth import AuthContext, AuthError, AuthProviderSpec, LoginFlows, LoginIdentity
+from ..plugins import call_all
+from .keys import AUTH_PROVIDERS, HTTP_CLIENT, PLUGINS, REDIS, SESSIONS, SETTINGS, STORE
+from .middleware import USER
+from .sessions import CSRF_TOKEN, safe_next
+from .views import render
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+
+async def providers_context(app: web.Application) -> AsyncIterator[None]:
+    """Collect the login providers and open the HTTP client they use (api role)."""
+    settings = app[SETTINGS]
+    specs: dict[str, AuthProviderSpec] = {}
+    for found in await call_all(app[PLUGINS].hook.register_auth_providers, settings=settings):
+        for spec in found:
+            specs.setdefault(spec.name, spec)
+    app[AUTH_PROVIDERS] = specs
+    if not specs:
+        log.warning("no login provider is configured: the dashboard cannot be signed in to")
+    elif "dev" in specs and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("the dev login is on and the app listens on %s: anyone who can reach it "
+                    "can sign in as the dev user; configure GOOGLE_CLIENT_ID or OIDC_*",
+                    settings.host)  # fmt: skip
+    timeout = aiohttp.ClientTimeout(total=15)
+    headers = {"User-Agent": "dispatch-engine", "Accept": "application/json"}
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
+        app[HTTP_CLIENT] = http
+        yield
+
+
+def _provider(request: web.Request) -> AuthProviderSpec:
+    spec = request.app[AUTH_PROVIDERS].get(request.match_info["name"])
+    if spec is None:
+        raise web.HTTPNotFound()
+    return spec
+
+
+def _context(request: web.Request, flows: LoginFlows) -> AuthContext:
+    settings = request.app[SETTINGS]
+    base = settings.base_url.rstrip("/") if settings.base_url else str(request.url.origin())
+    name = request.match_info["name"]
+    return AuthContext(settings, request.app[HTTP_CLIENT], flows, f"{base}/auth/{name}/callback")
+
+
+def _login_page(request: web.Request, *, error: str, next_path: str, status: int) -> web.Response:
+    manager = request.app[SESSIONS]
+    browser = manager.browser_id(request)
+    fresh = browser is None
+    if browser is None:
+        browser = manager.new_browser_id()
+    if request.get(USER) is None:
+        # The login buttons are forms too: their token is bound to this browser.
+        request[CSRF_TOKEN] = manager.csrf_for_browser(browser)
+    context = {"error": error, "next": next_path, "signed_out": "signed_out" in request.query}
+    response = render(request, "login.html", context, status=status)
+    if fresh:
+        manager.set_browser(response, browser)
+    return response
+
+
+@routes.get("/login")
+async def login(request: web.Request) -> web.StreamResponse:
+    next_path = safe_next(request.query.get("next"))
+    if request.get(USER) is not None:
+        raise web.HTTPSeeOther(next_path)
+    return _login_page(request, error="", next_path=next_path, status=200)
+
+
+async def _finish(
+    request: web.Request, spec: AuthProviderSpec, identity: LoginIdentity, next_path: str
+) -> web.StreamResponse:
+    """Link the identity to a user (creating one if new) and start their session."""
+    store, settings = request.app[STORE], request.app[SETTINGS]
+    if not identity.email or not identity.subject:
+        raise AuthError(f"{spec.label}: the provider did not tell us your email address")
+    user = await store.login_identity(
+        identity.provider,
+        identity.subject,
+        identity.email,
+        email_verified=identity.email_verified,
+        name=identity.name,
+        avatar_url=identity.avatar_url,
+    )
+    if user is None:
+        raise AuthError(
+            f"An account with {identity.email} exists, and the provider has not verified that "
+            "this address is yours, so it was not linked. Verify your email with the provider."
+        )
+    await store.ensure_default_sender(
+        user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
+    )
+    response = web.HTTPSeeOther(safe_next(next_path))
+    await request.app[SESSIONS].start(request, response, user, identity.provider)
+    log.info("user %s signed in with %s", user.email, spec.name)
+    return response
+
+
+async def _run(request: web.Request, step: str) -> web.StreamResponse:
+    spec = _provider(request)
+    browser = request.app[SESSIONS].browser_id(request) or ""
+    if step == "start":
+        form = await request.post()
+        wanted = form.get("next")
+        next_path = safe_next(wanted if isinstance(wanted, str) else None)
+        flows = LoginFlows(request.app[REDIS], browser, next_path)
+    else:
+        flows = LoginFlows(request.app[REDIS], browser)
+    context = _context(request, flows)
+    try:
+        if step == "start":
+            result = await spec.start(request, context)
+            if not isinstance(result, LoginIdentity):
+                return result
+            return await _finish(request, spec, result, flows.next_path)
+        if spec.callback is None:
+            raise web.HTTPNotFound()
+        identity = await spec.callback(request, context)
+        return await _finish(request, spec, identity, flows.next_path)
+    except AuthError as exc:
+        log.info("login with %s refused: %s", spec.name, exc)
+        return _login_page(request, error=str(exc), next_path=flows.next_path, status=400)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("login with %s failed: %s: %s", spec.name, type(exc).__name__, exc)
+        message = f"{spec.label}: the sign-in provider could not be reached. Try again."
+        return _login_page(request, error=message, next_path=flows.next_path, status=502)
+
+
+@routes.post("/auth/{name}/start")
+async def auth_start(request: web.Request) -> web.StreamResponse:
+    return await _run(request, "start")
+
+
+@routes.get("/auth/{name}/callback")
+async def auth_callback(request: web.Request) -> web.StreamResponse:
+    return await _run(request, "callback")
+
+
+@routes.post("/logout")
+async def logout(request: web.Request) -> web.StreamResponse:
+    response = web.HTTPSeeOther("/login?signed_out=1")
+    await request.app[SESSIONS].end(request, response)
+    return response

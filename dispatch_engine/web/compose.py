@@ -1,0 +1,205 @@
+"""The Compose page and its helpers: a recipients check and a preview, both before scheduling.
+
+With JavaScript the page posts to `POST /api/emails/schedule` itself; without it the form
+posts to `POST /compose`, which schedules the same way and re-renders with the errors next
+to their fields.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import jinja2
+import nh3
+import orjson
+from aiohttp import web
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from multidict import MultiDictProxy
+
+from ..campaigns import MAX_BODY, MAX_SUBJECT, parse_schedule_request
+from ..errors import ApiError, invalid
+from ..recipients import from_csv
+from .events import publish
+from .keys import CAMPAIGNS, SETTINGS, STORE
+from .middleware import current_user, json_response
+from .views import render
+
+routes = web.RouteTableDef()
+MAX_LISTED_REJECTS = 500
+_TEXT = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+_HTML = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
+# The page's field names differ from the API's where the browser helps (time zone, seconds).
+PAGE_FIELDS = {
+    "start_at": "start_local",
+    "delay_between_ms": "delay_seconds",
+    "recipients_csv": "recipients",
+    "recipients_file": "recipients",
+}
+
+
+def sanitize_html(html: str) -> str:
+    """Email HTML made safe to show: no scripts, handlers or frames (Ammonia, via nh3)."""
+    return nh3.clean(html, link_rel="noopener noreferrer nofollow")
+
+
+def _render(
+    env: ImmutableSandboxedEnvironment, field: str, source: str, ctx: dict[str, Any]
+) -> str:
+    try:
+        return env.from_string(source).render(ctx)
+    except jinja2.TemplateSyntaxError as exc:
+        raise invalid(field, f"template error on line {exc.lineno}: {exc.message}") from None
+    except jinja2.UndefinedError as exc:
+        known = ", ".join(sorted(ctx))
+        raise invalid(field, f"{exc.message} (this recipient has: {known})") from None
+    except SecurityError as exc:
+        raise invalid(field, f"not allowed in a template: {exc}") from None
+    except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+        raise invalid(field, f"cannot be rendered: {exc}") from None
+
+
+async def _recipients_text(request: web.Request) -> str:
+    if request.content_type.startswith("multipart/"):
+        form = await request.post()
+        upload = form.get("recipients_file")
+        if isinstance(upload, web.FileField):
+            return _decode_upload(upload)
+        text = form.get("recipients_csv")
+        return text if isinstance(text, str) else ""
+    body = orjson.loads(await request.read() or b"{}")
+    text = body.get("recipients_csv") if isinstance(body, dict) else None
+    return text if isinstance(text, str) else ""
+
+
+def _decode_upload(upload: web.FileField) -> str:
+    try:
+        return upload.file.read().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise invalid("recipients_file", "must be UTF-8 text (save the CSV as UTF-8)") from None
+
+
+@routes.post("/api/compose/recipients")
+async def check_recipients(request: web.Request) -> web.Response:
+    """How many valid addresses a CSV/TXT holds, and every rejected line, before scheduling."""
+    current_user(request)
+    try:
+        parsed = from_csv(await _recipients_text(request))
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+    first = parsed.accepted[0] if parsed.accepted else None
+    return json_response(
+        {
+            "valid": len(parsed.accepted),
+            "rejected": parsed.rejected[:MAX_LISTED_REJECTS],
+            "rejected_total": len(parsed.rejected),
+            "columns": sorted(parsed.columns),
+            "first": {"email": first.email, "vars": first.vars} if first else None,
+        }
+    )
+
+
+@routes.post("/api/compose/preview")
+async def preview(request: web.Request) -> web.Response:
+    """The email one recipient would get (sandboxed Jinja, like the sender's renderer)."""
+    current_user(request)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    recipient = body.get("recipient") or {}
+    email = recipient.get("email") if isinstance(recipient, dict) else None
+    variables = recipient.get("vars") if isinstance(recipient, dict) else None
+    ctx = {
+        **(variables if isinstance(variables, dict) else {}),
+        "email": email if isinstance(email, str) else "someone@example.com",
+    }
+    out: dict[str, Any] = {"recipient": ctx["email"]}
+    for field, limit in (("subject", MAX_SUBJECT), ("body", MAX_BODY), ("html", MAX_BODY)):
+        source = body.get(field) or ""
+        if not isinstance(source, str) or len(source) > limit:
+            raise invalid(field, f"must be text of at most {limit} characters")
+        env = _HTML if field == "html" else _TEXT
+        out[field] = _render(env, field, source, ctx) if source else ""
+    out["html"] = sanitize_html(out["html"]) if out["html"] else None
+    return json_response(out)
+
+
+# ---- the page (and its no-JavaScript submit) ----
+
+
+async def _compose_page(
+    request: web.Request, *, values: dict[str, Any], errors: dict[str, str], status: int = 200
+) -> web.Response:
+    user = current_user(request)
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    await store.ensure_default_sender(
+        user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
+    )
+    senders = await store.list_senders(user.id)
+    context = {"senders": senders, "values": values, "errors": errors, "title": "Compose"}
+    return render(request, "compose.html", context, status=status)
+
+
+@routes.get("/compose")
+async def compose(request: web.Request) -> web.Response:
+    return await _compose_page(request, values={}, errors={})
+
+
+def _start_at(form: MultiDictProxy[Any]) -> str | None:
+    local = str(form.get("start_local") or "").strip()
+    if not local:
+        return None
+    try:
+        at = datetime.fromisoformat(local)
+        offset = int(str(form.get("tz_offset") or "0"))
+        zone = timezone(timedelta(minutes=offset)) if -1080 <= offset <= 1080 else UTC
+    except ValueError:
+        raise invalid("start_at", f"is not a date and time: {local!r}") from None
+    return at.replace(tzinfo=zone).isoformat()
+
+
+def _delay_ms(form: MultiDictProxy[Any]) -> int | str | None:
+    raw = str(form.get("delay_seconds") or "").strip()
+    if not raw:
+        return None
+    try:
+        return round(float(raw) * 1000)
+    except ValueError:
+        return raw  # the schedule's validation names the field
+
+
+@routes.post("/compose")
+async def compose_submit(request: web.Request) -> web.StreamResponse:
+    user = current_user(request)
+    form = await request.post()
+    values = {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf_token"}
+    try:
+        data: dict[str, Any] = {
+            k: form.get(k) for k in ("subject", "body", "html", "hourly_limit", "sender")
+        }
+        data["start_at"] = _start_at(form)
+        data["delay_between_ms"] = _delay_ms(form)
+        upload = form.get("recipients_file")
+        if isinstance(upload, web.FileField) and upload.filename:
+            data["recipients_csv"] = _decode_upload(upload)
+        else:
+            data["recipients_csv"] = str(form.get("recipients_csv") or "")
+        parsed = parse_schedule_request(data, now=datetime.now(UTC))
+        settings, store = request.app[SETTINGS], request.app[STORE]
+        sender = await store.ensure_default_sender(
+            user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
+        )
+        result = await request.app[CAMPAIGNS].schedule(
+            user, parsed, default_sender=sender, idempotency_header=None
+        )
+    except ApiError as exc:
+        field = PAGE_FIELDS.get(exc.field or "", exc.field or "form")
+        return await _compose_page(
+            request, values=values, errors={field: exc.message}, status=exc.status
+        )
+    await publish(request.app, {"type": "campaign", "id": result.campaign_id, "owner_id": user.id})
+    raise web.HTTPSeeOther(f"/emails?scheduled={result.campaign_id}")

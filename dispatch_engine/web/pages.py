@@ -1,0 +1,192 @@
+"""The dashboard's pages: emails (Scheduled and Sent), campaigns, the capture inbox.
+
+Server-rendered and complete without JavaScript (pagination is links, times are UTC); the
+page script adds local times and live refreshes of each page's live region. Every query is
+scoped to the signed-in user.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..models import Sender
+from .compose import sanitize_html
+from .keys import QUEUE, REDIS, STORE
+from .middleware import current_user
+from .views import render
+
+routes = web.RouteTableDef()
+PAGE_SIZE = 25
+
+
+def encode_cursor(at: datetime, row_id: int) -> str:
+    raw = orjson.dumps([at.isoformat(), row_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(value: str | None) -> tuple[datetime, int] | None:
+    if not value:
+        return None
+    try:
+        at, row_id = orjson.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        return datetime.fromisoformat(at), int(row_id)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        return None  # a stale or edited link shows the first page
+
+
+def _id_cursor(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def _path_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not raw.isdigit():
+        raise web.HTTPNotFound()
+    return int(raw)
+
+
+def progress(counts: dict[str, int], total: int) -> dict[str, Any]:
+    done = sum(counts.get(s, 0) for s in ("sent", "failed", "cancelled"))
+    return {"done": done, "total": total, "percent": round(100 * done / total) if total else 100}
+
+
+@routes.get("/")
+async def home(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPSeeOther("/emails")
+
+
+@routes.get("/emails")
+async def emails(request: web.Request) -> web.Response:
+    user, store = current_user(request), request.app[STORE]
+    q = request.query
+    after = decode_cursor(q.get("scheduled_cursor"))
+    before = decode_cursor(q.get("sent_cursor"))
+    scheduled = await store.list_scheduled(user.id, PAGE_SIZE + 1, after)
+    finished = await store.list_finished(user.id, PAGE_SIZE + 1, before)
+    more_scheduled = scheduled[PAGE_SIZE - 1] if len(scheduled) > PAGE_SIZE else None
+    more_sent = finished[PAGE_SIZE - 1] if len(finished) > PAGE_SIZE else None
+    flash = None
+    if (q.get("scheduled") or "").isdigit():
+        flash = await store.campaign_detail(user.id, int(q["scheduled"]))
+    context = {
+        "title": "Emails",
+        "scheduled": scheduled[:PAGE_SIZE],
+        "sent": finished[:PAGE_SIZE],
+        "scheduled_next": encode_cursor(more_scheduled["scheduled_at"], more_scheduled["id"])
+        if more_scheduled
+        else None,
+        "sent_next": encode_cursor(more_sent["finished_at"], more_sent["id"])
+        if more_sent
+        else None,
+        "paged": bool(after or before),
+        "query": dict(q),
+        "flash": flash,
+    }
+    return render(request, "emails.html", context, partial="_emails_live.html")
+
+
+@routes.get("/campaigns")
+async def campaigns(request: web.Request) -> web.Response:
+    user = current_user(request)
+    before = _id_cursor(request.query.get("cursor"))
+    rows = await request.app[STORE].dashboard_campaigns(user.id, PAGE_SIZE + 1, before)
+    items = [
+        {
+            **dict(r),
+            "counts": r["counts"] or {},
+            "progress": progress(r["counts"] or {}, r["total"]),
+        }
+        for r in rows[:PAGE_SIZE]
+    ]
+    context = {
+        "title": "Campaigns",
+        "campaigns": items,
+        "next_cursor": rows[PAGE_SIZE - 1]["id"] if len(rows) > PAGE_SIZE else None,
+        "paged": before is not None,
+    }
+    return render(request, "campaigns.html", context, partial="_campaigns_live.html")
+
+
+async def _pacing(request: web.Request, sender: Sender) -> dict[str, Any] | None:
+    """The sender's state in the queue: queued ids, and when it may send next."""
+    queue, redis = request.app[QUEUE], request.app[REDIS]
+    keys = queue.shard_of(sender.id)
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.zcard(keys.sender(sender.id))
+            pipe.zscore(keys.key("ready"), str(sender.id))
+            pipe.hget(keys.key("resume"), str(sender.id))
+            (secs, micros), queued, ready, resume = await pipe.execute()
+    except Exception:
+        return None
+    now_ms = secs * 1000 + micros // 1000
+    resume_ms = int(resume) if resume is not None else None
+    return {
+        "queued": int(queued),
+        "next_ms": int(ready) if ready is not None and ready > now_ms else None,
+        "parked_ms": resume_ms if resume_ms and resume_ms > now_ms else None,
+    }
+
+
+@routes.get("/campaigns/{id}")
+async def campaign(request: web.Request) -> web.Response:
+    user, store = current_user(request), request.app[STORE]
+    detail = await store.campaign_detail(user.id, _path_id(request))
+    if detail is None:
+        raise web.HTTPNotFound()
+    sender = await store.find_sender(user.id, detail["sender_id"])
+    limit = detail["hourly_limit"]
+    context = {
+        "title": detail["subject"],
+        "campaign": detail,
+        "progress": progress(detail["counts"], detail["total"]),
+        "sender": sender,
+        "pacing": await _pacing(request, sender) if sender else None,
+        "hourly_limit": min(limit, sender.hourly_limit) if limit and sender else limit,
+        "gap_ms": max(detail["delay_between_ms"], sender.min_gap_ms if sender else 0),
+    }
+    return render(request, "campaign.html", context, partial="_campaign_live.html")
+
+
+@routes.get("/inbox")
+async def inbox(request: web.Request) -> web.Response:
+    user = current_user(request)
+    before = _id_cursor(request.query.get("cursor"))
+    rows = await request.app[STORE].list_inbox(user.id, PAGE_SIZE + 1, before)
+    context = {
+        "title": "Inbox",
+        "messages": rows[:PAGE_SIZE],
+        "next_cursor": rows[PAGE_SIZE - 1]["id"] if len(rows) > PAGE_SIZE else None,
+        "paged": before is not None,
+    }
+    return render(request, "inbox.html", context, partial="_inbox_live.html")
+
+
+@routes.get("/inbox/{id}")
+async def inbox_message(request: web.Request) -> web.Response:
+    user = current_user(request)
+    row = await request.app[STORE].inbox_message(user.id, _path_id(request))
+    if row is None:
+        raise web.HTTPNotFound()
+    parsed = message_from_bytes(row["raw"], policy=policy.default)
+    assert isinstance(parsed, EmailMessage)
+    text = parsed.get_body(preferencelist=("plain",))
+    html = parsed.get_body(preferencelist=("html",))
+    context = {
+        "title": row["subject"] or "(no subject)",
+        "message": row,
+        "headers": [(k, str(v)) for k, v in parsed.items()],
+        "text": text.get_content() if isinstance(text, EmailMessage) else None,
+        "html": sanitize_html(html.get_content()) if isinstance(html, EmailMessage) else None,
+        "raw": row["raw"].decode("utf-8", "replace"),
+    }
+    return render(request, "message.html", context)

@@ -1,0 +1,24 @@
+"""Dev login: "Continue as dev user", signs in as dev@example.com without a password.
+
+Offered only in local mode (no GOOGLE_CLIENT_ID / OIDC_* configured): the same user that
+`dispatch-engine up` prints an API token for, so the dashboard and the API agree.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from dispatch_engine import hookimpl
+from dispatch_engine.auth import DEV_EMAIL, AuthContext, AuthProviderSpec, LoginIdentity
+from dispatch_engine.config import Settings
+
+
+async def _start(request: web.Request, context: AuthContext) -> LoginIdentity:
+    return LoginIdentity("dev", DEV_EMAIL, DEV_EMAIL, email_verified=True, name="Dev User")
+
+
+@hookimpl(trylast=True)
+def register_auth_providers(settings: Settings) -> list[AuthProviderSpec]:
+    if not settings.local_mode:
+        return []
+    return [AuthProviderSpec("dev", "Continue as dev user", _start, description="local mode")]

@@ -1,0 +1,201 @@
+"""Google sign-in, or any OpenID Connect provider: authorization code + PKCE + state + nonce.
+
+Configured by GOOGLE_CLIENT_ID + GOOGLE_CLIENT_SECRET (issuer https://accounts.google.com) or
+OIDC_ISSUER + OIDC_CLIENT_ID + OIDC_CLIENT_SECRET. The endpoints come from the issuer's
+discovery document; the id_token's signature is checked against the issuer's JWKS (joserfc),
+then its issuer, audience, expiry and nonce. The redirect URI to register with the provider
+is `<DISPATCH_BASE_URL>/auth/oidc/callback`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import web
+from joserfc import jwt
+from joserfc.errors import InvalidKeyIdError, JoseError
+from joserfc.jwk import KeySet
+from yarl import URL
+
+from dispatch_engine import hookimpl
+from dispatch_engine.auth import AuthContext, AuthError, AuthProviderSpec, LoginIdentity
+from dispatch_engine.config import GOOGLE_ISSUER, OidcClient, Settings
+
+METADATA_TTL_S = 3600
+LEEWAY_S = 120  # clock skew tolerated between us and the provider
+# Asymmetric algorithms only: "none" and HMAC (keyed by the client secret) are refused.
+ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
+SCOPE = "openid email profile"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+async def _json(response: aiohttp.ClientResponse, what: str) -> dict[str, Any]:
+    try:
+        body = await response.json(content_type=None)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise AuthError(f"the sign-in provider's {what} answered {response.status} without JSON")
+    return body
+
+
+class OidcProvider:
+    def __init__(self, client: OidcClient) -> None:
+        self.client = client
+        google = client.issuer == GOOGLE_ISSUER
+        self.label = (
+            "Continue with Google" if google else f"Continue with {URL(client.issuer).host}"
+        )
+        # Google's id_tokens may name the issuer without the scheme.
+        self.issuers = [client.issuer, "accounts.google.com"] if google else [client.issuer]
+        self._metadata: dict[str, Any] | None = None
+        self._metadata_at = 0.0
+        self._keys: KeySet | None = None
+
+    async def metadata(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        if self._metadata is None or time.monotonic() - self._metadata_at > METADATA_TTL_S:
+            url = self.client.issuer + "/.well-known/openid-configuration"
+            async with http.get(url) as response:
+                doc = await _json(response, "discovery document")
+            if doc.get("issuer") != self.client.issuer:
+                raise AuthError("the sign-in provider's discovery document names another issuer")
+            for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+                if not isinstance(doc.get(name), str):
+                    raise AuthError(f"the sign-in provider's discovery document lacks {name}")
+            self._metadata, self._metadata_at, self._keys = doc, time.monotonic(), None
+        return self._metadata
+
+    async def keys(self, http: aiohttp.ClientSession, *, refresh: bool = False) -> KeySet:
+        if self._keys is None or refresh:
+            meta = await self.metadata(http)
+            async with http.get(meta["jwks_uri"]) as response:
+                body = await _json(response, "key set")
+            try:
+                self._keys = KeySet.import_key_set(body)  # type: ignore[arg-type]
+            except (JoseError, ValueError, KeyError, TypeError) as exc:
+                raise AuthError(f"the sign-in provider's key set is unusable: {exc}") from None
+        return self._keys
+
+    # ---- the two legs ----
+
+    async def start(self, request: web.Request, context: AuthContext) -> web.StreamResponse:
+        meta = await self.metadata(context.http)
+        verifier = secrets.token_urlsafe(64)
+        nonce = secrets.token_urlsafe(24)
+        state = await context.flows.start({"verifier": verifier, "nonce": nonce})
+        params = {
+            "response_type": "code",
+            "client_id": self.client.client_id,
+            "redirect_uri": context.callback_url,
+            "scope": SCOPE,
+            "state": state,
+            "nonce": nonce,
+            "code_challenge": _b64(hashlib.sha256(verifier.encode()).digest()),
+            "code_challenge_method": "S256",
+        }
+        return web.HTTPSeeOther(str(URL(meta["authorization_endpoint"]).update_query(params)))
+
+    async def callback(self, request: web.Request, context: AuthContext) -> LoginIdentity:
+        query = request.query
+        flow = await context.flows.take(query.get("state", ""))
+        if flow is None:
+            raise AuthError(
+                "This sign-in answer is not valid: it was already used, it expired, or it "
+                "belongs to a sign-in started elsewhere. Please sign in again."
+            )
+        if "error" in query:
+            reason = query.get("error_description") or query["error"]
+            raise AuthError(f"The sign-in provider refused: {reason}")
+        code = query.get("code")
+        if not code:
+            raise AuthError("The sign-in provider sent no authorization code.")
+        tokens = await self._exchange(context, code, flow["verifier"])
+        claims = await self._verify(context.http, tokens, flow["nonce"])
+        return LoginIdentity(
+            provider=self.client.issuer,
+            subject=str(claims["sub"]),
+            email=str(claims.get("email") or ""),
+            email_verified=claims.get("email_verified") in (True, "true"),
+            name=str(claims.get("name") or ""),
+            avatar_url=_https_url(claims.get("picture")),
+        )
+
+    async def _exchange(self, context: AuthContext, code: str, verifier: str) -> dict[str, Any]:
+        meta = await self.metadata(context.http)
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": context.callback_url,
+            "code_verifier": verifier,
+        }
+        auth: aiohttp.BasicAuth | None = None
+        methods = meta.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
+        if "client_secret_basic" in methods:
+            # RFC 6749 §2.3.1: id and secret are form-encoded before the Basic encoding.
+            auth = aiohttp.BasicAuth(
+                quote(self.client.client_id, safe=""), quote(self.client.client_secret, safe="")
+            )
+        else:
+            form |= {"client_id": self.client.client_id,
+                     "client_secret": self.client.client_secret}  # fmt: skip
+        async with context.http.post(meta["token_endpoint"], data=form, auth=auth) as response:
+            body = await _json(response, "token endpoint")
+        if response.status != 200 or not isinstance(body.get("id_token"), str):
+            reason = body.get("error_description") or body.get("error") or f"HTTP {response.status}"
+            raise AuthError(f"The sign-in provider did not accept the sign-in code: {reason}")
+        return body
+
+    async def _verify(
+        self, http: aiohttp.ClientSession, tokens: dict[str, Any], nonce: str
+    ) -> dict[str, Any]:
+        meta = await self.metadata(http)
+        offered = meta.get("id_token_signing_alg_values_supported") or ["RS256"]
+        algorithms = [a for a in offered if a in ALGORITHMS]
+        try:
+            try:
+                token = jwt.decode(tokens["id_token"], await self.keys(http), algorithms)
+            except InvalidKeyIdError:  # the provider rotated its keys
+                token = jwt.decode(tokens["id_token"], await self.keys(http, refresh=True),
+                                   algorithms)  # fmt: skip
+            claims: dict[str, Any] = token.claims
+            jwt.JWTClaimsRegistry(
+                leeway=LEEWAY_S,
+                iss={"essential": True, "values": self.issuers},
+                aud={"essential": True, "value": self.client.client_id},
+                sub={"essential": True},
+                exp={"essential": True},
+                iat={"essential": True},
+            ).validate(claims)
+        except JoseError as exc:
+            raise AuthError(f"The sign-in provider's id_token is not valid ({exc}).") from None
+        if not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
+            raise AuthError("The id_token was not issued for this sign-in (nonce mismatch).")
+        audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+        if len(audiences) > 1 and claims.get("azp") != self.client.client_id:
+            raise AuthError("The id_token was issued to another application (azp mismatch).")
+        return claims
+
+
+def _https_url(value: Any) -> str | None:
+    if isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) < 2000:
+        return value
+    return None
+
+
+@hookimpl(trylast=True)
+def register_auth_providers(settings: Settings) -> list[AuthProviderSpec]:
+    client = settings.oidc
+    if client is None:
+        return []
+    provider = OidcProvider(client)
+    return [AuthProviderSpec("oidc", provider.label, provider.start, provider.callback,
+                             description=f"OpenID Connect: {client.issuer}")]  # fmt: skip

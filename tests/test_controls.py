@@ -1,0 +1,163 @@
+"""Campaign controls on the real app: pause, resume, cancel, retry-failed; and /api/stats."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from dispatch_engine.config import Settings
+from dispatch_engine.queue import RedisQueue
+from dispatch_engine.store import Store
+
+from .helpers import auth, new_token, wait_for
+from .smtp_sink import SmtpSink
+
+Start = Callable[..., Awaitable[TestClient]]
+
+
+async def _counts(client: TestClient, campaign: int, token: str) -> dict[str, Any]:
+    response = await client.get(f"/api/campaigns/{campaign}", headers=auth(token))
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def _post(client: TestClient, path: str, token: str) -> tuple[int, dict[str, Any]]:
+    response = await client.post(path, headers=auth(token))
+    return response.status, await response.json()
+
+
+async def test_pause_stops_sending_and_resume_never_resends(
+    make_client: Start, store: Store, queue: RedisQueue
+) -> None:
+    client = await make_client()
+    token = await new_token(store)
+    payload = {
+        "subject": "s",
+        "body": "b",
+        "delay_between_ms": 50,
+        "recipients": [f"p{i}@example.com" for i in range(60)],
+    }
+    created = await (
+        await client.post("/api/emails/schedule", json=payload, headers=auth(token))
+    ).json()
+    campaign, sender = created["campaign"]["id"], created["campaign"]["sender"]["id"]
+
+    async def some_sent() -> bool:
+        return (await _counts(client, campaign, token))["counts"]["sent"] >= 10
+
+    await wait_for(some_sent)
+    status, body = await _post(client, f"/api/campaigns/{campaign}/pause", token)
+    assert status == 200 and body["campaign"]["status"] == "paused"
+
+    async def settled() -> bool:
+        return (await _counts(client, campaign, token))["counts"]["sending"] == 0
+
+    await wait_for(settled)
+    # Nothing of the campaign is left to claim: no new email can start while paused.
+    assert await queue.depth(sender) == 0
+    paused_sent = (await _counts(client, campaign, token))["counts"]["sent"]
+    assert paused_sent < 60
+
+    status, body = await _post(client, f"/api/campaigns/{campaign}/pause", token)
+    assert status == 409 and body["error"]["code"] == "invalid_state"
+    status, body = await _post(client, f"/api/campaigns/{campaign}/resume", token)
+    assert status == 200 and body["campaign"]["status"] == "running"
+
+    async def all_sent() -> bool:
+        return (await _counts(client, campaign, token))["status"] == "completed"
+
+    await wait_for(all_sent)
+    detail = await _counts(client, campaign, token)
+    assert detail["counts"]["sent"] == 60
+    deliveries = await store.pool.fetch("SELECT deliveries FROM captured_messages")
+    assert len(deliveries) == 60 and {r["deliveries"] for r in deliveries} == {1}
+
+
+async def test_cancel_stops_what_has_not_started(make_client: Start, store: Store) -> None:
+    client = await make_client()
+    token = await new_token(store)
+    payload = {
+        "subject": "s",
+        "body": "b",
+        "start_at": "2099-01-01T00:00:00Z",
+        "recipients": [f"c{i}@example.com" for i in range(30)],
+    }
+    created = await (
+        await client.post("/api/emails/schedule", json=payload, headers=auth(token))
+    ).json()
+    campaign = created["campaign"]["id"]
+    status, body = await _post(client, f"/api/campaigns/{campaign}/cancel", token)
+    assert status == 200 and body["affected"] == 30
+    assert body["campaign"]["status"] == "cancelled"
+    assert body["campaign"]["counts"]["cancelled"] == 30
+    status, body = await _post(client, f"/api/campaigns/{campaign}/resume", token)
+    assert status == 409
+    other = await new_token(store, "eve@example.com")
+    status, body = await _post(client, f"/api/campaigns/{campaign}/cancel", other)
+    assert status == 404
+
+
+async def test_retry_failed_sends_only_the_failed_again(
+    make_client: Start, settings: Settings, store: Store
+) -> None:
+    with SmtpSink() as smtp:
+        smtp.sink.faults["gone@example.com"] = ("550 5.1.1 no such user", 1)
+        client = await make_client(
+            replace(
+                settings,
+                transport="smtp",
+                smtp_host="127.0.0.1",
+                smtp_port=smtp.port,
+                smtp_tls="none",
+            )
+        )
+        token = await new_token(store)
+        recipients = ["gone@example.com", *(f"ok{i}@example.com" for i in range(5))]
+        created = await (
+            await client.post(
+                "/api/emails/schedule",
+                json={"subject": "s", "body": "b", "recipients": recipients},
+                headers=auth(token),
+            )
+        ).json()
+        campaign = created["campaign"]["id"]
+
+        async def completed() -> bool:
+            return (await _counts(client, campaign, token))["status"] == "completed"
+
+        await wait_for(completed)
+        assert (await _counts(client, campaign, token))["counts"]["failed"] == 1
+        status, body = await _post(client, f"/api/campaigns/{campaign}/retry-failed", token)
+        assert status == 200 and body["affected"] == 1
+        await wait_for(completed)
+        assert (await _counts(client, campaign, token))["counts"]["sent"] == 6
+        received = smtp.sink.message_ids()
+        assert len(received) == 6 and max(received.values()) == 1
+
+
+async def test_stats_show_pace_backlog_and_parking(
+    make_client: Start, settings: Settings, store: Store, redis: Redis
+) -> None:
+    client = await make_client(replace(settings, max_emails_per_hour=3, rate_window_seconds=60))
+    token = await new_token(store)
+    payload = {"subject": "s", "body": "b", "recipients": [f"t{i}@example.com" for i in range(8)]}
+    assert (
+        await client.post("/api/emails/schedule", json=payload, headers=auth(token))
+    ).status == 201
+
+    async def parked() -> bool:
+        stats = await (await client.get("/api/stats", headers=auth(token))).json()
+        return stats["senders"][0]["parked_until"] is not None
+
+    await wait_for(parked)
+    stats = await (await client.get("/api/stats", headers=auth(token))).json()
+    sender = stats["senders"][0]
+    assert sender["hourly_limit"] == 3
+    assert sender["sent_this_window"] == 3
+    assert sender["queue_depth"] == 5
+    assert sender["window_seconds"] == 60
+    assert stats["dispatches"]["sent"] == 3
