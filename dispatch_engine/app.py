@@ -24,12 +24,26 @@ from .pacing import Pacer, PacingPolicySpec
 from .plugins import call_all, get_plugin_manager
 from .queue import RedisQueue
 from .resources import resource_dir
+from .secretbox import secret_box
+from .senders import SenderService
 from .store import Store
 from .sweeper import Sweeper
 from .transport import TransportRegistry, TransportSpec
-from .web import api, dashboard, health
+from .web import api, dashboard, health, senders
 from .web.guard import browser_middleware
-from .web.keys import CAMPAIGNS, PACER, PLUGINS, POOL, QUEUE, REDIS, ROLES, SETTINGS, STORE, WORKERS
+from .web.keys import (
+    CAMPAIGNS,
+    PACER,
+    PLUGINS,
+    POOL,
+    QUEUE,
+    REDIS,
+    ROLES,
+    SENDERS,
+    SETTINGS,
+    STORE,
+    WORKERS,
+)
 from .web.middleware import auth_middleware, error_middleware
 from .worker import WorkerPool
 
@@ -54,6 +68,9 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
         )
         app[CAMPAIGNS] = CampaignService(app[STORE], app[QUEUE])
         app[PACER] = await _pacer(app)
+        app[SENDERS] = SenderService(
+            app[STORE], app[QUEUE], secret_box(settings), await _transport_specs(app)
+        )
         await call_all(app[PLUGINS].hook.startup, settings=settings, app=app)
         yield
         await call_all(app[PLUGINS].hook.shutdown, settings=settings, app=app)
@@ -77,19 +94,20 @@ async def _pacer(app: web.Application) -> Pacer:
     return Pacer([(n, policy_specs[n].factory(app[REDIS], settings)) for n in settings.pacing])
 
 
+async def _transport_specs(app: web.Application) -> list[TransportSpec]:
+    specs = await call_all(app[PLUGINS].hook.register_transports, settings=app[SETTINGS])
+    return [spec for group in specs for spec in group]
+
+
 async def _workers(app: web.Application) -> AsyncIterator[None]:
     settings, hooks = app[SETTINGS], app[PLUGINS].hook
-    transport_specs: list[TransportSpec] = [
-        spec
-        for specs in await call_all(hooks.register_transports, settings=settings)
-        for spec in specs
-    ]
+    transport_specs = await _transport_specs(app)
     pool = WorkerPool(
         settings,
         app[STORE],
         app[QUEUE],
         app[REDIS],
-        TransportRegistry(transport_specs, settings, app[POOL]),
+        TransportRegistry(transport_specs, settings, app[POOL], secret_box(settings)),
         app[PACER],
         hooks,
     )
@@ -139,6 +157,7 @@ def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Appl
             autoescape=jinja2.select_autoescape(default=True),
         )
         app.add_routes(api.routes)
+        app.add_routes(senders.routes)
         dashboard.setup(app)
     if "sweeper" in chosen:
         app.cleanup_ctx.append(_sweeper)

@@ -51,27 +51,27 @@ class LoginFlows:
         self.browser = browser
         self.next_path = next_path  # kept with the flow; restored by `take`
 
-    @staticmethod
-    def _key(state: str) -> str:
-        return "auth:flow:" + hashlib.sha256(state.encode()).hexdigest()
+    def _key(self, state: str) -> str:
+        # Keyed by browser too: a callback from another browser finds nothing and leaves
+        # the real flow intact.
+        digest = hashlib.sha256(f"{self.browser}\x00{state}".encode()).hexdigest()
+        return "auth:flow:" + digest
 
     async def start(self, data: dict[str, Any]) -> str:
         """Keep `data` and return the random `state` that finds it again."""
         state = secrets.token_urlsafe(32)
-        value = orjson.dumps({"browser": self.browser, "next": self.next_path, "data": data})
+        value = orjson.dumps({"next": self.next_path, "data": data})
         await self.redis.set(self._key(state), value, ex=FLOW_TTL_S)
         return state
 
     async def take(self, state: str) -> dict[str, Any] | None:
         """The flow's data, once; None when unknown, expired, used or from another browser."""
-        if not state or len(state) > 200:
+        if not self.browser or not state or len(state) > 200:
             return None
         raw = await self.redis.getdel(self._key(state))
         if raw is None:
             return None
         flow = orjson.loads(raw)
-        if not secrets.compare_digest(str(flow.get("browser")), self.browser):
-            return None
         self.next_path = str(flow.get("next") or "/")
         data: dict[str, Any] = flow["data"]
         return data

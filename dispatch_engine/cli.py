@@ -17,6 +17,7 @@ import pluggy
 from aiohttp import web
 
 from .app import ALL_ROLES, create_app
+from .cli_senders import sender
 from .config import Settings, SettingsError, ensure_secret_key, load_settings
 from .db import create_pool
 from .embedded import EmbeddedError, EmbeddedServers, running_urls
@@ -37,6 +38,13 @@ class Context:
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@contextlib.contextmanager
+def servers_for(settings: Settings) -> Iterator[Settings]:
+    """For short commands: configured servers, a running `up`'s, or private ones meanwhile."""
+    with _servers(settings, may_start=True) as resolved:
+        yield resolved
 
 
 @contextlib.contextmanager
@@ -232,6 +240,9 @@ def plugins(obj: Context, as_json: bool) -> None:
         return
     for p in loaded:
         click.echo(f"{p.name}  ({p.source})  {p.location}\n    hooks: {', '.join(p.hooks)}")
+
+
+cli.add_command(sender)
 
 
 def main(argv: list[str] | None = None) -> Any:

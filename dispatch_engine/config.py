@@ -59,6 +59,7 @@ class Settings:
     oidc_client_id: str | None = None
     oidc_client_secret: str | None = field(default=None, repr=False)
     secret_key: str = field(default="", repr=False)
+    old_secret_keys: tuple[str, ...] = field(default=(), repr=False)
     base_url: str | None = None
     data_dir: Path = Path("var")
     transport: TransportName = "capture"
@@ -240,6 +241,7 @@ def load_settings(
         smtp_pool_size=get("SMTP_POOL_SIZE", lambda n, r: _int(n, r, 1, 64), 4),
         **login,
         secret_key=secret_key,
+        old_secret_keys=get("DISPATCH_OLD_SECRET_KEYS", names, ()),
         base_url=base_url,
         data_dir=get("DISPATCH_DATA_DIR", lambda n, r: Path(r), Path("var")),
         transport=transport,

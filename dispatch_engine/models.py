@@ -51,6 +51,7 @@ class Sender:
     transport_settings: dict[str, Any]
     hourly_limit: int
     min_gap_ms: int
+    is_default: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any, Protocol
 
 import asyncpg
 
 from .config import Settings
+from .models import Sender
+from .secretbox import SecretBox, SecretError
 
 
 @dataclass(frozen=True)
@@ -77,26 +81,83 @@ class TransportSpec:
 
 
 class TransportRegistry:
-    """Transports by name (from `register_transports`), one live instance per sender."""
+    """Transports by name (from `register_transports`), one live instance per sender.
 
-    def __init__(self, specs: list[TransportSpec], settings: Settings, db: asyncpg.Pool) -> None:
+    A sender's stored settings are opened here (sealed passwords decrypted) and nowhere
+    else; when a sender's settings change, its transport is rebuilt.
+    """
+
+    def __init__(
+        self, specs: list[TransportSpec], settings: Settings, db: asyncpg.Pool, box: SecretBox
+    ) -> None:
         self.specs = {spec.name: spec for spec in specs}
         self.settings = settings
         self.db = db
-        self._live: dict[int, Transport] = {}
+        self.box = box
+        self._live: dict[int, tuple[Sender, Transport]] = {}
 
-    def for_sender(self, sender_id: int, name: str, own_settings: Mapping[str, Any]) -> Transport:
-        live = self._live.get(sender_id)
-        if live is None:
-            spec = self.specs.get(name)
-            if spec is None:
-                known = ", ".join(sorted(self.specs)) or "none"
-                raise PermanentError(f"no transport named {name!r} is installed (have: {known})")
-            live = spec.factory(TransportContext(self.settings, own_settings, self.db))
-            self._live[sender_id] = live
-        return live
+    def _build(self, sender: Sender) -> Transport:
+        spec = self.specs.get(sender.transport)
+        if spec is None:
+            known = ", ".join(sorted(self.specs)) or "none"
+            raise PermanentError(
+                f"no transport named {sender.transport!r} is installed (have: {known})"
+            )
+        own = dict(sender.transport_settings)
+        if isinstance(own.get("password"), str):
+            try:
+                own["password"] = self.box.open(own["password"])
+            except SecretError as exc:
+                raise PermanentError(str(exc)) from None
+        return spec.factory(TransportContext(self.settings, own, self.db))
+
+    async def for_sender(self, sender: Sender) -> Transport:
+        live = self._live.get(sender.id)
+        if live is not None and live[0] == sender:
+            return live[1]
+        if live is not None:  # the sender was edited: new settings, new connections
+            await live[1].close()
+        transport = self._build(sender)
+        self._live[sender.id] = (sender, transport)
+        return transport
+
+    async def check(self, sender: Sender, send_test_to: str | None = None) -> dict[str, Any]:
+        """Try a sender's account without touching the live transports; never raises."""
+        try:
+            transport = self._build(sender)
+        except TransportError as exc:
+            return {"ok": False, "message": str(exc)}
+        try:
+            check = getattr(transport, "check", None)
+            detail = await check() if check is not None else "this transport has no check"
+            result: dict[str, Any] = {"ok": True, "message": detail}
+            if send_test_to:
+                message = test_message(sender, send_test_to)
+                sent = await transport.send(message)
+                result["test_message"] = {"to": send_test_to, "response": sent.response,
+                                          "message_id": message.message_id}  # fmt: skip
+            return result
+        except TransportError as exc:
+            return {"ok": False, "message": str(exc)}
+        finally:
+            await transport.close()
 
     async def close(self) -> None:
-        for transport in self._live.values():
+        for _, transport in self._live.values():
             await transport.close()
         self._live.clear()
+
+
+def test_message(sender: Sender, to: str) -> OutgoingMessage:
+    """A small plain message that proves a sender works end to end."""
+    domain = sender.from_address.rpartition("@")[2] or "dispatch-engine.local"
+    message_id = f"<test-{secrets.token_hex(12)}@{domain}>"
+    raw = (
+        f"From: {sender.from_address}\r\nTo: {to}\r\n"
+        f"Subject: Dispatch Engine test from {sender.from_address}\r\n"
+        f"Date: {formatdate(usegmt=True)}\r\nMessage-ID: {message_id}\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "This sender works: Dispatch Engine reached your mail server with it.\r\n"
+    ).encode()
+    return OutgoingMessage(0, sender.owner_id, sender.from_address, (to,), message_id,
+                           "Dispatch Engine test", raw)  # fmt: skip

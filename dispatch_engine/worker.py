@@ -178,16 +178,28 @@ class WorkerPool:
     # ---- one claimed batch ----
 
     async def _compiled(self, jobs: Iterable[DispatchJob]) -> dict[int, CompiledCampaign]:
+        """Compiled campaigns of a batch; recompiled when their sender was edited."""
+        jobs = list(jobs)
+        if not jobs:
+            return {}
         wanted = {job.campaign_id for job in jobs}
+        senders = await self.store.senders_by_id(list({job.sender_id for job in jobs}))
         missing = [cid for cid in wanted if cid not in self._campaigns]
         if missing:
-            contents = await self.store.campaign_contents(missing)
-            senders = await self.store.senders_by_id(list({c.sender_id for c in contents.values()}))
-            for cid, content in contents.items():
+            for cid, content in (await self.store.campaign_contents(missing)).items():
                 self._campaigns[cid] = CompiledCampaign(content, senders[content.sender_id])
             while len(self._campaigns) > CAMPAIGN_CACHE:
                 self._campaigns.popitem(last=False)
-        return {cid: self._campaigns[cid] for cid in wanted if cid in self._campaigns}
+        out = {}
+        for cid in wanted:
+            compiled = self._campaigns.get(cid)
+            if compiled is None:
+                continue
+            fresh = senders.get(compiled.campaign.sender_id)
+            if fresh is not None and fresh != compiled.sender:
+                compiled = self._campaigns[cid] = CompiledCampaign(compiled.campaign, fresh)
+            out[cid] = compiled
+        return out
 
     async def _start_batch(self, leases: list[Lease], now_ms: int) -> None:
         by_id = {lease.dispatch_id: lease for lease in leases}
@@ -304,9 +316,7 @@ class WorkerPool:
         sender = compiled.sender
         try:
             subject, raw = compiled.render(job.recipient, job.vars, message_id)
-            transport = self.transports.for_sender(
-                sender.id, sender.transport, sender.transport_settings
-            )
+            transport = await self.transports.for_sender(sender)
             message = OutgoingMessage(
                 job.id,
                 job.owner_id,

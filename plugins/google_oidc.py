@@ -102,7 +102,8 @@ class OidcProvider:
             "code_challenge": _b64(hashlib.sha256(verifier.encode()).digest()),
             "code_challenge_method": "S256",
         }
-        return web.HTTPSeeOther(str(URL(meta["authorization_endpoint"]).update_query(params)))
+        target = URL(meta["authorization_endpoint"]).update_query(params)
+        return web.Response(status=303, headers={"Location": str(target)})
 
     async def callback(self, request: web.Request, context: AuthContext) -> LoginIdentity:
         query = request.query
@@ -137,17 +138,21 @@ class OidcProvider:
             "redirect_uri": context.callback_url,
             "code_verifier": verifier,
         }
-        auth: aiohttp.BasicAuth | None = None
+        headers: dict[str, str] = {}
         methods = meta.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
         if "client_secret_basic" in methods:
             # RFC 6749 §2.3.1: id and secret are form-encoded before the Basic encoding.
-            auth = aiohttp.BasicAuth(
-                quote(self.client.client_id, safe=""), quote(self.client.client_secret, safe="")
+            user, secret = (
+                quote(v, safe="") for v in (self.client.client_id, self.client.client_secret)
             )
+            pair = f"{user}:{secret}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         else:
             form |= {"client_id": self.client.client_id,
                      "client_secret": self.client.client_secret}  # fmt: skip
-        async with context.http.post(meta["token_endpoint"], data=form, auth=auth) as response:
+        async with context.http.post(
+            meta["token_endpoint"], data=form, headers=headers
+        ) as response:
             body = await _json(response, "token endpoint")
         if response.status != 200 or not isinstance(body.get("id_token"), str):
             reason = body.get("error_description") or body.get("error") or f"HTTP {response.status}"

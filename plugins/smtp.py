@@ -39,11 +39,18 @@ class SmtpTransport:
     def __init__(self, context: TransportContext) -> None:
         settings = context.settings
         own: dict[str, Any] = dict(context.sender_settings)
-        self.host: str = own.get("host", settings.smtp_host)
-        self.port: int = int(own.get("port", settings.smtp_port))
-        self.username: str | None = own.get("username", settings.smtp_user)
-        self.password: str | None = own.get("password", settings.smtp_password)
-        self.tls: str = own.get("tls", settings.smtp_tls)
+        if "host" in own:  # the sender's own account: never mixed with the global one
+            self.host: str = own["host"]
+            self.port: int = int(own.get("port", 587))
+            self.username: str | None = own.get("username")
+            self.password: str | None = own.get("password")
+            self.tls: str = own.get("tls", "starttls")
+        else:  # the account of SMTP_* settings
+            self.host = settings.smtp_host
+            self.port = settings.smtp_port
+            self.username = settings.smtp_user
+            self.password = settings.smtp_password
+            self.tls = settings.smtp_tls
         self.timeout = float(own.get("timeout", 30))
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(int(own.get("pool_size", settings.smtp_pool_size)))
@@ -82,11 +89,37 @@ class SmtpTransport:
                 await _close(client)
                 raise TransientError(f"{self.host}:{self.port}: {exc}") from None
             self._idle.append(client)
-            return SendResult(response)
+            return SendResult(_with_preview(self.host, response))
+
+    async def check(self) -> str:
+        """Connect, negotiate TLS and log in, and say what happened (for `sender test`)."""
+        where = f"{self.host}:{self.port}"
+        try:
+            client = await self._connect()
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise PermanentError(
+                f"{where} refused the login of {self.username!r}: {exc.code} {exc.message}"
+            ) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            raise PermanentError(f"{where} answered {exc.code} {exc.message}") from None
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            raise TransientError(f"cannot connect to {where}: {exc}") from None
+        tls = {"tls": "implicit TLS", "starttls": "STARTTLS", "none": "no TLS"}[self.tls]
+        auth = f"logged in as {self.username}" if self.username else "no login configured"
+        await _close(client)
+        return f"connected to {where} ({tls}), {auth}"
 
     async def close(self) -> None:
         while self._idle:
             await _close(self._idle.pop())
+
+
+def _with_preview(host: str, response: str) -> str:
+    """Ethereal answers `250 Accepted [STATUS=new MSGID=…]`; its preview page has that id."""
+    match = re.search(r"MSGID=([\w.@+-]+)", response)
+    if match and host.endswith("ethereal.email"):
+        return f"{response} preview: https://ethereal.email/message/{match.group(1)}"
+    return response
 
 
 async def _close(client: aiosmtplib.SMTP | None) -> None:

@@ -69,3 +69,17 @@ def run_cli(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProc
     return subprocess.run(
         [str(BIN), *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def run_cli_input(
+    args: list[str], env: Mapping[str, str], stdin: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN), *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

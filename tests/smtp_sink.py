@@ -70,10 +70,13 @@ class Sink:
 
 
 class SmtpSink:
-    def __init__(self) -> None:
+    def __init__(self, authenticator: Any = None) -> None:
         self.sink = Sink()
         self.port = free_port()
-        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port)
+        auth: dict[str, Any] = {}
+        if authenticator is not None:  # AUTH over plain TCP is fine on loopback, in tests
+            auth = {"authenticator": authenticator, "auth_require_tls": False}
+        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port, **auth)
 
     def __enter__(self) -> SmtpSink:
         self.controller.start()

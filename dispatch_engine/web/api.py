@@ -125,6 +125,9 @@ async def schedule(request: web.Request) -> web.Response:
         "accepted": detail["total"] if result.replayed else result.accepted,
         "rejected": result.rejected,
     }
+    if not result.replayed:  # live dashboards (web/events.py) show the new campaign at once
+        await publish_event(request.app, {"type": "campaign", "id": result.campaign_id,
+                                          "owner_id": user.id})  # fmt: skip
     return json_response(body, 200 if result.replayed else 201)
 
 

@@ -106,7 +106,7 @@ async def _finish(
     await store.ensure_default_sender(
         user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
     )
-    response = web.HTTPSeeOther(safe_next(next_path))
+    response = web.Response(status=303, headers={"Location": safe_next(next_path)})
     await request.app[SESSIONS].start(request, response, user, identity.provider)
     log.info("user %s signed in with %s", user.email, spec.name)
     return response
@@ -154,6 +154,6 @@ async def auth_callback(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.StreamResponse:
-    response = web.HTTPSeeOther("/login?signed_out=1")
+    response = web.Response(status=303, headers={"Location": "/login?signed_out=1"})
     await request.app[SESSIONS].end(request, response)
     return response

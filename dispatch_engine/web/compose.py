@@ -139,7 +139,7 @@ async def _compose_page(
     await store.ensure_default_sender(
         user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
     )
-    senders = await store.list_senders(user.id)
+    senders = await store.senders_of(user.id)
     context = {"senders": senders, "values": values, "errors": errors, "title": "Compose"}
     return render(request, "compose.html", context, status=status)
 

@@ -1,7 +1,7 @@
 """The browser's gate: session lookup, CSRF checks, login redirects and safe page headers.
 
-Runs before `auth_middleware`. A request with an `Authorization` header is an API client's:
-it is left to the bearer-token check. Otherwise the session cookie, if valid, names the
+Runs before `auth_middleware`. An API request with an `Authorization` header is an API
+client's: it is left to the bearer-token check (pages always need a session). Otherwise the session cookie, if valid, names the
 user, and every unsafe request must carry the CSRF token of that session (or, before
 login, of the browser). Pages other than the public ones need a session; a visitor without
 one is sent to the login page. A plain HTML form (no JavaScript) may post to the API: it
@@ -70,9 +70,9 @@ def _secure_headers(response: web.StreamResponse) -> None:
 @web.middleware
 async def browser_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     manager = request.app.get(SESSIONS)
-    if manager is None or "Authorization" in request.headers:
-        return await handler(request)
     api = request.path.startswith("/api/")
+    if manager is None or (api and "Authorization" in request.headers):
+        return await handler(request)
     session = await manager.find(request)
     if session is not None:
         request[USER] = session.user

@@ -14,6 +14,7 @@ from ..campaigns import CampaignService
 from ..config import Settings
 from ..pacing import Pacer
 from ..queue import RedisQueue
+from ..senders import SenderService
 from ..store import Store
 from ..worker import WorkerPool
 
@@ -32,6 +33,7 @@ QUEUE = web.AppKey("queue", RedisQueue)
 CAMPAIGNS = web.AppKey("campaigns", CampaignService)
 WORKERS = web.AppKey("workers", WorkerPool)
 PACER = web.AppKey("pacer", Pacer)
+SENDERS = web.AppKey("senders", SenderService)
 # The dashboard's (api role): sessions, login providers by name, their HTTP client, live events.
 SESSIONS: web.AppKey[SessionManager] = web.AppKey("sessions")
 AUTH_PROVIDERS: web.AppKey[dict[str, AuthProviderSpec]] = web.AppKey("auth_providers")

@@ -1,0 +1,160 @@
+"""`dispatch-engine sender …`: add, list and test senders from scripts; reseal passwords."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+import orjson
+from redis.asyncio import Redis
+
+from .config import Settings, ensure_secret_key
+from .db import create_pool
+from .errors import ApiError
+from .plugins import call_all
+from .queue import RedisQueue
+from .secretbox import secret_box
+from .senders import SenderService, public
+from .store import Store
+from .transport import TransportRegistry
+
+T = TypeVar("T")
+
+
+def _run(obj: Any, work: Callable[[SenderService, Store], Awaitable[T]]) -> T:
+    """Connect (to the configured servers or a running `up`), run `work`, disconnect."""
+    from .cli import servers_for  # the CLI module owns how servers are found
+
+    async def main(settings: Settings) -> T:
+        assert settings.database_url and settings.redis_url
+        pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            store = Store(pool)
+            specs = await call_all(obj.plugins.hook.register_transports, settings=settings)
+            service = SenderService(
+                store, RedisQueue(redis), secret_box(settings), [s for g in specs for s in g]
+            )
+            return await work(service, store)
+        finally:
+            await redis.aclose()
+            await pool.close()
+
+    with servers_for(obj.settings) as settings:
+        try:
+            return asyncio.run(main(ensure_secret_key(settings)))
+        except ApiError as exc:
+            raise click.ClickException(exc.message) from None
+
+
+@click.group()
+def sender() -> None:
+    """Manage sending identities (from address, account, limits)."""
+
+
+@sender.command(name="list")
+@click.option("--email", required=True, help="The owner of the senders.")
+@click.pass_obj
+def list_senders(obj: Any, email: str) -> None:
+    """Print the senders of EMAIL as JSON lines (passwords are never shown)."""
+
+    async def work(service: SenderService, store: Store) -> list[dict[str, Any]]:
+        user = await store.ensure_user(email)
+        return [public(s) for s in await store.senders_of(user.id)]
+
+    for item in _run(obj, work):
+        click.echo(orjson.dumps(item))
+
+
+@sender.command(name="add")
+@click.option("--email", required=True, help="The owner (created if new).")
+@click.option("--from", "from_address", required=True, help="The from address.")
+@click.option("--name", "display_name", default="", help="Display name.")
+@click.option("--transport", default="smtp", show_default=True)
+@click.option("--host", help="SMTP host (e.g. smtp.ethereal.email).")
+@click.option("--port", type=int, default=587, show_default=True)
+@click.option("--username", help="SMTP user name.")
+@click.option("--password-stdin", is_flag=True, help="Read the SMTP password from stdin.")
+@click.option(
+    "--tls", type=click.Choice(["none", "starttls", "tls"]), default="starttls", show_default=True
+)
+@click.option("--hourly-limit", type=int, help="Emails per window (default MAX_EMAILS_PER_HOUR).")
+@click.option("--min-gap-ms", type=int, default=0, show_default=True)
+@click.option("--default", "is_default", is_flag=True, help="Make it the default sender.")
+@click.pass_obj
+def add_sender(
+    obj: Any,
+    email: str,
+    from_address: str,
+    display_name: str,
+    transport: str,
+    host: str | None,
+    port: int,
+    username: str | None,
+    password_stdin: bool,
+    tls: str,
+    hourly_limit: int | None,
+    min_gap_ms: int,
+    is_default: bool,
+) -> None:
+    """Add a sender for EMAIL and print it as JSON."""
+    data: dict[str, Any] = {
+        "from_address": from_address,
+        "display_name": display_name,
+        "transport": transport,
+        "min_gap_ms": min_gap_ms,
+        "is_default": is_default,
+    }
+    if hourly_limit is not None:
+        data["hourly_limit"] = hourly_limit
+    if transport == "smtp":
+        data["settings"] = {"host": host, "port": port, "username": username, "tls": tls}
+        if password_stdin:
+            data["settings"]["password"] = sys.stdin.readline().rstrip("\n")
+
+    async def work(service: SenderService, store: Store) -> dict[str, Any]:
+        user = await store.ensure_user(email)
+        return public(await service.create(user, data, obj.settings.max_emails_per_hour))
+
+    click.echo(orjson.dumps(_run(obj, work)))
+
+
+@sender.command(name="test")
+@click.option("--email", required=True, help="The owner of the sender.")
+@click.option("--send", is_flag=True, help="Also send a test message to the owner.")
+@click.argument("sender_id", type=int)
+@click.pass_obj
+def test_sender(obj: Any, email: str, send: bool, sender_id: int) -> None:
+    """Connect, negotiate TLS and log in with a sender's account; exit 1 if it fails."""
+
+    async def work(service: SenderService, store: Store) -> dict[str, Any]:
+        user = await store.ensure_user(email)
+        settings = ensure_secret_key(obj.settings)
+        registry = TransportRegistry(
+            list(service.transports.values()), settings, store.pool, secret_box(settings)
+        )
+        return await service.check(registry, user, sender_id, email if send else None)
+
+    result = _run(obj, work)
+    click.echo(result["message"])
+    if not result["ok"]:
+        sys.exit(1)
+
+
+@sender.command(name="reseal")
+@click.pass_obj
+def reseal(obj: Any) -> None:
+    """Re-encrypt stored passwords with DISPATCH_SECRET_KEY (after a key rotation)."""
+
+    async def work(service: SenderService, store: Store) -> int:
+        rows = await store.sealed_transport_settings()
+        for row in rows:
+            settings = dict(row["transport_settings"])
+            settings["password"] = service.box.reseal(settings["password"])
+            await store.set_transport_settings(row["id"], settings)
+        return len(rows)
+
+    click.echo(f"Resealed {_run(obj, work)} password(s) with the current key.")
