@@ -391,8 +391,10 @@ class Store:
     ) -> list[asyncpg.Record]:
         return await self.pool.fetch(
             """SELECT d.id, d.recipient, c.subject, d.scheduled_at, d.sent_at, d.finished_at,
-                      d.status, d.campaign_id, d.last_error, d.message_id, d.attempts
+                      d.status, d.campaign_id, d.last_error, d.message_id, d.attempts,
+                      l.response
                FROM dispatches d JOIN campaigns c ON c.id = d.campaign_id
+               LEFT JOIN ledger l ON l.idempotency_key = d.idempotency_key
                WHERE d.owner_id = $1 AND d.status IN ('sent', 'failed')
                  AND ($3::timestamptz IS NULL OR (d.finished_at, d.id) < ($3, $4))
                ORDER BY d.finished_at DESC, d.id DESC LIMIT $2""",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -170,12 +171,20 @@ async def sent(request: web.Request) -> web.Response:
             "message_id": r["message_id"],
             "attempts": r["attempts"],
             "error": r["last_error"],
+            "response": r["response"],
+            "preview_url": _preview_url(r["response"]),
         }
         for r in rows[:limit]
     ]
     last = rows[limit - 1] if len(rows) > limit else None
     cursor = _encode_cursor(last["finished_at"], last["id"]) if last else None
     return json_response({"items": items, "next_cursor": cursor})
+
+
+def _preview_url(response: str | None) -> str | None:
+    """A transport may leave a preview link in its reply (the SMTP one does for Ethereal)."""
+    match = re.search(r"preview: (https://\S+)", response or "")
+    return match.group(1) if match else None
 
 
 def _path_id(request: web.Request, name: str = "id") -> int:
