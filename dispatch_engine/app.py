@@ -14,15 +14,16 @@ from collections.abc import AsyncIterator, Iterable
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
-from redis.asyncio import Redis
 
 from .campaigns import CampaignService
 from .config import Settings, SettingsError
 from .db import create_pool
+from .metrics import Metrics
 from .migrate import require_current_schema
 from .pacing import Pacer, PacingPolicySpec
 from .plugins import call_all, get_plugin_manager
 from .queue import RedisQueue
+from .redis_client import connect_redis
 from .resources import resource_dir
 from .secretbox import secret_box
 from .senders import SenderService
@@ -33,11 +34,13 @@ from .web import api, dashboard, health, senders
 from .web.guard import browser_middleware
 from .web.keys import (
     CAMPAIGNS,
+    METRICS,
     PACER,
     PLUGINS,
     POOL,
     QUEUE,
     REDIS,
+    REDIS_PUBSUB,
     ROLES,
     SENDERS,
     SETTINGS,
@@ -56,12 +59,14 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
     assert settings.database_url and settings.redis_url
     pool_size = max(10, min(50, settings.worker_concurrency // 4))
     pool = await create_pool(settings.database_url, max_size=pool_size)
-    redis = Redis.from_url(settings.redis_url)
+    clients = connect_redis(settings)
+    redis = clients.data
     try:
         async with pool.acquire() as conn:
             await require_current_schema(conn)
         app[POOL] = pool
         app[REDIS] = redis
+        app[REDIS_PUBSUB] = clients.pubsub
         app[STORE] = Store(pool)
         app[QUEUE] = RedisQueue(
             redis, shards=settings.queue_shards, lease_ms=settings.lease_seconds * 1000
@@ -75,7 +80,7 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
         yield
         await call_all(app[PLUGINS].hook.shutdown, settings=settings, app=app)
     finally:
-        await redis.aclose()
+        await clients.aclose()
         await pool.close()
 
 
@@ -110,6 +115,8 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         TransportRegistry(transport_specs, settings, app[POOL], secret_box(settings)),
         app[PACER],
         hooks,
+        app[METRICS],
+        app[REDIS_PUBSUB],
     )
     app[WORKERS] = pool
     await pool.start()
@@ -125,6 +132,7 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
         app[REDIS],
         interval_s=max(1.0, settings.lease_seconds / 4),
         max_stalls=settings.max_attempts,
+        metrics=app[METRICS],
     )
     task = asyncio.create_task(sweeper.run(), name="dispatch-sweeper")
     yield
@@ -141,12 +149,15 @@ def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Appl
     if unknown or not chosen:
         known = ", ".join(sorted(ALL_ROLES))
         raise ValueError(f"roles must be among {known}, got {sorted(chosen)}")
+    # A process without the api role has no users: it answers health and metrics only.
+    middlewares = [error_middleware, browser_middleware, auth_middleware]
     app = web.Application(
-        middlewares=[error_middleware, browser_middleware, auth_middleware],
+        middlewares=middlewares if "api" in chosen else [error_middleware],
         client_max_size=64 * 1024**2,
     )
     app[SETTINGS] = settings
     app[ROLES] = chosen
+    app[METRICS] = Metrics()
     app[PLUGINS] = get_plugin_manager(settings)
     app.cleanup_ctx.append(_connections)
     app.add_routes(health.routes)

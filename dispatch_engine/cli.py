@@ -21,6 +21,7 @@ from .cli_senders import sender
 from .config import Settings, SettingsError, ensure_secret_key, load_settings
 from .db import create_pool
 from .embedded import EmbeddedError, EmbeddedServers, running_urls
+from .logs import setup_logging
 from .migrate import SchemaBehindError, migrate
 from .plugins import PluginError, describe_plugins, get_plugin_manager
 from .store import Store
@@ -34,10 +35,6 @@ USER_ERRORS = (SettingsError, EmbeddedError, SchemaBehindError, PluginError)
 class Context:
     settings: Settings
     plugins: pluggy.PluginManager
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 @contextlib.contextmanager
@@ -248,7 +245,7 @@ cli.add_command(sender)
 def main(argv: list[str] | None = None) -> Any:
     try:
         settings = load_settings()
-        _setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.log_format)
         plugins = get_plugin_manager(settings)
         plugins.hook.register_commands(cli=cli)
         return cli.main(

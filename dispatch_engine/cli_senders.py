@@ -9,13 +9,13 @@ from typing import Any, TypeVar
 
 import click
 import orjson
-from redis.asyncio import Redis
 
 from .config import Settings, ensure_secret_key
 from .db import create_pool
 from .errors import ApiError
 from .plugins import call_all
 from .queue import RedisQueue
+from .redis_client import connect_redis
 from .secretbox import secret_box
 from .senders import SenderService, public
 from .store import Store
@@ -31,12 +31,12 @@ def _run(obj: Any, work: Callable[[SenderService, Store], Awaitable[T]]) -> T:
     async def main(settings: Settings) -> T:
         assert settings.database_url and settings.redis_url
         pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect_redis(settings)
         try:
             store = Store(pool)
             specs = await call_all(obj.plugins.hook.register_transports, settings=settings)
             service = SenderService(
-                store, RedisQueue(redis), secret_box(settings), [s for g in specs for s in g]
+                store, RedisQueue(redis.data), secret_box(settings), [s for g in specs for s in g]
             )
             return await work(service, store)
         finally:

@@ -67,6 +67,8 @@ class Settings:
     port: int = 8080
     plugins_dir: Path | None = None
     log_level: str = "INFO"
+    log_format: str = "text"
+    redis_cluster: bool = False
 
     @property
     def public_url(self) -> str:
@@ -115,6 +117,13 @@ def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
     return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise SettingsError(f"{name} must be true or false, got {raw!r}")
+    return value in ("true", "1", "yes")
 
 
 def _bool_tls(name: str, raw: str) -> SmtpTls:
@@ -248,6 +257,8 @@ def load_settings(
         host=get("DISPATCH_HOST", text, "127.0.0.1"),
         port=get("DISPATCH_PORT", lambda n, r: _int(n, r, 0, 65535), 8080),
         plugins_dir=plugins_dir,
+        log_format=get("DISPATCH_LOG_FORMAT", lambda n, r: _choice(n, r, ("text", "json")), "text"),
+        redis_cluster=get("DISPATCH_REDIS_CLUSTER", _bool, False),
         log_level=get(
             "DISPATCH_LOG_LEVEL",
             lambda n, r: _choice(n, r, ("debug", "info", "warning", "error")).upper(),

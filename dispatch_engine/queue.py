@@ -241,6 +241,18 @@ class RedisQueue:
             "now_ms": now_ms,
         }
 
+    async def deepest_senders(self, limit: int = 50) -> list[tuple[int, int]]:
+        """(sender id, queued emails) of up to `limit` senders with work, deepest first."""
+        depths: list[tuple[int, int]] = []
+        for keys in self.shards:
+            senders = await self.redis.zrange(keys.key("ready"), 0, 4 * limit - 1)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sender in senders:
+                    pipe.zcard(keys.sender_prefix + sender.decode())
+                counts = await pipe.execute()
+            depths += [(int(s), int(n)) for s, n in zip(senders, counts, strict=True)]
+        return sorted(depths, key=lambda pair: -pair[1])[:limit]
+
     async def depth(self, sender_id: int) -> int:
         return int(await self.redis.zcard(self.shard_of(sender_id).sender(sender_id)))
 

@@ -13,6 +13,7 @@ from collections import defaultdict
 
 from redis.asyncio import Redis
 
+from .metrics import Metrics
 from .pacing import claim_cap
 from .queue import RedisQueue
 from .store import Store
@@ -64,7 +65,9 @@ class Sweeper:
         *,
         interval_s: float,
         max_stalls: int,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self.queue = queue
         self.redis = redis
@@ -80,6 +83,7 @@ class Sweeper:
     async def sweep(self, *, full: bool = False) -> tuple[int, int]:
         """One pass: reap expired leases; re-queue everything at start or if Redis lost data."""
         reaped, dead = await self.queue.reap(max_stalls=self.max_stalls)
+        self.metrics.lease_reaps.inc(reaped)
         if dead:
             reason = f"stalled: its worker stopped responding {self.max_stalls + 1} times"
             await self.store.fail_dispatches(dead, reason)
@@ -87,6 +91,7 @@ class Sweeper:
         if full or not await self.redis.exists(MARKER_KEY):
             requeued = await requeue(self.store, self.queue)
             await self.redis.set(MARKER_KEY, "1")
+            self.metrics.requeued.inc(requeued)
             if requeued:
                 log.info("recovery re-queued %d dispatches from PostgreSQL", requeued)
         return reaped, requeued

@@ -23,6 +23,7 @@ import orjson
 from redis.asyncio import Redis
 
 from .config import Settings
+from .metrics import Metrics
 from .models import QUEUED_STATES, CampaignStatus, DispatchJob, DispatchStatus
 from .pacing import Pacer, PacingRequest
 from .plugins import notify
@@ -61,8 +62,12 @@ class WorkerPool:
         transports: TransportRegistry,
         pacer: Pacer,
         hooks: Any,
+        metrics: Metrics | None = None,
+        pubsub_redis: Redis | None = None,
     ) -> None:
         self.settings = settings
+        self.pubsub_redis = pubsub_redis or redis
+        self.metrics = metrics or Metrics()
         self.store = store
         self.queue = queue
         self.redis = redis
@@ -154,7 +159,7 @@ class WorkerPool:
         """An enqueue that makes work due sooner publishes its time; re-arm the timer."""
         while not self._stopping:
             try:
-                pubsub = self.redis.pubsub()
+                pubsub = self.pubsub_redis.pubsub()
                 await pubsub.subscribe(WAKE_CHANNEL)
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
@@ -277,6 +282,7 @@ class WorkerPool:
             wait_ms = max(0, decision.resume_at_ms - now_ms)
             resume = decision.resume_at_ms + random.randint(0, min(250, wait_ms // 10))
             await self.queue.defer_sender(sender_id, resume)
+            self.metrics.pacing_parks.labels("pacing").inc()
             if decision.resume_at_ms - now_ms > 1000:  # visible only when really held back
                 await self.store.mark_rate_limited([j.id for j in held])
                 await notify(
@@ -293,10 +299,14 @@ class WorkerPool:
         self, job: DispatchJob, compiled: CompiledCampaign, message_id: str, lease: Lease
     ) -> None:
         attempt = job.attempts + 1
+        lag = time.time() - job.scheduled_at.timestamp()
+        self.metrics.due_lag.observe(max(0.0, lag))
+        self.metrics.in_flight.inc()
         try:
             outcome = await self._deliver(job, compiled, message_id, attempt)
             await self._outcomes.put((outcome, lease))
         finally:
+            self.metrics.in_flight.dec()
             self._slots.release()
 
     async def _deliver(
@@ -326,13 +336,18 @@ class WorkerPool:
                 subject,
                 raw,
             )
+            started = time.perf_counter()
             result = await transport.send(message)
+            self.metrics.transport_latency.labels(sender.transport).observe(
+                time.perf_counter() - started
+            )
             return outcome(DispatchStatus.SENT, response=result.response)
         except SenderRateLimitedError as exc:
             wait_s = exc.retry_after_s
             if wait_s is None:
                 wait_s = retry_delay_s(attempt, self.settings.retry_base_ms)
             until = time.time() + wait_s
+            self.metrics.pacing_parks.labels("provider").inc()
             await self.queue.defer_sender(sender.id, int(until * 1000))
             await notify(
                 self.hooks.sender_limited,
@@ -400,6 +415,15 @@ class WorkerPool:
         for _, lease in batch:
             self._inflight.pop(lease.dispatch_id, None)
         self._wake.set()  # send slots are free again
+        for o in outcomes:
+            ids = {"dispatch_id": o.dispatch_id, "campaign_id": o.campaign_id}
+            if o.status == DispatchStatus.SCHEDULED:
+                self.metrics.retries.inc()
+                log.info("dispatch %d will retry: %s", o.dispatch_id, o.error, extra=ids)
+            else:
+                self.metrics.emails.labels(o.status.value).inc()
+                if o.status == DispatchStatus.FAILED:
+                    log.warning("dispatch %d failed: %s", o.dispatch_id, o.error, extra=ids)
         self.sent += sum(1 for o in outcomes if o.status == DispatchStatus.SENT)
         await self._after_record(outcomes)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiohttp import web
 
-from .keys import POOL, REDIS, ROLES
+from .keys import METRICS, POOL, QUEUE, REDIS, ROLES
 from .middleware import json_response
 
 routes = web.RouteTableDef()
@@ -37,3 +38,14 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response(
         {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
     )
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of this process; queue depths are read from Redis now."""
+    registry = request.app[METRICS]
+    with contextlib.suppress(Exception):  # a scrape must not fail because Redis is away
+        registry.queue_depth.clear()
+        for sender, depth in await request.app[QUEUE].deepest_senders():
+            registry.queue_depth.labels(str(sender)).set(depth)
+    return registry.response()

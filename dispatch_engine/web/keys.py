@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from ..campaigns import CampaignService
 from ..config import Settings
+from ..metrics import Metrics
 from ..pacing import Pacer
 from ..queue import RedisQueue
 from ..senders import SenderService
@@ -28,11 +29,13 @@ ROLES: web.AppKey[frozenset[str]] = web.AppKey("roles")
 PLUGINS = web.AppKey("plugins", pluggy.PluginManager)
 POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", Redis)
+REDIS_PUBSUB = web.AppKey("redis_pubsub", Redis)  # the same client unless clustered
 STORE = web.AppKey("store", Store)
 QUEUE = web.AppKey("queue", RedisQueue)
 CAMPAIGNS = web.AppKey("campaigns", CampaignService)
 WORKERS = web.AppKey("workers", WorkerPool)
 PACER = web.AppKey("pacer", Pacer)
+METRICS = web.AppKey("metrics", Metrics)
 SENDERS = web.AppKey("senders", SenderService)
 # The dashboard's (api role): sessions, login providers by name, their HTTP client, live events.
 SESSIONS: web.AppKey[SessionManager] = web.AppKey("sessions")
