@@ -4,19 +4,32 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint typecheck check bench clean
+.PHONY: up test lint typecheck check bench clean system-deps
+CHROMIUM ?= /usr/bin/chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,uvloop,dev]'
 	touch $(STAMP)
 
 up: $(STAMP)
 	$(BIN)/dispatch-engine up
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Tools the tests drive as real peers, from Debian's packages: chromium (dashboard), nginx (a
+# load balancer in front of API processes), docker-compose (validates docker-compose.yml).
+# Installed when missing and we may (root with apt-get); otherwise those tests skip locally.
+SYSTEM_TOOLS := $(CHROMIUM):chromium /usr/sbin/nginx:nginx /usr/bin/docker-compose:docker-compose
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+		[ -x "$${pair%%:*}" ] || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check dispatch_engine plugins tests bench

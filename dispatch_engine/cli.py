@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +107,17 @@ async def _dev_token(settings: Settings) -> str:
     return token
 
 
+def run_forever(main: Coroutine[Any, Any, None]) -> None:
+    """Run a long-lived process on uvloop when it is installed (the `uvloop` extra)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 async def serve(
     app: web.Application, host: str, port: int, on_ready: Callable[[int], None]
 ) -> None:
@@ -166,7 +177,7 @@ def up(obj: Context) -> None:
                 f"  Stop with Ctrl-C.\n"
             )
 
-        asyncio.run(serve(create_app(settings), settings.host, settings.port, ready))
+        run_forever(serve(create_app(settings), settings.host, settings.port, ready))
 
 
 @cli.command()
@@ -196,7 +207,7 @@ def run(obj: Context, roles: tuple[str, ...], do_migrate: bool) -> None:
         def ready(port: int) -> None:
             click.echo(f"Running {', '.join(sorted(chosen))} on http://{settings.host}:{port}")
 
-        asyncio.run(serve(create_app(settings, chosen), settings.host, settings.port, ready))
+        run_forever(serve(create_app(settings, chosen), settings.host, settings.port, ready))
 
 
 @cli.command(name="migrate")
