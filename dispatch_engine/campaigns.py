@@ -200,6 +200,7 @@ class CampaignService:
             ((r.id, _due_ms(r.scheduled_at)) for r in rows),
             claim_cap=claim_cap(sender.hourly_limit, request.hourly_limit, gap),
         )
+        await self.store.mark_enqueued(campaign_id, True)
         return ScheduleResult(campaign_id, len(rows), request.recipients.rejected)
 
     # ---- controls: each is one guarded state change, then Redis is brought in line ----
@@ -226,6 +227,12 @@ class CampaignService:
         for sender_id, ids in by_sender.items():
             await self.queue.remove(sender_id, ids)
 
+    async def _requeue(self, campaign_id: int) -> None:
+        # Marked first: if this process dies midway, the sweeper finishes the job.
+        await self.store.mark_enqueued(campaign_id, False)
+        await requeue(self.store, self.queue, campaign_id=campaign_id)
+        await self.store.mark_enqueued(campaign_id, True)
+
     async def pause(self, user: User, campaign_id: int) -> None:
         """No new email of the campaign starts; the ones in flight finish."""
         await self._transition(user, campaign_id, CampaignStatus.PAUSED, ("scheduled", "running"))
@@ -234,7 +241,7 @@ class CampaignService:
     async def resume(self, user: User, campaign_id: int) -> None:
         """Queue again what is still to send; what was sent is never sent again."""
         await self._transition(user, campaign_id, CampaignStatus.RUNNING, ("paused",))
-        await requeue(self.store, self.queue, campaign_id=campaign_id)
+        await self._requeue(campaign_id)
         await self.store.update_campaign_progress([campaign_id])
 
     async def cancel(self, user: User, campaign_id: int) -> int:
@@ -251,6 +258,6 @@ class CampaignService:
             user, campaign_id, CampaignStatus.RUNNING, ("running", "completed", "scheduled")
         )
         count = await self.store.reset_failed(campaign_id)
-        await requeue(self.store, self.queue, campaign_id=campaign_id)
+        await self._requeue(campaign_id)
         await self.store.update_campaign_progress([campaign_id])
         return count

@@ -696,16 +696,22 @@ class Store:
             reason,
         )
 
-    async def update_campaign_progress(self, campaign_ids: Sequence[int]) -> None:
-        await self.pool.execute(
+    async def update_campaign_progress(self, campaign_ids: Sequence[int]) -> list[tuple[int, int]]:
+        """Mark campaigns running or completed; returns (id, owner) of those just completed.
+
+        The status guard makes the flip to completed happen once, whichever process wins.
+        """
+        rows = await self.pool.fetch(
             """UPDATE campaigns c SET status = CASE
                    WHEN NOT EXISTS (SELECT 1 FROM dispatches d WHERE d.campaign_id = c.id
                                     AND d.status IN ('scheduled', 'sending', 'rate_limited'))
                    THEN 'completed' ELSE 'running' END,
                    updated_at = now()
-               WHERE c.id = ANY($1::bigint[]) AND c.status IN ('scheduled', 'running')""",
+               WHERE c.id = ANY($1::bigint[]) AND c.status IN ('scheduled', 'running')
+               RETURNING c.id, c.owner_id, c.status""",
             campaign_ids,
         )
+        return [(r["id"], r["owner_id"]) for r in rows if r["status"] == "completed"]
 
     # ---- campaign controls (each a guarded state change) ----
 
@@ -745,6 +751,23 @@ class Store:
                RETURNING id, sender_id""",
             campaign_id,
         )
+
+    async def mark_enqueued(self, campaign_id: int, enqueued: bool) -> None:
+        """The outbox marker: NULL while a campaign's emails may be missing from Redis."""
+        await self.pool.execute(
+            "UPDATE campaigns SET enqueued_at = CASE WHEN $2 THEN now() END WHERE id = $1",
+            campaign_id,
+            enqueued,
+        )
+
+    async def campaigns_not_enqueued(self, older_than_s: float) -> list[int]:
+        rows = await self.pool.fetch(
+            """SELECT id FROM campaigns WHERE enqueued_at IS NULL
+                 AND status IN ('scheduled', 'running')
+                 AND updated_at < now() - make_interval(secs => $1)""",
+            older_than_s,
+        )
+        return [r["id"] for r in rows]
 
     async def reset_failed(self, campaign_id: int) -> int:
         result = await self.pool.execute(

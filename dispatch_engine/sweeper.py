@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 LEADER_KEY = "dispatch:sweeper:leader"
 MARKER_KEY = "dispatch:sweeper:synced"  # gone after FLUSHALL or a restart without persistence
 REQUEUE_BATCH = 5000
+OUTBOX_GRACE_S = 5.0  # the scheduling process itself queues within this time
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -88,12 +89,17 @@ class Sweeper:
             reason = f"stalled: its worker stopped responding {self.max_stalls + 1} times"
             await self.store.fail_dispatches(dead, reason)
         requeued = 0
+        # Campaigns a process committed but died before queueing (the outbox marker).
+        for campaign_id in await self.store.campaigns_not_enqueued(OUTBOX_GRACE_S):
+            requeued += await requeue(self.store, self.queue, campaign_id=campaign_id)
+            await self.store.mark_enqueued(campaign_id, True)
+            log.info("queued campaign %d that its process left unqueued", campaign_id)
         if full or not await self.redis.exists(MARKER_KEY):
-            requeued = await requeue(self.store, self.queue)
+            requeued += await requeue(self.store, self.queue)
             await self.redis.set(MARKER_KEY, "1")
-            self.metrics.requeued.inc(requeued)
             if requeued:
                 log.info("recovery re-queued %d dispatches from PostgreSQL", requeued)
+        self.metrics.requeued.inc(requeued)
         return reaped, requeued
 
     async def run(self) -> None:

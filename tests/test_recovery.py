@@ -12,7 +12,9 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
+from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
+from dispatch_engine.sweeper import MARKER_KEY, Sweeper
 
 from .helpers import auth, new_token, wait_for
 from .processes import Proc
@@ -80,3 +82,33 @@ async def test_sigterm_lets_in_flight_sends_finish_and_records_them(
         assert by_status.get("sent", 0) == len(received) == started
         assert by_status.get("sending", 0) == 0
         assert by_status.get("sent", 0) + by_status.get("scheduled", 0) == 40
+
+
+async def test_a_campaign_its_process_never_queued_is_queued_by_the_next_sweep(
+    make_client: Start, store: Store, redis: Redis, queue: RedisQueue
+) -> None:
+    api = await make_client(roles=frozenset({"api"}))
+    headers = auth(await new_token(store))
+    payload = {
+        "subject": "s",
+        "body": "b",
+        "start_at": "2099-01-01T00:00:00Z",
+        "recipients": [f"o{i}@example.com" for i in range(25)],
+    }
+    response = await api.post("/api/emails/schedule", json=payload, headers=headers)
+    campaign = (await response.json())["campaign"]["id"]
+    sender = (await response.json())["campaign"]["sender"]["id"]
+    # As if the API died between its commit and its enqueue: rows in PostgreSQL only.
+    ids = [r["id"] for r in await store.pool.fetch("SELECT id FROM dispatches")]
+    await queue.remove(sender, ids)
+    await store.pool.execute(
+        "UPDATE campaigns SET enqueued_at = NULL, updated_at = now() - interval '1 minute'"
+    )
+    await redis.set(MARKER_KEY, "1")  # Redis itself lost nothing: no full re-queue
+    sweeper = Sweeper(store, queue, redis, interval_s=1, max_stalls=5)
+    assert await sweeper.sweep() == (0, 25)
+    assert await queue.depth(sender) == 25
+    assert await store.pool.fetchval(
+        "SELECT enqueued_at IS NOT NULL FROM campaigns WHERE id = $1", campaign
+    )
+    assert await sweeper.sweep() == (0, 0), "the next sweep has nothing left to do"
