@@ -230,8 +230,8 @@ class RedisQueue:
             pipe.zcard(keys.sender(sender_id))
             pipe.zrange(keys.sender(sender_id), 0, 0, withscores=True)
             pipe.hget(keys.key("resume"), str(sender_id))
-            pipe.time()
-            depth, head, resume, (seconds, micros) = await pipe.execute()
+            depth, head, resume = await pipe.execute()
+        seconds, micros = await self.redis.time()  # not in the pipeline: clusters refuse it
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         parked = int(resume) if resume is not None and int(resume) > now_ms else None
         return {

@@ -290,6 +290,7 @@ class WorkerPool:
                     sender_id=sender_id,
                     resume_at_ms=resume,
                     reason=decision.reason,
+                    settings=self.settings,
                 )
         return decision.allowed
 
@@ -354,6 +355,7 @@ class WorkerPool:
                 sender_id=sender.id,
                 resume_at_ms=int(until * 1000),
                 reason=str(exc),
+                settings=self.settings,
             )
             at = datetime.fromtimestamp(until, UTC)
             return outcome(DispatchStatus.SCHEDULED, error=str(exc), retry_at=at)
@@ -431,11 +433,14 @@ class WorkerPool:
         finished = [o for o in outcomes if o.status != DispatchStatus.SCHEDULED]
         if not finished:
             return
+        completed: list[tuple[int, int]] = []
         try:
-            await self.store.update_campaign_progress(list({o.campaign_id for o in finished}))
+            completed = await self.store.update_campaign_progress(
+                list({o.campaign_id for o in finished})
+            )
             ids = [o.dispatch_id for o in finished]
             event = {"type": "dispatches", "ids": ids[:1000]}
-            await self.redis.publish(EVENTS_CHANNEL, orjson.dumps(event))
+            await self.pubsub_redis.publish(EVENTS_CHANNEL, orjson.dumps(event))
         except Exception:
             log.warning("progress update failed", exc_info=True)
         sent_hooks = self.hooks.dispatch_sent.get_hookimpls()
@@ -448,6 +453,7 @@ class WorkerPool:
                     campaign_id=o.campaign_id,
                     recipient=o.recipient,
                     message_id=o.message_id,
+                    settings=self.settings,
                 )
             elif o.status == DispatchStatus.FAILED and failed_hooks:
                 await notify(
@@ -456,4 +462,12 @@ class WorkerPool:
                     campaign_id=o.campaign_id,
                     recipient=o.recipient,
                     error=o.error or "",
+                    settings=self.settings,
                 )
+        for campaign_id, owner_id in completed:  # after its emails' own events
+            await notify(
+                self.hooks.campaign_completed,
+                campaign_id=campaign_id,
+                owner_id=owner_id,
+                settings=self.settings,
+            )

@@ -16,8 +16,8 @@ from aiohttp import BodyPartReader, web
 
 from ..campaigns import parse_schedule_request
 from ..errors import ApiError, invalid
-from ..worker import EVENTS_CHANNEL
-from .keys import CAMPAIGNS, PACER, QUEUE, REDIS, SETTINGS, STORE
+from .events import publish
+from .keys import CAMPAIGNS, PACER, QUEUE, SETTINGS, STORE
 from .middleware import current_user, json_response
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ async def schedule(request: web.Request) -> web.Response:
         "rejected": result.rejected,
     }
     if not result.replayed:  # live dashboards (web/events.py) show the new campaign at once
-        await publish_event(request.app, {"type": "campaign", "id": result.campaign_id,
+        await publish(request.app, {"type": "campaign", "id": result.campaign_id,
                                           "owner_id": user.id})  # fmt: skip
     return json_response(body, 200 if result.replayed else 201)
 
@@ -244,7 +244,7 @@ async def _control(request: web.Request, action: str) -> web.Response:
     detail = await request.app[STORE].campaign_detail(user.id, campaign_id)
     assert detail is not None
     body = _campaign_json(detail)
-    await publish_event(request.app, {"type": "campaign", "id": campaign_id, "owner_id": user.id})
+    await publish(request.app, {"type": "campaign", "id": campaign_id, "owner_id": user.id})
     return json_response({"campaign": body, "affected": affected})
 
 
@@ -266,14 +266,6 @@ async def cancel(request: web.Request) -> web.Response:
 @routes.post("/api/campaigns/{id}/retry-failed")
 async def retry_failed(request: web.Request) -> web.Response:
     return await _control(request, "retry-failed")
-
-
-async def publish_event(app: web.Application, event: dict[str, Any]) -> None:
-    """Tell open dashboards (in any process) that something changed; best effort."""
-    try:
-        await app[REDIS].publish(EVENTS_CHANNEL, orjson.dumps(event))
-    except Exception:
-        log.warning("could not publish %s", event.get("type"), exc_info=True)
 
 
 @routes.get("/api/inbox")

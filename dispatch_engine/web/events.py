@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from ..store import Store
 from ..worker import EVENTS_CHANNEL
-from .keys import EVENT_HUB, REDIS, STORE
+from .keys import EVENT_HUB, REDIS_PUBSUB, STORE
 from .middleware import current_user
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ CLIENT_BUFFER = 64
 async def publish(app: web.Application, event: dict[str, Any]) -> None:
     """Tell the owner's open pages, in every API process, that something changed."""
     try:
-        await app[REDIS].publish(EVENTS_CHANNEL, orjson.dumps(event))
+        await app[REDIS_PUBSUB].publish(EVENTS_CHANNEL, orjson.dumps(event))
     except Exception:  # live updates are a convenience; the change itself is committed
         log.warning("could not publish a %s event", event.get("type"), exc_info=True)
 
@@ -46,7 +46,7 @@ class EventHub:
         self.store = store
         self._clients: dict[int, set[asyncio.Queue[dict[str, Any] | None]]] = {}
         self._task: asyncio.Task[None] | None = None
-        self.ready = asyncio.Event()  # set once subscribed (tests wait for it)
+        self.ready = asyncio.Event()  # set while subscribed
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="dispatch-event-hub")
@@ -140,7 +140,7 @@ class EventHub:
 
 
 async def events_context(app: web.Application) -> AsyncIterator[None]:
-    hub = EventHub(app[REDIS], app[STORE])
+    hub = EventHub(app[REDIS_PUBSUB], app[STORE])
     app[EVENT_HUB] = hub
     hub.start()
     yield
@@ -172,6 +172,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     queue = hub.subscribe(user.id)
     try:
+        # "hello" promises that what happens from now on reaches this page.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hub.ready.wait(), 5)
         await response.write(b"retry: 2000\nevent: hello\ndata: {}\n\n")
         while True:
             try:
