@@ -40,9 +40,17 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-bench: $(STAMP)
-	$(BIN)/python bench/queue.py
-	$(BIN)/python bench/e2e.py
+# Benchmarks run in their own venv, beside SAQ and arq (see docs/performance.md).
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[embedded,uvloop,bench]'
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/queue.py
+	$(BENCH_VENV)/bin/python bench/e2e.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
