@@ -151,3 +151,12 @@ async def make_client(settings: Settings) -> AsyncIterator[object]:
     yield start
     for client in reversed(clients):
         await client.close()
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[object]:
+    """One headless Chromium for the whole session (tests/browser.py); closed at the end."""
+    from .browser import chromium
+
+    async with chromium() as launched:
+        yield launched

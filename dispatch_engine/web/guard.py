@@ -1,11 +1,11 @@
 """The browser's gate: session lookup, CSRF checks, login redirects and safe page headers.
 
 Runs before `auth_middleware`. An API request with an `Authorization` header is an API
-client's: it is left to the bearer-token check (pages always need a session). Otherwise the session cookie, if valid, names the
-user, and every unsafe request must carry the CSRF token of that session (or, before
-login, of the browser). Pages other than the public ones need a session; a visitor without
-one is sent to the login page. A plain HTML form (no JavaScript) may post to the API: it
-is answered with a redirect back, or an error page, instead of JSON.
+client's: it is left to the bearer-token check. Otherwise the session cookie, if valid,
+names the user, and every unsafe request must carry the CSRF token of that session (or,
+before login, of the browser). Pages other than the public ones need a session; a visitor
+without one is sent to the login page. A plain HTML form (no JavaScript) may post to the
+API: it is answered with a redirect back, or an error page, instead of JSON.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from .views import render
 
 log = logging.getLogger(__name__)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-PUBLIC_PREFIXES = ("/login", "/auth/", "/static/", "/healthz", "/readyz", "/metrics")
+UNGUARDED_PREFIXES = ("/static/", "/healthz", "/readyz", "/metrics")
+PUBLIC_PREFIXES = ("/login", "/auth/", *UNGUARDED_PREFIXES)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # Pages run no inline script; an email preview is sandboxed and may load its images.
 CSP = (
@@ -72,6 +73,8 @@ async def browser_middleware(request: web.Request, handler: Handler) -> web.Stre
     manager = request.app.get(SESSIONS)
     api = request.path.startswith("/api/")
     if manager is None or (api and "Authorization" in request.headers):
+        return await handler(request)
+    if request.path.startswith(UNGUARDED_PREFIXES):  # no session look-up for these
         return await handler(request)
     session = await manager.find(request)
     if session is not None:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from ..models import Sender
 from .compose import sanitize_html
-from .keys import QUEUE, REDIS, STORE
+from .keys import QUEUE, STORE
 from .middleware import current_user
 from .views import render
 
@@ -117,23 +117,15 @@ async def campaigns(request: web.Request) -> web.Response:
 
 async def _pacing(request: web.Request, sender: Sender) -> dict[str, Any] | None:
     """The sender's state in the queue: queued ids, and when it may send next."""
-    queue, redis = request.app[QUEUE], request.app[REDIS]
-    keys = queue.shard_of(sender.id)
     try:
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.time()
-            pipe.zcard(keys.sender(sender.id))
-            pipe.zscore(keys.key("ready"), str(sender.id))
-            pipe.hget(keys.key("resume"), str(sender.id))
-            (secs, micros), queued, ready, resume = await pipe.execute()
-    except Exception:
+        state = await request.app[QUEUE].sender_state(sender.id)
+    except Exception:  # the page still shows everything PostgreSQL knows
         return None
-    now_ms = secs * 1000 + micros // 1000
-    resume_ms = int(resume) if resume is not None else None
+    now, due = state["now_ms"] or 0, state["next_due_ms"]
     return {
-        "queued": int(queued),
-        "next_ms": int(ready) if ready is not None and ready > now_ms else None,
-        "parked_ms": resume_ms if resume_ms and resume_ms > now_ms else None,
+        "queued": state["queue_depth"],
+        "next_ms": due if due is not None and due > now else None,
+        "parked_ms": state["parked_until_ms"],
     }
 
 

@@ -40,7 +40,10 @@ class BrowserSession:
 
 def safe_next(value: str | None) -> str:
     """A local path to go to after a login; anything else (another site) becomes `/`."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    if not value or not value.startswith("/") or "\\" in value:
+        return "/"
+    # Browsers drop tabs and newlines from URLs: "/\t/evil.example" would become "//evil…".
+    if value.startswith("//") or any(ord(c) < 32 or ord(c) == 127 for c in value):
         return "/"
     return value
 

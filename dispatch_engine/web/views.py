@@ -51,6 +51,7 @@ def setup_templates(app: web.Application) -> None:
     env = aiohttp_jinja2.get_env(app)
     env.filters["when"] = when
     env.filters["when_ms"] = when_ms
+    env.filters["number"] = lambda n: f"{n:,}" if isinstance(n, int) else n
     app[STATIC_VERSION] = _static_version()
 
 
