@@ -30,22 +30,24 @@ import sys
 if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import contextlib  # noqa: E402
-import logging  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Awaitable, Callable, Iterator  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import asyncio
+import contextlib
+import logging
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
-from redis.asyncio import Redis  # noqa: E402
+from redis.asyncio import Redis
 
-from dispatch_engine.queue import RedisQueue  # noqa: E402
+from dispatch_engine.queue import RedisQueue
 
+T = TypeVar("T")
 ENQUEUE_IN_FLIGHT = 20  # SAQ's max_concurrent_ops default; used for arq too
 ID_BASE = 10_000_000  # dispatch ids look like a busy database's bigint ids
 
@@ -137,7 +139,7 @@ async def run_ours(url: str, admin: Redis, opt: Options) -> Run:
 async def run_saq(url: str, admin: Redis, opt: Options) -> Run:
     from saq import Queue, Worker
 
-    queue = Queue.from_url(url, name="bench")
+    queue: Any = Queue.from_url(url, name="bench")  # a saq RedisQueue
     try:
         await queue.connect()
         await gather_bounded((queue.redis.ping() for _ in range(ENQUEUE_IN_FLIGHT)), 100)
@@ -223,6 +225,85 @@ LABELS = {
 # ---- driver ----
 
 
+def run_on_loop(main: Coroutine[Any, Any, T], loop: str) -> T:
+    """Run `main` on uvloop ("auto": when installed, as dispatch-engine's processes do)."""
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                raise SystemExit("--loop uvloop: uvloop is not installed") from None
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main)
+    return asyncio.run(main)
+
+
+def loop_name(loop: str) -> str:
+    if loop == "asyncio":
+        return "asyncio"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"uvloop {version('uvloop')}"
+    except PackageNotFoundError:
+        return "asyncio (uvloop not installed)"
+
+
+def revision() -> str:
+    """The commit the package comes from, "+changes" when its files differ (read-only git)."""
+    root = Path(__file__).resolve().parent.parent
+    git = ["git", "--no-optional-locks", "-C", str(root)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        paths = ["dispatch_engine", "plugins", "migrations"]
+        clean = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", *paths], check=False)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+    return head + ("" if clean.returncode == 0 else "+uncommitted changes")
+
+
+class OtherLoad:
+    """CPU seconds that processes other than this one and Redis used (other users' work)."""
+
+    def __init__(self, redis_pid: int | None) -> None:
+        import psutil
+
+        self.own = psutil.Process()
+        self.redis = None
+        if redis_pid:
+            with contextlib.suppress(psutil.Error):
+                self.redis = psutil.Process(redis_pid)
+        self.total = 0.0
+        self.wall = 0.0
+        self._start = (0.0, 0.0)
+
+    def _now(self) -> tuple[float, float]:
+        import psutil
+
+        t = psutil.cpu_times()
+        busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        for p in (self.own, self.redis):
+            if p is not None:
+                with contextlib.suppress(psutil.Error):
+                    c = p.cpu_times()
+                    busy -= c.user + c.system
+        return busy, time.monotonic()
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> float:
+        """Average share of one core the others used since start()."""
+        busy, at = self._now()
+        self.total += busy - self._start[0]
+        self.wall += at - self._start[1]
+        # tick-granular counters can dip a little below zero on a quiet machine
+        return max(0.0, (busy - self._start[0]) / max(at - self._start[1], 1e-9))
+
+
 @contextlib.contextmanager
 def redis_server(url: str | None) -> Iterator[str]:
     if url:
@@ -250,7 +331,10 @@ def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("| " + " | ".join(cells) + " |")
         if n == 0:
             lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -272,11 +356,14 @@ async def bench(args: argparse.Namespace, url: str) -> None:
         await SYSTEMS[system](url, admin, warm)
 
     runs: dict[str, list[Run]] = {s: [] for s in systems}
+    load = OtherLoad(server.get("process_id") if args.redis_url is None else None)
     for attempt in range(args.repeat):
         for system in systems:
             await admin.flushall()
             await asyncio.sleep(0.2)  # let Redis free the flushed keys before measuring
+            load.start()
             run = await SYSTEMS[system](url, admin, full)
+            others = load.stop()
             if run.processed != args.n:
                 raise RuntimeError(f"{system}: processed {run.processed} of {args.n}")
             runs[system].append(run)
@@ -284,7 +371,7 @@ async def bench(args: argparse.Namespace, url: str) -> None:
                 f"  run {attempt + 1}/{args.repeat} {system:4}: "
                 f"enqueue {args.n / run.enqueue_s:>9,.0f}/s  "
                 f"processed {args.n / run.process_s:>9,.0f}/s  "
-                f"{run.used_bytes / args.n:6.0f} B/job",
+                f"{run.used_bytes / args.n:6.0f} B/job  (others' load {others:.0%} of a core)",
                 file=sys.stderr,
             )
     await admin.flushall()
@@ -307,8 +394,8 @@ async def bench(args: argparse.Namespace, url: str) -> None:
         enq, proc = args.n / m.enqueue_s, args.n / m.process_s
         ratio_e = ratio_p = "—"
         if ours is not None and system != "ours":
-            ratio_e = f"{(args.n / ours.enqueue_s) / enq:.1f}×"
-            ratio_p = f"{(args.n / ours.process_s) / proc:.1f}×"
+            ratio_e = f"{(args.n / ours.enqueue_s) / enq:.1f}x"
+            ratio_p = f"{(args.n / ours.process_s) / proc:.1f}x"
         rows.append(
             [
                 LABELS[system],
@@ -324,8 +411,11 @@ async def bench(args: argparse.Namespace, url: str) -> None:
     print(
         f"N = {args.n:,} no-op jobs, median of {args.repeat} runs, concurrency {args.concurrency} "
         f"(ours: batch {args.batch}, {args.senders} sender(s)); {name} {version} on loopback "
-        f"(appendonly {persistence.get('appendonly', '?')}); Python {sys.version.split()[0]}, "
-        f"{os.cpu_count()} CPUs; warm-up of {warm.n} jobs per system excluded"
+        f"(appendonly {persistence.get('appendonly', '?')}); Python {sys.version.split()[0]} on "
+        f"{loop_name(args.loop)}, "
+        f"{os.cpu_count()} CPUs; dispatch_engine at {revision()}; "
+        f"warm-up of {warm.n} jobs per system excluded; other processes on the machine used "
+        f"{max(0.0, load.total) / max(load.wall, 1e-9):.0%} of a core on average during the runs"
     )
     print()
     print(table(rows))
@@ -343,6 +433,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch", type=int, default=100, help="ids per claim (ours)")
     parser.add_argument("--senders", type=int, default=1, help="senders the ids are spread over")
+    parser.add_argument(
+        "--loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="event loop for all three systems (auto: uvloop when installed, like dispatch-engine)",
+    )
     parser.add_argument("--redis-url", help="use this Redis instead of starting a private one")
     parser.add_argument(
         "--systems",
@@ -362,8 +458,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)  # SAQ and arq log every job at INFO
+    logging.getLogger("saq").setLevel(logging.ERROR)  # "did not finish within the grace period"
     with redis_server(args.redis_url) as url:
-        asyncio.run(bench(args, url))
+        run_on_loop(bench(args, url), args.loop)
 
 
 if __name__ == "__main__":
