@@ -21,7 +21,7 @@ from .db import create_pool
 from .metrics import Metrics
 from .migrate import require_current_schema
 from .pacing import Pacer, PacingPolicySpec
-from .plugins import call_all, get_plugin_manager
+from .plugins import call_all, get_plugin_manager, registered
 from .queue import RedisQueue
 from .redis_client import connect_redis
 from .resources import resource_dir
@@ -89,8 +89,7 @@ async def _pacer(app: web.Application) -> Pacer:
     settings, hooks = app[SETTINGS], app[PLUGINS].hook
     policy_specs: dict[str, PacingPolicySpec] = {
         spec.name: spec
-        for specs in await call_all(hooks.register_pacing_policies, settings=settings)
-        for spec in specs
+        for spec in await registered(hooks.register_pacing_policies, settings=settings)
     }
     unknown = [name for name in settings.pacing if name not in policy_specs]
     if unknown:
@@ -100,8 +99,17 @@ async def _pacer(app: web.Application) -> Pacer:
 
 
 async def _transport_specs(app: web.Application) -> list[TransportSpec]:
-    specs = await call_all(app[PLUGINS].hook.register_transports, settings=app[SETTINGS])
-    return [spec for group in specs for spec in group]
+    return await registered(app[PLUGINS].hook.register_transports, settings=app[SETTINGS])
+
+
+async def _plugin_web(app: web.Application) -> AsyncIterator[None]:
+    """Plugins' routes and template changes (api role); the router is open until startup ends."""
+    settings, hooks = app[SETTINGS], app[PLUGINS].hook
+    for routes in await call_all(hooks.register_routes, settings=settings):
+        app.router.add_routes(routes)
+    env = aiohttp_jinja2.get_env(app)
+    await call_all(hooks.prepare_jinja2_environment, env=env, settings=settings)
+    yield
 
 
 async def _workers(app: web.Application) -> AsyncIterator[None]:
@@ -170,6 +178,7 @@ def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Appl
         app.add_routes(api.routes)
         app.add_routes(senders.routes)
         dashboard.setup(app)
+        app.cleanup_ctx.append(_plugin_web)
     if "sweeper" in chosen:
         app.cleanup_ctx.append(_sweeper)
     if "worker" in chosen:

@@ -8,7 +8,8 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,17 +18,23 @@ import pluggy
 from aiohttp import web
 
 from .app import ALL_ROLES, create_app
+from .auth import DEV_EMAIL
 from .cli_senders import sender
 from .config import Settings, SettingsError, ensure_secret_key, load_settings
 from .db import create_pool
 from .embedded import EmbeddedError, EmbeddedServers, running_urls
 from .logs import setup_logging
 from .migrate import SchemaBehindError, migrate
-from .plugins import PluginError, describe_plugins, get_plugin_manager
+from .plugins import (
+    PluginError,
+    call_all,
+    disabled_plugins,
+    get_plugin_manager,
+    plugin_report,
+)
 from .store import Store
 
 log = logging.getLogger("dispatch_engine")
-DEV_EMAIL = "dev@example.com"
 USER_ERRORS = (SettingsError, EmbeddedError, SchemaBehindError, PluginError)
 
 
@@ -143,8 +150,30 @@ async def serve(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.option(
+    "--plugins-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Load every *.py plugin in this folder too (instead of DISPATCH_PLUGINS_DIR).",
+)
+def cli(plugins_dir: Path | None) -> None:
     """Dispatch Engine: schedule and send email campaigns."""
+
+
+def _plugins_dir_arg(args: list[str]) -> Path | None:
+    """`--plugins-dir`, read before click parses: its plugins may add commands."""
+    for i, arg in enumerate(args):
+        if arg == "--plugins-dir" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--plugins-dir="):
+            value = arg.partition("=")[2]
+        elif arg.startswith("-"):
+            continue
+        else:
+            return None  # the command; what follows is its own
+        if not Path(value).is_dir():
+            raise SettingsError(f"--plugins-dir must be a folder, {value!r} is not")
+        return Path(value)
+    return None
 
 
 @cli.command()
@@ -241,13 +270,19 @@ def token_create(obj: Context, email: str, name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def plugins(obj: Context, as_json: bool) -> None:
-    """List the loaded plugins, where they come from and the hooks they implement."""
-    loaded = describe_plugins(obj.plugins)
+    """List the loaded plugins: from where, their hooks, what they register."""
+    loaded = asyncio.run(plugin_report(obj.plugins, obj.settings))
     if as_json:
         click.echo(orjson.dumps([p.__dict__ for p in loaded], option=orjson.OPT_INDENT_2))
         return
     for p in loaded:
         click.echo(f"{p.name}  ({p.source})  {p.location}\n    hooks: {', '.join(p.hooks)}")
+        for kind, names in p.registers.items():
+            if names:
+                click.echo(f"    {kind.replace('_', ' ')}: {', '.join(names)}")
+    disabled = disabled_plugins(obj.plugins)
+    if disabled:
+        click.echo(f"Left out by DISPATCH_PLUGINS: {', '.join(disabled)}")
 
 
 cli.add_command(sender)
@@ -256,9 +291,12 @@ cli.add_command(sender)
 def main(argv: list[str] | None = None) -> Any:
     try:
         settings = load_settings()
+        plugins_dir = _plugins_dir_arg(sys.argv[1:] if argv is None else argv)
+        if plugins_dir is not None:
+            settings = replace(settings, plugins_dir=plugins_dir)
         setup_logging(settings.log_level, settings.log_format)
         plugins = get_plugin_manager(settings)
-        plugins.hook.register_commands(cli=cli)
+        asyncio.run(call_all(plugins.hook.register_commands, cli=cli))
         return cli.main(
             args=argv,
             prog_name="dispatch-engine",

@@ -13,7 +13,7 @@ import orjson
 from .config import Settings, ensure_secret_key
 from .db import create_pool
 from .errors import ApiError
-from .plugins import call_all
+from .plugins import registered
 from .queue import RedisQueue
 from .redis_client import connect_redis
 from .secretbox import secret_box
@@ -34,10 +34,8 @@ def _run(obj: Any, work: Callable[[SenderService, Store], Awaitable[T]]) -> T:
         redis = connect_redis(settings)
         try:
             store = Store(pool)
-            specs = await call_all(obj.plugins.hook.register_transports, settings=settings)
-            service = SenderService(
-                store, RedisQueue(redis.data), secret_box(settings), [s for g in specs for s in g]
-            )
+            specs = await registered(obj.plugins.hook.register_transports, settings=settings)
+            service = SenderService(store, RedisQueue(redis.data), secret_box(settings), specs)
             return await work(service, store)
         finally:
             await redis.aclose()

@@ -7,12 +7,15 @@ whose message names the variable, and the CLI prints that one line and exits.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
+
+from .weekly import EXAMPLE, WeeklyWindow, parse_weekly_window
 
 T = TypeVar("T")
 
@@ -22,6 +25,32 @@ SmtpTls = Literal["none", "starttls", "tls"]
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
+
+
+_PLUGIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _plugin_filter(raw: str) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+    """DISPATCH_PLUGINS: `a,b` loads only those plugins, `-a,-b` every plugin but those."""
+    names = [part.strip() for part in raw.split(",") if part.strip()]
+    for name in names:
+        if not _PLUGIN_NAME.fullmatch(name.removeprefix("-")):
+            raise SettingsError(f"DISPATCH_PLUGINS: {name!r} is not a plugin name")
+    deny = tuple(n.removeprefix("-") for n in names if n.startswith("-"))
+    allow = tuple(n for n in names if not n.startswith("-"))
+    if allow and deny:
+        raise SettingsError(
+            "DISPATCH_PLUGINS must list plugins to load (a,b) or plugins to leave out (-a,-b), "
+            f"not both; got {raw!r}"
+        )
+    return (allow or None), deny
+
+
+def _weekly(name: str, raw: str) -> WeeklyWindow:
+    try:
+        return parse_weekly_window(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must look like {EXAMPLE!r}: {exc}") from None
 
 
 GOOGLE_ISSUER = "https://accounts.google.com"
@@ -66,6 +95,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     plugins_dir: Path | None = None
+    plugins_allow: tuple[str, ...] | None = None  # DISPATCH_PLUGINS=a,b (None: every plugin)
+    plugins_deny: tuple[str, ...] = ()  # DISPATCH_PLUGINS=-a,-b
+    business_hours: WeeklyWindow | None = None
+    notify_webhook_url: str | None = field(default=None, repr=False)  # its path is a secret
     log_level: str = "INFO"
     log_format: str = "text"
     redis_cluster: bool = False
@@ -227,6 +260,7 @@ def load_settings(
     plugins_dir = get("DISPATCH_PLUGINS_DIR", lambda n, r: Path(r), None)
     if plugins_dir is not None and not plugins_dir.is_dir():
         raise SettingsError(f"DISPATCH_PLUGINS_DIR must be a folder, {str(plugins_dir)!r} is not")
+    plugins_allow, plugins_deny = _plugin_filter(env.get("DISPATCH_PLUGINS", ""))
 
     return Settings(
         database_url=get("DATABASE_URL", lambda n, r: _url(n, r, ("postgresql", "postgres")), None),
@@ -257,6 +291,12 @@ def load_settings(
         host=get("DISPATCH_HOST", text, "127.0.0.1"),
         port=get("DISPATCH_PORT", lambda n, r: _int(n, r, 0, 65535), 8080),
         plugins_dir=plugins_dir,
+        plugins_allow=plugins_allow,
+        plugins_deny=plugins_deny,
+        business_hours=get("DISPATCH_BUSINESS_HOURS", _weekly, None),
+        notify_webhook_url=get(
+            "DISPATCH_NOTIFY_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), None
+        ),
         log_format=get("DISPATCH_LOG_FORMAT", lambda n, r: _choice(n, r, ("text", "json")), "text"),
         redis_cluster=get("DISPATCH_REDIS_CLUSTER", _bool, False),
         log_level=get(

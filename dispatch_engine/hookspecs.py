@@ -1,16 +1,27 @@
 """Every hook a Dispatch Engine plugin can implement. The docstrings are the plugin manual.
 
-A plugin is a module (or object) with functions decorated by `dispatch_engine.hookimpl`.
-Hooks may be plain functions or coroutines: callers await whatever a hook returns.
+A plugin is a module (or object) with functions decorated by `dispatch_engine.hookimpl`; an
+implementation takes any subset of a hook's arguments, by name. Every hook may be a plain
+function or a coroutine (`async def`): callers await whatever a hook returns. Implementations
+run in pluggy's order (the last registered first, `tryfirst` before, `trylast` after); the
+built-in plugins are `trylast`, so a plugin that registers a transport, policy or provider of
+the same name replaces the built-in one. Processes: `api` serves the REST API and dashboard,
+`worker` sends, `sweeper` recovers; `dispatch-engine run` may run any of them in one process.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    import click
+    import jinja2
+    from aiohttp import web
+
     from .auth import AuthProviderSpec
     from .config import Settings
     from .pacing import PacingPolicySpec
@@ -25,19 +36,26 @@ hookimpl = pluggy.HookimplMarker("dispatch_engine")
 
 @hookspec
 def register_transports(settings: Settings) -> list[TransportSpec] | None:
-    """Return the transports this plugin offers, as `TransportSpec(name, factory)`.
+    """Return the transports this plugin offers, as a list of `TransportSpec(name, factory)`.
 
-    A sender names its transport; the worker calls `factory(TransportContext)` once per sender
-    and reuses the transport (and its connections). Called in every process that sends.
+    A sender names its transport (`DISPATCH_TRANSPORT` for default senders); the worker calls
+    `factory(TransportContext)` once per sender and reuses the transport (and its
+    connections). `send(message)` returns a `SendResult` or raises `TransientError`,
+    `PermanentError` or `SenderRateLimitedError`. Called once at start in every process (the
+    api process offers the names to `POST /api/senders`, the worker sends), and by
+    `dispatch-engine plugins`. Return None or `[]` to offer nothing.
     """
 
 
 @hookspec
 def register_pacing_policies(settings: Settings) -> list[PacingPolicySpec] | None:
-    """Return pacing policies, as `PacingPolicySpec(name, factory)`.
+    """Return pacing policies, as a list of `PacingPolicySpec(name, factory)`.
 
-    A policy decides when a sender may send its next emails (hourly limits, gaps). Called in
-    every worker process.
+    `factory(redis, settings)` makes a policy whose `acquire(PacingRequest)` says how many of a
+    sender's claimed emails may go now and, when not all, until when the sender is parked
+    (`PacingDecision`). Only the policies named in `DISPATCH_PACING` are made, in that order.
+    Called once at start in every process (the api process reports usage in `/api/stats`),
+    and by `dispatch-engine plugins`.
     """
 
 
@@ -53,45 +71,111 @@ def register_auth_providers(settings: Settings) -> list[AuthProviderSpec] | None
     raises `AuthError(message)`, shown on the login page. `context.flows` keeps one-time
     state (PKCE verifier, nonce) server-side, bound to the browser. The core links the
     identity to a user (by provider + subject, else by verified email), then starts the
-    session. Return an empty list when the provider is not configured. Called once per API
-    process; may be a coroutine.
+    session. Returns an empty list when the provider is not configured.
+    Called once per API process when it starts; may be a coroutine.
     """
 
 
 @hookspec
-def register_commands(cli: Any) -> None:
-    """Add click commands to the `dispatch-engine` command group `cli`."""
+def register_routes(settings: Settings) -> list[web.AbstractRouteDef] | None:
+    """Return aiohttp routes to add to the app, e.g. a `web.RouteTableDef()` or `[web.get(…)]`.
+
+    Called once at start in each api process, before it serves; core routes come first, so a
+    plugin cannot shadow them. `request.app` holds the shared objects (under the keys of
+    `dispatch_engine.web.keys`). Routes under `/api/` take a bearer token or a dashboard
+    session (`dispatch_engine.web.middleware.current_user(request)` is the user); other paths
+    are dashboard pages: signed-in visitors only, and unsafe methods need the CSRF token.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands to the `dispatch-engine` click group `cli` (`cli.add_command(...)`).
+
+    Called in the CLI process when `dispatch-engine` starts, before it parses its arguments.
+    Returns nothing.
+    """
+
+
+@hookspec
+def prepare_jinja2_environment(env: jinja2.Environment, settings: Settings) -> None:
+    """Change the dashboard's Jinja environment in place: add filters, globals, tests.
+
+    Called once at start in each api process, after the dashboard's own filters are set and
+    before the first page renders. Returns nothing.
+    """
 
 
 # ---- lifecycle ----
 
 
 @hookspec
-def startup(settings: Settings, app: Any) -> Any:
-    """Called when a process has connected to PostgreSQL and Redis, before it serves or sends.
+def startup(settings: Settings, app: web.Application) -> Awaitable[None] | None:
+    """A process has connected to PostgreSQL and Redis; it has not served or sent yet.
 
-    `app` is the aiohttp application. May be a coroutine. An exception stops the process.
+    Called once in every process (api, worker, sweeper). `app` is the aiohttp application:
+    `app[ROLES]` says which roles run here, and its shared objects are under the keys of
+    `dispatch_engine.web.keys`. Returns nothing. An exception stops the process with a
+    one-line message naming the plugin.
     """
 
 
 @hookspec
-def shutdown(settings: Settings, app: Any) -> Any:
-    """Called when a process stops, after workers drained. May be a coroutine."""
+def shutdown(settings: Settings, app: web.Application) -> Awaitable[None] | None:
+    """A process is stopping: its workers have drained; PostgreSQL and Redis are still open.
+
+    Called once in every process whose `startup` succeeded. Returns nothing; an exception is
+    reported and the process still stops.
+    """
 
 
-# ---- events: called by the worker process after the fact; an exception is logged ----
-
-
-@hookspec
-def dispatch_sent(dispatch_id: int, campaign_id: int, recipient: str, message_id: str) -> Any:
-    """An email was accepted by its transport and recorded as sent. May be a coroutine."""
-
-
-@hookspec
-def dispatch_failed(dispatch_id: int, campaign_id: int, recipient: str, error: str) -> Any:
-    """An email failed for good (permanent error or too many attempts). May be a coroutine."""
+# ---- events: called in the worker process after the fact ----
+# They run inline in the worker's send path: keep them quick, and hand slow work (HTTP calls)
+# to a task, as plugins/notify.py does. An exception is logged and never loses an email.
+# Delivery is at least once, so an event may (rarely) repeat after a crash.
 
 
 @hookspec
-def sender_limited(sender_id: int, resume_at_ms: int, reason: str) -> Any:
-    """A sender was parked by its pacing policy or its provider until `resume_at_ms`."""
+def dispatch_sent(
+    dispatch_id: int, campaign_id: int, recipient: str, message_id: str, settings: Settings
+) -> Awaitable[None] | None:
+    """An email was accepted by its transport and recorded as sent. Returns nothing.
+
+    `message_id` is the email's Message-ID header (`<…>`). Called in the worker process
+    that sent it, after the result is committed to PostgreSQL.
+    """
+
+
+@hookspec
+def dispatch_failed(
+    dispatch_id: int, campaign_id: int, recipient: str, error: str, settings: Settings
+) -> Awaitable[None] | None:
+    """An email failed for good: a permanent error, or too many transient ones. Returns nothing.
+
+    `error` is the reason kept on the email (the server's answer). Called in the worker
+    process that tried it, after the failure is committed.
+    """
+
+
+@hookspec
+def sender_limited(
+    sender_id: int, resume_at_ms: int, reason: str, settings: Settings
+) -> Awaitable[None] | None:
+    """A sender was parked until `resume_at_ms` (unix ms). Returns nothing.
+
+    Called in the worker process when a pacing policy holds emails back for more than a
+    second (`reason` names the limit) or the provider answered "too many"
+    (`SenderRateLimitedError`). The held emails stay queued, in order.
+    """
+
+
+@hookspec
+def campaign_completed(
+    campaign_id: int, owner_id: int, settings: Settings
+) -> Awaitable[None] | None:
+    """A campaign has nothing left to send: every email is sent, failed or cancelled.
+
+    Called once per campaign, in the worker process that recorded its last result, after
+    the `dispatch_sent`/`dispatch_failed` events of that result. Returns nothing. Not called
+    for a cancelled campaign.
+    """

@@ -29,6 +29,9 @@ class PacingDecision:
     allowed: int
     resume_at_ms: int | None = None  # when the sender may send again, if allowed < count
     reason: str = ""
+    # A limit (hourly, business hours) holds emails back: they show `rate_limited` and
+    # `sender_limited` fires. A pace (the gap between two emails) only spaces them out.
+    limited: bool = True
 
 
 class PacingPolicy(Protocol):
@@ -69,6 +72,7 @@ class Pacer:
         allowed = request.count
         resume: int | None = None
         reasons = []
+        limited = False
         for name, policy in self.policies:
             if allowed == 0:
                 break
@@ -76,9 +80,10 @@ class Pacer:
             if decision.allowed < allowed:
                 allowed = decision.allowed
                 reasons.append(decision.reason or name)
+                limited |= decision.limited
                 if decision.resume_at_ms is not None:
                     resume = max(resume or 0, decision.resume_at_ms)
-        return PacingDecision(allowed, resume, "; ".join(reasons))
+        return PacingDecision(allowed, resume, "; ".join(reasons), limited)
 
     async def usage(self, sender_id: int, now_ms: int) -> int | None:
         """Sent in the current window, from the first policy that counts (for /api/stats)."""

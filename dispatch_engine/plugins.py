@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import inspect
 import logging
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .config import Settings
+from .config import Settings, SettingsError
 from .resources import resource_dir
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,18 @@ class PluginError(RuntimeError):
 @dataclass(frozen=True)
 class LoadedPlugin:
     name: str
-    source: str  # "entry point", "plugins dir", "built-in"
+    source: str  # "entry point (<distribution>)", "plugins dir", "built-in", "registered"
     location: str
     hooks: tuple[str, ...]
+    registers: dict[str, list[str]] = field(default_factory=dict)  # kind -> names offered
+
+
+# What `dispatch-engine plugins` reports each plugin registered, by the hook that does it.
+REGISTRATIONS = {
+    "transports": "register_transports",
+    "pacing_policies": "register_pacing_policies",
+    "auth_providers": "register_auth_providers",
+}
 
 
 def _load_module_from(path: Path, module_name: str) -> ModuleType:
@@ -48,36 +58,93 @@ def _load_module_from(path: Path, module_name: str) -> ModuleType:
     return module
 
 
+def _plugin_files(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")}
+
+
+def _module(path: Path, package: str) -> ModuleType:
+    """Import a plugin file once; another file of the same name (another folder) is its own."""
+    name = f"{package}.{path.stem}"
+    module = sys.modules.get(name)
+    if module is None or getattr(module, "__file__", None) != str(path):
+        module = _load_module_from(path, name)
+    return module
+
+
 def _modules_in(folder: Path, package: str) -> Iterable[tuple[str, ModuleType]]:
-    for path in sorted(folder.glob("*.py")):
-        if path.name.startswith("_"):
-            continue
-        name = f"{package}.{path.stem}"
-        module = sys.modules.get(name) or _load_module_from(path, name)
-        yield path.stem, module
+    for stem, path in _plugin_files(folder).items():
+        yield stem, _module(path, package)
 
 
 def builtin_plugins() -> list[tuple[str, ModuleType]]:
     return list(_modules_in(resource_dir("plugins"), "dispatch_engine_plugins"))
 
 
+def _block_filtered(pm: pluggy.PluginManager, settings: Settings, names: set[str]) -> None:
+    """DISPATCH_PLUGINS: block what is left out, before anything is imported."""
+    unknown = sorted(set(settings.plugins_allow or settings.plugins_deny) - names)
+    if unknown:
+        raise SettingsError(
+            f"DISPATCH_PLUGINS names {', '.join(unknown)}, but no plugin has that name "
+            f"(installed: {', '.join(sorted(names))})"
+        )
+    for name in names:
+        allowed = settings.plugins_allow is None or name in settings.plugins_allow
+        if name in settings.plugins_deny or not allowed:
+            pm.set_blocked(name)
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str, source: str) -> None:
+    if pm.has_plugin(name):
+        raise PluginError(f"two plugins are named {name!r} (the second from the {source})")
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name!r}: {_one_line(exc)}") from None
+
+
 def get_plugin_manager(settings: Settings, *, entry_points: bool = True) -> pluggy.PluginManager:
-    """Entry points, then the plugins folder, then the built-in plugins (which others override)."""
+    """Entry points, then the plugins folder, then the built-in plugins (which others override).
+
+    DISPATCH_PLUGINS leaves plugins out by name before they are imported. A hook no spec
+    knows (a misspelling) or an argument its spec lacks fails here, naming the plugin.
+    """
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
-    if entry_points:
-        pm.load_setuptools_entrypoints(PROJECT)
-    if settings.plugins_dir is not None:
-        for name, module in _modules_in(settings.plugins_dir.resolve(), "dispatch_engine_user"):
-            pm.register(module, name=name)
-    for name, module in builtin_plugins():
-        if pm.get_plugin(name) is None:
-            pm.register(module, name=name)
+    group = importlib.metadata.entry_points(group=PROJECT) if entry_points else ()
+    eps = sorted({ep.name for ep in group})
+    user = _plugin_files(settings.plugins_dir.resolve()) if settings.plugins_dir else {}
+    builtin = _plugin_files(resource_dir("plugins"))
+    _block_filtered(pm, settings, {*eps, *user, *builtin})
+    for name in eps:
+        try:
+            pm.load_setuptools_entrypoints(PROJECT, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {name!r} (entry point): {_one_line(exc)}") from None
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {name!r} (entry point) failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
+    for name, path in user.items():
+        if not pm.is_blocked(name):
+            _register(pm, _module(path, "dispatch_engine_user"), name, "plugins dir")
+    for name, path in builtin.items():
+        if not pm.is_blocked(name) and not pm.has_plugin(name):  # same name: overridden
+            _register(pm, _module(path, "dispatch_engine_plugins"), name, "built-ins")
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin!r}: {exc}") from None
+        raise PluginError(f"plugin {pm.get_name(exc.plugin)!r}: {_one_line(exc)}") from None
     return pm
+
+
+def disabled_plugins(pm: pluggy.PluginManager) -> list[str]:
+    """The plugins DISPATCH_PLUGINS left out."""
+    return sorted(name for name, plugin in pm.list_name_plugin() if plugin is None)
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[LoadedPlugin]:
@@ -91,11 +158,26 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[LoadedPlugin]:
             source = f"entry point ({dists[id(plugin)].project_name})"
         elif getattr(plugin, "__name__", "").startswith("dispatch_engine_plugins."):
             source = "built-in"
-        else:
+        elif getattr(plugin, "__name__", "").startswith("dispatch_engine_user."):
             source = "plugins dir"
+        else:
+            source = "registered"
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or []))
         out.append(LoadedPlugin(name, source, str(location), hooks))
     return out
+
+
+async def _call(impl: pluggy.HookImpl, hook_name: str, kwargs: dict[str, Any]) -> Any:
+    """One implementation, awaited when it is a coroutine; a PluginError names the plugin."""
+    try:
+        result = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+        if inspect.isawaitable(result):
+            result = await result
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {impl.plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return result
 
 
 async def call_all(hook: Any, **kwargs: Any) -> list[Any]:
@@ -105,22 +187,41 @@ async def call_all(hook: Any, **kwargs: Any) -> list[Any]:
     """
     results = []
     for impl in reversed(hook.get_hookimpls()):
-        try:
-            result = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {impl.plugin_name!r} failed in {hook.name}: {type(exc).__name__}: {exc}"
-            ) from exc
+        result = await _call(impl, hook.name, kwargs)
         if result is not None:
             results.append(result)
     return results
 
 
+async def registered(hook: Any, **kwargs: Any) -> list[Any]:
+    """What a `register_*` hook returned, flattened, keeping the first spec of each name.
+
+    Built-ins are `trylast`, so they come last: a plugin's spec of the same name wins.
+    """
+    by_name: dict[str, Any] = {}
+    for specs in await call_all(hook, **kwargs):
+        for spec in specs:
+            by_name.setdefault(spec.name, spec)
+    return list(by_name.values())
+
+
+async def plugin_report(pm: pluggy.PluginManager, settings: Settings) -> list[LoadedPlugin]:
+    """`describe_plugins`, with the names each plugin's `register_*` hooks return."""
+    out = []
+    for plugin in describe_plugins(pm):
+        registers: dict[str, list[str]] = {}
+        for kind, hook_name in REGISTRATIONS.items():
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                if impl.plugin_name == plugin.name:
+                    specs = await _call(impl, hook_name, {"settings": settings})
+                    registers[kind] = [spec.name for spec in specs or []]
+        out.append(replace(plugin, registers=registers))
+    return out
+
+
 async def notify(hook: Any, **kwargs: Any) -> None:
     """Fire an event hook; a plugin that raises is logged and never stops the caller."""
-    for impl in hook.get_hookimpls():
+    for impl in reversed(hook.get_hookimpls()):
         try:
             result = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
             if inspect.isawaitable(result):

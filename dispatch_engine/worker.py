@@ -283,7 +283,7 @@ class WorkerPool:
             resume = decision.resume_at_ms + random.randint(0, min(250, wait_ms // 10))
             await self.queue.defer_sender(sender_id, resume)
             self.metrics.pacing_parks.labels("pacing").inc()
-            if decision.resume_at_ms - now_ms > 1000:  # visible only when really held back
+            if decision.limited:
                 await self.store.mark_rate_limited([j.id for j in held])
                 await notify(
                     self.hooks.sender_limited,

@@ -123,11 +123,13 @@ class MinimumGap:
         args = [request.now_ms, request.min_gap_ms]
         blocked_until = int(await self._script(keys=[key], args=args))
         if blocked_until:
-            return PacingDecision(0, blocked_until, f"{request.min_gap_ms} ms gap between emails")
+            reason = f"{request.min_gap_ms} ms gap between emails"
+            return PacingDecision(0, blocked_until, reason, limited=False)
         return PacingDecision(
             min(1, request.count),
             request.now_ms + request.min_gap_ms,
             f"{request.min_gap_ms} ms gap between emails",
+            limited=False,
         )
 
 

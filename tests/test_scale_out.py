@@ -153,8 +153,8 @@ async def test_scale_out_behind_nginx_survives_killed_api_and_worker(
                 await wait_for(all_received, within=60)
             except AssertionError:
                 rows = await store.pool.fetch(
-                    "SELECT status, attempts, last_error, count(*) FROM dispatches "
-                    "GROUP BY 1, 2, 3")
+                    "SELECT status, attempts, last_error, count(*) FROM dispatches GROUP BY 1, 2, 3"
+                )
                 logs = {n: p.output()[-3000:] for n, p in procs.items()}
                 raise AssertionError(f"{len(smtp.sink.message_ids())} {rows} {logs}") from None
             await asyncio.sleep(0.3)  # count a late duplicate too

@@ -1,0 +1,51 @@
+"""Business-hours pacing: a sender sends only inside a weekly window in a time zone.
+
+Set `DISPATCH_BUSINESS_HOURS="Mon-Fri 09:00-17:00 Europe/Berlin"` and list the policy in
+`DISPATCH_PACING`, first, so the counting policies never count what it holds back:
+`DISPATCH_PACING=business_hours,fixed_window,min_gap`. Outside the window the sender is parked
+until the window opens (its backlog stays queued in order, costing nothing meanwhile).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+
+from dispatch_engine import hookimpl
+from dispatch_engine.config import Settings, SettingsError
+from dispatch_engine.pacing import PacingDecision, PacingPolicySpec, PacingRequest
+from dispatch_engine.weekly import EXAMPLE, WeeklyWindow
+
+
+class BusinessHours:
+    """Allows everything inside the window; outside it, nothing until it next opens."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        if settings.business_hours is None:
+            raise SettingsError(
+                "DISPATCH_PACING lists business_hours, so DISPATCH_BUSINESS_HOURS must be set "
+                f"(for example {EXAMPLE!r})"
+            )
+        self.window: WeeklyWindow = settings.business_hours
+
+    async def acquire(self, request: PacingRequest) -> PacingDecision:
+        now = datetime.fromtimestamp(request.now_ms / 1000, UTC)
+        opening = self.window.next_opening(now)
+        if opening <= now:
+            return PacingDecision(request.count)
+        return PacingDecision(
+            0,
+            int(opening.timestamp() * 1000),
+            f"outside business hours ({self.window}); "
+            f"opens {opening.astimezone(self.window.zone):%a %Y-%m-%d %H:%M %Z}",
+        )
+
+
+@hookimpl(trylast=True)
+def register_pacing_policies(settings: Settings) -> list[PacingPolicySpec]:
+    return [
+        PacingPolicySpec(
+            "business_hours", BusinessHours, "sends only inside DISPATCH_BUSINESS_HOURS"
+        )
+    ]

@@ -1,0 +1,81 @@
+"""Notify: a message to a Slack-compatible incoming webhook when a sender is limited or a
+campaign completes.
+
+Set `DISPATCH_NOTIFY_WEBHOOK_URL` (Slack, Mattermost, Rocket.Chat, Discord's `/slack` URL:
+anything that takes `{"text": …}`); unset, the plugin does nothing. Posts run in background
+tasks, so a slow or broken receiver never slows sending; a failed post is logged. A sender
+that stays limited is announced at most once per `QUIET_S` per worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from dispatch_engine import hookimpl
+from dispatch_engine.config import Settings
+
+log = logging.getLogger(__name__)
+QUIET_S = 600.0
+TIMEOUT = aiohttp.ClientTimeout(total=10)
+_pending: set[asyncio.Task[None]] = set()
+_last_limited: dict[tuple[str, int], float] = {}
+
+
+async def _post(url: str, text: str) -> None:
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=TIMEOUT) as session,
+            session.post(url, json={"text": text}) as response,
+        ):
+            if response.status >= 300:
+                answer = (await response.text(errors="replace"))[:200]
+                log.warning("notify webhook answered %s %s", response.status, answer)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        log.warning("notify webhook unreachable: %s: %s", type(exc).__name__, exc)
+
+
+def _post_later(settings: Settings, text: str) -> None:
+    if settings.notify_webhook_url is None:
+        return
+    task = asyncio.get_running_loop().create_task(_post(settings.notify_webhook_url, text))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
+@hookimpl
+def sender_limited(sender_id: int, resume_at_ms: int, reason: str, settings: Settings) -> None:
+    key = (settings.notify_webhook_url or "", sender_id)
+    now = time.monotonic()
+    if key in _last_limited and now - _last_limited[key] < QUIET_S:
+        return
+    _last_limited[key] = now
+    resume = datetime.fromtimestamp(resume_at_ms / 1000, UTC)
+    _post_later(
+        settings,
+        f":hourglass: Sender {sender_id} is limited ({reason}); "
+        f"it sends again from {resume:%Y-%m-%d %H:%M:%S} UTC.",
+    )
+
+
+@hookimpl
+def campaign_completed(campaign_id: int, owner_id: int, settings: Settings) -> None:
+    _post_later(
+        settings,
+        f":white_check_mark: Campaign {campaign_id} completed: "
+        f"{settings.public_url}/campaigns/{campaign_id}",
+    )
+
+
+@hookimpl
+async def shutdown(settings: Settings, app: Any) -> None:
+    """Let posts in flight finish (briefly) before the process stops."""
+    loop = asyncio.get_running_loop()
+    mine = [task for task in _pending if task.get_loop() is loop]
+    if mine:
+        await asyncio.wait(mine, timeout=TIMEOUT.total)
