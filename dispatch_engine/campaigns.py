@@ -119,7 +119,7 @@ def parse_schedule_request(data: dict[str, Any], *, now: datetime) -> ScheduleRe
         recipients=recipients,
         start_at=_start_at(data.get("start_at"), now),
         delay_between_ms=_int(data, "delay_between_ms", minimum=0, maximum=86_400_000) or 0,
-        hourly_limit=_int(data, "hourly_limit", minimum=1, maximum=10_000_000),
+        hourly_limit=_int(data, "hourly_limit", minimum=1, maximum=1_000_000_000),
         sender=None if sender in (None, "") else str(sender),
     )
 

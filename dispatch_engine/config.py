@@ -81,7 +81,7 @@ class Settings:
     smtp_user: str | None = None
     smtp_password: str | None = field(default=None, repr=False)
     smtp_tls: SmtpTls = "starttls"
-    smtp_pool_size: int = 4
+    smtp_pool_size: int = 8
     google_client_id: str | None = None
     google_client_secret: str | None = field(default=None, repr=False)
     oidc_issuer: str | None = None
@@ -265,7 +265,9 @@ def load_settings(
     return Settings(
         database_url=get("DATABASE_URL", lambda n, r: _url(n, r, ("postgresql", "postgres")), None),
         redis_url=get("REDIS_URL", lambda n, r: _url(n, r, ("redis", "rediss", "unix")), None),
-        max_emails_per_hour=get("MAX_EMAILS_PER_HOUR", lambda n, r: _int(n, r, 1, 10_000_000), 50),
+        max_emails_per_hour=get(
+            "MAX_EMAILS_PER_HOUR", lambda n, r: _int(n, r, 1, 1_000_000_000), 50
+        ),
         rate_window_seconds=get(
             "DISPATCH_RATE_WINDOW_SECONDS", lambda n, r: _int(n, r, 1, 86_400 * 7), 3600
         ),
@@ -281,7 +283,7 @@ def load_settings(
         smtp_user=get("SMTP_USER", text, None),
         smtp_password=get("SMTP_PASSWORD", text, None),
         smtp_tls=get("SMTP_TLS", _bool_tls, "starttls"),
-        smtp_pool_size=get("SMTP_POOL_SIZE", lambda n, r: _int(n, r, 1, 64), 4),
+        smtp_pool_size=get("SMTP_POOL_SIZE", lambda n, r: _int(n, r, 1, 64), 8),
         **login,
         secret_key=secret_key,
         old_secret_keys=get("DISPATCH_OLD_SECRET_KEYS", names, ()),

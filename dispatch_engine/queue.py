@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -245,12 +245,13 @@ class RedisQueue:
         """(sender id, queued emails) of up to `limit` senders with work, deepest first."""
         depths: list[tuple[int, int]] = []
         for keys in self.shards:
-            senders = await self.redis.zrange(keys.key("ready"), 0, 4 * limit - 1)
+            raw = await self.redis.zrange(keys.key("ready"), 0, 4 * limit - 1)
+            senders = [int(cast(bytes, sender)) for sender in raw]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for sender in senders:
-                    pipe.zcard(keys.sender_prefix + sender.decode())
+                    pipe.zcard(keys.sender(sender))
                 counts = await pipe.execute()
-            depths += [(int(s), int(n)) for s, n in zip(senders, counts, strict=True)]
+            depths += [(s, int(n)) for s, n in zip(senders, counts, strict=True)]
         return sorted(depths, key=lambda pair: -pair[1])[:limit]
 
     async def depth(self, sender_id: int) -> int:

@@ -128,7 +128,7 @@ class SenderService:
                 sealed["password"] = self.box.seal(sealed["password"])
             fields["transport_settings"] = {**old, **sealed}
         if "hourly_limit" in data:
-            fields["hourly_limit"] = _int("hourly_limit", data["hourly_limit"], 1, 10_000_000)
+            fields["hourly_limit"] = _int("hourly_limit", data["hourly_limit"], 1, 1_000_000_000)
         if "min_gap_ms" in data:
             fields["min_gap_ms"] = _int("min_gap_ms", data["min_gap_ms"], 0, 86_400_000)
         if "is_default" in data:

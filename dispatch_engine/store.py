@@ -618,56 +618,38 @@ class Store:
         return go, {r["id"] for r in rows if not r["go"]}
 
     async def record_outcomes(self, outcomes: Sequence[SendOutcome]) -> None:
-        """Group commit: one transaction records a whole batch of results."""
-        sent = [o for o in outcomes if o.status == DispatchStatus.SENT]
-        failed = [o for o in outcomes if o.status == DispatchStatus.FAILED]
-        retry = [o for o in outcomes if o.status == DispatchStatus.SCHEDULED]
-        async with self.pool.acquire() as conn, conn.transaction():
-            if sent:
-                await conn.execute(
-                    """WITH input AS (
-                           SELECT * FROM unnest($1::bytea[], $2::text[]) AS t(k, response)
-                       )
-                       UPDATE ledger SET state = 'sent', response = input.response, at = now()
-                       FROM input WHERE ledger.idempotency_key = input.k""",
-                    [o.idempotency_key for o in sent],
-                    [o.response[:1000] for o in sent],
-                )
-                await conn.execute(
-                    """WITH input AS (
-                           SELECT * FROM unnest($1::bigint[], $2::text[]) AS t(id, mid)
-                       )
-                       UPDATE dispatches d SET status = 'sent', message_id = input.mid,
-                              sent_at = now(), finished_at = now(), last_error = NULL,
-                              updated_at = now()
-                       FROM input WHERE d.id = input.id AND d.status = 'sending'""",
-                    [o.dispatch_id for o in sent],
-                    [o.message_id for o in sent],
-                )
-            if failed:
-                await conn.execute(
-                    """WITH input AS (
-                           SELECT * FROM unnest($1::bigint[], $2::text[]) AS t(id, error)
-                       )
-                       UPDATE dispatches d SET status = 'failed', last_error = input.error,
-                              finished_at = now(), updated_at = now()
-                       FROM input WHERE d.id = input.id AND d.status = 'sending'""",
-                    [o.dispatch_id for o in failed],
-                    [o.error or "" for o in failed],
-                )
-            if retry:
-                await conn.execute(
-                    """WITH input AS (
-                           SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[])
-                               AS t(id, error, at)
-                       )
-                       UPDATE dispatches d SET status = 'scheduled', last_error = input.error,
-                              scheduled_at = input.at, updated_at = now()
-                       FROM input WHERE d.id = input.id AND d.status = 'sending'""",
-                    [o.dispatch_id for o in retry],
-                    [o.error or "" for o in retry],
-                    [o.retry_at for o in retry],
-                )
+        """Group commit: one statement (so one atomic transaction) records a whole batch.
+
+        Sent: ledger and dispatch both `sent`. Failed: the reason. Retry: back to
+        `scheduled` at its new time. Each guarded by `status = 'sending'`.
+        """
+        await self.pool.execute(
+            """WITH input AS (
+                   SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[],
+                                        $5::text[], $6::text[], $7::timestamptz[])
+                       AS t(id, k, status, mid, response, error, retry_at)
+               ), led AS (
+                   UPDATE ledger SET state = 'sent', response = input.response, at = now()
+                   FROM input WHERE input.status = 'sent' AND ledger.idempotency_key = input.k
+               )
+               UPDATE dispatches d SET
+                   status = input.status,
+                   message_id = CASE WHEN input.status = 'sent' THEN input.mid
+                                     ELSE d.message_id END,
+                   sent_at = CASE WHEN input.status = 'sent' THEN now() ELSE d.sent_at END,
+                   finished_at = CASE WHEN input.status = 'scheduled' THEN NULL ELSE now() END,
+                   last_error = CASE WHEN input.status = 'sent' THEN NULL ELSE input.error END,
+                   scheduled_at = COALESCE(input.retry_at, d.scheduled_at),
+                   updated_at = now()
+               FROM input WHERE d.id = input.id AND d.status = 'sending'""",
+            [o.dispatch_id for o in outcomes],
+            [o.idempotency_key for o in outcomes],
+            [o.status.value for o in outcomes],
+            [o.message_id for o in outcomes],
+            [o.response[:1000] for o in outcomes],
+            [o.error or "" for o in outcomes],
+            [o.retry_at if o.status == DispatchStatus.SCHEDULED else None for o in outcomes],
+        )
 
     async def repair_sent(self, ids: Sequence[int]) -> None:
         """A ledger row says sent but the dispatch does not (a crash between the two)."""

@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 
 from .config import Settings
@@ -27,7 +26,8 @@ from .metrics import Metrics
 from .models import QUEUED_STATES, CampaignStatus, DispatchJob, DispatchStatus
 from .pacing import Pacer, PacingRequest
 from .plugins import notify
-from .queue import WAKE_CHANNEL, Lease, RedisQueue, Settlement
+from .queue import WAKE_CHANNEL, Lease, RedisQueue
+from .recorder import Recorder
 from .render import CompiledCampaign, message_id_for
 from .store import SendOutcome, Store
 from .transport import (
@@ -41,8 +41,6 @@ from .transport import (
 log = logging.getLogger(__name__)
 
 IDLE_CAP_S = 10.0  # an idle worker asks Redis at most once per this many seconds
-RECORD_BATCH = 500
-EVENTS_CHANNEL = "dispatch:events"  # live updates for dashboards, in any process
 CAMPAIGN_CACHE = 1024
 
 
@@ -78,20 +76,22 @@ class WorkerPool:
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
         self._inflight: dict[int, Lease] = {}
         self._send_tasks: set[asyncio.Task[None]] = set()
-        self._outcomes: asyncio.Queue[tuple[SendOutcome, Lease]] = asyncio.Queue()
+        self.recorder = Recorder(
+            settings, store, queue, self.pubsub_redis, hooks, self.metrics, self._settled
+        )
         self._campaigns: OrderedDict[int, CompiledCampaign] = OrderedDict()
         self._wake = asyncio.Event()
         self._wake_at_ms = 0.0
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        self.sent = 0
 
     # ---- lifecycle ----
 
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="dispatch-claim"),
-            asyncio.create_task(self._record_loop(), name="dispatch-record"),
+            asyncio.create_task(self.recorder.run(), name="dispatch-record"),
+            asyncio.create_task(self.recorder.run_progress(), name="dispatch-progress"),
             asyncio.create_task(self._listen_for_wakeups(), name="dispatch-wake"),
             asyncio.create_task(self._renew_loop(), name="dispatch-renew"),
         ]
@@ -107,7 +107,9 @@ class WorkerPool:
         for task in list(self._send_tasks):
             task.cancel()
         await asyncio.gather(*self._send_tasks, return_exceptions=True)
-        await self._outcomes.join()
+        self.recorder.stopping = True
+        await self.recorder.results.join()
+        await self.recorder.flush_progress()
         for task in (claim, record, *others):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -115,6 +117,15 @@ class WorkerPool:
             with contextlib.suppress(Exception):
                 await self.queue.release(list(self._inflight.values()))
         await self.transports.close()
+
+    @property
+    def sent(self) -> int:
+        return self.recorder.sent
+
+    def _settled(self, leases: list[Lease]) -> None:
+        for lease in leases:
+            self._inflight.pop(lease.dispatch_id, None)
+        self._wake.set()  # send slots are free again
 
     # ---- claiming ----
 
@@ -305,7 +316,7 @@ class WorkerPool:
         self.metrics.in_flight.inc()
         try:
             outcome = await self._deliver(job, compiled, message_id, attempt)
-            await self._outcomes.put((outcome, lease))
+            await self.recorder.results.put((outcome, lease))
         finally:
             self.metrics.in_flight.dec()
             self._slots.release()
@@ -374,100 +385,3 @@ class WorkerPool:
             return outcome(DispatchStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
 
     # ---- recording ----
-
-    async def _record_loop(self) -> None:
-        while True:
-            first = await self._outcomes.get()
-            batch = [first]
-            while len(batch) < RECORD_BATCH and not self._outcomes.empty():
-                batch.append(self._outcomes.get_nowait())
-            try:
-                await self._record(batch)
-            finally:
-                for _ in batch:
-                    self._outcomes.task_done()
-
-    async def _record(self, batch: list[tuple[SendOutcome, Lease]]) -> None:
-        outcomes = [o for o, _ in batch]
-        delay = 0.1
-        while True:
-            try:
-                await self.store.record_outcomes(outcomes)
-                break
-            except Exception:  # PostgreSQL away: keep the results, never ack unrecorded sends
-                if self._stopping and delay > 5:
-                    log.error("could not record %d results before stopping", len(batch))
-                    return
-                log.warning("recording %d results failed; retrying", len(batch), exc_info=True)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        settlements = []
-        for outcome, lease in batch:
-            if outcome.status == DispatchStatus.SCHEDULED and outcome.retry_at is not None:
-                due_ms = int(outcome.retry_at.timestamp() * 1000)
-                settlements.append(Settlement(lease, "retry", due_ms))
-            else:
-                settlements.append(Settlement(lease, "ack"))
-        try:
-            refused = await self.queue.settle(settlements)
-            if refused:
-                log.warning("%d leases had expired before their ack", len(refused))
-        except Exception:
-            log.warning("ack failed; the leases will expire and be re-checked", exc_info=True)
-        for _, lease in batch:
-            self._inflight.pop(lease.dispatch_id, None)
-        self._wake.set()  # send slots are free again
-        for o in outcomes:
-            ids = {"dispatch_id": o.dispatch_id, "campaign_id": o.campaign_id}
-            if o.status == DispatchStatus.SCHEDULED:
-                self.metrics.retries.inc()
-                log.info("dispatch %d will retry: %s", o.dispatch_id, o.error, extra=ids)
-            else:
-                self.metrics.emails.labels(o.status.value).inc()
-                if o.status == DispatchStatus.FAILED:
-                    log.warning("dispatch %d failed: %s", o.dispatch_id, o.error, extra=ids)
-        self.sent += sum(1 for o in outcomes if o.status == DispatchStatus.SENT)
-        await self._after_record(outcomes)
-
-    async def _after_record(self, outcomes: list[SendOutcome]) -> None:
-        finished = [o for o in outcomes if o.status != DispatchStatus.SCHEDULED]
-        if not finished:
-            return
-        completed: list[tuple[int, int]] = []
-        try:
-            completed = await self.store.update_campaign_progress(
-                list({o.campaign_id for o in finished})
-            )
-            ids = [o.dispatch_id for o in finished]
-            event = {"type": "dispatches", "ids": ids[:1000]}
-            await self.pubsub_redis.publish(EVENTS_CHANNEL, orjson.dumps(event))
-        except Exception:
-            log.warning("progress update failed", exc_info=True)
-        sent_hooks = self.hooks.dispatch_sent.get_hookimpls()
-        failed_hooks = self.hooks.dispatch_failed.get_hookimpls()
-        for o in finished:
-            if o.status == DispatchStatus.SENT and sent_hooks:
-                await notify(
-                    self.hooks.dispatch_sent,
-                    dispatch_id=o.dispatch_id,
-                    campaign_id=o.campaign_id,
-                    recipient=o.recipient,
-                    message_id=o.message_id,
-                    settings=self.settings,
-                )
-            elif o.status == DispatchStatus.FAILED and failed_hooks:
-                await notify(
-                    self.hooks.dispatch_failed,
-                    dispatch_id=o.dispatch_id,
-                    campaign_id=o.campaign_id,
-                    recipient=o.recipient,
-                    error=o.error or "",
-                    settings=self.settings,
-                )
-        for campaign_id, owner_id in completed:  # after its emails' own events
-            await notify(
-                self.hooks.campaign_completed,
-                campaign_id=campaign_id,
-                owner_id=owner_id,
-                settings=self.settings,
-            )

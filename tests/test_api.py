@@ -192,7 +192,7 @@ async def test_scheduled_emails_reach_the_capture_inbox_once_at_their_time(
 
     async def all_sent() -> bool:
         detail = await (await client.get(f"/api/campaigns/{campaign_id}", headers=headers)).json()
-        return bool(detail["counts"]["sent"] == 100)
+        return bool(detail["counts"]["sent"] == 100 and detail["status"] == "completed")
 
     await wait_for(all_sent)
     rows = await store.pool.fetch(

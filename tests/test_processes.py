@@ -65,7 +65,8 @@ async def test_up_killed_mid_campaign_delivers_the_rest_once(
 
                 async def all_sent() -> bool:
                     detail = await _get(session, f"{base}/api/campaigns/{campaign}", token)
-                    return bool(detail["counts"]["sent"] == 300)
+                    done = detail["counts"]["sent"] == 300 and detail["status"] == "completed"
+                    return bool(done)
 
                 # The CLI works against the private servers of the running `up`.
                 made = await asyncio.to_thread(

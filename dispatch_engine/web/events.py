@@ -19,8 +19,8 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
+from ..recorder import EVENTS_CHANNEL
 from ..store import Store
-from ..worker import EVENTS_CHANNEL
 from .keys import EVENT_HUB, REDIS_PUBSUB, STORE
 from .middleware import current_user
 
