@@ -29,6 +29,7 @@ from .secretbox import secret_box
 from .senders import SenderService
 from .store import Store
 from .sweeper import Sweeper
+from .tasks import cancel_and_wait
 from .transport import TransportRegistry, TransportSpec
 from .web import api, dashboard, health, senders
 from .web.guard import browser_middleware
@@ -144,9 +145,7 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     )
     task = asyncio.create_task(sweeper.run(), name="dispatch-sweeper")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)
     with contextlib.suppress(Exception):
         await sweeper.release()
 

@@ -98,17 +98,30 @@ async def _create_token(settings: Settings, email: str, name: str) -> str:
 
 
 async def _dev_token(settings: Settings) -> str:
-    """The local dev user's token, kept in the data folder and reused while valid."""
+    """The local dev user's token, kept in the data folder and reused while valid.
+
+    The dev user's default sender follows this start's DISPATCH_TRANSPORT and
+    MAX_EMAILS_PER_HOUR, so changing them and restarting `up` does what one expects.
+    """
     assert settings.database_url
     path = settings.data_dir / "dev_token"
-    if path.exists():
-        pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-        try:
-            if await Store(pool).user_for_token(path.read_text().strip()):
-                return path.read_text().strip()
-        finally:
-            await pool.close()
-    token = await _create_token(settings, DEV_EMAIL, "dispatch-engine up")
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        store = Store(pool)
+        user = await store.ensure_user(DEV_EMAIL, "Dev User")
+        sender = await store.ensure_default_sender(
+            user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
+        )
+        await store.save_sender(
+            user.id,
+            sender.id,
+            {"transport": settings.transport, "hourly_limit": settings.max_emails_per_hour},
+        )
+        if path.exists() and await store.user_for_token(path.read_text().strip()):
+            return path.read_text().strip()
+        token = await store.create_token(user.id, "dispatch-engine up")
+    finally:
+        await pool.close()
     path.write_text(token)
     path.chmod(0o600)
     return token

@@ -30,6 +30,7 @@ from .queue import WAKE_CHANNEL, Lease, RedisQueue
 from .recorder import Recorder
 from .render import CompiledCampaign, message_id_for
 from .store import SendOutcome, Store
+from .tasks import cancel_and_wait
 from .transport import (
     OutgoingMessage,
     PermanentError,
@@ -100,19 +101,14 @@ class WorkerPool:
         """Stop claiming, let in-flight sends finish within `grace_s`, record them, give back."""
         self._stopping = True
         self._wake.set()
-        claim, record, *others = self._tasks
-        await asyncio.wait([claim], timeout=grace_s)
+        await asyncio.wait([self._tasks[0]], timeout=grace_s)  # the claim loop
         if self._send_tasks:
             await asyncio.wait(list(self._send_tasks), timeout=grace_s)
-        for task in list(self._send_tasks):
-            task.cancel()
-        await asyncio.gather(*self._send_tasks, return_exceptions=True)
+        await cancel_and_wait(*self._send_tasks)
         self.recorder.stopping = True
         await self.recorder.results.join()
         await self.recorder.flush_progress()
-        for task in (claim, record, *others):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         if self._inflight:  # sends cut short: hand them to another worker now
             with contextlib.suppress(Exception):
                 await self.queue.release(list(self._inflight.values()))
@@ -162,7 +158,7 @@ class WorkerPool:
 
     async def _wait(self, seconds: float) -> None:
         self._wake.clear()
-        if seconds > 0:
+        if seconds > 0 and not self._stopping:  # stop() may have set the event just before
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), seconds)
 

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from ..recorder import EVENTS_CHANNEL
 from ..store import Store
+from ..tasks import cancel_and_wait
 from .keys import EVENT_HUB, REDIS_PUBSUB, STORE
 from .middleware import current_user
 
@@ -54,9 +55,7 @@ class EventHub:
     async def stop(self) -> None:
         self.disconnect_all()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     def subscribe(self, owner_id: int) -> asyncio.Queue[dict[str, Any] | None]:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(CLIENT_BUFFER)
