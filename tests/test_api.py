@@ -170,6 +170,9 @@ async def test_users_never_see_each_other(make_client: Start, store: Store) -> N
     assert (await client.get(f"/api/campaigns/{campaign_id}", headers=ada)).status == 200
     eve_list = await (await client.get("/api/emails/scheduled", headers=eve)).json()
     assert eve_list["items"] == []
+    assert (await (await client.get("/api/campaigns", headers=eve)).json())["items"] == []
+    ada_campaigns = (await (await client.get("/api/campaigns", headers=ada)).json())["items"]
+    assert [(c["id"], c["counts"]["scheduled"]) for c in ada_campaigns] == [(campaign_id, 1)]
 
 
 async def test_scheduled_emails_reach_the_capture_inbox_once_at_their_time(

@@ -16,6 +16,7 @@ from aiohttp import BodyPartReader, web
 
 from ..campaigns import parse_schedule_request
 from ..errors import ApiError, invalid
+from ..models import DispatchStatus
 from .events import publish
 from .keys import CAMPAIGNS, PACER, QUEUE, SETTINGS, STORE
 from .middleware import current_user, json_response
@@ -127,8 +128,9 @@ async def schedule(request: web.Request) -> web.Response:
         "rejected": result.rejected,
     }
     if not result.replayed:  # live dashboards (web/events.py) show the new campaign at once
-        await publish(request.app, {"type": "campaign", "id": result.campaign_id,
-                                          "owner_id": user.id})  # fmt: skip
+        await publish(
+            request.app, {"type": "campaign", "id": result.campaign_id, "owner_id": user.id}
+        )
     return json_response(body, 200 if result.replayed else 201)
 
 
@@ -221,6 +223,9 @@ async def campaigns(request: web.Request) -> web.Response:
             "sender": {"id": r["sender_id"], "from_address": r["from_address"]},
             "start_at": _iso(r["start_at"]),
             "created_at": _iso(r["created_at"]),
+            "counts": {
+                status.value: (r["counts"] or {}).get(status.value, 0) for status in DispatchStatus
+            },
         }
         for r in rows[:limit]
     ]

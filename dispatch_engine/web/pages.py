@@ -97,7 +97,7 @@ async def emails(request: web.Request) -> web.Response:
 async def campaigns(request: web.Request) -> web.Response:
     user = current_user(request)
     before = _id_cursor(request.query.get("cursor"))
-    rows = await request.app[STORE].dashboard_campaigns(user.id, PAGE_SIZE + 1, before)
+    rows = await request.app[STORE].list_campaigns(user.id, PAGE_SIZE + 1, before)
     items = [
         {
             **dict(r),

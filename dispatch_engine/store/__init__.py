@@ -1,0 +1,19 @@
+"""Every SQL query of Dispatch Engine, one module per concern, one `Store` to call them.
+
+Each state change of a dispatch is one statement guarded by the states it may come from,
+so two processes can never both win.
+"""
+
+from .accounts import AccountQueries
+from .base import NewDispatch, SendOutcome, hash_token
+from .campaigns import CampaignQueries
+from .delivery import DeliveryQueries
+from .listings import ListingQueries
+from .senders import SenderQueries
+
+
+class Store(AccountQueries, SenderQueries, CampaignQueries, ListingQueries, DeliveryQueries):
+    """The queries of every module, on one asyncpg pool."""
+
+
+__all__ = ["NewDispatch", "SendOutcome", "Store", "hash_token"]

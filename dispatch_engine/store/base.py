@@ -1,0 +1,68 @@
+"""What every query module shares: the pool, row conversions and the records they return."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ..models import (
+    DispatchStatus,
+    Sender,
+    User,
+)
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def user_from(row: asyncpg.Record) -> User:
+    return User(row["id"], row["email"], row["name"], row["avatar_url"])
+
+
+def sender_from(row: asyncpg.Record) -> Sender:
+    return Sender(
+        row["id"],
+        row["owner_id"],
+        row["from_address"],
+        row["display_name"],
+        row["reply_to"],
+        row["transport"],
+        row["transport_settings"],
+        row["hourly_limit"],
+        row["min_gap_ms"],
+        row["is_default"],
+    )
+
+
+@dataclass(frozen=True)
+class NewDispatch:
+    id: int
+    recipient: str
+    vars: dict[str, Any]
+    scheduled_at: datetime
+    idempotency_key: bytes
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What the worker learned about one dispatch, recorded in one group commit."""
+
+    dispatch_id: int
+    idempotency_key: bytes
+    status: DispatchStatus  # sent, failed, scheduled (retry)
+    campaign_id: int
+    recipient: str
+    message_id: str = ""
+    response: str = ""
+    error: str | None = None
+    retry_at: datetime | None = None
+
+
+class Queries:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool

@@ -1,0 +1,197 @@
+"""Campaigns: creation (COPY of their dispatches), details, controls, the outbox marker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ..db import Conn
+from ..models import (
+    CampaignContent,
+    CampaignStatus,
+    DispatchStatus,
+)
+from .base import NewDispatch, Queries
+
+
+class CampaignQueries(Queries):
+    async def campaign_by_idempotency_key(self, owner_id: int, key: str) -> int | None:
+        value = await self.pool.fetchval(
+            "SELECT id FROM campaigns WHERE owner_id = $1 AND idempotency_key = $2", owner_id, key
+        )
+        return int(value) if value is not None else None
+
+    async def reserve_dispatch_ids(self, count: int) -> list[int]:
+        rows = await self.pool.fetch(
+            "SELECT nextval('dispatches_id_seq') AS id FROM generate_series(1, $1)", count
+        )
+        return [r["id"] for r in rows]
+
+    async def create_campaign(
+        self,
+        conn: Conn,
+        *,
+        owner_id: int,
+        sender_id: int,
+        subject: str,
+        body_text: str,
+        body_html: str | None,
+        start_at: datetime,
+        delay_between_ms: int,
+        hourly_limit: int | None,
+        total: int,
+        idempotency_key: str | None,
+    ) -> int:
+        """Insert the campaign row (inside the caller's transaction); None when the key exists."""
+        value = await conn.fetchval(
+            """INSERT INTO campaigns (owner_id, sender_id, subject, body_text, body_html,
+                   start_at, delay_between_ms, hourly_limit, total, idempotency_key)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id""",
+            owner_id,
+            sender_id,
+            subject,
+            body_text,
+            body_html,
+            start_at,
+            delay_between_ms,
+            hourly_limit,
+            total,
+            idempotency_key,
+        )
+        return int(value)
+
+    async def copy_dispatches(
+        self,
+        conn: Conn,
+        *,
+        campaign_id: int,
+        owner_id: int,
+        sender_id: int,
+        rows: Sequence[NewDispatch],
+    ) -> None:
+        await conn.copy_records_to_table(
+            "dispatches",
+            columns=[
+                "id",
+                "campaign_id",
+                "owner_id",
+                "sender_id",
+                "recipient",
+                "vars",
+                "scheduled_at",
+                "idempotency_key",
+            ],
+            records=[
+                (
+                    d.id,
+                    campaign_id,
+                    owner_id,
+                    sender_id,
+                    d.recipient,
+                    d.vars,
+                    d.scheduled_at,
+                    d.idempotency_key,
+                )
+                for d in rows
+            ],
+        )
+
+    async def campaign_detail(self, owner_id: int, campaign_id: int) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            """SELECT c.*, s.from_address FROM campaigns c JOIN senders s ON s.id = c.sender_id
+               WHERE c.owner_id = $1 AND c.id = $2""",
+            owner_id,
+            campaign_id,
+        )
+        if row is None:
+            return None
+        counts = {s.value: 0 for s in DispatchStatus}
+        for r in await self.pool.fetch(
+            "SELECT status, count(*) AS n FROM dispatches WHERE campaign_id = $1 GROUP BY status",
+            campaign_id,
+        ):
+            counts[r["status"]] = r["n"]
+        detail = dict(row)
+        detail["counts"] = counts
+        return detail
+
+    async def campaign_contents(self, ids: Sequence[int]) -> dict[int, CampaignContent]:
+        rows = await self.pool.fetch(
+            """SELECT id, owner_id, sender_id, subject, body_text, body_html, delay_between_ms,
+                      hourly_limit FROM campaigns WHERE id = ANY($1::bigint[])""",
+            ids,
+        )
+        return {r["id"]: CampaignContent(**dict(r)) for r in rows}
+
+    async def list_campaigns(
+        self, owner_id: int, limit: int, before_id: int | None
+    ) -> list[asyncpg.Record]:
+        """A page of campaigns, newest first, each with its counts by status (keyset on id)."""
+        return await self.pool.fetch(
+            """SELECT c.id, c.subject, c.status, c.total, c.start_at, c.created_at,
+                      c.sender_id, s.from_address, k.counts
+               FROM campaigns c JOIN senders s ON s.id = c.sender_id
+               LEFT JOIN LATERAL (
+                   SELECT jsonb_object_agg(status, n) AS counts FROM (
+                       SELECT status, count(*) AS n FROM dispatches d
+                       WHERE d.campaign_id = c.id GROUP BY status
+                   ) by_status
+               ) k ON true
+               WHERE c.owner_id = $1 AND ($3::bigint IS NULL OR c.id < $3)
+               ORDER BY c.id DESC LIMIT $2""",
+            owner_id,
+            limit,
+            before_id,
+        )
+
+    async def set_campaign_status(
+        self, owner_id: int, campaign_id: int, to: CampaignStatus, allowed_from: Sequence[str]
+    ) -> bool:
+        done = await self.pool.fetchval(
+            """UPDATE campaigns SET status = $3, updated_at = now()
+               WHERE owner_id = $1 AND id = $2 AND status = ANY($4::text[]) RETURNING true""",
+            owner_id,
+            campaign_id,
+            to.value,
+            list(allowed_from),
+        )
+        return bool(done)
+
+    async def cancel_dispatches(self, campaign_id: int) -> list[asyncpg.Record]:
+        """Cancel what has not started; emails already handed to a transport finish."""
+        return await self.pool.fetch(
+            """UPDATE dispatches SET status = 'cancelled', finished_at = now(),
+                      updated_at = now()
+               WHERE campaign_id = $1 AND status IN ('scheduled', 'rate_limited')
+               RETURNING id, sender_id""",
+            campaign_id,
+        )
+
+    async def mark_enqueued(self, campaign_id: int, enqueued: bool) -> None:
+        """The outbox marker: NULL while a campaign's emails may be missing from Redis."""
+        await self.pool.execute(
+            "UPDATE campaigns SET enqueued_at = CASE WHEN $2 THEN now() END WHERE id = $1",
+            campaign_id,
+            enqueued,
+        )
+
+    async def campaigns_not_enqueued(self, older_than_s: float) -> list[int]:
+        rows = await self.pool.fetch(
+            """SELECT id FROM campaigns WHERE enqueued_at IS NULL
+                 AND status IN ('scheduled', 'running')
+                 AND updated_at < now() - make_interval(secs => $1)""",
+            older_than_s,
+        )
+        return [r["id"] for r in rows]
+
+    async def reset_failed(self, campaign_id: int) -> int:
+        result = await self.pool.execute(
+            """UPDATE dispatches SET status = 'scheduled', attempts = 0, finished_at = NULL,
+                      scheduled_at = now(), updated_at = now()
+               WHERE campaign_id = $1 AND status = 'failed'""",
+            campaign_id,
+        )
+        return int(result.split()[-1])
