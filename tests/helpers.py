@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from dispatch_engine.store import Store
 
@@ -24,3 +26,14 @@ async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 30.0) -
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not reached within {within} s")
         await asyncio.sleep(0.05)
+
+
+def just_after_next_window(window_s: float) -> str:
+    """An ISO start time 0.3 s into the next rate window.
+
+    Tests bucket sends by `sent_at`, taken when a result is recorded a few ms after the
+    pacing decision: a first send decided at a window's very end would otherwise be
+    counted in the next window by the test (not by the limiter).
+    """
+    opens = (time.time() // window_s + 1) * window_s + 0.3
+    return datetime.fromtimestamp(opens, UTC).isoformat()

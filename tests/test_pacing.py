@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
+from .helpers import auth, just_after_next_window, new_token, wait_for
 
 Start = Callable[..., Awaitable[TestClient]]
 
@@ -57,7 +57,8 @@ async def test_a_sender_over_its_limit_is_parked_and_loses_nothing(
     client = await make_client(paced)
     token = await new_token(store)
     recipients = [f"p{i:02d}@example.com" for i in range(40)]
-    campaign = await _schedule(client, token, recipients=recipients)
+    start = just_after_next_window(3)
+    campaign = await _schedule(client, token, recipients=recipients, start_at=start)
 
     seen_rate_limited = False
 
@@ -149,6 +150,7 @@ async def test_senders_drain_at_their_own_pace(
             client,
             await new_token(store, email),
             hourly_limit=limit,
+            start_at=just_after_next_window(2),
             recipients=[f"{email.split('@')[0]}{i}@example.com" for i in range(200)],
         )
 

@@ -18,7 +18,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
+from .helpers import auth, just_after_next_window, new_token, wait_for
 from .processes import run_cli, run_cli_input
 from .smtp_sink import SmtpSink, free_port
 
@@ -65,12 +65,14 @@ async def test_two_senders_two_accounts_each_at_its_own_pace(
         assert (
             sales["hourly_limit"] == 5 and support["hourly_limit"] == settings.max_emails_per_hour
         )
+        start = just_after_next_window(2)
         for sender, n in ((sales, 20), (support, 30)):
             payload = {
                 "subject": "s",
                 "body": "b",
                 "sender": sender["id"],
                 "recipients": [f"{sender['id']}-{i}@example.com" for i in range(n)],
+                "start_at": start,
             }
             response = await client.post("/api/emails/schedule", json=payload, headers=headers)
             assert response.status == 201, await response.text()

@@ -18,26 +18,33 @@ class SenderQueries(Queries):
     async def ensure_default_sender(
         self, user: User, *, transport: str, hourly_limit: int
     ) -> Sender:
-        row = await self.pool.fetchrow(
-            "SELECT * FROM senders WHERE owner_id = $1 AND is_default AND archived_at IS NULL",
-            user.id,
-        )
-        if row is None:
+        """The user's default sender, made on first use (their own address)."""
+        for _ in range(3):
             row = await self.pool.fetchrow(
-                """INSERT INTO senders (owner_id, from_address, display_name, transport,
-                                        hourly_limit, is_default)
-                   VALUES ($1, $2, $3, $4, $5, true)
-                   ON CONFLICT (owner_id, lower(from_address)) WHERE archived_at IS NULL
-                   DO UPDATE SET is_default = true
-                   RETURNING *""",
+                "SELECT * FROM senders WHERE owner_id = $1 AND is_default AND archived_at IS NULL",
                 user.id,
-                user.email,
-                user.name,
-                transport,
-                hourly_limit,
             )
-        assert row is not None
-        return sender_from(row)
+            if row is not None:
+                return sender_from(row)
+            try:
+                row = await self.pool.fetchrow(
+                    """INSERT INTO senders (owner_id, from_address, display_name, transport,
+                                            hourly_limit, is_default)
+                       VALUES ($1, $2, $3, $4, $5, true)
+                       ON CONFLICT (owner_id, lower(from_address)) WHERE archived_at IS NULL
+                       DO UPDATE SET is_default = true
+                       RETURNING *""",
+                    user.id,
+                    user.email,
+                    user.name,
+                    transport,
+                    hourly_limit,
+                )
+            except asyncpg.UniqueViolationError:
+                continue  # a concurrent request made the default first (one per owner): read it
+            if row is not None:
+                return sender_from(row)
+        raise RuntimeError(f"could not make a default sender for user {user.id}")
 
     async def find_sender(self, owner_id: int, ref: str | int) -> Sender | None:
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
