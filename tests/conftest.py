@@ -58,6 +58,20 @@ async def urls(servers: tuple[str, str]) -> AsyncIterator[tuple[str, str]]:
 
 
 @pytest.fixture
+async def empty_database(servers: tuple[str, str]) -> AsyncIterator[str]:
+    """URL of a brand-new, unmigrated database on the session's server (dropped after)."""
+    admin_url = servers[0]
+    name = f"dispatch_empty_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield _with_database(admin_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
 async def clean(urls: tuple[str, str]) -> AsyncIterator[None]:
     """Empty tables and Redis before a test."""
     conn = await asyncpg.connect(urls[0])

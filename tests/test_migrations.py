@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -44,20 +41,6 @@ LISTING_INDEXES = {
 }
 # Variables a `dispatch-engine` subprocess must not inherit from the caller.
 _OWN_VARIABLES = ("DATABASE_URL", "REDIS_URL", "DISPATCH_", "MAX_EMAILS", "SMTP_", "WORKER_")
-
-
-@pytest.fixture
-async def empty_database(servers: tuple[str, str]) -> AsyncIterator[str]:
-    """URL of a brand-new, unmigrated database on the session's server (dropped after)."""
-    admin_url = servers[0]
-    name = f"dispatch_mig_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def cli_env(database_url: str, redis_url: str, data_dir: Path) -> dict[str, str]:

@@ -7,14 +7,11 @@ import asyncio
 import importlib.util
 import json
 import os
-import secrets
 import site
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -131,19 +128,6 @@ def test_plugins_command_lists_builtin_plugins_from_the_install(
         assert plugins[name]["source"] == "built-in"
         assert _inside(plugins[name]["location"], install.site_packages), plugins[name]
         assert plugins[name]["hooks"], plugins[name]
-
-
-@pytest.fixture
-async def empty_database(servers: tuple[str, str]) -> AsyncIterator[str]:
-    admin_url = servers[0]
-    name = f"dispatch_wheel_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_migrate_from_the_install_creates_the_schema(
