@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import defaultdict
 
 from redis.asyncio import Redis
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 LEADER_KEY = "dispatch:sweeper:leader"
 MARKER_KEY = "dispatch:sweeper:synced"  # gone after FLUSHALL or a restart without persistence
 REQUEUE_BATCH = 5000
-OUTBOX_GRACE_S = 5.0  # the scheduling process itself queues within this time
+OUTBOX_GRACE_S = 5.0
+HOUSEKEEPING_EVERY_S = 3600.0  # the scheduling process itself queues within this time
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -76,6 +78,7 @@ class Sweeper:
         self.max_stalls = max_stalls
         self.identity = secrets.token_hex(8)
         self._lock = redis.register_script(_RENEW)
+        self._housekept_at = -HOUSEKEEPING_EVERY_S
 
     async def is_leader(self) -> bool:
         ttl_ms = int(self.interval_s * 3000)
@@ -100,6 +103,11 @@ class Sweeper:
             if requeued:
                 log.info("recovery re-queued %d dispatches from PostgreSQL", requeued)
         self.metrics.requeued.inc(requeued)
+        if time.monotonic() - self._housekept_at >= HOUSEKEEPING_EVERY_S:
+            self._housekept_at = time.monotonic()
+            pruned = await self.store.prune_sessions()
+            if pruned:
+                log.info("deleted %d expired or revoked dashboard sessions", pruned)
         return reaped, requeued
 
     async def run(self) -> None:

@@ -112,3 +112,22 @@ async def test_a_campaign_its_process_never_queued_is_queued_by_the_next_sweep(
         "SELECT enqueued_at IS NOT NULL FROM campaigns WHERE id = $1", campaign
     )
     assert await sweeper.sweep() == (0, 0), "the next sweep has nothing left to do"
+
+
+async def test_the_sweeper_deletes_long_expired_sessions(
+    store: Store, redis: Redis, queue: RedisQueue
+) -> None:
+    user = await store.ensure_user("old@example.com")
+    for token, expires in (
+        (b"old", "now() - interval '30 days'"),
+        (b"live", "now() + interval '1 day'"),
+    ):
+        await store.pool.execute(
+            f"INSERT INTO sessions (user_id, token_hash, provider, expires_at)"
+            f" VALUES ($1, $2, 'dev', {expires})",
+            user.id,
+            token,
+        )
+    await Sweeper(store, queue, redis, interval_s=1, max_stalls=5).sweep()
+    left = await store.pool.fetch("SELECT token_hash FROM sessions")
+    assert [bytes(r["token_hash"]) for r in left] == [b"live"]

@@ -129,3 +129,13 @@ class AccountQueries(Queries):
             token_hash,
         )
         return bool(done)
+
+    async def prune_sessions(self, keep_days: int = 7) -> int:
+        """Delete sessions that expired or were revoked more than `keep_days` ago."""
+        result = await self.pool.execute(
+            """DELETE FROM sessions
+               WHERE expires_at < now() - make_interval(days => $1)
+                  OR revoked_at < now() - make_interval(days => $1)""",
+            keep_days,
+        )
+        return int(result.split()[-1])
