@@ -72,7 +72,7 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
         app[QUEUE] = RedisQueue(
             redis, shards=settings.queue_shards, lease_ms=settings.lease_seconds * 1000
         )
-        app[CAMPAIGNS] = CampaignService(app[STORE], app[QUEUE])
+        app[CAMPAIGNS] = CampaignService(app[STORE], app[QUEUE], app[PLUGINS].hook, settings)
         app[PACER] = await _pacer(app)
         app[SENDERS] = SenderService(
             app[STORE], app[QUEUE], secret_box(settings), await _transport_specs(app)

@@ -11,6 +11,7 @@ import asyncpg
 from .errors import ApiError, invalid
 from .models import CampaignStatus, Sender, User
 from .pacing import claim_cap
+from .plugins import notify
 from .queue import RedisQueue
 from .recipients import ParsedRecipients, from_csv, from_json
 from .render import TemplateProblem, check_templates, idempotency_key
@@ -129,9 +130,13 @@ def _due_ms(at: datetime) -> int:
 
 
 class CampaignService:
-    def __init__(self, store: Store, queue: RedisQueue) -> None:
+    def __init__(
+        self, store: Store, queue: RedisQueue, hooks: Any = None, settings: Any = None
+    ) -> None:
         self.store = store
         self.queue = queue
+        self.hooks = hooks  # the plugin manager's hooks: campaign_completed fires from here too
+        self.settings = settings
 
     async def schedule(
         self,
@@ -233,6 +238,17 @@ class CampaignService:
         await requeue(self.store, self.queue, campaign_id=campaign_id)
         await self.store.mark_enqueued(campaign_id, True)
 
+    async def _progress(self, campaign_id: int) -> None:
+        """A resumed campaign whose last emails went while it was paused completes now."""
+        for done_id, owner_id in await self.store.update_campaign_progress([campaign_id]):
+            if self.hooks is not None:
+                await notify(
+                    self.hooks.campaign_completed,
+                    campaign_id=done_id,
+                    owner_id=owner_id,
+                    settings=self.settings,
+                )
+
     async def pause(self, user: User, campaign_id: int) -> None:
         """No new email of the campaign starts; the ones in flight finish."""
         await self._transition(user, campaign_id, CampaignStatus.PAUSED, ("scheduled", "running"))
@@ -242,7 +258,7 @@ class CampaignService:
         """Queue again what is still to send; what was sent is never sent again."""
         await self._transition(user, campaign_id, CampaignStatus.RUNNING, ("paused",))
         await self._requeue(campaign_id)
-        await self.store.update_campaign_progress([campaign_id])
+        await self._progress(campaign_id)
 
     async def cancel(self, user: User, campaign_id: int) -> int:
         await self._transition(
@@ -259,5 +275,5 @@ class CampaignService:
         )
         count = await self.store.reset_failed(campaign_id)
         await self._requeue(campaign_id)
-        await self.store.update_campaign_progress([campaign_id])
+        await self._progress(campaign_id)
         return count

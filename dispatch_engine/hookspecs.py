@@ -176,6 +176,7 @@ def campaign_completed(
     """A campaign has nothing left to send: every email is sent, failed or cancelled.
 
     Called once per campaign, in the worker process that recorded its last result, after
-    the `dispatch_sent`/`dispatch_failed` events of that result. Returns nothing. Not called
-    for a cancelled campaign.
+    the `dispatch_sent`/`dispatch_failed` events of that result; or in the api process when
+    a paused campaign whose last emails finished meanwhile is resumed. Returns nothing.
+    Not called for a cancelled campaign.
     """

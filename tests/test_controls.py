@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -161,3 +162,41 @@ async def test_stats_show_pace_backlog_and_parking(
     assert sender["queue_depth"] == 5
     assert sender["window_seconds"] == 60
     assert stats["dispatches"]["sent"] == 3
+
+
+COMPLETED_PLUGIN = """
+from pathlib import Path
+from dispatch_engine import hookimpl
+
+@hookimpl
+def campaign_completed(campaign_id, owner_id):
+    with open(Path(__file__).with_name("completed.log"), "a") as log:
+        log.write(f"{campaign_id} {owner_id}\\n")
+"""
+
+
+async def test_resuming_a_campaign_that_finished_while_paused_completes_it(
+    make_client: Start, settings: Settings, store: Store, tmp_path: Path
+) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "record_completed.py").write_text(COMPLETED_PLUGIN)
+    client = await make_client(replace(settings, plugins_dir=plugins), frozenset({"api"}))
+    token = await new_token(store)
+    payload = {
+        "subject": "s",
+        "body": "b",
+        "recipients": ["last@example.com"],
+        "start_at": "2099-01-01T00:00:00Z",
+    }
+    created = await (
+        await client.post("/api/emails/schedule", json=payload, headers=auth(token))
+    ).json()
+    campaign = created["campaign"]["id"]
+    assert (await _post(client, f"/api/campaigns/{campaign}/pause", token))[0] == 200
+    # Its last email finished in flight while the campaign was paused.
+    await store.pool.execute("UPDATE dispatches SET status = 'sent', finished_at = now()")
+    status, body = await _post(client, f"/api/campaigns/{campaign}/resume", token)
+    assert status == 200 and body["campaign"]["status"] == "completed"
+    owner = await store.pool.fetchval("SELECT owner_id FROM campaigns")
+    assert (plugins / "completed.log").read_text().split() == [str(campaign), str(owner)]
