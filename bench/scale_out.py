@@ -121,6 +121,24 @@ def machine_busy() -> float:
     return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
 
+def wait_until_idle(max_share: float, max_wait_s: float, sample_s: float = 3.0) -> float:
+    """Wait until the whole machine used at most `max_share` of a core over `sample_s`.
+
+    Between runs nothing of ours is busy, so this is other people's work (a test suite)."""
+    start = time.monotonic()
+    while True:
+        busy = machine_busy()
+        time.sleep(sample_s)
+        share = (machine_busy() - busy) / sample_s
+        if share <= max_share or time.monotonic() - start > max_wait_s:
+            return share
+        print(
+            f"the machine is busy ({share:.0%} of a core over {sample_s:.0f} s): waiting 20 s…",
+            file=sys.stderr,
+        )
+        time.sleep(20)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -364,7 +382,9 @@ class Result:
     workers: int
     n: int
     seconds: float  # due → last message received
+    wall: float  # just before the POST → every dispatch recorded `sent`
     post_s: float
+    lag_min_ms: float  # due → the first message received (mostly the POST itself)
     lag_p50_ms: float
     lag_p99_ms: float
     cpu: dict[str, float]
@@ -468,11 +488,13 @@ async def one_run(
             split0 = await sent_counts(http, workers)
             cpu0 = {name: m.seconds() for name, m in meters.items()}
             busy0 = machine_busy()
+            t0 = time.monotonic()
             campaign_id, post_s = await campaign(
                 http, db, api, token, args.n, tag, max(120.0, args.n / 20)
             )
             cpu = {name: m.seconds() - cpu0[name] for name, m in meters.items()}
             cpu["others"] = max(0.0, machine_busy() - busy0 - sum(cpu.values()))
+            wall = time.monotonic() - t0
             split = [b - a for a, b in zip(split0, await sent_counts(http, workers), strict=True)]
         await asyncio.sleep(0.3)  # a late duplicate would arrive now
         records = sink.take()
@@ -496,7 +518,9 @@ async def one_run(
         workers=k,
         n=args.n,
         seconds=max(received.values()) - due,
+        wall=wall,
         post_s=post_s,
+        lag_min_ms=min(lags),
         lag_p50_ms=percentile(lags, 0.50),
         lag_p99_ms=percentile(lags, 0.99),
         cpu=cpu,
@@ -548,12 +572,14 @@ def report(
     sink_name: str,
     load: str,
     versions: str,
+    discarded: list[Result],
 ) -> None:
     rows = [
         [
             "worker processes",
             "emails/s (median)",
             "range",
+            "first email ms",
             "lag p50 ms",
             "lag p99 ms",
             *(f"{c} CPU s" for c in CPU_COLUMNS),
@@ -574,6 +600,7 @@ def report(
                 str(k),
                 f"{statistics.median(r.rate for r in mine):,.0f}",
                 f"{min(r.rate for r in mine):,.0f}-{max(r.rate for r in mine):,.0f}",
+                f"{statistics.median(r.lag_min_ms for r in mine):,.0f}",
                 f"{statistics.median(r.lag_p50_ms for r in mine):,.0f}",
                 f"{statistics.median(r.lag_p99_ms for r in mine):,.0f}",
                 *(f"{med_cpu[c]:.2f}" for c in CPU_COLUMNS),
@@ -581,6 +608,7 @@ def report(
                 " / ".join(f"{x:,}" for x in middle.split),
             ]
         )
+    shares = [r.cpu["others"] / r.wall for r in results]
     print()
     print(
         f"N = {args.n:,} emails per run, all due now, scheduled through the API; "
@@ -590,7 +618,11 @@ def report(
         f"{args.pool_size or 'default (8)'}, MAX_EMAILS_PER_HOUR=1000000000; sink: {sink_name}; "
         f"{versions}; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs (3 workers contend "
         f"with each other and with PostgreSQL, Redis, the API and the sink); warm-up of "
-        f"{args.warmup} emails per run excluded; dispatch_engine at {revision()}; {load}"
+        f"{args.warmup} emails per run excluded; dispatch_engine at {revision()}; {load}; "
+        f"other processes used {min(shares):.0%}-{max(shares):.0%} of a core during the runs "
+        f"({len(discarded)} run(s) discarded and redone for more than {args.max_others:.0%}"
+        + (f": {', '.join(f'{r.rate:,.0f}/s' for r in discarded)}" if discarded else "")
+        + ")"
     )
     print()
     print(table(rows))
@@ -604,9 +636,11 @@ def report(
     )
     for r in results:
         print(
-            f"  {r.workers} worker(s): {r.rate:,.0f}/s, lag p50 {r.lag_p50_ms:,.0f} ms p99 "
-            f"{r.lag_p99_ms:,.0f} ms, CPU workers {r.cpu['workers']:.2f} s postgres "
-            f"{r.cpu['postgres']:.2f} s sink {r.cpu['sink']:.2f} s others {r.cpu['others']:.2f} s"
+            f"  {r.workers} worker(s): {r.rate:,.0f}/s, first email {r.lag_min_ms:,.0f} ms, "
+            f"{r.n / (r.seconds - r.lag_min_ms / 1000):,.0f}/s from the first, lag p50 "
+            f"{r.lag_p50_ms:,.0f} ms p99 {r.lag_p99_ms:,.0f} ms, CPU workers "
+            f"{r.cpu['workers']:.2f} s postgres {r.cpu['postgres']:.2f} s sink "
+            f"{r.cpu['sink']:.2f} s others {r.cpu['others']:.2f} s"
         )
     problems = [p for r in results for p in r.problems]
     print(f"worker processes logged {len(problems)} warnings/errors")
@@ -637,6 +671,7 @@ async def bench(
     sweeper: Engine,
     sink: PostfixSink | AiosmtpdSink,
     token: str,
+    discarded: list[Result],
 ) -> list[Result]:
     import asyncpg
 
@@ -646,9 +681,21 @@ async def bench(
         for round_no in range(args.repeat):
             order = args.workers if round_no % 2 == 0 else list(reversed(args.workers))
             for k in order:
-                r = await one_run(
-                    args, k, f"r{round_no}k{k}", env, tmp, srv, api, sweeper, sink, token, db
-                )
+                for attempt in range(args.retries + 1):
+                    wait_until_idle(args.max_others, args.max_wait)
+                    r = await one_run(
+                        args, k, f"r{round_no}k{k}a{attempt}", env, tmp, srv, api, sweeper, sink,
+                        token, db,
+                    )  # fmt: skip
+                    share = r.cpu["others"] / r.wall
+                    if share <= args.max_others or attempt == args.retries:
+                        break
+                    discarded.append(r)
+                    print(
+                        f"  {k} worker(s): {r.rate:,.0f} emails/s discarded: other processes "
+                        f"used {share:.0%} of a core meanwhile",
+                        file=sys.stderr,
+                    )
                 results.append(r)
                 print(
                     f"  round {round_no + 1}/{args.repeat}, {k} worker(s): {r.rate:,.0f} emails/s, "
@@ -687,6 +734,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-wait", type=float, default=600, help="wait at most this many seconds (600)"
     )
+    parser.add_argument(
+        "--max-others",
+        type=float,
+        default=0.3,
+        help="redo a run during which other processes used more than this share of a core (0.3)",
+    )
+    parser.add_argument("--retries", type=int, default=3, help="redos per run at most (3)")
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeat < 1 or args.concurrency < 1 or min(args.workers) < 1:
         parser.error("--n, --repeat, --concurrency and --workers must be positive")
@@ -736,13 +790,16 @@ def main() -> None:
                 api.wait_ready()
                 sweeper.wait_ready()
                 versions = asyncio.run(versions_of(srv))
-                results = asyncio.run(bench(args, env, tmp, srv, api, sweeper, sink, token))
+                discarded: list[Result] = []
+                results = asyncio.run(
+                    bench(args, env, tmp, srv, api, sweeper, sink, token, discarded)
+                )
                 problems = [p for e in started for p in e.problems()]
             finally:
                 for engine in started:
                     engine.stop()
                 sink.stop()
-    report(args, results, sink.name, load, versions)
+    report(args, results, sink.name, load, versions, discarded)
     if problems:
         print(f"api/sweeper logged {len(problems)} warnings/errors")
         for line in problems[:5]:
