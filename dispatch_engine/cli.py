@@ -83,7 +83,8 @@ async def _migrate(settings: Settings) -> list[str]:
         await pool.close()
 
 
-async def _create_token(settings: Settings, email: str, name: str) -> str:
+async def create_api_token(settings: Settings, email: str, name: str) -> str:
+    """A new bearer token for EMAIL (the user and its default sender are made if new)."""
     assert settings.database_url
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     try:
@@ -276,7 +277,7 @@ def token_create(obj: Context, email: str, name: str) -> None:
         raise click.BadParameter("must be an email address", param_hint="--email")
     with _servers(obj.settings, may_start=True) as settings:
         asyncio.run(_migrate(settings))
-        click.echo(asyncio.run(_create_token(settings, email, name)))
+        click.echo(asyncio.run(create_api_token(settings, email, name)))
 
 
 @cli.command()

@@ -29,8 +29,8 @@ import asyncpg
 from aiohttp import web
 
 from .app import create_app
+from .cli import create_api_token
 from .config import Settings
-from .db import create_pool
 from .embedded import EmbeddedServers
 from .migrate import migrate
 from .store import Store
@@ -106,20 +106,6 @@ async def _migrate(database_url: str) -> None:
         await conn.close()
 
 
-async def _token(settings: Settings, email: str) -> str:
-    assert settings.database_url
-    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-    try:
-        store = Store(pool)
-        user = await store.ensure_user(email)
-        await store.ensure_default_sender(
-            user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
-        )
-        return await store.create_token(user.id, "dispatch_engine.testing")
-    finally:
-        await pool.close()
-
-
 @contextlib.asynccontextmanager
 async def _servers(data_dir: Path, settings: Settings) -> AsyncIterator[Settings]:
     if settings.database_url and settings.redis_url:
@@ -155,7 +141,7 @@ async def appliance(
         async with _servers(data_dir, replace(base, **changes)) as settings:
             assert settings.database_url
             await _migrate(settings.database_url)
-            token = await _token(settings, email)
+            token = await create_api_token(settings, email, "dispatch_engine.testing")
             app = create_app(settings)
             for plugin in plugins:
                 if not app[PLUGINS].is_registered(plugin):  # installed ones are already in
