@@ -507,12 +507,20 @@ def report(args: argparse.Namespace, runs: list[RunResult], load: str, discarded
             "max in any window: received_at",
             "sent_at",
             "Redis counter",
-            "over the limit?",
+            "over the limit by",
         ]
     ]
     for i, limit in enumerate(args.limits):
         per = [r.senders[i] for r in runs]
-        over = any(max(s.max_received, s.max_sent_at, s.max_counter) > limit for s in per)
+        over = [
+            name
+            for name, attr in (
+                ("received_at", "max_received"),
+                ("sent_at", "max_sent_at"),
+                ("counter", "max_counter"),
+            )
+            if any(getattr(s, attr) > limit for s in per)
+        ]
         rows.append(
             [
                 f"{i + 1}",
@@ -526,7 +534,7 @@ def report(args: argparse.Namespace, runs: list[RunResult], load: str, discarded
                 span([s.max_received for s in per]),
                 span([s.max_sent_at for s in per]),
                 span([s.max_counter for s in per]),
-                "YES" if over else "no",
+                ", ".join(over) or "no",
             ]
         )
     print()

@@ -313,6 +313,10 @@ class WorkerPool:
         try:
             outcome = await self._deliver(job, compiled, message_id, attempt)
             await self.recorder.results.put((outcome, lease))
+        except Exception:
+            # Not recorded: stop renewing its lease, so it expires and the reaper re-queues it.
+            self._inflight.pop(lease.dispatch_id, None)
+            raise
         finally:
             self.metrics.in_flight.dec()
             self._slots.release()
@@ -356,7 +360,10 @@ class WorkerPool:
                 wait_s = retry_delay_s(attempt, self.settings.retry_base_ms)
             until = time.time() + wait_s
             self.metrics.pacing_parks.labels("provider").inc()
-            await self.queue.defer_sender(sender.id, int(until * 1000))
+            try:  # parking is best effort: the email itself is rescheduled either way
+                await self.queue.defer_sender(sender.id, int(until * 1000))
+            except Exception:
+                log.warning("could not park sender %d", sender.id, exc_info=True)
             await notify(
                 self.hooks.sender_limited,
                 sender_id=sender.id,
