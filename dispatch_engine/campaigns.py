@@ -240,8 +240,8 @@ class CampaignService:
 
     async def _progress(self, campaign_id: int) -> None:
         """A resumed campaign whose last emails went while it was paused completes now."""
-        for done_id, owner_id in await self.store.update_campaign_progress([campaign_id]):
-            if self.hooks is not None:
+        for done_id, owner_id, status in await self.store.update_campaign_progress([campaign_id]):
+            if status == CampaignStatus.COMPLETED and self.hooks is not None:
                 await notify(
                     self.hooks.campaign_completed,
                     campaign_id=done_id,

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from .config import Settings
 from .metrics import Metrics
-from .models import DispatchStatus
+from .models import CampaignStatus, DispatchStatus
 from .plugins import notify
 from .queue import Lease, RedisQueue, Settlement
 from .store import SendOutcome, Store
@@ -74,23 +74,28 @@ class Recorder:
             await self.flush_progress()
 
     async def flush_progress(self) -> None:
-        """Mark finished campaigns completed and fire `campaign_completed` for them."""
+        """Fold results into campaign statuses; announce the changes, fire `campaign_completed`."""
         if not self._touched:
             return
         touched, self._touched = self._touched, set()
         try:
-            completed = await self.store.update_campaign_progress(list(touched))
+            changed = await self.store.update_campaign_progress(list(touched))
         except Exception:
             self._touched |= touched  # try again next time
             log.warning("progress update failed", exc_info=True)
             return
-        for campaign_id, owner_id in completed:
-            await notify(
-                self.hooks.campaign_completed,
-                campaign_id=campaign_id,
-                owner_id=owner_id,
-                settings=self.settings,
-            )
+        for campaign_id, owner_id, status in changed:
+            # Pages showing the campaign refresh on this, not only on the dispatches before it.
+            event = {"type": "campaign", "id": campaign_id, "owner_id": owner_id}
+            with contextlib.suppress(Exception):
+                await self.pubsub_redis.publish(EVENTS_CHANNEL, orjson.dumps(event))
+            if status == CampaignStatus.COMPLETED:
+                await notify(
+                    self.hooks.campaign_completed,
+                    campaign_id=campaign_id,
+                    owner_id=owner_id,
+                    settings=self.settings,
+                )
 
     async def _record(self, batch: list[tuple[SendOutcome, Lease]]) -> None:
         outcomes = [o for o, _ in batch]

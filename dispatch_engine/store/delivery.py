@@ -143,22 +143,32 @@ class DeliveryQueries(Queries):
             reason,
         )
 
-    async def update_campaign_progress(self, campaign_ids: Sequence[int]) -> list[tuple[int, int]]:
-        """Mark campaigns running or completed; returns (id, owner) of those just completed.
+    async def update_campaign_progress(
+        self, campaign_ids: Sequence[int]
+    ) -> list[tuple[int, int, CampaignStatus]]:
+        """Mark campaigns running or completed; returns (id, owner, status) of those that changed.
 
-        The status guard makes the flip to completed happen once, whichever process wins.
+        The status guard makes each flip happen once, whichever process wins.
         """
         rows = await self.pool.fetch(
-            """UPDATE campaigns c SET status = CASE
+            """WITH old AS (
+                   SELECT id, status FROM campaigns
+                   WHERE id = ANY($1::bigint[]) AND status IN ('scheduled', 'running')
+                   FOR UPDATE)
+               UPDATE campaigns c SET status = CASE
                    WHEN NOT EXISTS (SELECT 1 FROM dispatches d WHERE d.campaign_id = c.id
                                     AND d.status IN ('scheduled', 'sending', 'rate_limited'))
                    THEN 'completed' ELSE 'running' END,
                    updated_at = now()
-               WHERE c.id = ANY($1::bigint[]) AND c.status IN ('scheduled', 'running')
-               RETURNING c.id, c.owner_id, c.status""",
+               FROM old WHERE c.id = old.id
+               RETURNING c.id, c.owner_id, c.status, old.status AS was""",
             campaign_ids,
         )
-        return [(r["id"], r["owner_id"]) for r in rows if r["status"] == "completed"]
+        return [
+            (r["id"], r["owner_id"], CampaignStatus(r["status"]))
+            for r in rows
+            if r["status"] != r["was"]
+        ]
 
     async def queued_after(
         self, after_id: int, limit: int, campaign_id: int | None = None
