@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
 from dispatch_engine.queue import RedisQueue, dispatch_id_of, member
+from dispatch_engine.redis_client import MAX_CONNECTIONS, connect_redis
 
 
 async def _now_ms(redis: Redis) -> int:
@@ -154,3 +155,18 @@ async def test_ids_due_at_the_same_time_come_out_in_id_order(
     now = await _now_ms(redis)
     await queue.enqueue(9, [(i, now - 1) for i in (10, 2, 100, 9, 1)])
     assert [x.dispatch_id for x in (await queue.claim(10)).leases] == [1, 2, 9, 10, 100]
+
+
+async def test_a_burst_beyond_the_connection_cap_waits_instead_of_failing(
+    settings: Settings,
+) -> None:
+    clients = connect_redis(settings)
+    key = f"dispatch:test:burst:{id(clients)}"
+    try:
+        # Each BLPOP holds a connection for 0.2 s; three times the cap must queue, not raise.
+        results = await asyncio.gather(
+            *(clients.data.blpop([key], timeout=0.2) for _ in range(3 * MAX_CONNECTIONS))
+        )
+    finally:
+        await clients.aclose()
+    assert results == [None] * (3 * MAX_CONNECTIONS)
