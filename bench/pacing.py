@@ -30,194 +30,28 @@ Nothing asserts: it prints figures. Every run stops all it started.
 from __future__ import annotations
 
 # Python puts this folder first on sys.path, where bench/queue.py would shadow the standard
-# library's `queue` (imported by concurrent.futures, redis-py, …): take it off first.
+# library's `queue` (imported by concurrent.futures, redis-py, …): move it to the end.
 import os
 import sys
 
 if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
+    sys.path.append(sys.path.pop(0))
 
 import argparse
 import asyncio
-import contextlib
-import json
-import re
-import secrets
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BIN = Path(sys.executable).parent / "dispatch-engine"
+import harness
+from harness import Cpu, CpuMeters, Engine, span, table
+
 SUBJECT = "Pacing {{ email }}"
 BODY = "Hello {{ email }},\n\nthis is one of the pacing benchmark's emails.\n"
 SENDER_LIMIT = 1_000_000  # MAX_EMAILS_PER_HOUR: the senders' own limit, above every campaign's
-
-
-# ---- the machine ----
-
-
-def load_average() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-def wait_for_quiet(threshold: float, max_wait_s: float, poll_s: float = 30.0) -> str:
-    """Wait (up to max_wait_s) until the 1-minute load average is at most `threshold`."""
-    start = time.monotonic()
-    load = load_average()
-    while load > threshold and time.monotonic() - start < max_wait_s:
-        print(
-            f"load average {load:.2f} > {threshold}: another job runs; waiting {poll_s:.0f} s…",
-            file=sys.stderr,
-        )
-        time.sleep(poll_s)
-        load = load_average()
-    waited = time.monotonic() - start
-    verdict = "quiet" if load <= threshold else "still busy, measured anyway"
-    return f"1-min load average {load:.2f} at start ({verdict}; waited {waited:.0f} s)"
-
-
-class Cpu:
-    """CPU seconds (user + system) of one process, or of it and its children."""
-
-    def __init__(self, pid: int | None, tree: bool = False) -> None:
-        import psutil
-
-        self.proc = psutil.Process(pid) if pid else None
-        self.tree = tree
-
-    def seconds(self) -> float:
-        import psutil
-
-        if self.proc is None:
-            return float("nan")
-        procs = [self.proc, *(self.proc.children(recursive=True) if self.tree else [])]
-        total = 0.0
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
-        return total
-
-
-def machine_busy() -> float:
-    """Busy CPU seconds of the whole machine, all cores."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
-
-
-def wait_until_idle(max_share: float, max_wait_s: float, sample_s: float = 3.0) -> float:
-    """Wait until the whole machine used at most `max_share` of a core over `sample_s`.
-
-    Between runs nothing of ours is busy, so this is other people's work (a test suite)."""
-    start = time.monotonic()
-    while True:
-        busy = machine_busy()
-        time.sleep(sample_s)
-        share = (machine_busy() - busy) / sample_s
-        if share <= max_share or time.monotonic() - start > max_wait_s:
-            return share
-        print(
-            f"the machine is busy ({share:.0%} of a core over {sample_s:.0f} s): waiting 20 s…",
-            file=sys.stderr,
-        )
-        time.sleep(20)
-
-
-# ---- processes ----
-
-
-class Engine:
-    """`dispatch-engine run` as a subprocess, stopped with SIGTERM like a service manager."""
-
-    def __init__(self, env: dict[str, str], cwd: Path, args: list[str] | None = None) -> None:
-        self.log_path = cwd / f"dispatch-engine-{secrets.token_hex(3)}.log"
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [str(BIN), "run", *(args or [])],
-            env=env,
-            cwd=cwd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.url = ""
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, within: float = 60.0) -> str:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            match = re.search(r"Running .* on (http://\S+)", self.output())
-            if match:
-                self.url = match.group(1)
-                return self.url
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dispatch-engine exited:\n{self.output()[-3000:]}")
-            time.sleep(0.05)
-        raise RuntimeError(f"dispatch-engine not ready in {within} s:\n{self.output()[-3000:]}")
-
-    def problems(self) -> list[str]:
-        return [
-            line
-            for line in self.output().splitlines()
-            if " WARNING " in line or " ERROR " in line or "Traceback" in line
-        ]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-
-
-def create_token(env: dict[str, str], cwd: Path, email: str) -> str:
-    done = subprocess.run(
-        [str(BIN), "token", "create", "--email", email, "--name", "bench"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"token create failed: {done.stderr or done.stdout}")
-    return done.stdout.strip().splitlines()[-1]
-
-
-@dataclass
-class Servers:
-    database_url: str
-    redis_url: str
-    postgres_pid: int | None
-    redis_pid: int | None
-
-
-@contextlib.contextmanager
-def private_servers(folder: Path) -> Iterator[Servers]:
-    from dispatch_engine.embedded import EmbeddedServers
-
-    with EmbeddedServers(folder) as embedded:
-        state = json.loads((folder / "servers.json").read_text())
-        yield Servers(
-            embedded.urls.database_url,
-            embedded.urls.redis_url,
-            state.get("postgres_pid"),
-            state.get("redis_pid"),
-        )
 
 
 # ---- one run ----
@@ -261,38 +95,36 @@ async def one_run(args: argparse.Namespace, tmp: Path, run_no: int) -> RunResult
     from redis.asyncio import Redis
 
     window_ms = int(args.window * 1000)
-    with private_servers(tmp / "servers") as srv:
-        env = {
-            **os.environ,
-            "DATABASE_URL": srv.database_url,
-            "REDIS_URL": srv.redis_url,
-            "DISPATCH_TRANSPORT": "capture",
-            "MAX_EMAILS_PER_HOUR": str(SENDER_LIMIT),
-            "DISPATCH_RATE_WINDOW_SECONDS": str(args.window),
-            "WORKER_CONCURRENCY": str(args.concurrency),
-            "DISPATCH_HOST": "127.0.0.1",
-            "DISPATCH_PORT": "0",
-            "DISPATCH_DATA_DIR": str(tmp / "data"),
-            "DISPATCH_SECRET_KEY": secrets.token_urlsafe(24),
-            "DISPATCH_LOG_LEVEL": "warning",
-            "PYTHONUNBUFFERED": "1",
-        }
-        for key in ("DISPATCH_PACING", "DISPATCH_PLUGINS", "DISPATCH_PLUGINS_DIR"):
-            env.pop(key, None)  # the defaults: fixed_window + min_gap, every built-in plugin
+    with harness.private_servers(tmp / "servers") as srv:
+        env = harness.engine_env(
+            srv,
+            tmp,
+            DISPATCH_TRANSPORT="capture",
+            MAX_EMAILS_PER_HOUR=SENDER_LIMIT,
+            DISPATCH_RATE_WINDOW_SECONDS=args.window,
+            WORKER_CONCURRENCY=args.concurrency,
+            # the defaults: fixed_window + min_gap, every built-in plugin
+            DISPATCH_PACING=None,
+            DISPATCH_PLUGINS=None,
+            DISPATCH_PLUGINS_DIR=None,
+        )
         tokens = [
-            create_token(env, tmp, f"pacing-{i + 1}@example.com") for i in range(len(args.limits))
+            harness.create_token(env, tmp, f"pacing-{i + 1}@example.com")
+            for i in range(len(args.limits))
         ]
         engine = Engine(env, tmp)
         db = await asyncpg.connect(srv.database_url)
         redis = Redis.from_url(srv.redis_url)
         try:
             engine.wait_ready()
-            meters = {
-                "dispatch-engine": Cpu(engine.proc.pid),
-                "postgres": Cpu(srv.postgres_pid, tree=True),
-                "redis": Cpu(srv.redis_pid),
-                "bench script": Cpu(os.getpid()),
-            }
+            meters = CpuMeters(
+                {
+                    "dispatch-engine": Cpu([engine.proc.pid]),
+                    "postgres": Cpu([srv.postgres_pid], tree=True),
+                    "redis": Cpu([srv.redis_pid]),
+                    "bench script": Cpu([os.getpid()]),
+                }
+            )
 
             async def post(http: Any, i: int) -> int:
                 payload = orjson.dumps(
@@ -357,18 +189,13 @@ async def one_run(args: argparse.Namespace, tmp: Path, run_no: int) -> RunResult
             await sleep_until_ms(first * window_ms)
             stats0 = await redis.info("commandstats")
             own_mgets = 0
-            cpu0 = {name: m.seconds() for name, m in meters.items()}
-            busy0 = machine_busy()
-            t0 = time.time()
+            meters.start()
             for window in range(first, last + 1):
                 # a window's counter is final once it ended; it lives two windows
                 await sleep_until_ms((window + 1) * window_ms + 50)
                 await read_counters(window)
             stats1 = await redis.info("commandstats")
-            cpu = {name: m.seconds() - cpu0[name] for name, m in meters.items()}
-            wall = time.time() - t0
-            cpu["others"] = max(0.0, machine_busy() - busy0 - sum(cpu.values()))
-            cpu["wall"] = wall
+            cpu = meters.stop()
             end_ms = (last + 1) * window_ms
             await asyncio.sleep(0.5)  # let the last window's group commits land (sent_at)
 
@@ -456,43 +283,6 @@ async def one_run(args: argparse.Namespace, tmp: Path, run_no: int) -> RunResult
 # ---- report ----
 
 
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-        if n == 0:
-            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
-def span(values: list[float], spec: str = ",.0f") -> str:
-    """One value, or the range over runs: "a-b"."""
-    lo, hi = min(values), max(values)
-    if format(lo, spec) == format(hi, spec):
-        return format(lo, spec)
-    return f"{format(lo, spec)}-{format(hi, spec)}"
-
-
-def revision() -> str:
-    """The commit the package comes from, "+changes" when its files differ (read-only git)."""
-    root = Path(__file__).resolve().parent.parent
-    git = ["git", "--no-optional-locks", "-C", str(root)]
-    try:
-        head = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        paths = ["dispatch_engine", "plugins", "migrations"]
-        clean = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", *paths], check=False)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown revision"
-    return head + ("" if clean.returncode == 0 else "+uncommitted changes")
-
-
 def report(args: argparse.Namespace, runs: list[RunResult], load: str, discarded: int) -> None:
     rows = [
         [
@@ -543,8 +333,8 @@ def report(args: argparse.Namespace, runs: list[RunResult], load: str, discarded
         f"per window of {args.window} s (DISPATCH_RATE_WINDOW_SECONDS), {args.windows} whole "
         f"windows observed per run, {len(runs)} runs (ranges over runs); capture transport, "
         f"`dispatch-engine run` (all roles), WORKER_CONCURRENCY={args.concurrency}; Python "
-        f"{sys.version.split()[0]}, {os.cpu_count()} CPUs; dispatch_engine at {revision()}; "
-        f"{load}; other processes used "
+        f"{sys.version.split()[0]}, {os.cpu_count()} CPUs; dispatch_engine at "
+        f"{harness.revision()}; {load}; other processes used "
         f"{span([r.cpu['others'] / r.cpu['wall'] for r in runs], '.0%')} of a core during the "
         f"runs ({discarded} run(s) discarded and redone for more than {args.max_others:.0%})"
     )
@@ -605,22 +395,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--windows", type=int, default=10, help="whole windows to observe (10)")
     parser.add_argument("--repeat", type=int, default=3, help="runs, each on new servers (3)")
     parser.add_argument("--concurrency", type=int, default=200, help="WORKER_CONCURRENCY (200)")
-    parser.add_argument(
-        "--max-load",
-        type=float,
-        default=0.8,
-        help="wait while the 1-minute load average is above this (0.8)",
-    )
-    parser.add_argument(
-        "--max-wait", type=float, default=600, help="wait at most this many seconds (600)"
-    )
-    parser.add_argument(
-        "--max-others",
-        type=float,
-        default=0.3,
-        help="redo a run during which other processes used more than this share of a core (0.3)",
-    )
-    parser.add_argument("--retries", type=int, default=3, help="redos per run at most (3)")
+    harness.add_quiet_arguments(parser, max_load=0.8, max_wait=600, retries=3)
     args = parser.parse_args(argv)
     if args.n < 1 or args.windows < 1 or args.repeat < 1 or args.window < 1:
         parser.error("--n, --windows, --repeat and --window must be positive")
@@ -631,12 +406,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    load = wait_for_quiet(args.max_load, args.max_wait)
+    load = harness.wait_for_quiet(args.max_load, args.max_wait)
     print(load, file=sys.stderr)
     runs, discarded = [], 0
     for run_no in range(1, args.repeat + 1):
         for attempt in range(args.retries + 1):
-            wait_until_idle(args.max_others, args.max_wait)
+            harness.wait_until_idle(args.max_others, args.max_wait)
             with tempfile.TemporaryDirectory(prefix="dispatch-pacing-") as name:
                 run = asyncio.run(one_run(args, Path(name), run_no))
             share = run.cpu["others"] / run.cpu["wall"]

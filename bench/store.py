@@ -17,26 +17,26 @@ database: `auto` is PostgreSQL's default and what dispatch-engine runs with toda
 from __future__ import annotations
 
 # Python puts this folder first on sys.path, where bench/queue.py would shadow the standard
-# library's `queue` (imported by concurrent.futures, redis-py, …): take it off first.
+# library's `queue` (imported by concurrent.futures, redis-py, …): move it to the end.
 import os
 import sys
 
 if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
+    sys.path.append(sys.path.pop(0))
 
 import argparse
 import asyncio
-import contextlib
 import secrets
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import harness
+from harness import table
 from redis.asyncio import Redis
 
 from dispatch_engine.campaigns import CampaignService, parse_schedule_request
@@ -159,33 +159,6 @@ async def walk(
     return rounds
 
 
-@contextlib.contextmanager
-def servers(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
-    if args.database_url and args.redis_url:
-        yield args.database_url, args.redis_url
-        return
-    from dispatch_engine.embedded import EmbeddedServers
-
-    with tempfile.TemporaryDirectory(prefix="dispatch-store-") as tmp:
-        print("starting private PostgreSQL + Redis (dispatch_engine.embedded)…", file=sys.stderr)
-        with EmbeddedServers(Path(tmp)) as embedded:
-            yield embedded.urls.database_url, embedded.urls.redis_url
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-        if n == 0:
-            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
 async def bench(args: argparse.Namespace, admin_url: str, redis_url: str) -> None:
     results: dict[str, list[dict[str, float]]] = {}
     for mode in args.modes:
@@ -256,8 +229,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    with servers(args) as (database_url, redis_url):
-        asyncio.run(bench(args, database_url, redis_url))
+    with (
+        tempfile.TemporaryDirectory(prefix="dispatch-store-") as tmp,
+        harness.private_servers(Path(tmp), args.database_url, args.redis_url) as srv,
+    ):
+        asyncio.run(bench(args, srv.database_url, srv.redis_url))
 
 
 if __name__ == "__main__":
