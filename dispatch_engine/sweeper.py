@@ -21,18 +21,25 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-LEADER_KEY = "dispatch:sweeper:leader"
-MARKER_KEY = "dispatch:sweeper:synced"  # gone after FLUSHALL or a restart without persistence
+# One hash slot, so one script reads both (in a cluster too).
+LEADER_KEY = "dispatch:{sweeper}:leader"
+MARKER_KEY = "dispatch:{sweeper}:synced"  # gone after FLUSHALL or a restart without persistence
 REQUEUE_BATCH = 5000
 OUTBOX_GRACE_S = 5.0
 HOUSEKEEPING_EVERY_S = 3600.0  # the scheduling process itself queues within this time
 
-_RENEW = """
+# Take or renew the leader lock and, for the leader, check the marker: one command per
+# pass, so an idle process costs Redis little. 0: not the leader; 1: leader; 2: leader, and
+# Redis lost its data (the marker is gone).
+_TICK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 0
 end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+return 2 - redis.call('EXISTS', KEYS[2])
 """
+NOT_LEADER, LEADER, LEADER_DATA_LOST = 0, 1, 2
 
 
 async def requeue(
@@ -77,15 +84,16 @@ class Sweeper:
         self.interval_s = interval_s
         self.max_stalls = max_stalls
         self.identity = secrets.token_hex(8)
-        self._lock = redis.register_script(_RENEW)
+        self._tick = redis.register_script(_TICK)
         self._housekept_at = -HOUSEKEEPING_EVERY_S
 
-    async def is_leader(self) -> bool:
+    async def tick(self) -> int:
+        """NOT_LEADER, LEADER or LEADER_DATA_LOST; the lock outlives three missed passes."""
         ttl_ms = int(self.interval_s * 3000)
-        return bool(await self._lock(keys=[LEADER_KEY], args=[self.identity, ttl_ms]))
+        return int(await self._tick(keys=[LEADER_KEY, MARKER_KEY], args=[self.identity, ttl_ms]))
 
     async def sweep(self, *, full: bool = False) -> tuple[int, int]:
-        """One pass: reap expired leases; re-queue everything at start or if Redis lost data."""
+        """One pass: reap expired leases; `full` re-queues everything (start, Redis lost data)."""
         reaped, dead = await self.queue.reap(max_stalls=self.max_stalls)
         self.metrics.lease_reaps.inc(reaped)
         if dead:
@@ -97,7 +105,7 @@ class Sweeper:
             requeued += await requeue(self.store, self.queue, campaign_id=campaign_id)
             await self.store.mark_enqueued(campaign_id, True)
             log.info("queued campaign %d that its process left unqueued", campaign_id)
-        if full or not await self.redis.exists(MARKER_KEY):
+        if full:
             requeued += await requeue(self.store, self.queue)
             await self.redis.set(MARKER_KEY, "1")
             if requeued:
@@ -115,8 +123,9 @@ class Sweeper:
         full = True
         while True:
             try:
-                if await self.is_leader():
-                    await self.sweep(full=full)
+                state = await self.tick()
+                if state != NOT_LEADER:
+                    await self.sweep(full=full or state == LEADER_DATA_LOST)
                     full = False
             except Exception:
                 log.warning("sweep failed; trying again", exc_info=True)
