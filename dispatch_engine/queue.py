@@ -8,6 +8,9 @@ on Redis Cluster. See docs/queue.md for the protocol.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,8 +19,11 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+log = logging.getLogger(__name__)
+
 WAKE_CHANNEL = "dispatch:wake"
 ENQUEUE_CHUNK = 1000
+IDLE_CAP_S = 10.0  # an idle claim loop asks Redis at most once per this many seconds
 
 
 def member(dispatch_id: int) -> str:
@@ -259,3 +265,58 @@ class RedisQueue:
 
     async def leased_count(self) -> int:
         return sum([int(await self.redis.zcard(k.key("leases"))) for k in self.shards])
+
+
+class Waker:
+    """How a claim loop sleeps: until the next due time, an earlier enqueue, or `set()`.
+
+    A claim that found nothing says when the earliest queued id falls due (on Redis' clock);
+    `until_due` sleeps that long, `idle_cap_s` at most. An enqueue, retry or reap that makes
+    work due sooner publishes its time on WAKE_CHANNEL, and `listen` cuts the sleep short
+    when that time is earlier than the one the loop sleeps until.
+    """
+
+    def __init__(self, pubsub_redis: Redis, *, idle_cap_s: float = IDLE_CAP_S) -> None:
+        self.pubsub_redis = pubsub_redis
+        self.idle_cap_s = idle_cap_s
+        self.stopped = False
+        self._event = asyncio.Event()
+        self._wake_at_ms = 0.0
+
+    def set(self) -> None:
+        self._event.set()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._event.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`; `set()` or `stop()` end it sooner."""
+        self._event.clear()
+        if seconds > 0 and not self.stopped:  # stop() may have set the event just before
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), seconds)
+
+    async def until_due(self, result: ClaimResult) -> None:
+        """After an empty claim: sleep until its next due time (or the idle cap)."""
+        if result.next_due_ms is None:
+            delay = self.idle_cap_s
+        else:
+            delay = min(self.idle_cap_s, max(0.0, (result.next_due_ms - result.now_ms) / 1000))
+        self._wake_at_ms = result.now_ms + delay * 1000
+        await self.wait(delay)
+
+    async def listen(self) -> None:
+        """Subscribe to WAKE_CHANNEL until stopped or cancelled; reconnects when it drops."""
+        while not self.stopped:
+            try:
+                async with self.pubsub_redis.pubsub() as pubsub:
+                    await pubsub.subscribe(WAKE_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message.get("type") != "message":
+                            continue
+                        if float(message["data"]) < self._wake_at_ms:
+                            self._event.set()
+            except Exception:
+                log.warning("wake-up channel lost; reconnecting", exc_info=True)
+                await asyncio.sleep(1.0)

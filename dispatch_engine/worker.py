@@ -26,7 +26,7 @@ from .metrics import Metrics
 from .models import QUEUED_STATES, CampaignStatus, DispatchJob, DispatchStatus
 from .pacing import Pacer, PacingRequest
 from .plugins import notify
-from .queue import WAKE_CHANNEL, Lease, RedisQueue
+from .queue import Lease, RedisQueue, Waker
 from .recorder import Recorder
 from .render import CompiledCampaign, message_id_for
 from .store import SendOutcome, Store
@@ -41,7 +41,6 @@ from .transport import (
 
 log = logging.getLogger(__name__)
 
-IDLE_CAP_S = 10.0  # an idle worker asks Redis at most once per this many seconds
 CAMPAIGN_CACHE = 1024
 
 
@@ -81,8 +80,7 @@ class WorkerPool:
             settings, store, queue, self.pubsub_redis, hooks, self.metrics, self._settled
         )
         self._campaigns: OrderedDict[int, CompiledCampaign] = OrderedDict()
-        self._wake = asyncio.Event()
-        self._wake_at_ms = 0.0
+        self._waker = Waker(self.pubsub_redis)
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -93,14 +91,14 @@ class WorkerPool:
             asyncio.create_task(self._claim_loop(), name="dispatch-claim"),
             asyncio.create_task(self.recorder.run(), name="dispatch-record"),
             asyncio.create_task(self.recorder.run_progress(), name="dispatch-progress"),
-            asyncio.create_task(self._listen_for_wakeups(), name="dispatch-wake"),
+            asyncio.create_task(self._waker.listen(), name="dispatch-wake"),
             asyncio.create_task(self._renew_loop(), name="dispatch-renew"),
         ]
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop claiming, let in-flight sends finish within `grace_s`, record them, give back."""
         self._stopping = True
-        self._wake.set()
+        self._waker.stop()
         await asyncio.wait([self._tasks[0]], timeout=grace_s)  # the claim loop
         if self._send_tasks:
             await asyncio.wait(list(self._send_tasks), timeout=grace_s)
@@ -121,7 +119,7 @@ class WorkerPool:
     def _settled(self, leases: list[Lease]) -> None:
         for lease in leases:
             self._inflight.pop(lease.dispatch_id, None)
-        self._wake.set()  # send slots are free again
+        self._waker.set()  # send slots are free again
 
     # ---- claiming ----
 
@@ -129,21 +127,16 @@ class WorkerPool:
         while not self._stopping:
             free = self.concurrency - len(self._inflight)
             if free < min(self.settings.worker_batch_size, self.concurrency) // 2 + 1:
-                await self._wait(1.0)  # woken as soon as sends finish
+                await self._waker.wait(1.0)  # woken as soon as sends finish
                 continue
             try:
                 result = await self.queue.claim(min(self.settings.worker_batch_size, free))
             except Exception:
                 log.exception("claim failed; retrying")
-                await self._wait(1.0)
+                await self._waker.wait(1.0)
                 continue
             if not result.leases:
-                if result.next_due_ms is None:
-                    delay = IDLE_CAP_S
-                else:
-                    delay = min(IDLE_CAP_S, max(0.0, (result.next_due_ms - result.now_ms) / 1000))
-                self._wake_at_ms = result.now_ms + delay * 1000
-                await self._wait(delay)
+                await self._waker.until_due(result)
                 continue
             for lease in result.leases:
                 self._inflight[lease.dispatch_id] = lease
@@ -154,28 +147,7 @@ class WorkerPool:
                 log.exception("could not start a batch of %d", len(result.leases))
                 for lease in result.leases:
                     self._inflight.pop(lease.dispatch_id, None)
-                await self._wait(1.0)
-
-    async def _wait(self, seconds: float) -> None:
-        self._wake.clear()
-        if seconds > 0 and not self._stopping:  # stop() may have set the event just before
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), seconds)
-
-    async def _listen_for_wakeups(self) -> None:
-        """An enqueue that makes work due sooner publishes its time; re-arm the timer."""
-        while not self._stopping:
-            try:
-                pubsub = self.pubsub_redis.pubsub()
-                await pubsub.subscribe(WAKE_CHANNEL)
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
-                        continue
-                    if float(message["data"]) < self._wake_at_ms:
-                        self._wake.set()
-            except Exception:
-                log.warning("wake-up channel lost; reconnecting", exc_info=True)
-                await asyncio.sleep(1.0)
+                await self._waker.wait(1.0)
 
     async def _renew_loop(self) -> None:
         interval = self.settings.lease_seconds / 3

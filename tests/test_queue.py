@@ -8,7 +8,7 @@ from collections import Counter
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
-from dispatch_engine.queue import RedisQueue, dispatch_id_of, member
+from dispatch_engine.queue import RedisQueue, Waker, dispatch_id_of, member
 from dispatch_engine.redis_client import MAX_CONNECTIONS, connect_redis
 
 
@@ -170,3 +170,38 @@ async def test_a_burst_beyond_the_connection_cap_waits_instead_of_failing(
     finally:
         await clients.aclose()
     assert results == [None] * (3 * MAX_CONNECTIONS)
+
+
+async def _claim_when_due(queue: RedisQueue, waker: Waker) -> list[int]:
+    """The worker's loop: claim, and after an empty claim sleep in the waker."""
+    while True:
+        result = await queue.claim(10)
+        if result.leases:
+            return [lease.dispatch_id for lease in result.leases]
+        await waker.until_due(result)
+
+
+async def test_waker_is_woken_by_an_enqueue_and_sleeps_until_the_due_time(
+    queue: RedisQueue, redis: Redis
+) -> None:
+    waker = Waker(redis, idle_cap_s=300)  # only a wake-up can end the first sleep in time
+    listener = asyncio.create_task(waker.listen())
+    claimer = asyncio.create_task(_claim_when_due(queue, waker))
+    try:
+        await asyncio.sleep(0.2)  # subscribed, and asleep after an empty claim
+        assert not claimer.done()
+        await queue.enqueue(3, [(31, await _now_ms(redis) + 300)])
+        assert await asyncio.wait_for(claimer, 30) == [31]
+    finally:
+        waker.stop()
+        listener.cancel()
+        await asyncio.gather(listener, claimer, return_exceptions=True)
+
+
+async def test_waker_stop_ends_a_sleep_and_later_waits(redis: Redis) -> None:
+    waker = Waker(redis, idle_cap_s=300)
+    sleeper = asyncio.create_task(waker.wait(300))
+    await asyncio.sleep(0)
+    waker.stop()
+    await asyncio.wait_for(sleeper, 30)
+    await asyncio.wait_for(waker.wait(300), 30)  # stopped: returns at once
