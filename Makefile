@@ -48,7 +48,13 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[embedded,uvloop,bench]'
 	touch $@
 
-bench: $(BENCH_VENV)/.installed
+# BullMQ for the peers harness (bench/queue.py), pinned by bench/bullmq/package-lock.json.
+# --ignore-scripts: nothing builds at install (msgpackr's native add-on ships prebuilt).
+BULLMQ := bench/bullmq/node_modules/.package-lock.json
+$(BULLMQ): bench/bullmq/package.json bench/bullmq/package-lock.json
+	npm ci --prefix bench/bullmq --ignore-scripts --no-audit --no-fund
+
+bench: $(BENCH_VENV)/.installed $(BULLMQ)
 	$(BENCH_VENV)/bin/python bench/queue.py
 	$(BENCH_VENV)/bin/python bench/e2e.py
 

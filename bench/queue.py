@@ -1,64 +1,74 @@
-"""Queue throughput: our RedisQueue (batched Lua claim + ack) vs SAQ vs arq, on one Redis.
+"""The peers harness: our RedisQueue vs SAQ vs arq vs BullMQ, on one private Redis, one run.
 
-    .venv/bin/python bench/queue.py [--n 10000] [--repeat 3] [--concurrency 10] [--batch 100]
+    .venv-bench/bin/python bench/queue.py [--n 10000 100000] [--repeat 3] [--concurrency 10]
 
-Every system gets the same private Redis (started with dispatch_engine.embedded unless
---redis-url is given), the same N no-op jobs, the same client library (redis-py + hiredis)
-and the same event loop, one system at a time with FLUSHALL in between. Runs are interleaved
-(ours, SAQ, arq, ours, …) and the median of --repeat runs is printed. Before the timed runs each
-system does one small untimed warm-up (connections opened, Lua scripts loaded), so neither
-connection set-up nor SCRIPT LOAD is in the figures or in the memory delta.
+(`make bench` runs it, after `npm ci --prefix bench/bullmq`.)
 
-- ours: `RedisQueue.enqueue` (one script call per 1,000 ids, due times in the past), then
-  `--concurrency` loops that each `claim(--batch)`, call a no-op coroutine per id and `ack`.
-- SAQ: `Queue.enqueue` of immediate jobs (its fastest path: straight onto the list), then a
-  `saq.Worker(concurrency=--concurrency)` running a no-op function.
-- arq: `ArqRedis.enqueue_job`, then `arq.Worker(max_jobs=--concurrency, poll_delay=0.01,
-  burst=True)` running a no-op function (its default 0.5 s poll would cap it far lower).
+Every system gets the same private Redis (dispatch_engine.embedded unless --redis-url), one
+system at a time with FLUSHALL in between, runs interleaved (ours, SAQ, arq, BullMQ, ours, …);
+the table shows the median of --repeat runs of each figure, and each peer's figure is followed
+by ours ÷ theirs. The Python systems share one event loop and client (redis-py + hiredis);
+BullMQ runs in Node (bench/bullmq/bench.mjs, `npm ci --prefix bench/bullmq`).
 
-SAQ and arq enqueue one job per call; 20 calls are kept in flight (SAQ's own
-max_concurrent_ops default) for both. Bytes per job = INFO memory `used_memory` after the
-enqueue minus before it, over N (the `used_memory_dataset` delta is printed too: it leaves
-out client buffers).
+Scenarios, per N of --n:
+- throughput: enqueue N no-op jobs due now (timed), then process them all (timed). Ours:
+  `RedisQueue.enqueue` (a script call per 1,000 ids), then --concurrency loops that `claim`
+  --batch ids, call a no-op per id and `ack`. SAQ: `Queue.enqueue` + `saq.Worker`
+  (concurrency). arq: `enqueue_job` + `arq.Worker(poll_delay=0.01, max_jobs, burst=True)`.
+  SAQ and arq enqueue one job per call, 20 calls in flight (SAQ's max_concurrent_ops).
+  BullMQ: `addBulk` of 1,000 jobs a call + a `Worker(concurrency)`, jobs removed on
+  completion. Bytes per queued job = INFO memory `used_memory` delta over the enqueue / N.
+- delayed bytes: the same enqueue with every job due in an hour, no worker running.
+Once per repeat:
+- delayed-start lag: a worker is waiting when --lag-n jobs are enqueued, due --lag-rate per
+  second from --lag-lead seconds on; lag = when the job's function starts (or, ours, when
+  the claim returns it) minus its due time. Ours waits as dispatch-engine's worker does: one
+  claim loop sleeping in `queue.Waker` (next due time from the claim, WAKE_CHANNEL wake-ups).
+  SAQ: `scheduled` (its schedule poll, 1 s by default); arq: `_defer_until` (10 ms poll);
+  BullMQ: `delay` (its blocking wait on Redis, so Redis' `hz` matters).
+- idle commands/s: one worker with nothing to do; after --idle-settle seconds, the commands
+  clients send Redis during --idle-seconds, read with MONITOR (commands that scripts run
+  inside Redis are not counted: one script call is one command, one round trip).
+A run during which other processes on the machine used more than --max-others of a core is
+redone (twice at most); the share is printed with every run.
 """
 
-# This file is named queue.py and Python puts its folder first on sys.path, where it would
-# shadow the standard library's `queue` (which concurrent.futures and SAQ import).
+from __future__ import annotations
+
+# Python puts this folder first on sys.path, where this file would shadow the standard
+# library's `queue` (imported by concurrent.futures and SAQ): move it to the end.
 import os
 import sys
 
 if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
+    sys.path.append(sys.path.pop(0))
 
 import argparse
 import asyncio
 import contextlib
+import functools
+import json
 import logging
+import shutil
 import statistics
-import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import harness
+from harness import Cpu, CpuMeters, percentile
 from redis.asyncio import Redis
 
-from dispatch_engine.queue import RedisQueue
+from dispatch_engine.queue import RedisQueue, Waker
 
-T = TypeVar("T")
 ENQUEUE_IN_FLIGHT = 20  # SAQ's max_concurrent_ops default; used for arq too
 ID_BASE = 10_000_000  # dispatch ids look like a busy database's bigint ids
-
-
-@dataclass(frozen=True)
-class Run:
-    enqueue_s: float
-    process_s: float
-    used_bytes: int  # used_memory delta after the enqueue
-    dataset_bytes: int  # used_memory_dataset delta after the enqueue
-    processed: int
+HOUR_MS = 3_600_000
+NODE_SCRIPT = Path(__file__).resolve().parent / "bullmq" / "bench.mjs"
 
 
 @dataclass(frozen=True)
@@ -69,13 +79,51 @@ class Options:
     senders: int
 
 
+@dataclass(frozen=True)
+class LagPlan:
+    n: int
+    rate: float  # jobs due per second
+    lead_s: float  # the first is due this long after the enqueue starts
+
+    def due_ms(self, base_ms: int, i: int) -> int:
+        return base_ms + round(i * 1000 / self.rate)
+
+
+@dataclass(frozen=True)
+class Stored:
+    enqueue_s: float
+    used_bytes: int  # used_memory delta over the enqueue
+    dataset_bytes: int  # used_memory_dataset delta (leaves out client buffers)
+
+
+@dataclass(frozen=True)
+class Run:
+    stored: Stored
+    process_s: float
+    processed: int
+
+
+async def noop(*_args: Any, **_kwargs: Any) -> None:
+    return None
+
+
+def now_ms() -> float:
+    return time.time() * 1000
+
+
 async def memory(redis: Redis) -> tuple[int, int]:
     info = await redis.info("memory")
     return int(info["used_memory"]), int(info["used_memory_dataset"])
 
 
-async def noop(*_args: Any, **_kwargs: Any) -> None:
-    return None
+async def measured(admin: Redis, enqueue: Callable[[], Awaitable[None]]) -> Stored:
+    """Time `enqueue` and the Redis memory it added."""
+    before = await memory(admin)
+    t0 = time.perf_counter()
+    await enqueue()
+    enqueue_s = time.perf_counter() - t0
+    after = await memory(admin)
+    return Stored(enqueue_s, after[0] - before[0], after[1] - before[1])
 
 
 async def gather_bounded(calls: Iterator[Awaitable[Any]], limit: int) -> None:
@@ -89,369 +137,597 @@ async def gather_bounded(calls: Iterator[Awaitable[Any]], limit: int) -> None:
     await asyncio.gather(*(one(c) for c in calls))
 
 
+async def until_count(lags: list[float], n: int, within: float) -> None:
+    """Wait until `lags` has `n` entries (the lag scenario's workers append to it)."""
+    deadline = time.monotonic() + within
+    while len(lags) < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(lags)} of {n} delayed jobs ran within {within:.0f} s")
+        await asyncio.sleep(0.05)
+
+
+class Peer:
+    """One system under test; `url` is the Redis all of them share."""
+
+    label = ""
+
+    def __init__(self, url: str, admin: Redis) -> None:
+        self.url = url
+        self.admin = admin
+
+    async def throughput(self, opt: Options) -> Run:
+        raise NotImplementedError
+
+    async def delayed(self, opt: Options) -> Stored:
+        raise NotImplementedError
+
+    async def lag(self, plan: LagPlan, opt: Options) -> list[float]:
+        raise NotImplementedError
+
+    def idle(self, opt: Options) -> contextlib.AbstractAsyncContextManager[Any]:
+        raise NotImplementedError
+
+
+class PythonPeer(Peer):
+    """A system in this process: `_running` a worker, `_enqueue_due` jobs due at given times."""
+
+    def _running(
+        self, opt: Options, lags: list[float] | None
+    ) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A waiting worker whose job function appends its lag to `lags`; yields a handle."""
+        raise NotImplementedError
+
+    async def _enqueue_due(self, handle: Any, plan: LagPlan, base_ms: int) -> None:
+        raise NotImplementedError
+
+    async def lag(self, plan: LagPlan, opt: Options) -> list[float]:
+        lags: list[float] = []
+        async with self._running(opt, lags) as handle:
+            await asyncio.sleep(0.2)  # the worker is waiting for work
+            base = int(now_ms() + plan.lead_s * 1000)
+            await self._enqueue_due(handle, plan, base)
+            if now_ms() >= base:
+                raise RuntimeError("the enqueue outlasted --lag-lead: jobs were already due")
+            await until_count(lags, plan.n, plan.lead_s + plan.n / plan.rate + 30)
+        return lags
+
+    def idle(self, opt: Options) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self._running(opt, None)
+
+
 # ---- ours ----
 
 
-async def run_ours(url: str, admin: Redis, opt: Options) -> Run:
-    redis = Redis.from_url(url)
-    queue = RedisQueue(redis)
-    try:
-        # one connection per claimer, opened before the clock starts
-        await asyncio.gather(*(redis.ping() for _ in range(opt.concurrency)))
-        before = await memory(admin)
+class Ours(PythonPeer):
+    label = "ours (RedisQueue)"
+
+    async def _enqueue(self, queue: RedisQueue, opt: Options, due_ms: int) -> None:
         per_sender = -(-opt.n // opt.senders)
-        past = int(time.time() * 1000) - 60_000
-        t0 = time.perf_counter()
         for s in range(opt.senders):
             ids = range(ID_BASE + s * per_sender, ID_BASE + min(opt.n, (s + 1) * per_sender))
-            await queue.enqueue(s + 1, ((i, past + (i - ID_BASE)) for i in ids))
-        t1 = time.perf_counter()
-        after = await memory(admin)
+            await queue.enqueue(s + 1, ((i, due_ms + (i - ID_BASE)) for i in ids))
 
-        done = 0
+    async def throughput(self, opt: Options) -> Run:
+        redis = Redis.from_url(self.url)
+        queue = RedisQueue(redis)
+        try:
+            # one connection per claimer, opened before the clock starts
+            await asyncio.gather(*(redis.ping() for _ in range(opt.concurrency)))
+            past = int(now_ms()) - 60_000
+            stored = await measured(self.admin, lambda: self._enqueue(queue, opt, past))
+            done = 0
 
-        async def claimer() -> None:
-            nonlocal done
-            while done < opt.n:
+            async def claimer() -> None:
+                nonlocal done
+                while done < opt.n:
+                    result = await queue.claim(opt.batch)
+                    if not result.leases:
+                        await asyncio.sleep(0.001)  # only near the end, while others still ack
+                        continue
+                    for lease in result.leases:
+                        await noop(lease)
+                    await queue.ack(result.leases)
+                    done += len(result.leases)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(claimer() for _ in range(opt.concurrency)))
+            process_s = time.perf_counter() - t0
+            if left := await redis.zcard("dispatch:{q0}:leases"):
+                raise RuntimeError(f"ours: {left} leases were not acked")
+            return Run(stored, process_s, done)
+        finally:
+            await redis.aclose()
+
+    async def delayed(self, opt: Options) -> Stored:
+        redis = Redis.from_url(self.url)
+        queue = RedisQueue(redis)
+        try:
+            await redis.ping()
+            later = int(now_ms()) + HOUR_MS
+            return await measured(self.admin, lambda: self._enqueue(queue, opt, later))
+        finally:
+            await redis.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _running(self, opt: Options, lags: list[float] | None) -> AsyncIterator[Any]:
+        """dispatch-engine's way to wait for work: one claim loop asleep in a `Waker`."""
+        redis, pubsub = Redis.from_url(self.url), Redis.from_url(self.url)
+        queue = RedisQueue(redis)
+        waker = Waker(pubsub)
+        due: dict[int, int] = {}
+
+        async def claim_loop() -> None:
+            while not waker.stopped:
                 result = await queue.claim(opt.batch)
                 if not result.leases:
-                    await asyncio.sleep(0.001)  # only near the end, while others still ack
+                    await waker.until_due(result)
                     continue
-                for lease in result.leases:
-                    await noop(lease)
+                at = now_ms()
+                if lags is not None:
+                    lags.extend(at - due[lease.dispatch_id] for lease in result.leases)
                 await queue.ack(result.leases)
-                done += len(result.leases)
 
-        t2 = time.perf_counter()
-        await asyncio.gather(*(claimer() for _ in range(opt.concurrency)))
-        t3 = time.perf_counter()
-        left = await redis.zcard("dispatch:{q0}:leases")
-        if left:
-            raise RuntimeError(f"ours: {left} leases were not acked")
-        return Run(t1 - t0, t3 - t2, after[0] - before[0], after[1] - before[1], done)
-    finally:
-        await redis.aclose()
+        tasks = [asyncio.create_task(waker.listen()), asyncio.create_task(claim_loop())]
+        try:
+            yield queue, due
+        finally:
+            waker.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await redis.aclose()
+            await pubsub.aclose()
+
+    async def _enqueue_due(self, handle: Any, plan: LagPlan, base_ms: int) -> None:
+        queue, due = handle
+        due.update((ID_BASE + i, plan.due_ms(base_ms, i)) for i in range(plan.n))
+        await queue.enqueue(1, due.items())
 
 
 # ---- SAQ ----
 
 
-async def run_saq(url: str, admin: Redis, opt: Options) -> Run:
-    from saq import Queue, Worker
+class Saq(PythonPeer):
+    label = "SAQ"
 
-    queue: Any = Queue.from_url(url, name="bench")  # a saq RedisQueue
-    try:
-        await queue.connect()
-        await gather_bounded((queue.redis.ping() for _ in range(ENQUEUE_IN_FLIGHT)), 100)
-        await queue.version()  # SAQ asks INFO once; keep it out of the timings
-        before = await memory(admin)
-        t0 = time.perf_counter()
-        await gather_bounded((queue.enqueue("noop") for _ in range(opt.n)), ENQUEUE_IN_FLIGHT)
-        t1 = time.perf_counter()
-        after = await memory(admin)
+    @contextlib.asynccontextmanager
+    async def _queue(self) -> AsyncIterator[Any]:
+        from saq import Queue
 
-        finished = asyncio.Event()
-        count = 0
+        queue: Any = Queue.from_url(self.url, name="bench")  # a saq RedisQueue
+        try:
+            await queue.connect()
+            await gather_bounded((queue.redis.ping() for _ in range(ENQUEUE_IN_FLIGHT)), 100)
+            await queue.version()  # SAQ asks INFO once; keep it out of the timings
+            yield queue
+        finally:
+            await queue.disconnect()
 
-        async def counted(_ctx: Any) -> None:
-            nonlocal count
-            count += 1
-            if count >= opt.n:
-                finished.set()
+    @contextlib.asynccontextmanager
+    async def _worker(self, queue: Any, opt: Options, fn: Any, **kw: Any) -> AsyncIterator[Any]:
+        from saq import Worker
 
-        worker = Worker(
-            queue,
-            functions=[("noop", noop)],
-            concurrency=opt.concurrency,
-            after_process=counted,
-        )
-        t2 = time.perf_counter()
+        worker = Worker(queue, functions=[("noop", fn)], concurrency=opt.concurrency, **kw)
         task = asyncio.create_task(worker.start())
-        await finished.wait()
-        t3 = time.perf_counter()
-        worker.event.set()
-        await task
-        return Run(t1 - t0, t3 - t2, after[0] - before[0], after[1] - before[1], count)
-    finally:
-        await queue.disconnect()
+        try:
+            yield worker
+        finally:
+            worker.event.set()
+            await task
+
+    async def _enqueue(self, queue: Any, n: int, scheduled: Callable[[int], float]) -> None:
+        calls = (queue.enqueue("noop", scheduled=scheduled(i)) for i in range(n))
+        await gather_bounded(calls, ENQUEUE_IN_FLIGHT)
+
+    async def throughput(self, opt: Options) -> Run:
+        async with self._queue() as queue:
+            stored = await measured(self.admin, lambda: self._enqueue(queue, opt.n, lambda _: 0))
+            finished = asyncio.Event()
+            count = 0
+
+            async def counted(_ctx: Any) -> None:
+                nonlocal count
+                count += 1
+                if count >= opt.n:
+                    finished.set()
+
+            t0 = time.perf_counter()
+            async with self._worker(queue, opt, noop, after_process=counted):
+                await finished.wait()
+                process_s = time.perf_counter() - t0
+            return Run(stored, process_s, count)
+
+    async def delayed(self, opt: Options) -> Stored:
+        later = time.time() + HOUR_MS / 1000
+        async with self._queue() as queue:
+            return await measured(self.admin, lambda: self._enqueue(queue, opt.n, lambda _: later))
+
+    @contextlib.asynccontextmanager
+    async def _running(self, opt: Options, lags: list[float] | None) -> AsyncIterator[Any]:
+        async def started(ctx: Any) -> None:
+            if lags is not None:
+                lags.append(now_ms() - ctx["job"].scheduled * 1000)
+
+        async with self._queue() as queue, self._worker(queue, opt, started):
+            yield queue
+
+    async def _enqueue_due(self, handle: Any, plan: LagPlan, base_ms: int) -> None:
+        await self._enqueue(handle, plan.n, lambda i: plan.due_ms(base_ms, i) / 1000)
 
 
 # ---- arq ----
 
 
-async def run_arq(url: str, admin: Redis, opt: Options) -> Run:
-    from arq import create_pool
-    from arq.connections import RedisSettings
-    from arq.worker import Worker, func
+class Arq(PythonPeer):
+    label = "arq (poll 10 ms)"
+    queue_name = "arq:bench"
 
-    pool = await create_pool(RedisSettings.from_dsn(url), default_queue_name="arq:bench")
-    await gather_bounded((pool.ping() for _ in range(ENQUEUE_IN_FLIGHT)), 100)
-    before = await memory(admin)
-    t0 = time.perf_counter()
-    await gather_bounded((pool.enqueue_job("noop") for _ in range(opt.n)), ENQUEUE_IN_FLIGHT)
-    t1 = time.perf_counter()
-    after = await memory(admin)
+    async def _pool(self) -> Any:
+        from arq import create_pool
+        from arq.connections import RedisSettings
 
-    worker = Worker(
-        functions=[func(noop, name="noop")],
-        redis_pool=pool,
-        queue_name="arq:bench",
-        burst=True,  # returns once the queue is empty and every job finished
-        poll_delay=0.01,
-        max_jobs=opt.concurrency,
-        handle_signals=False,
-        log_results=False,
-    )
-    t2 = time.perf_counter()
-    await worker.async_run()
-    t3 = time.perf_counter()
-    processed = worker.jobs_complete
-    await worker.close()  # also closes the pool
-    return Run(t1 - t0, t3 - t2, after[0] - before[0], after[1] - before[1], processed)
+        pool = await create_pool(
+            RedisSettings.from_dsn(self.url), default_queue_name=self.queue_name
+        )
+        await gather_bounded((pool.ping() for _ in range(ENQUEUE_IN_FLIGHT)), 100)
+        return pool
 
+    def _worker(self, pool: Any, opt: Options, fn: Any, *, burst: bool) -> Any:
+        from arq.worker import Worker, func
 
-SYSTEMS: dict[str, Callable[[str, Redis, Options], Awaitable[Run]]] = {
-    "ours": run_ours,
-    "saq": run_saq,
-    "arq": run_arq,
-}
-LABELS = {
-    "ours": "dispatch_engine RedisQueue",
-    "saq": "SAQ",
-    "arq": "arq (poll_delay=0.01)",
-}
+        return Worker(
+            functions=[func(fn, name="noop")],
+            redis_pool=pool,
+            queue_name=self.queue_name,
+            burst=burst,  # burst: returns once the queue is empty and every job finished
+            poll_delay=0.01,  # its default 0.5 s would cap it far lower
+            max_jobs=opt.concurrency,
+            handle_signals=False,
+            log_results=False,
+        )
 
+    async def _enqueue(self, pool: Any, n: int, **kw: Any) -> None:
+        await gather_bounded((pool.enqueue_job("noop", **kw) for _ in range(n)), ENQUEUE_IN_FLIGHT)
 
-# ---- driver ----
+    async def throughput(self, opt: Options) -> Run:
+        pool = await self._pool()
+        stored = await measured(self.admin, lambda: self._enqueue(pool, opt.n))
+        worker = self._worker(pool, opt, noop, burst=True)
+        t0 = time.perf_counter()
+        await worker.async_run()
+        process_s = time.perf_counter() - t0
+        processed = worker.jobs_complete
+        await worker.close()  # also closes the pool
+        return Run(stored, process_s, processed)
 
-
-def run_on_loop(main: Coroutine[Any, Any, T], loop: str) -> T:
-    """Run `main` on uvloop ("auto": when installed, as dispatch-engine's processes do)."""
-    if loop != "asyncio":
+    async def delayed(self, opt: Options) -> Stored:
+        pool = await self._pool()
         try:
-            import uvloop
-        except ImportError:
-            if loop == "uvloop":
-                raise SystemExit("--loop uvloop: uvloop is not installed") from None
-        else:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                return runner.run(main)
-    return asyncio.run(main)
+            later = {"_defer_by": HOUR_MS / 1000}
+            return await measured(self.admin, lambda: self._enqueue(pool, opt.n, **later))
+        finally:
+            await pool.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _running(self, opt: Options, lags: list[float] | None) -> AsyncIterator[Any]:
+        async def started(ctx: Any) -> None:
+            if lags is not None:
+                lags.append(now_ms() - ctx["score"])
+
+        pool = await self._pool()
+        worker = self._worker(pool, opt, started, burst=False)
+        task = asyncio.create_task(worker.async_run())
+        try:
+            yield pool
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await worker.close()
+
+    async def _enqueue_due(self, handle: Any, plan: LagPlan, base_ms: int) -> None:
+        at = (datetime.fromtimestamp(plan.due_ms(base_ms, i) / 1000, UTC) for i in range(plan.n))
+        calls = (handle.enqueue_job("noop", _defer_until=t) for t in at)
+        await gather_bounded(calls, ENQUEUE_IN_FLIGHT)
 
 
-def loop_name(loop: str) -> str:
-    if loop == "asyncio":
-        return "asyncio"
-    from importlib.metadata import PackageNotFoundError, version
+# ---- BullMQ (Node) ----
 
+
+class BullMQ(Peer):
+    label = "BullMQ"
+
+    def _command(self, mode: str, **params: Any) -> list[str]:
+        node = shutil.which("node")
+        if node is None or not (NODE_SCRIPT.parent / "node_modules" / "bullmq").is_dir():
+            raise SystemExit("BullMQ needs node and `npm ci --prefix bench/bullmq` (make bench)")
+        args = [node, str(NODE_SCRIPT), "--url", self.url, "--mode", mode]
+        for name, value in params.items():
+            args += [f"--{name.replace('_', '-')}", str(value)]
+        return args
+
+    async def _node(self, mode: str, **params: Any) -> dict[str, Any]:
+        proc = await asyncio.create_subprocess_exec(
+            *self._command(mode, **params), stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench/bullmq/bench.mjs --mode {mode} exited {proc.returncode}")
+        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        return result
+
+    @staticmethod
+    def _stored(r: dict[str, Any]) -> Stored:
+        return Stored(float(r["enqueue_s"]), int(r["used_bytes"]), int(r["dataset_bytes"]))
+
+    async def throughput(self, opt: Options) -> Run:
+        r = await self._node("throughput", n=opt.n, concurrency=opt.concurrency)
+        return Run(self._stored(r), float(r["process_s"]), int(r["processed"]))
+
+    async def delayed(self, opt: Options) -> Stored:
+        return self._stored(await self._node("delayed-bytes", n=opt.n))
+
+    async def lag(self, plan: LagPlan, opt: Options) -> list[float]:
+        r = await self._node(
+            "lag",
+            n=plan.n,
+            rate=plan.rate,
+            lead_ms=round(plan.lead_s * 1000),
+            concurrency=opt.concurrency,
+        )
+        return [float(x) for x in r["lags_ms"]]
+
+    def idle(self, opt: Options) -> contextlib.AbstractAsyncContextManager[Any]:
+        @contextlib.asynccontextmanager
+        async def running() -> AsyncIterator[None]:
+            proc = await asyncio.create_subprocess_exec(
+                *self._command("idle", concurrency=opt.concurrency),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                await proc.stdout.readline()  # {"ready": true}
+                yield
+            finally:
+                proc.stdin.close()
+                await proc.wait()
+
+        return running()
+
+
+SYSTEMS: dict[str, type[Peer]] = {"ours": Ours, "saq": Saq, "arq": Arq, "bullmq": BullMQ}
+
+
+# ---- measuring ----
+
+
+async def client_commands(url: str, seconds: float) -> int:
+    """Commands clients send Redis during `seconds` (MONITOR; scripts' own calls left out)."""
+    redis = Redis.from_url(url)
+    seen = 0
     try:
-        return f"uvloop {version('uvloop')}"
-    except PackageNotFoundError:
-        return "asyncio (uvloop not installed)"
+        async with redis.monitor() as monitor:
+
+            async def watch() -> None:
+                nonlocal seen
+                while True:
+                    if (await monitor.next_command())["client_type"] != "lua":
+                        seen += 1
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watch(), seconds)
+    finally:
+        await redis.aclose()
+    return seen
 
 
-def revision() -> str:
-    """The commit the package comes from, "+changes" when its files differ (read-only git)."""
-    root = Path(__file__).resolve().parent.parent
-    git = ["git", "--no-optional-locks", "-C", str(root)]
-    try:
-        head = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        paths = ["dispatch_engine", "plugins", "migrations"]
-        clean = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", *paths], check=False)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown revision"
-    return head + ("" if clean.returncode == 0 else "+uncommitted changes")
+class Results:
+    """Every measured value by (figure, system), over the repeats."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], list[float]] = {}
+
+    def add(self, figure: str, system: str, value: float) -> None:
+        self.values.setdefault((figure, system), []).append(value)
+
+    def median(self, figure: str, system: str) -> float | None:
+        values = self.values.get((figure, system))
+        return statistics.median(values) if values else None
 
 
-class OtherLoad:
-    """CPU seconds that processes other than this one and Redis used (other users' work)."""
+async def timed_run(
+    meters: CpuMeters, max_others: float, what: str, run: Callable[[], Awaitable[Any]]
+) -> Any:
+    """`run()`, redone (twice at most) when other processes used over `max_others` of a core."""
+    for attempt in range(3):
+        meters.start()
+        result = await run()
+        cpu = meters.stop()
+        others = cpu["others"] / max(cpu["wall"], 1e-9)
+        print(f"  {what}  (others' load {others:.0%} of a core)", file=sys.stderr)
+        if others <= max_others or attempt == 2:
+            return result
+        print(f"  … others used more than {max_others:.0%} of a core: again", file=sys.stderr)
+    raise AssertionError("unreachable")
 
-    def __init__(self, redis_pid: int | None) -> None:
-        import psutil
 
-        self.own = psutil.Process()
-        self.redis = None
-        if redis_pid:
-            with contextlib.suppress(psutil.Error):
-                self.redis = psutil.Process(redis_pid)
-        self.total = 0.0
-        self.wall = 0.0
-        self._start = (0.0, 0.0)
+async def bench(args: argparse.Namespace, url: str, redis_pid: int | None) -> None:
+    admin = Redis.from_url(url)
+    peers = {s: SYSTEMS[s](url, admin) for s in args.systems}
+    opts = {n: Options(n, args.concurrency, args.batch, args.senders) for n in args.n}
+    plan = LagPlan(args.lag_n, args.lag_rate, args.lag_lead)
+    meters = CpuMeters({"bench": Cpu([os.getpid()]), "redis": Cpu([redis_pid])})
+    results = Results()
 
-    def _now(self) -> tuple[float, float]:
-        import psutil
+    async def fresh() -> None:
+        await admin.flushall()
+        await asyncio.sleep(0.2)  # let Redis free the flushed keys before measuring
 
-        t = psutil.cpu_times()
-        busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
-        for p in (self.own, self.redis):
-            if p is not None:
-                with contextlib.suppress(psutil.Error):
-                    c = p.cpu_times()
-                    busy -= c.user + c.system
-        return busy, time.monotonic()
+    warm = Options(min(args.n[0], 500), args.concurrency, args.batch, args.senders)
+    for system, peer in peers.items():  # untimed: connections, script cache, imports
+        if system != "bullmq":  # bench.mjs warms up in its own process
+            await fresh()
+            await peer.throughput(warm)
 
-    def start(self) -> None:
-        self._start = self._now()
+    for attempt in range(1, args.repeat + 1):
+        print(f"repeat {attempt}/{args.repeat}", file=sys.stderr)
+        for opt in opts.values():
+            for system, peer in peers.items():
+                await fresh()
+                run: Run = await timed_run(
+                    meters,
+                    args.max_others,
+                    f"{system:6} N={opt.n:<7,} throughput",
+                    functools.partial(peer.throughput, opt),
+                )
+                if run.processed != opt.n:
+                    raise RuntimeError(f"{system}: processed {run.processed} of {opt.n}")
+                results.add(f"enqueue/{opt.n}", system, opt.n / run.stored.enqueue_s)
+                results.add(f"processed/{opt.n}", system, opt.n / run.process_s)
+                results.add(f"bytes/{opt.n}", system, run.stored.used_bytes / opt.n)
+                print(
+                    f"    enqueue {opt.n / run.stored.enqueue_s:>9,.0f}/s  processed "
+                    f"{opt.n / run.process_s:>9,.0f}/s  {run.stored.used_bytes / opt.n:5.0f} B/job",
+                    file=sys.stderr,
+                )
+                await fresh()
+                stored = await peer.delayed(opt)
+                results.add(f"delayed/{opt.n}", system, stored.used_bytes / opt.n)
+                print(f"    delayed {stored.used_bytes / opt.n:5.0f} B/job", file=sys.stderr)
+        for system, peer in peers.items():
+            await fresh()
+            lags: list[float] = await timed_run(
+                meters,
+                args.max_others,
+                f"{system:6} lag ({plan.n:,} due at {plan.rate:,.0f}/s)",
+                functools.partial(peer.lag, plan, opts[args.n[0]]),
+            )
+            p50, p99 = percentile(lags, 0.5), percentile(lags, 0.99)
+            results.add("lag50", system, p50)
+            results.add("lag99", system, p99)
+            print(f"    lag p50 {p50:.1f} ms, p99 {p99:.1f} ms", file=sys.stderr)
+        if args.idle_seconds > 0:
+            for system, peer in peers.items():
+                await fresh()
+                async with peer.idle(opts[args.n[0]]):
+                    await asyncio.sleep(args.idle_settle)
+                    rate = await client_commands(url, args.idle_seconds) / args.idle_seconds
+                results.add("idle", system, rate)
+                print(f"  {system:6} idle: {rate:.2f} commands/s", file=sys.stderr)
 
-    def stop(self) -> float:
-        """Average share of one core the others used since start()."""
-        busy, at = self._now()
-        self.total += busy - self._start[0]
-        self.wall += at - self._start[1]
-        # tick-granular counters can dip a little below zero on a quiet machine
-        return max(0.0, (busy - self._start[0]) / max(at - self._start[1], 1e-9))
+    server = await admin.info("server")
+    hz = (await admin.config_get("hz")).get("hz", "?")
+    appendonly = (await admin.config_get("appendonly")).get("appendonly", "?")
+    await admin.flushall()
+    await admin.aclose()
+    name = "Valkey" if "valkey_version" in server else "Redis"
+    version = server.get("valkey_version") or server["redis_version"]
+    print()
+    print(
+        f"median of {args.repeat} runs; concurrency {args.concurrency} (ours: batch {args.batch}, "
+        f"{args.senders} sender(s)); {name} {version} on loopback (hz {hz}, appendonly "
+        f"{appendonly}); Python {sys.version.split()[0]} on {harness.loop_name(args.loop)}, "
+        f"Node {node_version()}, {os.cpu_count()} CPUs; dispatch_engine at {harness.revision()}; "
+        f"lag: {plan.n:,} jobs due {plan.rate:,.0f}/s; idle: {args.idle_seconds:.0f} s, MONITOR"
+    )
+    print()
+    print(report(results, args))
+
+
+def node_version() -> str:
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        return "(none)"
+    return subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def report(results: Results, args: argparse.Namespace) -> str:
+    """One table: a row per figure, a column per system; peers' cells add ours ÷ theirs."""
+    figures: list[tuple[str, str, str]] = []
+    for n in args.n:
+        figures += [
+            (f"enqueue jobs/s, N={n:,}", f"enqueue/{n}", ",.0f"),
+            (f"processed jobs/s, N={n:,}", f"processed/{n}", ",.0f"),
+            (f"Redis B/queued job, N={n:,}", f"bytes/{n}", ",.0f"),
+            (f"Redis B/delayed job, N={n:,}", f"delayed/{n}", ",.0f"),
+        ]
+    figures += [
+        ("idle commands/s (one worker)", "idle", ".2f"),
+        ("delayed-start lag p50, ms", "lag50", ".1f"),
+        ("delayed-start lag p99, ms", "lag99", ".1f"),
+    ]
+    rows = [["figure (peer: value, ours ÷ theirs)", *(SYSTEMS[s].label for s in args.systems)]]
+    for title, key, spec in figures:
+        ours = results.median(key, "ours")
+        row = [title]
+        for system in args.systems:
+            value = results.median(key, system)
+            if value is None:
+                row.append("—")
+            elif system == "ours" or ours is None:
+                row.append(format(value, spec))
+            else:
+                ratio = f"{ours / value:.2g}x" if value else ("—" if ours == 0 else "∞")
+                row.append(f"{format(value, spec)} ({ratio})")
+        rows.append(row)
+    return harness.table(rows)
 
 
 @contextlib.contextmanager
-def redis_server(url: str | None) -> Iterator[str]:
+def redis_server(url: str | None) -> Iterator[tuple[str, int | None]]:
+    """(URL, server pid): the given URL, or a private Redis (with PostgreSQL) in a temp dir."""
     if url:
-        yield url
+        yield url, None
         return
-    from dispatch_engine.embedded import EmbeddedServers
-
-    with tempfile.TemporaryDirectory(prefix="dispatch-bench-") as tmp:
-        print("starting private PostgreSQL + Redis (dispatch_engine.embedded)…", file=sys.stderr)
-        with EmbeddedServers(Path(tmp)) as servers:
-            yield servers.urls.redis_url
-
-
-def median_run(runs: list[Run]) -> Run:
-    return Run(
-        statistics.median(r.enqueue_s for r in runs),
-        statistics.median(r.process_s for r in runs),
-        int(statistics.median(r.used_bytes for r in runs)),
-        int(statistics.median(r.dataset_bytes for r in runs)),
-        runs[0].processed,
-    )
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-        if n == 0:
-            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
-async def bench(args: argparse.Namespace, url: str) -> None:
-    admin = Redis.from_url(url)
-    server = await admin.info("server")
-    persistence = await admin.config_get("appendonly")
-    name = "Valkey" if "valkey_version" in server else "Redis"
-    version = server.get("valkey_version") or server["redis_version"]
-    systems = [s for s in SYSTEMS if s in args.systems]
-    full = Options(args.n, args.concurrency, args.batch, args.senders)
-    warm = Options(min(args.n, 500), args.concurrency, args.batch, args.senders)
-
-    for system in systems:  # untimed: connections, script cache, imports
-        await admin.flushall()
-        await SYSTEMS[system](url, admin, warm)
-
-    runs: dict[str, list[Run]] = {s: [] for s in systems}
-    load = OtherLoad(server.get("process_id") if args.redis_url is None else None)
-    for attempt in range(args.repeat):
-        for system in systems:
-            await admin.flushall()
-            await asyncio.sleep(0.2)  # let Redis free the flushed keys before measuring
-            load.start()
-            run = await SYSTEMS[system](url, admin, full)
-            others = load.stop()
-            if run.processed != args.n:
-                raise RuntimeError(f"{system}: processed {run.processed} of {args.n}")
-            runs[system].append(run)
-            print(
-                f"  run {attempt + 1}/{args.repeat} {system:4}: "
-                f"enqueue {args.n / run.enqueue_s:>9,.0f}/s  "
-                f"processed {args.n / run.process_s:>9,.0f}/s  "
-                f"{run.used_bytes / args.n:6.0f} B/job  (others' load {others:.0%} of a core)",
-                file=sys.stderr,
-            )
-    await admin.flushall()
-    await admin.aclose()
-
-    medians = {s: median_run(r) for s, r in runs.items()}
-    ours = medians.get("ours")
-    rows = [
-        [
-            "system",
-            "enqueue jobs/s",
-            "processed jobs/s",
-            "Redis B/queued job",
-            "(dataset B/job)",
-            "ours ÷ theirs: enqueue",
-            "processed",
-        ]
-    ]
-    for system, m in medians.items():
-        enq, proc = args.n / m.enqueue_s, args.n / m.process_s
-        ratio_e = ratio_p = "—"
-        if ours is not None and system != "ours":
-            ratio_e = f"{(args.n / ours.enqueue_s) / enq:.1f}x"
-            ratio_p = f"{(args.n / ours.process_s) / proc:.1f}x"
-        rows.append(
-            [
-                LABELS[system],
-                f"{enq:,.0f}",
-                f"{proc:,.0f}",
-                f"{m.used_bytes / args.n:,.0f}",
-                f"{m.dataset_bytes / args.n:,.0f}",
-                ratio_e,
-                ratio_p,
-            ]
-        )
-    print()
-    print(
-        f"N = {args.n:,} no-op jobs, median of {args.repeat} runs, concurrency {args.concurrency} "
-        f"(ours: batch {args.batch}, {args.senders} sender(s)); {name} {version} on loopback "
-        f"(appendonly {persistence.get('appendonly', '?')}); Python {sys.version.split()[0]} on "
-        f"{loop_name(args.loop)}, "
-        f"{os.cpu_count()} CPUs; dispatch_engine at {revision()}; "
-        f"warm-up of {warm.n} jobs per system excluded; other processes on the machine used "
-        f"{max(0.0, load.total) / max(load.wall, 1e-9):.0%} of a core on average during the runs"
-    )
-    print()
-    print(table(rows))
+    with (
+        tempfile.TemporaryDirectory(prefix="dispatch-bench-") as tmp,
+        harness.private_servers(Path(tmp)) as servers,
+    ):
+        yield servers.redis_url, servers.redis_pid
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=10_000, help="jobs per run (default 10000)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per system (median)")
-    parser.add_argument(
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    add = parser.add_argument
+    add("--n", type=int, nargs="+", default=[10_000, 100_000], help="jobs per run")
+    add("--repeat", type=int, default=3, help="runs of everything (the median is shown)")
+    add(
         "--concurrency",
         type=int,
         default=10,
-        help="claimer loops (ours), Worker concurrency (SAQ), max_jobs (arq); default 10",
+        help="claimer loops (ours, throughput), concurrency (SAQ, BullMQ), max_jobs (arq)",
     )
-    parser.add_argument("--batch", type=int, default=100, help="ids per claim (ours)")
-    parser.add_argument("--senders", type=int, default=1, help="senders the ids are spread over")
-    parser.add_argument(
+    add("--batch", type=int, default=100, help="ids per claim (ours)")
+    add("--senders", type=int, default=1, help="senders ours spreads the ids over")
+    add("--lag-n", type=int, default=10_000, help="delayed jobs in the lag scenario")
+    add("--lag-rate", type=float, default=1000.0, help="of them due per second")
+    add("--lag-lead", type=float, default=4.0, help="seconds from the enqueue to the first due")
+    add("--idle-seconds", type=float, default=20.0, help="idle window (0: skip)")
+    add("--idle-settle", type=float, default=2.0, help="seconds a worker idles before it")
+    add("--max-others", type=float, default=0.5, help="redo a run when others used more")
+    add(
         "--loop",
         choices=["auto", "uvloop", "asyncio"],
         default="auto",
-        help="event loop for all three systems (auto: uvloop when installed, like dispatch-engine)",
+        help="event loop of the Python systems (auto: uvloop when installed, like ours)",
     )
-    parser.add_argument("--redis-url", help="use this Redis instead of starting a private one")
-    parser.add_argument(
+    add("--redis-url", help="use this Redis instead of starting a private one")
+    add(
         "--systems",
         nargs="+",
         choices=list(SYSTEMS),
         default=list(SYSTEMS),
-        help="which systems to run (default all)",
+        help="which systems to run (default all; the first is the reference: ours)",
     )
     args = parser.parse_args(argv)
-    if args.n < 1 or args.repeat < 1 or args.concurrency < 1 or args.batch < 1:
+    if min(args.n) < 1 or args.repeat < 1 or args.concurrency < 1 or args.batch < 1:
         parser.error("--n, --repeat, --concurrency and --batch must be positive")
-    if args.senders < 1 or args.senders > args.n:
+    if args.senders < 1 or args.senders > min(args.n):
         parser.error("--senders must be between 1 and --n")
+    if args.lag_n < 1 or args.lag_rate <= 0 or args.lag_lead <= 0:
+        parser.error("--lag-n, --lag-rate and --lag-lead must be positive")
     return args
 
 
@@ -459,8 +735,8 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)  # SAQ and arq log every job at INFO
     logging.getLogger("saq").setLevel(logging.ERROR)  # "did not finish within the grace period"
-    with redis_server(args.redis_url) as url:
-        run_on_loop(bench(args, url), args.loop)
+    with redis_server(args.redis_url) as (url, pid):
+        harness.run_on_loop(bench(args, url, pid), args.loop)
 
 
 if __name__ == "__main__":
