@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 WAKE_CHANNEL = "dispatch:wake"
 ENQUEUE_CHUNK = 1000
-IDLE_CAP_S = 10.0  # an idle claim loop asks Redis at most once per this many seconds
+# An idle claim loop asks Redis at most once per this many seconds. Wake-ups travel by
+# pub/sub, and a (re)subscription triggers a claim, so this only bounds a lost PUBLISH.
+IDLE_CAP_S = 30.0
 
 
 def member(dispatch_id: int) -> str:
@@ -313,9 +315,10 @@ class Waker:
                 async with self.pubsub_redis.pubsub() as pubsub:
                     await pubsub.subscribe(WAKE_CHANNEL)
                     async for message in pubsub.listen():
-                        if message.get("type") != "message":
-                            continue
-                        if float(message["data"]) < self._wake_at_ms:
+                        kind = message.get("type")
+                        if kind == "subscribe" or (  # a (re)subscription: claim what we missed
+                            kind == "message" and float(message["data"]) < self._wake_at_ms
+                        ):
                             self._event.set()
             except Exception:
                 log.warning("wake-up channel lost; reconnecting", exc_info=True)
