@@ -129,6 +129,17 @@ def _due_ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
 
 
+def _send_times(start_at: datetime, delay_ms: int, count: int) -> list[tuple[datetime, int]]:
+    """(scheduled_at, due ms) of each email: start_at, then delay_ms apart.
+
+    Shared when there is no delay (the common case): 100,000 recipients make one object.
+    """
+    if delay_ms == 0:
+        return [(start_at, _due_ms(start_at))] * count
+    step = timedelta(milliseconds=delay_ms)
+    return [(at, _due_ms(at)) for at in (start_at + step * n for n in range(count))]
+
+
 class CampaignService:
     def __init__(
         self, store: Store, queue: RedisQueue, hooks: Any = None, settings: Any = None
@@ -163,7 +174,7 @@ class CampaignService:
 
         people = request.recipients.accepted
         ids = await self.store.reserve_dispatch_ids(len(people))
-        step = timedelta(milliseconds=request.delay_between_ms)
+        times = _send_times(request.start_at, request.delay_between_ms, len(people))
         try:
             async with self.store.pool.acquire() as conn, conn.transaction():
                 campaign_id = await self.store.create_campaign(
@@ -179,11 +190,16 @@ class CampaignService:
                     total=len(people),
                     idempotency_key=idempotency_header,
                 )
-                rows = []
-                for n, (dispatch_id, person) in enumerate(zip(ids, people, strict=True)):
-                    at = request.start_at + step * n
-                    key = idempotency_key(campaign_id, person.email, _due_ms(at) * 1000)
-                    rows.append(NewDispatch(dispatch_id, person.email, person.vars, at, key))
+                rows = [
+                    NewDispatch(
+                        dispatch_id,
+                        person.email,
+                        person.vars,
+                        at,
+                        idempotency_key(campaign_id, person.email, due_ms * 1000),
+                    )
+                    for dispatch_id, person, (at, due_ms) in zip(ids, people, times, strict=True)
+                ]
                 await self.store.copy_dispatches(
                     conn,
                     campaign_id=campaign_id,
@@ -202,7 +218,7 @@ class CampaignService:
         gap = max(sender.min_gap_ms, request.delay_between_ms)
         await self.queue.enqueue(
             sender.id,
-            ((r.id, _due_ms(r.scheduled_at)) for r in rows),
+            zip(ids, (due_ms for _, due_ms in times), strict=True),
             claim_cap=claim_cap(sender.hourly_limit, request.hourly_limit, gap),
         )
         await self.store.mark_enqueued(campaign_id, True)

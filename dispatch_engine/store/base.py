@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -39,8 +39,9 @@ def sender_from(row: asyncpg.Record) -> Sender:
     )
 
 
-@dataclass(frozen=True)
-class NewDispatch:
+class NewDispatch(NamedTuple):
+    """One row of a campaign's COPY (a tuple: 100,000 of them are made per big POST)."""
+
     id: int
     recipient: str
     vars: dict[str, Any]
