@@ -1,8 +1,14 @@
-"""SMTP transport (aiosmtplib): any server, Ethereal included, over a few reused connections."""
+"""SMTP transport (aiosmtplib): any server, Ethereal included, over a few reused connections.
+
+When the server announces PIPELINING (RFC 2920; a sender's `pipelining: false` turns it
+off), each connection carries several emails at once with about one round trip per email
+(`dispatch_engine.smtp_pipeline`); otherwise each send has a connection to itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from typing import Any
 
@@ -10,6 +16,7 @@ import aiosmtplib
 
 from dispatch_engine import hookimpl
 from dispatch_engine.config import Settings
+from dispatch_engine.smtp_pipeline import PipelinedSession
 from dispatch_engine.transport import (
     OutgoingMessage,
     PermanentError,
@@ -34,7 +41,8 @@ def classify(code: int, message: str) -> Exception:
 
 
 class SmtpTransport:
-    """Keeps up to `pool_size` open connections and hands one to each send."""
+    """Keeps up to `pool_size` open connections: pipelined ones are shared by sends, the
+    others are handed to one send at a time."""
 
     def __init__(self, context: TransportContext) -> None:
         settings = context.settings
@@ -52,8 +60,13 @@ class SmtpTransport:
             self.password = settings.smtp_password
             self.tls = settings.smtp_tls
         self.timeout = float(own.get("timeout", 30))
+        self.pool_size = int(own.get("pool_size", settings.smtp_pool_size))
         self._idle: list[aiosmtplib.SMTP] = []
-        self._slots = asyncio.Semaphore(int(own.get("pool_size", settings.smtp_pool_size)))
+        self._slots = asyncio.Semaphore(self.pool_size)
+        # None until the first connection says whether the server pipelines
+        self._pipelined: bool | None = None if own.get("pipelining", True) else False
+        self._sessions: list[PipelinedSession] = []
+        self._opening = asyncio.Lock()
 
     async def _connect(self) -> aiosmtplib.SMTP:
         client = aiosmtplib.SMTP(
@@ -69,6 +82,69 @@ class SmtpTransport:
         return client
 
     async def send(self, message: OutgoingMessage) -> SendResult:
+        if not self._one_at_a_time():
+            try:
+                session = await self._session()
+            except aiosmtplib.SMTPResponseException as exc:  # e.g. 535: the login refused
+                raise classify(exc.code, exc.message) from None
+            except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+                raise TransientError(f"{self.host}:{self.port}: {exc}") from None
+            if session is not None:
+                return await self._send_pipelined(session, message)
+        return await self._send_alone(message)
+
+    async def _session(self) -> PipelinedSession | None:
+        """The least busy pipelined connection, or a new one while all are busy and there are
+        fewer than pool_size; None when the server does not pipeline."""
+        while not self._one_at_a_time():
+            self._sessions = live = [s for s in self._sessions if s.is_connected]
+            best = min(live, key=_in_flight, default=None)
+            if best is not None and (
+                best.in_flight == 0 or len(live) >= self.pool_size or self._opening.locked()
+            ):
+                return best
+            async with self._opening:
+                live = [s for s in self._sessions if s.is_connected]
+                if (
+                    self._one_at_a_time()
+                    or len(live) >= self.pool_size
+                    or any(s.in_flight == 0 for s in live)
+                ):
+                    continue  # another send found out or opened one meanwhile: look again
+                client = await self._connect()
+                if client.last_ehlo_response is None:  # connect() says EHLO only for TLS/AUTH
+                    await client.ehlo()
+                if not PipelinedSession.supported_by(client):
+                    self._pipelined = False
+                    self._idle.append(client)  # for _send_alone
+                    return None
+                self._pipelined = True
+                session = PipelinedSession(client, self.timeout)
+                self._sessions.append(session)
+                return session
+        return None
+
+    def _one_at_a_time(self) -> bool:
+        """The server does not pipeline (or the sender said not to)."""
+        return self._pipelined is False
+
+    async def _send_pipelined(
+        self, session: PipelinedSession, message: OutgoingMessage
+    ) -> SendResult:
+        try:
+            _refused, response = await session.send(
+                message.mail_from, list(message.recipients), message.raw
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            first = exc.recipients[0]
+            raise classify(first.code, first.message) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            raise classify(exc.code, exc.message) from None
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            raise TransientError(f"{self.host}:{self.port}: {exc}") from None
+        return SendResult(_with_preview(self.host, response))
+
+    async def _send_alone(self, message: OutgoingMessage) -> SendResult:
         async with self._slots:
             client = self._idle.pop() if self._idle else None
             try:
@@ -112,6 +188,16 @@ class SmtpTransport:
     async def close(self) -> None:
         while self._idle:
             await _close(self._idle.pop())
+        sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await session.quit()
+            session.close()
+
+
+def _in_flight(session: PipelinedSession) -> int:
+    return session.in_flight
 
 
 def _with_preview(host: str, response: str) -> str:

@@ -1,11 +1,23 @@
-"""The SMTP transport's reading of server replies."""
+"""The SMTP transport: its reading of server replies, and pipelined or one-at-a-time sends."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+from typing import Any
 
+import pytest
+from aiosmtpd.controller import Controller
+
+from dispatch_engine.config import load_settings
 from dispatch_engine.plugins import builtin_plugins
-from dispatch_engine.transport import PermanentError, SenderRateLimitedError, TransientError
+from dispatch_engine.transport import (
+    OutgoingMessage,
+    PermanentError,
+    SenderRateLimitedError,
+    TransientError,
+    TransportContext,
+)
+from tests.smtp_sink import free_port
 
 smtp = dict(builtin_plugins())["smtp"]
 
@@ -33,3 +45,76 @@ def test_ethereal_replies_keep_their_preview_link() -> None:
         "preview: https://ethereal.email/message/Yh7kN2Q.abc-123@ethereal.email"
     )
     assert smtp._with_preview("smtp.example.com", reply) == reply
+
+
+# ---- pipelining (RFC 2920) against a real server ----
+
+
+class PipeliningSink:
+    """aiosmtpd handler: records messages, refuses some recipients, may announce PIPELINING."""
+
+    def __init__(self, pipelining: bool) -> None:
+        self.pipelining = pipelining
+        self.messages: list[tuple[list[str], bytes]] = []
+        self.refuse = {"nobody@example.com": "550 5.1.1 No such user",
+                       "later@example.com": "451 4.3.0 Try again"}  # fmt: skip
+        self.sessions = 0
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        self.sessions += 1
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append((list(envelope.rcpt_tos), envelope.original_content))
+        return "250 2.0.0 queued"
+
+
+def _message(i: int, to: str, body: bytes) -> OutgoingMessage:
+    raw = b"From: a@example.com\r\nTo: " + to.encode() + b"\r\nMessage-ID: <%d@x>\r\n\r\n" % i
+    return OutgoingMessage(i, 1, "a@example.com", (to,), f"<{i}@x>", "s", raw + body)
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_concurrent_sends_arrive_intact_over_few_connections(pipelining: bool) -> None:
+    handler = PipeliningSink(pipelining)
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    opened = handler.sessions  # the controller's own check of its server
+    own = {"host": "127.0.0.1", "port": controller.port, "tls": "none", "pool_size": 2}
+    transport = smtp.SmtpTransport(TransportContext(load_settings({}), own))
+    # dot-stuffing, a lone "." line and bare LFs must survive the pipelined DATA
+    bodies = [b"line\r\n.starts with a dot\r\n.\r\nend %d\r\n" % i for i in range(40)]
+    bodies[3] = b"bare\nline feeds\n.\nend 3"
+    try:
+        results = await asyncio.gather(
+            *(transport.send(_message(i, f"r{i}@example.com", b)) for i, b in enumerate(bodies))
+        )
+        with pytest.raises(PermanentError, match=r"550 5\.1\.1"):
+            await transport.send(_message(100, "nobody@example.com", b"x\r\n"))
+        with pytest.raises(TransientError, match=r"451 4\.3\.0"):
+            await transport.send(_message(101, "later@example.com", b"x\r\n"))
+        after = await transport.send(_message(102, "r102@example.com", b"still works\r\n"))
+    finally:
+        await transport.close()
+        controller.stop()
+    assert all("queued" in r.response for r in [*results, after])
+    assert transport._pipelined is pipelining
+    assert handler.sessions - opened <= 2, "the pool's size bounds the connections"
+    got = {rcpts[0]: content for rcpts, content in handler.messages}
+    assert len(handler.messages) == 41, "each email once; the refused ones not at all"
+    for i, body in enumerate(bodies):
+        expected = body.replace(b"\r\n", b"\n").removesuffix(b"\n").replace(b"\n", b"\r\n")
+        assert got[f"r{i}@example.com"].endswith(b"\r\n\r\n" + expected + b"\r\n")

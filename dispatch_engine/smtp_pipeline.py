@@ -1,0 +1,232 @@
+"""SMTP PIPELINING (RFC 2920) over a connection aiosmtplib opened: fewer round trips per email.
+
+aiosmtplib sends each command and waits for its reply: MAIL, RCPT, DATA, then the content,
+four round trips per email. When the server announces PIPELINING, a `PipelinedSession` takes
+the connection over once aiosmtplib has done the greeting, EHLO, STARTTLS and AUTH: it writes
+MAIL, RCPT and DATA at once, and the content of one email together with the envelope of the
+next, so an email costs about one round trip and several are in flight on one connection.
+
+Replies come back in the order the commands were written; each waits in a FIFO of futures.
+A send that stops halfway through its envelope or content (cancelled, timed out) closes the
+connection: what the server would read next is no longer known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from typing import NamedTuple
+
+import aiosmtplib
+from aiosmtplib.email import parse_address
+
+_BARE_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
+
+
+class Reply(NamedTuple):
+    code: int
+    message: str
+
+
+def message_data(raw: bytes) -> bytes:
+    """The DATA payload of a message: CRLF line endings, dot-stuffed, ended by CRLF.CRLF."""
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
+        raw = _BARE_LINE_END.sub(b"\r\n", raw)
+    if b"\r\n." in raw:
+        raw = raw.replace(b"\r\n.", b"\r\n..")
+    if raw.startswith(b"."):
+        raw = b"." + raw
+    if not raw.endswith(b"\r\n"):
+        raw += b"\r\n"
+    return raw + b".\r\n"
+
+
+def _address(address: str) -> tuple[bytes, bool]:
+    """`<address>` for MAIL/RCPT, and whether it needs SMTPUTF8."""
+    if address.isascii() and address.isprintable() and not any(c in address for c in " <>"):
+        return b"<" + address.encode() + b">", False
+    parsed = parse_address(address)  # ValueError on CR, LF and the like
+    return b"<" + parsed.encode() + b">", not parsed.isascii()
+
+
+class PipelinedSession(asyncio.Protocol):
+    """One SMTP connection with emails pipelined on it (the server announced PIPELINING)."""
+
+    def __init__(self, client: aiosmtplib.SMTP, timeout: float) -> None:
+        transport = client.transport
+        if not isinstance(transport, asyncio.Transport):
+            raise aiosmtplib.SMTPServerDisconnected("not connected")
+        self._transport: asyncio.Transport = transport
+        self.timeout = timeout
+        self._size = client.supports_extension("size")
+        self._utf8 = client.supports_extension("smtputf8")
+        self._replies: deque[asyncio.Future[Reply] | None] = deque()  # None: reply ignored
+        self._buffer = bytearray()
+        self._turn = asyncio.Lock()  # held from an envelope's write to its content's
+        self._lost: Exception | None = None
+        self.in_flight = 0
+        transport.set_protocol(self)
+
+    @classmethod
+    def supported_by(cls, client: aiosmtplib.SMTP) -> bool:
+        return client.supports_extension("pipelining") and isinstance(
+            client.transport, asyncio.Transport
+        )
+
+    @property
+    def is_connected(self) -> bool:
+        return self._lost is None and not self._transport.is_closing()
+
+    # ---- asyncio.Protocol ----
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            reply = self._next_reply()
+            if reply is None:
+                return
+            if self._replies:
+                waiter = self._replies.popleft()
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(reply)
+            elif reply.code == 421:  # the server is closing the session
+                self._fail(aiosmtplib.SMTPServerDisconnected(reply.message))
+                self._transport.close()
+
+    def eof_received(self) -> bool:
+        self._fail(aiosmtplib.SMTPServerDisconnected("unexpected EOF"))
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(aiosmtplib.SMTPServerDisconnected(f"connection lost: {exc or 'closed'}"))
+
+    def _fail(self, exc: Exception) -> None:
+        if self._lost is None:
+            self._lost = exc
+        while self._replies:
+            waiter = self._replies.popleft()
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+                waiter.exception()  # retrieved: nobody may be left to await it
+
+    def _next_reply(self) -> Reply | None:
+        """Take one complete (possibly multi-line) reply off the buffer."""
+        buf = self._buffer
+        start = 0
+        lines: list[bytes] = []
+        while True:
+            end = buf.find(b"\n", start)
+            if end < 0:
+                return None
+            line = bytes(buf[start:end]).rstrip(b"\r")
+            start = end + 1
+            lines.append(line[4:])
+            if line[3:4] != b"-":
+                break
+        del buf[:start]
+        try:
+            code = int(line[:3])
+        except ValueError:
+            code = -1  # a malformed reply; the send that gets it fails
+        return Reply(code, b"\n".join(lines).decode("utf-8", "surrogateescape").strip())
+
+    # ---- sending ----
+
+    def _write(self, data: bytes, replies: int) -> list[asyncio.Future[Reply]]:
+        if self._lost is not None:
+            raise self._lost
+        loop = asyncio.get_running_loop()
+        waiters = [loop.create_future() for _ in range(replies)]
+        self._replies.extend(waiters)
+        self._transport.write(data)
+        return waiters
+
+    def _write_ignored(self, data: bytes, replies: int) -> None:
+        if self._lost is None:
+            self._replies.extend([None] * replies)
+            self._transport.write(data)
+
+    async def send(
+        self, mail_from: str, recipients: list[str], raw: bytes
+    ) -> tuple[dict[str, Reply], str]:
+        """One email: (refused recipients, the server's final reply); raises aiosmtplib's
+        SMTPResponseException subclasses on refusals, SMTPServerDisconnected, TimeoutError."""
+        data = message_data(raw)
+        sender, utf8 = _address(mail_from)
+        rcpts = [_address(r) for r in recipients]
+        options = b" SIZE=%d" % len(data) if self._size else b""
+        if utf8 or any(u for _, u in rcpts):
+            if not self._utf8:
+                raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server")
+            options += b" SMTPUTF8"
+        envelope = b"".join(
+            [b"MAIL FROM:" + sender + options + b"\r\n"]
+            + [b"RCPT TO:" + r + b"\r\n" for r, _ in rcpts]
+            + [b"DATA\r\n"]
+        )
+        self.in_flight += 1
+        try:
+            async with asyncio.timeout(self.timeout):
+                final, refused = await self._envelope_and_content(envelope, recipients, data)
+                reply = await final
+        except TimeoutError:
+            self.close()  # the session's state is unknown
+            raise
+        finally:
+            self.in_flight -= 1
+        if reply.code != 250:
+            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+        return refused, reply.message
+
+    async def _envelope_and_content(
+        self, envelope: bytes, recipients: list[str], data: bytes
+    ) -> tuple[asyncio.Future[Reply], dict[str, Reply]]:
+        """Write the envelope, read its replies, write the content: (the final reply's future,
+        the refused recipients).
+
+        Holds the turn throughout: the next email's envelope must follow this content."""
+        async with self._turn:
+            try:
+                waiters = self._write(envelope, len(recipients) + 2)
+                await waiters[-1]  # replies arrive in order: all are in
+                mail, *rcpt, data_reply = [w.result() for w in waiters]
+                refused = {
+                    r: reply for r, reply in zip(recipients, rcpt, strict=True) if reply.code >= 300
+                }
+                everyone = len(refused) == len(recipients)
+                if data_reply.code != 354 or mail.code >= 300 or everyone:
+                    # A 354 despite a refusal: end an empty message. Then reset the envelope.
+                    end = b".\r\n" if data_reply.code == 354 else b""
+                    self._write_ignored(end + b"RSET\r\n", 2 if end else 1)
+                    raise _refusal(mail, refused if everyone else {}, data_reply)
+                return self._write(data, 1)[0], refused
+            except (asyncio.CancelledError, TimeoutError):
+                self.close()  # stopped between envelope and content: unusable
+                raise
+
+    def close(self) -> None:
+        if not self._transport.is_closing():
+            self._transport.close()
+        self._fail(aiosmtplib.SMTPServerDisconnected("closed"))
+
+    async def quit(self) -> None:
+        """QUIT after the emails in flight, then close."""
+        if self.is_connected:
+            async with self._turn:
+                self._write_ignored(b"QUIT\r\n", 1)
+        self.close()
+
+
+def _refusal(mail: Reply, refused: dict[str, Reply], data: Reply) -> Exception:
+    """What aiosmtplib's sendmail raises for the same replies (`refused`: when all were)."""
+    if mail.code >= 300:
+        return aiosmtplib.SMTPSenderRefused(mail.code, mail.message, "")
+    if refused:  # every recipient
+        errors = [
+            aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, rcpt)
+            for rcpt, reply in refused.items()
+        ]
+        return aiosmtplib.SMTPRecipientsRefused(errors)
+    return aiosmtplib.SMTPDataError(data.code, data.message)
