@@ -2,22 +2,26 @@
 
 Building an `email.message.EmailMessage` per recipient costs ~0.5 ms; here the constant
 headers are encoded once per campaign and only the per-recipient parts are rendered.
-Templates run in Jinja's sandbox: campaign authors are users, not trusted code.
+Templates run in Jinja's sandbox: campaign authors are users, not trusted code. A template
+made only of text and `{{ name }}` (most are) is rendered by joining its parts, without
+Jinja's per-call runtime (~13 µs a template); anything else goes through Jinja.
 """
 
 from __future__ import annotations
 
 import binascii
 import hashlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr, formatdate
-from typing import Any
+from typing import Any, Protocol
 
 import jinja2
-from jinja2 import meta
+from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import escape
 
 from .models import CampaignContent, Sender
 
@@ -61,6 +65,65 @@ def check_templates(subject: str, body: str, html: str | None, columns: set[str]
             )
 
 
+class Renderer(Protocol):
+    def render(self, context: Mapping[str, Any]) -> str: ...
+
+
+class _TextAndNames:
+    """A template of only text and `{{ name }}`: what Jinja renders, by joining strings.
+
+    A name missing from the context (or one of Jinja's globals) goes through Jinja, which
+    raises or renders it as it always does."""
+
+    def __init__(self, template: jinja2.Template, parts: list[tuple[bool, str]], html: bool):
+        self.template = template
+        self.parts = parts  # (is a name, text or name)
+        self.html = html
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        out = []
+        try:
+            for is_name, value in self.parts:
+                if not is_name:
+                    out.append(value)
+                elif self.html:
+                    out.append(str(escape(context[value])))
+                else:
+                    out.append(str(context[value]))
+        except KeyError:
+            return self.template.render(context)
+        return "".join(out)
+
+
+def compile_template(source: str, *, html: bool = False) -> Renderer:
+    env = _HTML_ENV if html else _ENV
+    template = env.from_string(source)
+    parts: list[tuple[bool, str]] = []
+    for node in env.parse(source).body:
+        if not isinstance(node, nodes.Output):
+            return template
+        for child in node.nodes:
+            if isinstance(child, nodes.TemplateData):
+                parts.append((False, child.data))
+            elif isinstance(child, nodes.Name) and child.ctx == "load":
+                parts.append((True, child.name))
+            else:
+                return template
+    return _TextAndNames(template, parts, html)
+
+
+_date = (0, "")
+
+
+def _date_header() -> str:
+    """RFC 5322 date of now, formatted once per second."""
+    global _date
+    now = int(time.time())
+    if now != _date[0]:
+        _date = (now, formatdate(now, usegmt=True))
+    return _date[1]
+
+
 def message_id_for(idempotency_key: bytes, from_address: str) -> str:
     """Stable per email: a resend carries the same Message-ID, so receivers can drop it."""
     domain = from_address.rpartition("@")[2] or "dispatch-engine.local"
@@ -95,10 +158,12 @@ class CompiledCampaign:
     sender: Sender
 
     def __post_init__(self) -> None:
-        self._subject = _ENV.from_string(self.campaign.subject)
-        self._text = _ENV.from_string(self.campaign.body_text)
+        self._subject = compile_template(self.campaign.subject)
+        self._text = compile_template(self.campaign.body_text)
         self._html = (
-            _HTML_ENV.from_string(self.campaign.body_html) if self.campaign.body_html else None
+            compile_template(self.campaign.body_html, html=True)
+            if self.campaign.body_html
+            else None
         )
         sender = self.sender
         from_header = formataddr((str(Header(sender.display_name, "utf-8")), sender.from_address))
@@ -119,7 +184,7 @@ class CompiledCampaign:
         text = self._text.render(context)
         lines = (
             f"To: {recipient}\r\nSubject: {_header(subject)}\r\n"
-            f"Date: {formatdate(usegmt=True)}\r\nMessage-ID: {message_id}\r\n"
+            f"Date: {_date_header()}\r\nMessage-ID: {message_id}\r\n"
         ).encode()
         if self._html is None:
             body = b"Content-Type: text/plain; charset=utf-8\r\n" + _body_part(text)

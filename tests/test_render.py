@@ -211,3 +211,32 @@ def test_check_templates_names_the_field(
 
 def test_check_templates_accepts_known_variables() -> None:
     check_templates("Hi {{ name }}", "{{ email }} {{ name|upper }}", "<p>{{ name }}</p>", {"name"})
+
+
+@pytest.mark.parametrize(
+    ("source", "html"),
+    [
+        ("Hello {{ email }},\n\nline {{ n }}\n", False),
+        ("{{ email }}{{ email }}", False),
+        ("<p>{{ name }} &amp; {{ n }}</p>", True),
+        ("{{ name|upper }} {% if n %}yes{% endif %}", False),
+        ("{{ flag }} {{ none }} {{ items }}", False),
+        ("plain text, no names", False),
+    ],
+)
+def test_text_and_names_templates_render_as_jinja_does(source: str, html: bool) -> None:
+    from dispatch_engine.render import _ENV, _HTML_ENV, compile_template
+
+    context = {"email": "a@example.com", "name": "<b>R&D</b>", "n": 3, "flag": True,
+               "none": None, "items": [1, "x"]}  # fmt: skip
+    jinja = (_HTML_ENV if html else _ENV).from_string(source).render(context)
+    assert compile_template(source, html=html).render(context) == jinja
+
+
+def test_a_missing_name_fails_as_in_jinja() -> None:
+    from jinja2.exceptions import UndefinedError
+
+    from dispatch_engine.render import compile_template
+
+    with pytest.raises(UndefinedError, match="'nope' is undefined"):
+        compile_template("Hi {{ nope }}").render({"email": "a@example.com"})
