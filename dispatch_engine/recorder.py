@@ -128,7 +128,12 @@ class Recorder:
         await self._announce(outcomes)
 
     def _count(self, outcomes: list[SendOutcome]) -> None:
+        sent = 0
         for o in outcomes:
+            if o.status == DispatchStatus.SENT:
+                sent += 1
+                self._touched.add(o.campaign_id)
+                continue
             ids = {"dispatch_id": o.dispatch_id, "campaign_id": o.campaign_id}
             if o.status == DispatchStatus.SCHEDULED:
                 self.metrics.retries.inc()
@@ -136,10 +141,10 @@ class Recorder:
                 continue
             self.metrics.emails.labels(o.status.value).inc()
             self._touched.add(o.campaign_id)
-            if o.status == DispatchStatus.SENT:
-                self.sent += 1
-            else:
-                log.warning("dispatch %d failed: %s", o.dispatch_id, o.error, extra=ids)
+            log.warning("dispatch %d failed: %s", o.dispatch_id, o.error, extra=ids)
+        if sent:
+            self.sent += sent
+            self.metrics.emails.labels(DispatchStatus.SENT.value).inc(sent)
 
     async def _announce(self, outcomes: list[SendOutcome]) -> None:
         finished = [o for o in outcomes if o.status != DispatchStatus.SCHEDULED]

@@ -80,6 +80,7 @@ class WorkerPool:
             settings, store, queue, self.pubsub_redis, hooks, self.metrics, self._settled
         )
         self._campaigns: OrderedDict[int, CompiledCampaign] = OrderedDict()
+        self._latency: dict[str, Any] = {}  # transport_latency's child per transport
         self._waker = Waker(self.pubsub_redis)
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -322,9 +323,12 @@ class WorkerPool:
             )
             started = time.perf_counter()
             result = await transport.send(message)
-            self.metrics.transport_latency.labels(sender.transport).observe(
-                time.perf_counter() - started
-            )
+            latency = self._latency.get(sender.transport)
+            if latency is None:
+                latency = self._latency[sender.transport] = self.metrics.transport_latency.labels(
+                    sender.transport
+                )
+            latency.observe(time.perf_counter() - started)
             return outcome(DispatchStatus.SENT, response=result.response)
         except SenderRateLimitedError as exc:
             wait_s = exc.retry_after_s
