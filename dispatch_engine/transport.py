@@ -113,7 +113,7 @@ class TransportRegistry:
 
     async def for_sender(self, sender: Sender) -> Transport:
         live = self._live.get(sender.id)
-        if live is not None and live[0] == sender:
+        if live is not None and (live[0] is sender or live[0] == sender):  # `is`: no field compare
             return live[1]
         if live is not None:  # the sender was edited: new settings, new connections
             await live[1].close()
