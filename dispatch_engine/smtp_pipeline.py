@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import aiosmtplib
 from aiosmtplib.email import parse_address
@@ -55,10 +55,11 @@ class PipelinedSession(asyncio.Protocol):
     """One SMTP connection with emails pipelined on it (the server announced PIPELINING)."""
 
     def __init__(self, client: aiosmtplib.SMTP, timeout: float) -> None:
-        transport = client.transport
-        if not isinstance(transport, asyncio.Transport):
-            raise aiosmtplib.SMTPServerDisconnected("not connected")
-        self._transport: asyncio.Transport = transport
+        if not self.supported_by(client):
+            raise aiosmtplib.SMTPServerDisconnected("not connected, or no PIPELINING")
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        transport = cast(asyncio.Transport, client.transport)
+        self._transport = transport
         self.timeout = timeout
         self._size = client.supports_extension("size")
         self._utf8 = client.supports_extension("smtputf8")
@@ -71,8 +72,12 @@ class PipelinedSession(asyncio.Protocol):
 
     @classmethod
     def supported_by(cls, client: aiosmtplib.SMTP) -> bool:
-        return client.supports_extension("pipelining") and isinstance(
-            client.transport, asyncio.Transport
+        transport = client.transport
+        return (
+            client.supports_extension("pipelining")
+            and transport is not None
+            and hasattr(transport, "set_protocol")
+            and hasattr(transport, "write")
         )
 
     @property

@@ -118,3 +118,10 @@ async def test_concurrent_sends_arrive_intact_over_few_connections(pipelining: b
     for i, body in enumerate(bodies):
         expected = body.replace(b"\r\n", b"\n").removesuffix(b"\n").replace(b"\n", b"\r\n")
         assert got[f"r{i}@example.com"].endswith(b"\r\n\r\n" + expected + b"\r\n")
+
+
+def test_pipelining_works_on_uvloop_too() -> None:
+    """uvloop's transports are not asyncio.Transport subclasses: pipelining must not care."""
+    uvloop = pytest.importorskip("uvloop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(test_concurrent_sends_arrive_intact_over_few_connections(True))
