@@ -21,6 +21,8 @@ from dispatch_engine.migrate import migrate
 from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
+from .processes import kill_leftovers
+
 TABLES = "captured_messages, ledger, dispatches, campaigns, senders, api_tokens, identities, users"
 
 
@@ -55,6 +57,13 @@ async def urls(servers: tuple[str, str]) -> AsyncIterator[tuple[str, str]]:
     yield database_url, redis_url
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await admin.close()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """A test that fails before stopping its `dispatch-engine` processes does not leak them."""
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture

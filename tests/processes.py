@@ -12,6 +12,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 BIN = Path(sys.executable).parent / "dispatch-engine"
+_RUNNING: set[Proc] = set()  # started and not yet stopped or killed by their test
+
+
+def kill_leftovers() -> None:
+    """SIGKILL what a failed test left running, so it cannot load the machine for hours."""
+    for proc in list(_RUNNING):
+        if proc.proc.poll() is None:
+            os.killpg(proc.proc.pid, signal.SIGKILL)  # its own session: children go too
+            proc.proc.wait(10)
+        proc._out.close()
+    _RUNNING.clear()
 
 
 class Proc:
@@ -25,6 +36,7 @@ class Proc:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        _RUNNING.add(self)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -44,6 +56,7 @@ class Proc:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
         self._out.close()
+        _RUNNING.discard(self)
 
     def stop(self, within: float = 30.0) -> int:
         if self.proc.poll() is None:
@@ -54,7 +67,10 @@ class Proc:
                 self.proc.kill()
                 self.proc.wait(5)
                 raise AssertionError(f"did not stop within {within} s:\n{self.output()}") from None
+            finally:
+                _RUNNING.discard(self)
         self._out.close()
+        _RUNNING.discard(self)
         return self.proc.returncode
 
 
