@@ -26,6 +26,7 @@ Once per repeat:
   claim loop sleeping in `queue.Waker` (next due time from the claim, WAKE_CHANNEL wake-ups).
   SAQ: `scheduled` (its schedule poll, 1 s by default); arq: `_defer_until` (10 ms poll);
   BullMQ: `delay` (its blocking wait on Redis, so Redis' `hz` matters).
+Once, after the repeats:
 - idle commands/s: one worker with nothing to do; after --idle-settle seconds, the commands
   clients send Redis during --idle-seconds, read with MONITOR (commands that scripts run
   inside Redis are not counted: one script call is one command, one round trip).
@@ -54,7 +55,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -551,70 +552,95 @@ async def timed_run(
     raise AssertionError("unreachable")
 
 
-async def bench(args: argparse.Namespace, url: str, redis_pid: int | None) -> None:
-    admin = Redis.from_url(url)
-    peers = {s: SYSTEMS[s](url, admin) for s in args.systems}
-    opts = {n: Options(n, args.concurrency, args.batch, args.senders) for n in args.n}
-    plan = LagPlan(args.lag_n, args.lag_rate, args.lag_lead)
-    meters = CpuMeters({"bench": Cpu([os.getpid()]), "redis": Cpu([redis_pid])})
-    results = Results()
+class Bench:
+    """The scenarios of one invocation, on one Redis; `results` collects every figure."""
 
-    async def fresh() -> None:
-        await admin.flushall()
+    def __init__(self, args: argparse.Namespace, url: str, redis_pid: int | None) -> None:
+        self.args = args
+        self.url = url
+        self.admin = Redis.from_url(url)
+        self.peers = {s: SYSTEMS[s](url, self.admin) for s in args.systems}
+        self.opts = [Options(n, args.concurrency, args.batch, args.senders) for n in args.n]
+        self.plan = LagPlan(args.lag_n, args.lag_rate, args.lag_lead)
+        self.meters = CpuMeters({"bench": Cpu([os.getpid()]), "redis": Cpu([redis_pid])})
+        self.results = Results()
+
+    async def fresh(self) -> None:
+        await self.admin.flushall()
         await asyncio.sleep(0.2)  # let Redis free the flushed keys before measuring
 
-    warm = Options(min(args.n[0], 500), args.concurrency, args.batch, args.senders)
-    for system, peer in peers.items():  # untimed: connections, script cache, imports
-        if system != "bullmq":  # bench.mjs warms up in its own process
-            await fresh()
-            await peer.throughput(warm)
+    async def warm_up(self) -> None:
+        """Untimed: connections, script cache, imports (bench.mjs warms up in its own run)."""
+        warm = replace(self.opts[0], n=min(self.opts[0].n, 500))
+        for system, peer in self.peers.items():
+            if system != "bullmq":
+                await self.fresh()
+                await peer.throughput(warm)
 
-    for attempt in range(1, args.repeat + 1):
-        print(f"repeat {attempt}/{args.repeat}", file=sys.stderr)
-        for opt in opts.values():
-            for system, peer in peers.items():
-                await fresh()
-                run: Run = await timed_run(
-                    meters,
-                    args.max_others,
-                    f"{system:6} N={opt.n:<7,} throughput",
-                    functools.partial(peer.throughput, opt),
-                )
-                if run.processed != opt.n:
-                    raise RuntimeError(f"{system}: processed {run.processed} of {opt.n}")
-                results.add(f"enqueue/{opt.n}", system, opt.n / run.stored.enqueue_s)
-                results.add(f"processed/{opt.n}", system, opt.n / run.process_s)
-                results.add(f"bytes/{opt.n}", system, run.stored.used_bytes / opt.n)
-                print(
-                    f"    enqueue {opt.n / run.stored.enqueue_s:>9,.0f}/s  processed "
-                    f"{opt.n / run.process_s:>9,.0f}/s  {run.stored.used_bytes / opt.n:5.0f} B/job",
-                    file=sys.stderr,
-                )
-                await fresh()
-                stored = await peer.delayed(opt)
-                results.add(f"delayed/{opt.n}", system, stored.used_bytes / opt.n)
-                print(f"    delayed {stored.used_bytes / opt.n:5.0f} B/job", file=sys.stderr)
-        for system, peer in peers.items():
-            await fresh()
-            lags: list[float] = await timed_run(
-                meters,
-                args.max_others,
-                f"{system:6} lag ({plan.n:,} due at {plan.rate:,.0f}/s)",
-                functools.partial(peer.lag, plan, opts[args.n[0]]),
-            )
-            p50, p99 = percentile(lags, 0.5), percentile(lags, 0.99)
-            results.add("lag50", system, p50)
-            results.add("lag99", system, p99)
-            print(f"    lag p50 {p50:.1f} ms, p99 {p99:.1f} ms", file=sys.stderr)
-        if args.idle_seconds > 0:
-            for system, peer in peers.items():
-                await fresh()
-                async with peer.idle(opts[args.n[0]]):
-                    await asyncio.sleep(args.idle_settle)
-                    rate = await client_commands(url, args.idle_seconds) / args.idle_seconds
-                results.add("idle", system, rate)
-                print(f"  {system:6} idle: {rate:.2f} commands/s", file=sys.stderr)
+    async def throughput(self, system: str, opt: Options) -> None:
+        peer, n = self.peers[system], opt.n
+        await self.fresh()
+        run: Run = await timed_run(
+            self.meters,
+            self.args.max_others,
+            f"{system:6} N={n:<7,} throughput",
+            functools.partial(peer.throughput, opt),
+        )
+        if run.processed != n:
+            raise RuntimeError(f"{system}: processed {run.processed} of {n}")
+        self.results.add(f"enqueue/{n}", system, n / run.stored.enqueue_s)
+        self.results.add(f"processed/{n}", system, n / run.process_s)
+        self.results.add(f"bytes/{n}", system, run.stored.used_bytes / n)
+        await self.fresh()
+        delayed = (await peer.delayed(opt)).used_bytes / n
+        self.results.add(f"delayed/{n}", system, delayed)
+        print(
+            f"    enqueue {n / run.stored.enqueue_s:>9,.0f}/s  processed {n / run.process_s:>9,.0f}"
+            f"/s  {run.stored.used_bytes / n:5.0f} B/job, delayed {delayed:5.0f} B/job",
+            file=sys.stderr,
+        )
 
+    async def lag(self, system: str) -> None:
+        await self.fresh()
+        lags: list[float] = await timed_run(
+            self.meters,
+            self.args.max_others,
+            f"{system:6} lag ({self.plan.n:,} due at {self.plan.rate:,.0f}/s)",
+            functools.partial(self.peers[system].lag, self.plan, self.opts[0]),
+        )
+        p50, p99 = percentile(lags, 0.5), percentile(lags, 0.99)
+        self.results.add("lag50", system, p50)
+        self.results.add("lag99", system, p99)
+        print(f"    lag p50 {p50:.1f} ms, p99 {p99:.1f} ms", file=sys.stderr)
+
+    async def idle(self, system: str) -> None:
+        await self.fresh()
+        async with self.peers[system].idle(self.opts[0]):
+            await asyncio.sleep(self.args.idle_settle)
+            seconds = self.args.idle_seconds
+            rate = await client_commands(self.url, seconds) / seconds
+        self.results.add("idle", system, rate)
+        print(f"  {system:6} idle: {rate:.3f} commands/s", file=sys.stderr)
+
+    async def run(self) -> None:
+        scenarios = self.args.scenarios
+        if "throughput" in scenarios:
+            await self.warm_up()
+        for attempt in range(1, self.args.repeat + 1):
+            print(f"repeat {attempt}/{self.args.repeat}", file=sys.stderr)
+            for opt in self.opts if "throughput" in scenarios else []:
+                for system in self.peers:
+                    await self.throughput(system, opt)
+            for system in self.peers if "lag" in scenarios else []:
+                await self.lag(system)
+        for system in self.peers if "idle" in scenarios else []:  # once: it hardly varies
+            await self.idle(system)
+
+
+async def bench(args: argparse.Namespace, url: str, redis_pid: int | None) -> None:
+    runner = Bench(args, url, redis_pid)
+    await runner.run()
+    admin, plan, results = runner.admin, runner.plan, runner.results
     server = await admin.info("server")
     hz = (await admin.config_get("hz")).get("hz", "?")
     appendonly = (await admin.config_get("appendonly")).get("appendonly", "?")
@@ -628,7 +654,8 @@ async def bench(args: argparse.Namespace, url: str, redis_pid: int | None) -> No
         f"{args.senders} sender(s)); {name} {version} on loopback (hz {hz}, appendonly "
         f"{appendonly}); Python {sys.version.split()[0]} on {harness.loop_name(args.loop)}, "
         f"Node {node_version()}, {os.cpu_count()} CPUs; dispatch_engine at {harness.revision()}; "
-        f"lag: {plan.n:,} jobs due {plan.rate:,.0f}/s; idle: {args.idle_seconds:.0f} s, MONITOR"
+        f"lag: {plan.n:,} jobs due {plan.rate:,.0f}/s; idle: one {args.idle_seconds:.0f} s window "
+        f"(MONITOR) after the repeats"
     )
     print()
     print(report(results, args))
@@ -654,12 +681,14 @@ def report(results: Results, args: argparse.Namespace) -> str:
             (f"Redis B/delayed job, N={n:,}", f"delayed/{n}", ",.0f"),
         ]
     figures += [
-        ("idle commands/s (one worker)", "idle", ".2f"),
+        ("idle commands/s (one worker)", "idle", ".3f"),
         ("delayed-start lag p50, ms", "lag50", ".1f"),
         ("delayed-start lag p99, ms", "lag99", ".1f"),
     ]
     rows = [["figure (peer: value, ours ÷ theirs)", *(SYSTEMS[s].label for s in args.systems)]]
     for title, key, spec in figures:
+        if all(results.median(key, system) is None for system in args.systems):
+            continue  # a scenario left out (--scenarios)
         ours = results.median(key, "ours")
         row = [title]
         for system in args.systems:
@@ -704,8 +733,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--lag-n", type=int, default=10_000, help="delayed jobs in the lag scenario")
     add("--lag-rate", type=float, default=1000.0, help="of them due per second")
     add("--lag-lead", type=float, default=4.0, help="seconds from the enqueue to the first due")
-    add("--idle-seconds", type=float, default=20.0, help="idle window (0: skip)")
+    add("--idle-seconds", type=float, default=65.0, help="idle window (ours asks every 30 s)")
     add("--idle-settle", type=float, default=2.0, help="seconds a worker idles before it")
+    add(
+        "--scenarios",
+        nargs="+",
+        choices=["throughput", "lag", "idle"],
+        default=["throughput", "lag", "idle"],
+        help="what to run (default all)",
+    )
     add("--max-others", type=float, default=0.5, help="redo a run when others used more")
     add(
         "--loop",
