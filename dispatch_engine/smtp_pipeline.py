@@ -3,8 +3,8 @@
 aiosmtplib sends each command and waits for its reply: MAIL, RCPT, DATA, then the content,
 four round trips per email. When the server announces PIPELINING, a `PipelinedSession` takes
 the connection over once aiosmtplib has done the greeting, EHLO, STARTTLS and AUTH: it writes
-MAIL, RCPT and DATA at once, and the content of one email together with the envelope of the
-next, so an email costs about one round trip and several are in flight on one connection.
+MAIL, RCPT and DATA at once, then the content: two round trips per email instead of four,
+one email at a time per connection.
 
 Replies come back in the order the commands were written; each waits in a FIFO of futures.
 A send that stops halfway through its envelope or content (cancelled, timed out) closes the
@@ -174,8 +174,7 @@ class PipelinedSession(asyncio.Protocol):
         self.in_flight += 1
         try:
             async with asyncio.timeout(self.timeout):
-                final, refused = await self._envelope_and_content(envelope, recipients, data)
-                reply = await final
+                reply, refused = await self._transaction(envelope, recipients, data)
         except TimeoutError:
             self.close()  # the session's state is unknown
             raise
@@ -185,13 +184,16 @@ class PipelinedSession(asyncio.Protocol):
             raise aiosmtplib.SMTPDataError(reply.code, reply.message)
         return refused, reply.message
 
-    async def _envelope_and_content(
+    async def _transaction(
         self, envelope: bytes, recipients: list[str], data: bytes
-    ) -> tuple[asyncio.Future[Reply], dict[str, Reply]]:
-        """Write the envelope, read its replies, write the content: (the final reply's future,
-        the refused recipients).
+    ) -> tuple[Reply, dict[str, Reply]]:
+        """Write the envelope, read its replies, write the content, read the final reply:
+        (the final reply, the refused recipients). Two round trips.
 
-        Holds the turn throughout: the next email's envelope must follow this content."""
+        Holds the turn throughout. The next email's envelope could go right after this
+        content (RFC 2920 allows it), but measured into Postfix's smtp-sink that stalls: the
+        server's two small replies in a row meet Nagle's algorithm and the client's delayed
+        ACK (1,500 emails/s over 8 connections, against 9,300 one email per connection)."""
         async with self._turn:
             try:
                 waiters = self._write(envelope, len(recipients) + 2)
@@ -206,7 +208,8 @@ class PipelinedSession(asyncio.Protocol):
                     end = b".\r\n" if data_reply.code == 354 else b""
                     self._write_ignored(end + b"RSET\r\n", 2 if end else 1)
                     raise _refusal(mail, refused if everyone else {}, data_reply)
-                return self._write(data, 1)[0], refused
+                (final,) = self._write(data, 1)
+                return await final, refused
             except (asyncio.CancelledError, TimeoutError):
                 self.close()  # stopped between envelope and content: unusable
                 raise

@@ -1,8 +1,8 @@
 """SMTP transport (aiosmtplib): any server, Ethereal included, over a few reused connections.
 
 When the server announces PIPELINING (RFC 2920; a sender's `pipelining: false` turns it
-off), each connection carries several emails at once with about one round trip per email
-(`dispatch_engine.smtp_pipeline`); otherwise each send has a connection to itself.
+off), an email's MAIL, RCPT and DATA go in one write: two round trips per email instead of
+four (`dispatch_engine.smtp_pipeline`); otherwise aiosmtplib sends them one at a time.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def classify(code: int, message: str) -> Exception:
 
 
 class SmtpTransport:
-    """Keeps up to `pool_size` open connections: pipelined ones are shared by sends, the
-    others are handed to one send at a time."""
+    """Keeps up to `pool_size` open connections, each used by one send at a time (pipelined
+    sends queue on the least busy one)."""
 
     def __init__(self, context: TransportContext) -> None:
         settings = context.settings
