@@ -626,7 +626,8 @@ class Bench:
         scenarios = self.args.scenarios
         if "throughput" in scenarios:
             await self.warm_up()
-        for attempt in range(1, self.args.repeat + 1):
+        timed = "throughput" in scenarios or "lag" in scenarios
+        for attempt in range(1, self.args.repeat + 1 if timed else 1):
             print(f"repeat {attempt}/{self.args.repeat}", file=sys.stderr)
             for opt in self.opts if "throughput" in scenarios else []:
                 for system in self.peers:
