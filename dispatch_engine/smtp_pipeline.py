@@ -173,11 +173,10 @@ class PipelinedSession(asyncio.Protocol):
         )
         self.in_flight += 1
         try:
-            async with asyncio.timeout(self.timeout):
+            # The timeout starts with the turn: a send that waited long for the connection
+            # gives up without closing it under the email in progress.
+            async with self._turn, asyncio.timeout(self.timeout):
                 reply, refused = await self._transaction(envelope, recipients, data)
-        except TimeoutError:
-            self.close()  # the session's state is unknown
-            raise
         finally:
             self.in_flight -= 1
         if reply.code != 250:
@@ -190,29 +189,28 @@ class PipelinedSession(asyncio.Protocol):
         """Write the envelope, read its replies, write the content, read the final reply:
         (the final reply, the refused recipients). Two round trips.
 
-        Holds the turn throughout. The next email's envelope could go right after this
-        content (RFC 2920 allows it), but measured into Postfix's smtp-sink that stalls: the
-        server's two small replies in a row meet Nagle's algorithm and the client's delayed
+        The caller holds the turn throughout. The next email's envelope could go right after
+        this content (RFC 2920 allows it), but measured into Postfix's smtp-sink that stalls:
+        the server's two small replies in a row meet Nagle's algorithm and the client's delayed
         ACK (1,500 emails/s over 8 connections, against 9,300 one email per connection)."""
-        async with self._turn:
-            try:
-                waiters = self._write(envelope, len(recipients) + 2)
-                await waiters[-1]  # replies arrive in order: all are in
-                mail, *rcpt, data_reply = [w.result() for w in waiters]
-                refused = {
-                    r: reply for r, reply in zip(recipients, rcpt, strict=True) if reply.code >= 300
-                }
-                everyone = len(refused) == len(recipients)
-                if data_reply.code != 354 or mail.code >= 300 or everyone:
-                    # A 354 despite a refusal: end an empty message. Then reset the envelope.
-                    end = b".\r\n" if data_reply.code == 354 else b""
-                    self._write_ignored(end + b"RSET\r\n", 2 if end else 1)
-                    raise _refusal(mail, refused if everyone else {}, data_reply)
-                (final,) = self._write(data, 1)
-                return await final, refused
-            except (asyncio.CancelledError, TimeoutError):
-                self.close()  # stopped between envelope and content: unusable
-                raise
+        try:
+            waiters = self._write(envelope, len(recipients) + 2)
+            await waiters[-1]  # replies arrive in order: all are in
+            mail, *rcpt, data_reply = [w.result() for w in waiters]
+            refused = {
+                r: reply for r, reply in zip(recipients, rcpt, strict=True) if reply.code >= 300
+            }
+            everyone = len(refused) == len(recipients)
+            if data_reply.code != 354 or mail.code >= 300 or everyone:
+                # A 354 despite a refusal: end an empty message. Then reset the envelope.
+                end = b".\r\n" if data_reply.code == 354 else b""
+                self._write_ignored(end + b"RSET\r\n", 2 if end else 1)
+                raise _refusal(mail, refused if everyone else {}, data_reply)
+            (final,) = self._write(data, 1)
+            return await final, refused
+        except (asyncio.CancelledError, TimeoutError):
+            self.close()  # stopped between envelope and content: unusable
+            raise
 
     def close(self) -> None:
         if not self._transport.is_closing():
