@@ -55,8 +55,8 @@ def _int(field: str, value: Any, low: int, high: int) -> int:
 def _smtp_settings(raw: dict[str, Any], old: dict[str, Any], box: SecretBox) -> dict[str, Any]:
     out = {k: v for k, v in old.items()}
     for key in raw:
-        if key not in ("host", "port", "username", "password", "tls"):
-            known = "host, port, username, password, tls"
+        if key not in ("host", "port", "username", "password", "tls", "pipelining"):
+            known = "host, port, username, password, tls, pipelining"
             raise invalid(f"settings.{key}", f"is not an SMTP setting ({known})")
     if "host" in raw:
         if not isinstance(raw["host"], str) or not raw["host"].strip():
@@ -72,6 +72,10 @@ def _smtp_settings(raw: dict[str, Any], old: dict[str, Any], box: SecretBox) -> 
         if raw["tls"] not in SMTP_TLS:
             raise invalid("settings.tls", f"must be one of {', '.join(SMTP_TLS)}")
         out["tls"] = raw["tls"]
+    if "pipelining" in raw:  # off for a server that announces PIPELINING but mishandles it
+        if not isinstance(raw["pipelining"], bool):
+            raise invalid("settings.pipelining", "must be true or false")
+        out["pipelining"] = raw["pipelining"]
     if "password" in raw:
         if raw["password"] in (None, ""):
             out.pop("password", None)

@@ -259,6 +259,16 @@ async def test_deleting_a_sender_with_queued_emails_is_refused_or_cancels(
         headers=headers,
     )
     assert (await bad.json())["error"]["field"] == "settings.tls"
+    bad = await client.post(
+        "/api/senders", json=smtp_sender("x@example.com", 25, pipelining="no"), headers=headers
+    )
+    assert (await bad.json())["error"]["field"] == "settings.pipelining"
+    plain = await _json(
+        await client.post(
+            "/api/senders", json=smtp_sender("x@example.com", 25, pipelining=False), headers=headers
+        )
+    )
+    assert plain["settings"]["pipelining"] is False
 
 
 async def test_cli_adds_lists_tests_and_reseals_after_a_key_rotation(

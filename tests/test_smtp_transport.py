@@ -154,3 +154,18 @@ async def test_waiting_for_a_busy_connection_does_not_count_against_the_send_tim
         controller.stop()
     assert all("queued" in r.response for r in results)
     assert len(handler.messages) == 4 and handler.sessions - opened == 1
+
+
+async def test_a_sender_can_turn_pipelining_off() -> None:
+    handler = PipeliningSink(pipelining=True)  # the server offers it; the sender declines
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    own = {"host": "127.0.0.1", "port": controller.port, "tls": "none", "pipelining": False}
+    transport = smtp.SmtpTransport(TransportContext(load_settings({}), own))
+    try:
+        sent = await transport.send(_message(1, "r1@example.com", b"x\r\n"))
+    finally:
+        await transport.close()
+        controller.stop()
+    assert "queued" in sent.response and len(handler.messages) == 1
+    assert transport._pipelined is False and transport._sessions == []
