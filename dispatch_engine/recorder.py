@@ -86,9 +86,7 @@ class Recorder:
             return
         for campaign_id, owner_id, status in changed:
             # Pages showing the campaign refresh on this, not only on the dispatches before it.
-            event = {"type": "campaign", "id": campaign_id, "owner_id": owner_id}
-            with contextlib.suppress(Exception):
-                await self.pubsub_redis.publish(EVENTS_CHANNEL, orjson.dumps(event))
+            await self._publish({"type": "campaign", "id": campaign_id, "owner_id": owner_id})
             if status == CampaignStatus.COMPLETED:
                 await notify(
                     self.hooks.campaign_completed,
@@ -150,9 +148,7 @@ class Recorder:
         finished = [o for o in outcomes if o.status != DispatchStatus.SCHEDULED]
         if not finished:
             return
-        with contextlib.suppress(Exception):  # live pages are a convenience
-            event = {"type": "dispatches", "ids": [o.dispatch_id for o in finished][:1000]}
-            await self.pubsub_redis.publish(EVENTS_CHANNEL, orjson.dumps(event))
+        await self._publish({"type": "dispatches", "ids": [o.dispatch_id for o in finished][:1000]})
         sent_hooks = self.hooks.dispatch_sent.get_hookimpls()
         failed_hooks = self.hooks.dispatch_failed.get_hookimpls()
         for o in finished:
@@ -174,3 +170,7 @@ class Recorder:
                     error=o.error or "",
                     settings=self.settings,
                 )
+
+    async def _publish(self, event: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):  # live pages are a convenience
+            await self.pubsub_redis.publish(EVENTS_CHANNEL, orjson.dumps(event))

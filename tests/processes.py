@@ -59,18 +59,19 @@ class Proc:
         _RUNNING.discard(self)
 
     def stop(self, within: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(within)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                raise AssertionError(f"did not stop within {within} s:\n{self.output()}") from None
-            finally:
-                _RUNNING.discard(self)
-        self._out.close()
-        _RUNNING.discard(self)
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(within)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+                    output = self.output()
+                    raise AssertionError(f"did not stop within {within} s:\n{output}") from None
+        finally:
+            self._out.close()
+            _RUNNING.discard(self)
         return self.proc.returncode
 
 

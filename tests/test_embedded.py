@@ -169,11 +169,11 @@ def test_missing_binaries_name_what_to_install(tmp_path: Path) -> None:
 
 async def test_restart_after_owner_is_sigkilled(data_dir: Path) -> None:
     script = (
-        "import sys, time; from pathlib import Path\n"
+        "import sys, threading; from pathlib import Path\n"
         "from dispatch_engine.embedded import EmbeddedServers\n"
         "urls = EmbeddedServers(Path(sys.argv[1])).start()\n"
         "print(urls.database_url, urls.redis_url, flush=True)\n"
-        "time.sleep(600)\n"
+        "threading.Event().wait()\n"  # until the test SIGKILLs it
     )
     owner = await asyncio.create_subprocess_exec(
         sys.executable, "-c", script, str(data_dir), stdout=asyncio.subprocess.PIPE
