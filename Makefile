@@ -16,8 +16,15 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/dispatch-engine up
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps $(PEERS)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Third-party peers from npm that the tests start on loopback (panva's oidc-provider,
+# nodemailer's smtp-server), pinned by tests/peers/package-lock.json. Pure JavaScript:
+# --ignore-scripts, nothing builds at install.
+PEERS := tests/peers/node_modules/.package-lock.json
+$(PEERS): tests/peers/package.json tests/peers/package-lock.json
+	npm ci --prefix tests/peers --ignore-scripts --no-audit --no-fund
 
 # Tools the tests drive as real peers, from Debian's packages: chromium (dashboard), nginx (a
 # load balancer in front of API processes), docker-compose (validates docker-compose.yml).
