@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Third-party peers from npm that the tests start on loopback (panva's oidc-provider,
+# nodemailer's smtp-server), pinned by tests/peers/package-lock.json. Pure JavaScript:
+# --ignore-scripts, nothing builds at install.
+PEERS := tests/peers/node_modules/.package-lock.json
 
 .PHONY: up test lint typecheck check bench clean system-deps
 CHROMIUM ?= /usr/bin/chromium
@@ -19,10 +23,6 @@ up: $(STAMP)
 test: $(STAMP) system-deps $(PEERS)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# Third-party peers from npm that the tests start on loopback (panva's oidc-provider,
-# nodemailer's smtp-server), pinned by tests/peers/package-lock.json. Pure JavaScript:
-# --ignore-scripts, nothing builds at install.
-PEERS := tests/peers/node_modules/.package-lock.json
 $(PEERS): tests/peers/package.json tests/peers/package-lock.json
 	npm ci --prefix tests/peers --ignore-scripts --no-audit --no-fund
 
