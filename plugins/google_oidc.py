@@ -159,8 +159,10 @@ class OidcProvider:
                 reason = response.headers.get("WWW-Authenticate") or f"HTTP {response.status}"
                 raise AuthError(f"The sign-in provider's userinfo endpoint refused: {reason[:300]}")
             if response.content_type == "application/jwt":
-                raise AuthError("The sign-in provider's userinfo answer is a JWT, which is not "
-                                "supported: register the client for plain JSON userinfo.")  # fmt: skip
+                raise AuthError(
+                    "The sign-in provider's userinfo answer is a JWT, which is not supported: "
+                    "register the client for plain JSON userinfo."
+                )
             body = await _json(response, "userinfo endpoint")
         # §5.3.2: a userinfo answer about someone else must not be used (token substitution).
         if body.get("sub") != subject:

@@ -99,7 +99,7 @@ async def _read(process: asyncio.subprocess.Process, log: Path) -> dict[str, Any
     assert process.stdout is not None
     line = await asyncio.wait_for(process.stdout.readline(), 60)
     if not line:
-        raise RuntimeError(f"oidc-provider exited: {log.read_text()[-2000:]}")
+        raise RuntimeError(f"oidc-provider exited; its output is in {log}")
     answer: dict[str, Any] = orjson.loads(line)
     return answer
 
