@@ -36,6 +36,9 @@ from .web_session import csrf_of
 
 CLIENT_ID = "dispatch-test-client"
 CLIENT_SECRET = "s3cret/with:odd chars"
+OTHER_CLIENT_ID = "another-application"
+OTHER_CLIENT_SECRET = "another-secret"
+OTHER_REDIRECT_URI = "http://127.0.0.1:9/callback"  # never opened: the code is read from it
 PEERS = Path(__file__).parent / "peers"
 LAUNCHER = PEERS / "oidc_provider.mjs"
 KID = "test-key-1"
@@ -79,10 +82,15 @@ class OidcPeer:
         options: dict[str, Any] | None = None,
         token_endpoint: str | None = None,
     ) -> None:
-        client = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-                  "redirect_uris": [redirect_uri]}  # fmt: skip
+        clients = [
+            {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+             "redirect_uris": [redirect_uri]},
+            # Another application registered with the same provider (its tokens are not ours).
+            {"client_id": OTHER_CLIENT_ID, "client_secret": OTHER_CLIENT_SECRET,
+             "redirect_uris": [OTHER_REDIRECT_URI]},
+        ]  # fmt: skip
         answer = await self._send({
-            "client": client,
+            "clients": clients,
             "jwks": {"keys": [self.key.as_dict(private=True)]},
             "accounts": {p.sub: p.claims() for p in people or (Person(),)},
             "options": options or {},

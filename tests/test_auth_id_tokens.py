@@ -18,11 +18,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from yarl import URL
 
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
@@ -31,6 +33,9 @@ from .oidc_provider import (
     CLIENT_ID,
     CLIENT_SECRET,
     KID,
+    OTHER_CLIENT_ID,
+    OTHER_CLIENT_SECRET,
+    OTHER_REDIRECT_URI,
     OidcPeer,
     TokenInterposer,
     authorize,
@@ -165,4 +170,48 @@ async def test_a_forged_id_token_is_refused(
     assert status == 400, text
     assert REFUSED[case] in text
     assert await store.pool.fetchval("SELECT count(*) FROM users") == 0
+    assert await store.pool.fetchval("SELECT count(*) FROM sessions") == 0
+
+
+async def _other_applications_id_token(
+    browser: aiohttp.ClientSession, peer: OidcPeer, nonce: str
+) -> str:
+    """A genuine id_token the provider issues to another client, for this person and nonce."""
+    verifier = "v" * 64
+    challenge = _b64(hashlib.sha256(verifier.encode()).digest())
+    target = URL(peer.issuer + "/auth").with_query(
+        client_id=OTHER_CLIENT_ID, response_type="code", scope="openid email",
+        redirect_uri=OTHER_REDIRECT_URI, state="s", nonce=nonce,
+        code_challenge=challenge, code_challenge_method="S256",
+    )  # fmt: skip
+    back = await authorize(browser, target, peer.issuer, "1001")
+    form = {"grant_type": "authorization_code", "code": back.query["code"],
+            "redirect_uri": OTHER_REDIRECT_URI, "code_verifier": verifier}  # fmt: skip
+    pair = base64.b64encode(f"{OTHER_CLIENT_ID}:{OTHER_CLIENT_SECRET}".encode()).decode()
+    headers = {"Authorization": f"Basic {pair}"}
+    async with browser.post(peer.issuer + "/token", data=form, headers=headers) as answer:
+        body = await answer.json()
+    assert answer.status == 200, body
+    token: str = body["id_token"]
+    assert _claims(token)["aud"] == OTHER_CLIENT_ID and _claims(token)["nonce"] == nonce
+    return token
+
+
+async def test_an_id_token_the_provider_issued_to_another_application_is_refused(
+    make_client: Start,
+    settings: Settings,
+    store: Store,
+    peer: OidcPeer,
+    interposer: TokenInterposer,
+) -> None:
+    """Token substitution with no forgery at all: same provider, person and nonce; not ours."""
+    app = await start_app(make_client, settings, peer, token_endpoint=interposer.url)
+    target = await start_login(app.session, app.make_url("/"), "/campaigns")
+    other = await _other_applications_id_token(app.session, peer, target.query["nonce"])
+    interposer.forge = lambda real: other
+    callback = await authorize(app.session, target, peer.issuer, "1001")
+    response = await app.session.get(callback, allow_redirects=False)
+    assert interposer.swapped == 1
+    assert response.status == 400
+    assert "id_token is not valid" in await response.text()
     assert await store.pool.fetchval("SELECT count(*) FROM sessions") == 0

@@ -4,7 +4,7 @@
 // - it listens on a free port at once and prints {"listening": "http://127.0.0.1:PORT"};
 // - the first line on stdin configures it (the app's redirect URI is known only once the app
 //   under test runs, which itself needs the issuer first):
-//     {"client": {client_id, client_secret, redirect_uris}, "jwks": {"keys": [private JWK]},
+//     {"clients": [{client_id, client_secret, redirect_uris}], "jwks": {"keys": [private JWK]},
 //      "accounts": {sub: claims}, "options": {...extra Provider options},
 //      "tokenEndpoint": "http://…" (optional, see below)}
 //   and it prints {"ready": issuer};
@@ -45,7 +45,7 @@ function say(message) {
 function configure(config) {
   const issuer = `http://127.0.0.1:${server.address().port}`;
   const provider = new Provider(issuer, {
-    clients: [config.client],
+    clients: config.clients,
     jwks: config.jwks,
     claims: STANDARD_CLAIMS,
     cookies: { keys: ['test-cookie-key-0123456789abcdef'] },
