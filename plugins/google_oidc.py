@@ -131,10 +131,10 @@ class OidcProvider:
         tokens = await self._exchange(context, code, flow["verifier"])
         claims = await self._verify(context.http, tokens, flow["nonce"])
         extra: dict[str, Any] = {}
-        if not (claims.get("email") and claims.get("name")):
+        if not (_states_email(claims) and claims.get("name")):
             extra = await self._userinfo(context.http, tokens, str(claims["sub"]))
         # email and email_verified are one statement: both come from the same source.
-        mail = claims if claims.get("email") else extra
+        mail = claims if _states_email(claims) or not extra.get("email") else extra
         return LoginIdentity(
             provider=self.client.issuer,
             subject=str(claims["sub"]),
@@ -227,6 +227,10 @@ class OidcProvider:
         if len(audiences) > 1 and claims.get("azp") != self.client.client_id:
             raise AuthError("The id_token was issued to another application (azp mismatch).")
         return claims
+
+
+def _states_email(claims: dict[str, Any]) -> bool:
+    return bool(claims.get("email")) and "email_verified" in claims
 
 
 def _text(value: Any, limit: int, *, cut: bool = True) -> str:

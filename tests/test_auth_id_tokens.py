@@ -215,3 +215,24 @@ async def test_an_id_token_the_provider_issued_to_another_application_is_refused
     assert response.status == 400
     assert "id_token is not valid" in await response.text()
     assert await store.pool.fetchval("SELECT count(*) FROM sessions") == 0
+
+
+async def test_an_unverified_id_token_email_is_never_paired_with_userinfos_verification(
+    make_client: Start,
+    settings: Settings,
+    store: Store,
+    peer: OidcPeer,
+    interposer: TokenInterposer,
+) -> None:
+    """email and email_verified are one statement: the id_token names an address without
+    saying it is verified, userinfo verifies another; the verified one is who signs in."""
+    app = await start_app(make_client, settings, peer, token_endpoint=interposer.url)
+    interposer.forge = lambda real: jwt.encode(
+        {"alg": "RS256", "kid": KID}, {**_claims(real), "email": "mallory@example.com"}, peer.key
+    )
+    target = await start_login(app.session, app.make_url("/"), "/campaigns")
+    callback = await authorize(app.session, target, peer.issuer, "1001")
+    response = await app.session.get(callback, allow_redirects=False)
+    assert response.status == 303, await response.text()
+    emails = [row["email"] for row in await store.pool.fetch("SELECT email FROM users")]
+    assert emails == ["ada@example.com"]

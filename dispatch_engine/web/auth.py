@@ -55,7 +55,10 @@ def _warn_if_anyone_may_sign_in(settings: Settings) -> None:
         return
     if settings.oidc is None and settings.host in LOOPBACK_HOSTS:
         return  # local mode on loopback: the dev user only
-    who = f"anyone with a verified email at {settings.oidc.issuer}" if settings.oidc else "anyone"
+    if settings.oidc is not None:
+        who = f"anyone with a verified email at {settings.oidc.issuer}"
+    else:
+        who = f"anyone who reaches {settings.host}"
     message = (
         f"DISPATCH_ALLOWED_EMAILS is not set: {who} can sign in and create an account. "
         "Set DISPATCH_ALLOWED_EMAILS=you@example.com,@example.org (or * to allow anyone)."
