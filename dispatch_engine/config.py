@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
+from email_validator import EmailNotValidError, validate_email
+
 from .weekly import EXAMPLE, WeeklyWindow, parse_weekly_window
 
 T = TypeVar("T")
@@ -54,6 +56,50 @@ def _weekly(name: str, raw: str) -> WeeklyWindow:
 
 
 GOOGLE_ISSUER = "https://accounts.google.com"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _mailbox(address: str) -> tuple[str, str]:
+    """(local part, domain) compared case-insensitively, the domain in its ASCII (A-label) form."""
+    checked = validate_email(address, check_deliverability=False)
+    return checked.local_part.lower(), checked.ascii_domain.lower()
+
+
+@dataclass(frozen=True)
+class AllowedEmails:
+    """DISPATCH_ALLOWED_EMAILS: who may sign in. Addresses, `@domain` entries, or `*` (anyone)."""
+
+    addresses: frozenset[tuple[str, str]] = frozenset()
+    domains: frozenset[str] = frozenset()
+    anyone: bool = False
+
+    def permits(self, email: str) -> bool:
+        if self.anyone:
+            return True
+        try:
+            local, domain = _mailbox(email)
+        except EmailNotValidError:
+            return False
+        return domain in self.domains or (local, domain) in self.addresses
+
+
+def _allowed_emails(name: str, raw: str) -> AllowedEmails:
+    addresses: set[tuple[str, str]] = set()
+    domains: set[str] = set()
+    entries = [part.strip() for part in raw.split(",") if part.strip()]
+    for entry in entries:
+        try:
+            if entry.startswith("@"):
+                domains.add(_mailbox("a" + entry)[1])
+            elif entry != "*":
+                addresses.add(_mailbox(entry))
+        except EmailNotValidError as exc:
+            raise SettingsError(
+                f"{name}: {entry!r} is not an email address nor an @domain ({exc})"
+            ) from None
+    if "*" in entries and len(entries) > 1:
+        raise SettingsError(f"{name}: '*' (anyone) cannot be combined with other entries")
+    return AllowedEmails(frozenset(addresses), frozenset(domains), anyone="*" in entries)
 
 
 @dataclass(frozen=True)
@@ -87,6 +133,7 @@ class Settings:
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None
     oidc_client_secret: str | None = field(default=None, repr=False)
+    allowed_emails: AllowedEmails | None = None  # None: anyone with a verified email
     secret_key: str = field(default="", repr=False)
     old_secret_keys: tuple[str, ...] = field(default=(), repr=False)
     base_url: str | None = None
@@ -201,7 +248,7 @@ def _oidc_settings(raw: dict[str, str | None]) -> dict[str, str | None]:
     issuer = raw["OIDC_ISSUER"]
     if issuer is not None:
         parts = urlsplit(issuer)
-        loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        loopback = parts.hostname in LOOPBACK_HOSTS
         secure = parts.scheme == "https" or (parts.scheme == "http" and loopback)
         if not parts.hostname or not secure:
             raise SettingsError(
@@ -285,6 +332,7 @@ def load_settings(
         smtp_tls=get("SMTP_TLS", _bool_tls, "starttls"),
         smtp_pool_size=get("SMTP_POOL_SIZE", lambda n, r: _int(n, r, 1, 64), 8),
         **login,
+        allowed_emails=get("DISPATCH_ALLOWED_EMAILS", _allowed_emails, None),
         secret_key=secret_key,
         old_secret_keys=get("DISPATCH_OLD_SECRET_KEYS", names, ()),
         base_url=base_url,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -18,7 +18,7 @@ from dispatch_engine.recorder import EVENTS_CHANNEL
 from dispatch_engine.store import Store
 
 from .helpers import auth, wait_for
-from .oidc_provider import CLIENT_ID, CLIENT_SECRET, OidcProvider, Person, start_provider
+from .oidc_provider import OidcPeer, Person, authorize, launch, start_app, start_login
 from .web_session import csrf_of, next_event
 
 Start = Callable[..., Awaitable[TestClient]]
@@ -41,39 +41,39 @@ LISTS = ["/emails", "/campaigns", "/inbox", "/api/emails/scheduled", "/api/email
          "/api/inbox", "/api/campaigns"]  # fmt: skip
 
 
+A = Person(sub="a", email="a@example.com", name="A")
+B = Person(sub="b", email="b@example.com", name="B")
+
+
 @pytest.fixture
-async def provider() -> AsyncIterator[OidcProvider]:
-    started = await start_provider()
-    yield started
-    assert started.server is not None
-    await started.server.close()
+async def peer(tmp_path: Path) -> AsyncIterator[OidcPeer]:
+    """panva's oidc-provider on loopback (tests/oidc_provider.py)."""
+    async with launch(tmp_path / "oidc-provider.log") as started:
+        yield started
 
 
 async def _sign_in(
-    app: TestClient, provider: OidcProvider, person: Person
+    app: TestClient, peer: OidcPeer, person: Person
 ) -> tuple[aiohttp.ClientSession, str]:
     """A browser of its own for `person`; returns it and its session's CSRF token."""
-    provider.person = person
     browser = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-    page = await (await browser.get(app.make_url("/login"))).text()
-    landed = await browser.post(app.make_url("/auth/oidc/start"),
-                                data={"csrf_token": csrf_of(page), "next": "/emails"})  # fmt: skip
+    target = await start_login(browser, app.make_url("/"), "/emails")
+    landed = await browser.get(await authorize(browser, target, peer.issuer, person.sub))
     assert landed.url.path == "/emails", await landed.text()
     return browser, csrf_of(await landed.text())
 
 
 async def test_user_b_cannot_see_or_touch_user_a(
-    make_client: Start, settings: Settings, provider: OidcProvider, store: Store, redis: Redis
+    make_client: Start, settings: Settings, peer: OidcPeer, store: Store, redis: Redis
 ) -> None:
-    oidc = replace(settings, oidc_issuer=provider.issuer, oidc_client_id=CLIENT_ID,
-                   oidc_client_secret=CLIENT_SECRET)  # fmt: skip
-    app = await make_client(oidc)
+    app = await start_app(make_client, settings, peer, A, B,
+                          roles=frozenset({"api", "worker", "sweeper"}))  # fmt: skip
     routes = {(r.method, r.resource.canonical) for r in app.app.router.routes()
               if r.resource and r.method != "HEAD"}  # fmt: skip
     assert {r for r in routes if "{id}" in r[1]} == ID_ROUTES, "cover the new route here"
 
-    a, a_csrf = await _sign_in(app, provider, Person(sub="a", email="a@example.com", name="A"))
-    b, b_csrf = await _sign_in(app, provider, Person(sub="b", email="b@example.com", name="B"))
+    a, a_csrf = await _sign_in(app, peer, A)
+    b, b_csrf = await _sign_in(app, peer, B)
     b_id = await store.pool.fetchval("SELECT id FROM users WHERE email = 'b@example.com'")
     b_token = auth(await store.create_token(b_id, "t"))
     url = app.make_url
