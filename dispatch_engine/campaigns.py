@@ -21,8 +21,6 @@ from .sweeper import requeue
 
 MAX_SUBJECT = 998
 MAX_BODY = 1_000_000
-# The calendar must hold the last email's time: start_at at most this far ahead.
-MAX_START_AHEAD = timedelta(days=3660)
 
 
 @dataclass(frozen=True)
@@ -70,8 +68,8 @@ def _start_at(value: Any, now: datetime) -> datetime:
     if value is None or value == "":
         return now
     at = aware_datetime(value, "start_at")
-    if at > now + MAX_START_AHEAD:
-        raise invalid("start_at", f"must be at most {MAX_START_AHEAD.days} days ahead")
+    if at.year >= 9999:  # leaves a year for date arithmetic (delays, retries, windows)
+        raise invalid("start_at", "must be before the year 9999")
     return at
 
 
@@ -113,9 +111,11 @@ def parse_schedule_request(
             details={"rejected": recipients.rejected, "rejected_total": recipients.rejected_total},
         )
     try:  # the last email must still be a date PostgreSQL and Python can hold
-        start_at + timedelta(milliseconds=delay) * len(recipients.accepted)
+        last = start_at + timedelta(milliseconds=delay) * len(recipients.accepted)
     except OverflowError:
-        raise invalid("delay_between_ms", "puts the last email past the year 9999") from None
+        last = datetime.max.replace(tzinfo=start_at.tzinfo)
+    if last.year >= 9999:
+        raise invalid("delay_between_ms", "puts the last email past the year 9998")
     return ScheduleRequest(
         subject=subject,
         body=body,
