@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import io
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+import pytest
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 
+from dispatch_engine import recipients
+from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
+from .conftest import fast
 from .helpers import auth, new_token, wait_for
 
 Start = Callable[..., Awaitable[TestClient]]
@@ -218,3 +225,141 @@ async def test_scheduled_emails_reach_the_capture_inbox_once_at_their_time(
 
     sent = await (await client.get("/api/emails/sent?limit=500", headers=headers)).json()
     assert len(sent["items"]) == 100 and {i["status"] for i in sent["items"]} == {"sent"}
+
+
+async def test_a_row_missing_a_cell_is_sent_with_an_empty_value(
+    make_client: Start, store: Store, settings: Settings
+) -> None:
+    """`heidi@example.com` alone under `email,name` is accepted and delivered, with name ""."""
+    client = await make_client(fast(settings, transport="capture"))
+    headers = auth(await new_token(store))
+    form = FormData()
+    form.add_field("subject", "Hello{{ name }}!")
+    form.add_field("body", "Dear {{ name }}, for {{ email }}.")
+    form.add_field("recipients_file", b"email,name\nheidi@example.com\n", filename="p.csv")
+    response = await client.post("/api/emails/schedule", data=form, headers=headers)
+    assert response.status == 201, await response.json()
+
+    async def delivered() -> bool:
+        got = await (await client.get("/api/emails/sent", headers=headers)).json()
+        return bool(got["items"]) and got["items"][0]["status"] in ("sent", "failed")
+
+    await wait_for(delivered)
+    item = (await (await client.get("/api/emails/sent", headers=headers)).json())["items"][0]
+    assert item["status"] == "sent", item["error"]
+    inbox = await (await client.get("/api/inbox", headers=headers)).json()
+    assert inbox["items"][0]["subject"] == "Hello!"
+
+    # A variable no column provides is refused when scheduling, naming it.
+    form = FormData()
+    form.add_field("subject", "s")
+    form.add_field("body", "From {{ city }}")
+    form.add_field("recipients_file", b"email,name\nheidi@example.com\n", filename="p.csv")
+    response = await client.post("/api/emails/schedule", data=form, headers=headers)
+    error = (await response.json())["error"]
+    assert response.status == 422 and error["field"] == "body" and "city" in error["message"]
+
+
+async def test_the_precheck_gives_the_schedules_verdicts(make_client: Start, store: Store) -> None:
+    client = await make_client(roles=frozenset({"api"}))
+    headers = auth(await new_token(store))
+    csv_bytes = b'email,name\nheidi@example.com\nbad,"two\nlines"\nada@example.com,Ada\n'
+    checked = []
+    for path in ("/api/compose/recipients", "/api/emails/schedule"):
+        form = FormData()
+        form.add_field("subject", "s")
+        form.add_field("body", "Hi {{ name }}")
+        form.add_field("recipients_file", csv_bytes, filename="p.csv")
+        checked.append(await (await client.post(path, data=form, headers=headers)).json())
+    precheck, scheduled = checked
+    assert precheck["valid"] == scheduled["accepted"] == 2
+    assert precheck["rejected"] == scheduled["rejected"]
+    assert [r["line"] for r in precheck["rejected"]] == [3]
+    assert precheck["first"] == {"email": "heidi@example.com", "vars": {"name": ""}}
+
+
+async def test_healthz_answers_while_a_big_malformed_upload_is_parsed(
+    make_client: Start, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parse runs off the event loop: /healthz is answered before the upload's answer."""
+    client = await make_client(roles=frozenset({"api"}))
+    headers = auth(await new_token(store))
+    started = threading.Event()
+    real = recipients.normalize
+
+    def spy(value: str) -> str:
+        started.set()
+        return real(value)
+
+    monkeypatch.setattr(recipients, "normalize", spy)
+    lines = 200_000
+    csv_bytes = b"email,name\n" + b"".join(b"not-an-address-%d,x\n" % n for n in range(lines))
+    form = FormData()
+    form.add_field("subject", "s")
+    form.add_field("body", "b")
+    form.add_field("recipients_file", io.BytesIO(csv_bytes), filename="big.csv")
+    order: list[str] = []
+    upload = asyncio.create_task(client.post("/api/emails/schedule", data=form, headers=headers))
+    upload.add_done_callback(lambda _: order.append("upload"))
+    while not started.is_set() and not upload.done():
+        await asyncio.sleep(0.01)
+    health = await client.get("/healthz")
+    order.append("healthz")
+    assert health.status == 200
+    response = await upload
+    assert order == ["healthz", "upload"]
+    raw = await response.read()
+    body = orjson.loads(raw)
+    assert response.status == 422 and body["error"]["code"] == "no_valid_recipients"
+    assert body["error"]["details"]["rejected_total"] == lines
+    assert len(body["error"]["details"]["rejected"]) == 100
+    assert len(raw) < 50_000  # the first rejected lines and a count, not every one
+
+
+async def test_bodies_past_a_routes_cap_get_413_json(
+    make_client: Start, store: Store, settings: Settings
+) -> None:
+    small = fast(settings, max_upload_bytes=64 * 1024, max_body_bytes=4096, max_recipients=3)
+    client = await make_client(small, roles=frozenset({"api"}))
+    headers = auth(await new_token(store))
+
+    async def chunked(data: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 8192):
+            yield data[start : start + 8192]
+
+    big_csv = b"email\n" + b"x@example.com\n" * 10_000
+    form = FormData()
+    form.add_field("subject", "s")
+    form.add_field("body", "b")
+    form.add_field("recipients_file", big_csv, filename="p.csv")
+    sent = [
+        await client.post("/api/emails/schedule", data=form, headers=headers),
+        await client.post("/api/senders", data=b"{" + b" " * 5000 + b"}", headers=headers),
+        await client.post(  # no Content-Length: the cap holds while the body streams in
+            "/api/senders", data=chunked(b"{" + b" " * 5000 + b"}"), headers=headers
+        ),
+    ]
+    streamed = (
+        b'--b\r\nContent-Disposition: form-data; name="recipients_file"; filename="p.csv"\r\n'
+        b"\r\n" + big_csv + b"\r\n--b--\r\n"
+    )
+    sent.append(
+        await client.post(
+            "/api/emails/schedule",
+            data=chunked(streamed),
+            headers={**headers, "Content-Type": "multipart/form-data; boundary=b"},
+        )
+    )
+    for response in sent:
+        error = (await response.json())["error"]
+        assert response.status == 413, error
+        assert error["code"] == "too_large" and error["field"] and error["message"]
+    # Under the byte cap, over the recipient cap: 422 naming the field.
+    form = FormData()
+    form.add_field("subject", "s")
+    form.add_field("body", "b")
+    form.add_field("recipients_file", b"a@x.io\nb@x.io\nc@x.io\nd@x.io\n", filename="p.csv")
+    response = await client.post("/api/emails/schedule", data=form, headers=headers)
+    error = (await response.json())["error"]
+    assert response.status == 422
+    assert (error["code"], error["field"]) == ("too_many_recipients", "recipients_file")

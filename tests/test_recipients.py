@@ -169,9 +169,9 @@ def test_missing_trailing_cells_are_empty_strings() -> None:
 def test_bytes_are_parsed_as_utf8_with_the_same_line_numbers() -> None:
     text = '\ufeffemail,name\r\nbad,x\r\n\r\nzoë@example.com,"Zoë\r\nB"\rnope\n'
     from_text, from_bytes = from_csv(text), from_csv(text.encode())
-    assert accepted(from_bytes) == accepted(from_text) == [
-        ("zoë@example.com", {"name": "Zoë\r\nB"})
-    ]
+    assert (
+        accepted(from_bytes) == accepted(from_text) == [("zoë@example.com", {"name": "Zoë\r\nB"})]
+    )
     assert rejected(from_bytes) == rejected(from_text) == [(2, "bad"), (6, "nope")]
     with pytest.raises(ApiError) as caught:
         from_csv(b"email\n\xff@example.com\n", field="recipients_file")
