@@ -301,7 +301,7 @@ async def test_healthz_answers_while_a_big_malformed_upload_is_parsed(
     order: list[str] = []
     upload = asyncio.create_task(client.post("/api/emails/schedule", data=form, headers=headers))
     upload.add_done_callback(lambda _: order.append("upload"))
-    while not started.is_set() and not upload.done():
+    while not started.is_set() and not upload.done():  # noqa: ASYNC110 (a thread sets it)
         await asyncio.sleep(0.01)
     health = await client.get("/healthz")
     order.append("healthz")
@@ -363,3 +363,54 @@ async def test_bodies_past_a_routes_cap_get_413_json(
     error = (await response.json())["error"]
     assert response.status == 422
     assert (error["code"], error["field"]) == ("too_many_recipients", "recipients_file")
+
+
+async def test_malformed_ids_cursors_dates_and_bodies_name_the_field(
+    make_client: Start, store: Store
+) -> None:
+    client = await make_client(roles=frozenset({"api"}))
+    headers = auth(await new_token(store))
+    ok = {"subject": "s", "body": "b", "recipients": ["a@example.com"]}
+    cases: list[tuple[str, str, Any, int, str | None]] = [
+        ("GET", "/api/campaigns/¹", None, 422, "id"),
+        ("GET", f"/api/campaigns/{2**63}", None, 422, "id"),
+        ("GET", f"/api/senders/{2**64}", None, 422, "id"),
+        ("POST", "/api/campaigns/\u0661/pause", None, 422, "id"),  # an Arabic-Indic 1
+        ("GET", "/api/campaigns?cursor=¹", None, 422, "cursor"),
+        ("GET", f"/api/inbox?cursor={2**63}", None, 422, "cursor"),
+        ("GET", "/api/emails/sent?limit=²", None, 422, "limit"),
+        ("GET", "/api/emails/sent?cursor=WzEsMiwzXQ", None, 422, "cursor"),  # [1,2,3]
+        ("GET", "/api/emails/scheduled?cursor=WyJ4IiwgMV0", None, 422, "cursor"),  # ["x", 1]
+        ("POST", "/api/emails/schedule", {**ok, "start_at": "9999-12-31T23:59:59-23:59"}, 422,
+         "start_at"),
+        ("POST", "/api/emails/schedule", {**ok, "start_at": "0001-01-01T00:00:00+23:59"}, 422,
+         "start_at"),
+        ("POST", "/api/emails/schedule", {**ok, "hourly_limit": "¹"}, 422, "hourly_limit"),
+        ("POST", "/api/emails/schedule", {**ok, "delay_between_ms": 2**64}, 422,
+         "delay_between_ms"),
+        ("POST", "/api/emails/schedule", {**ok, "sender": "¹"}, 422, "sender"),
+        ("POST", "/api/emails/schedule", {**ok, "sender": 2**63}, 422, "sender"),
+        ("POST", "/api/emails/schedule", {**ok, "sender": ["x"]}, 422, "sender"),
+        ("POST", "/api/emails/schedule", {**ok, "start_at": "9998-12-31T00:00:00Z",
+                                          "delay_between_ms": 86_400_000,
+                                          "recipients": ["a@x.io", "b@x.io", "c@x.io"]}, 422,
+         "delay_between_ms"),
+        ("POST", "/api/emails/schedule", [1, 2], 400, None),
+        ("POST", "/api/compose/preview", "just a string", 400, None),
+        ("PATCH", "/api/senders/1", [], 400, None),
+    ]  # fmt: skip
+    for method, path, payload, status, field in cases:
+        response = await client.request(method, path, json=payload, headers=headers)
+        error = (await response.json())["error"]
+        assert response.status == status, (path, payload, error)
+        assert error.get("field") == field, (path, payload, error)
+    for content_type, raw in [
+        ("multipart/form-data", b"--x\r\n\r\n--x--\r\n"),  # no boundary
+        ("multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data; name="s'),
+    ]:
+        for path in ("/api/emails/schedule", "/api/compose/recipients"):
+            response = await client.post(
+                path, data=raw, headers={**headers, "Content-Type": content_type}
+            )
+            error = (await response.json())["error"]
+            assert (response.status, error["code"]) == (400, "invalid_multipart"), (path, error)

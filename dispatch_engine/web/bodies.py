@@ -18,8 +18,9 @@ from ..config import Settings
 from ..errors import ApiError
 from ..recipients import Limits
 
-# Raised by aiohttp's multipart and form readers on a body that does not parse.
-_MALFORMED = (ValueError, AssertionError, LookupError, TypeError)
+# Raised by aiohttp's multipart and form readers on a body that does not parse (a bad
+# Content-Disposition is a warning, raised where warnings are errors, as in the tests).
+_MALFORMED = (ValueError, AssertionError, LookupError, TypeError, RuntimeWarning)
 _JSON_IN_THREAD = 256 * 1024  # decoding a bigger JSON body would hold the loop noticeably
 
 

@@ -72,12 +72,17 @@ async def body_limit_middleware(request: web.Request, handler: Handler) -> web.S
         raise too_large(limit)
     limited = request.clone(client_max_size=limit)
     multipart_api = request.path.startswith("/api/") and request.content_type == _FORMS[1]
+    fields = None
     try:
         if request.content_type in _FORMS and not multipart_api:
-            await form(limited)
+            fields = await form(limited)
         return await handler(limited)
     except web.HTTPRequestEntityTooLarge:  # a body read past the route's own cap
         raise too_large(limit) from None
+    finally:  # aiohttp closes the uploads' spool files of the request it made, not a clone's
+        for value in (fields or {}).values():
+            if isinstance(value, web.FileField):
+                value.file.close()
 
 
 @web.middleware
