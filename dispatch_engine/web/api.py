@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from ..errors import ApiError
 from ..models import DispatchStatus
 from ..parsing import decode_cursor, decode_id_cursor, encode_cursor, row_id, whole_number
 from ..recipients import Limits
-from .bodies import json_object, multipart_fields, upload_limits, utf8
+from .bodies import json_object, multipart_fields, off_loop, upload_limits, utf8
 from .events import publish
 from .keys import CAMPAIGNS, PACER, QUEUE, SETTINGS, STORE
 from .middleware import current_user, json_response
@@ -81,9 +80,7 @@ async def schedule(request: web.Request) -> web.Response:
     data = await _read_schedule_body(request)
     settings = request.app[SETTINGS]
     # A million recipients are seconds of CPU: parsed off the loop, which keeps serving.
-    parsed = await asyncio.to_thread(
-        _parse_schedule, data, datetime.now(UTC), upload_limits(settings)
-    )
+    parsed = await off_loop(_parse_schedule, data, datetime.now(UTC), upload_limits(settings))
     store = request.app[STORE]
     sender = await store.ensure_default_sender(
         user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour

@@ -8,7 +8,10 @@ over the cap a 413; both in the API's JSON error shape.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import BodyPartReader, web
@@ -22,6 +25,16 @@ from ..recipients import Limits
 # Content-Disposition is a warning, raised where warnings are errors, as in the tests).
 _MALFORMED = (ValueError, AssertionError, LookupError, TypeError, RuntimeWarning)
 _JSON_IN_THREAD = 256 * 1024  # decoding a bigger JSON body would hold the loop noticeably
+# Its own small pool: asyncio's default executor also resolves host names (SMTP connects),
+# which a few big uploads must not queue behind.
+_PARSERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dispatch-parse")
+T = TypeVar("T")
+
+
+async def off_loop(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run CPU-bound parsing in a worker thread, so the event loop keeps serving."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_PARSERS, functools.partial(fn, *args, **kwargs))
 
 
 def too_large(limit: int, field: str = "body") -> ApiError:
@@ -52,7 +65,7 @@ async def json_object(
     if not raw and empty is not None:
         return empty
     if len(raw) > _JSON_IN_THREAD:
-        return await asyncio.to_thread(decode_json_object, raw)
+        return await off_loop(decode_json_object, raw)
     return decode_json_object(raw)
 
 

@@ -7,7 +7,6 @@ to their fields.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -24,7 +23,7 @@ from ..errors import ApiError, invalid
 from ..parsing import whole_number
 from ..recipients import from_request
 from .bodies import form as read_form
-from .bodies import json_object, multipart_fields, upload_limits, utf8
+from .bodies import json_object, multipart_fields, off_loop, upload_limits, utf8
 from .events import publish
 from .keys import CAMPAIGNS, SETTINGS, STORE
 from .middleware import current_user, json_response
@@ -92,7 +91,7 @@ async def check_recipients(request: web.Request) -> web.Response:
     current_user(request)
     data = await _recipients_fields(request)
     limits = upload_limits(request.app[SETTINGS])
-    parsed = await asyncio.to_thread(from_request, data, limits)
+    parsed = await off_loop(from_request, data, limits)
     first = parsed.accepted[0] if parsed.accepted else None
     return json_response(
         {
@@ -190,7 +189,7 @@ async def compose_submit(request: web.Request) -> web.StreamResponse:
         else:
             data["recipients_csv"] = str(form.get("recipients_csv") or "")
         settings, store = request.app[SETTINGS], request.app[STORE]
-        parsed = await asyncio.to_thread(
+        parsed = await off_loop(
             parse_schedule_request, data, now=datetime.now(UTC), limits=upload_limits(settings)
         )
         sender = await store.ensure_default_sender(
