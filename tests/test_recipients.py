@@ -318,6 +318,14 @@ TRICKY = [
     "a@ example.com",
     "a@exam_ple.com",
     "a@example.c",
+    "",  # no @-sign at all: answered without the library's per-character scan
+    " ",
+    "plain",
+    '"quoted',
+    "a b,c;d",
+    "\t\x00",
+    "Ada <ada>",
+    "fullwidth\uff20example.com",
 ]
 
 
