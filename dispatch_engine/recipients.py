@@ -184,6 +184,17 @@ def _lines(source: str | bytes) -> Iterator[str]:
     return iter(io.StringIO(source.removeprefix("\ufeff"), newline=""))
 
 
+def _line_count(source: str | bytes) -> int:
+    """Physical lines as `_lines` yields them: \n, \r\n and a lone \r each end one."""
+    if isinstance(source, str):
+        breaks = source.count("\n") + source.count("\r") - source.count("\r\n")
+        ended = source.endswith(("\n", "\r"))
+    else:
+        breaks = source.count(b"\n") + source.count(b"\r") - source.count(b"\r\n")
+        ended = source.endswith((b"\n", b"\r"))
+    return breaks + (0 if ended or not source else 1)
+
+
 def from_csv(
     source: str | bytes, limits: Limits | None = None, field: str = "recipients_csv"
 ) -> ParsedRecipients:
@@ -192,6 +203,7 @@ def from_csv(
     Bytes are decoded as UTF-8 while they are read. A missing trailing cell is "".
     """
     parsed = ParsedRecipients(limits=limits or Limits(), source=field)
+    parsed.check_lines(_line_count(source))  # at C speed, before a line is parsed
     try:
         _parse_csv(_lines(source), parsed)
     except UnicodeDecodeError:

@@ -201,6 +201,21 @@ def test_caps_on_lines_and_recipients_name_the_field() -> None:
     assert (caught.value.code, caught.value.field) == ("too_many_lines", "recipients")
 
 
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("trailing", [True, False])
+def test_the_line_cap_counts_lines_as_the_parse_does(end: str, trailing: bool) -> None:
+    limits = Limits(max_lines=5)
+    for count in (5, 6):
+        text = end.join(["email", *(f"u{n}@example.com" for n in range(count - 1))])
+        text += end if trailing else ""
+        for source in (text, text.encode()):
+            if count == 5:
+                assert len(from_csv(source, limits).accepted) == 4
+            else:
+                with pytest.raises(ApiError, match="more than 5 lines"):
+                    from_csv(source, limits)
+
+
 def test_a_cell_past_the_csv_field_limit_is_a_field_error_with_its_line() -> None:
     with pytest.raises(ApiError) as caught:
         from_csv("email,note\nada@example.com,ok\nb@example.com," + "x" * 200_000 + "\n")
