@@ -58,9 +58,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Each route's byte cap, as the request's client_max_size (413 past it, before reading).
 
-    A form the dashboard's CSRF check will read is parsed here first, so a malformed one is
-    a 400 (aiohttp caches the result for the later readers). The API's multipart uploads are
-    left to their streaming reader (web/bodies.py).
+    A dashboard form (which the CSRF check reads before anything else) is parsed here first,
+    so a malformed one is a 400 (aiohttp caches the result for the later readers). API
+    bodies are left to their handlers (web/bodies.py), which run after authentication.
     """
     if request.method in ("GET", "HEAD", "OPTIONS") and not request.body_exists:
         return await handler(request)
@@ -71,10 +71,10 @@ async def body_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
     limited = request.clone(client_max_size=limit)
-    multipart_api = request.path.startswith("/api/") and request.content_type == _FORMS[1]
     fields = None
     try:
-        if request.content_type in _FORMS and not multipart_api:
+        # Only where the CSRF check reads it anyway: the API parses its own bodies after auth.
+        if request.content_type in _FORMS and not request.path.startswith("/api/"):
             fields = await form(limited)
         return await handler(limited)
     except web.HTTPRequestEntityTooLarge:  # a body read past the route's own cap
