@@ -107,3 +107,18 @@ def decode_id_cursor(value: str | None, field: str = "cursor") -> int | None:
         return row_id(value, field)
     except ApiError:
         raise invalid(field, "is not a cursor this API returned") from None
+
+
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """The Idempotency-Key header: printable ASCII, at most 200 characters (it is indexed)."""
+    if value is None or value.strip() == "":
+        return None
+    if len(value) > MAX_IDEMPOTENCY_KEY or not (value.isascii() and value.isprintable()):
+        raise invalid(
+            "Idempotency-Key",
+            f"must be printable ASCII of at most {MAX_IDEMPOTENCY_KEY} characters",
+        )
+    return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import secrets
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -404,6 +405,12 @@ async def test_malformed_ids_cursors_dates_and_bodies_name_the_field(
         error = (await response.json())["error"]
         assert response.status == status, (path, payload, error)
         assert error.get("field") == field, (path, payload, error)
+    for key in (secrets.token_urlsafe(4000), "caf\u00e9"):  # indexed: bounded, ASCII
+        response = await client.post(
+            "/api/emails/schedule", json=ok, headers={**headers, "Idempotency-Key": key}
+        )
+        error = (await response.json())["error"]
+        assert (response.status, error["field"]) == (422, "Idempotency-Key"), error
     for content_type, raw in [
         ("multipart/form-data", b"--x\r\n\r\n--x--\r\n"),  # no boundary
         ("multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data; name="s'),

@@ -14,7 +14,14 @@ from aiohttp import web
 from ..campaigns import ScheduleRequest, parse_schedule_request
 from ..errors import ApiError
 from ..models import DispatchStatus
-from ..parsing import decode_cursor, decode_id_cursor, encode_cursor, row_id, whole_number
+from ..parsing import (
+    decode_cursor,
+    decode_id_cursor,
+    encode_cursor,
+    idempotency_key,
+    row_id,
+    whole_number,
+)
 from ..recipients import Limits
 from .bodies import json_object, multipart_fields, off_loop, upload_limits, utf8
 from .events import publish
@@ -89,7 +96,7 @@ async def schedule(request: web.Request) -> web.Response:
         user,
         parsed,
         default_sender=sender,
-        idempotency_header=request.headers.get("Idempotency-Key"),
+        idempotency_header=idempotency_key(request.headers.get("Idempotency-Key")),
     )
     detail = await store.campaign_detail(user.id, result.campaign_id)
     assert detail is not None
