@@ -92,7 +92,7 @@ class Recipient(NamedTuple):
 
 @dataclass(frozen=True)
 class Limits:
-    """Caps on one request's recipients (DISPATCH_MAX_RECIPIENTS, DISPATCH_MAX_CSV_LINES)."""
+    """Caps on one request's recipients (DISPATCH_MAX_RECIPIENTS, DISPATCH_MAX_UPLOAD_LINES)."""
 
     max_recipients: int = 1_000_000
     max_lines: int = 1_500_000
