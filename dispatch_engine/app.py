@@ -48,7 +48,7 @@ from .web.keys import (
     STORE,
     WORKERS,
 )
-from .web.middleware import auth_middleware, error_middleware
+from .web.middleware import auth_middleware, body_limit_middleware, error_middleware
 from .worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -157,10 +157,10 @@ def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Appl
         known = ", ".join(sorted(ALL_ROLES))
         raise ValueError(f"roles must be among {known}, got {sorted(chosen)}")
     # A process without the api role has no users: it answers health and metrics only.
-    middlewares = [error_middleware, browser_middleware, auth_middleware]
+    middlewares = [error_middleware, body_limit_middleware, browser_middleware, auth_middleware]
     app = web.Application(
         middlewares=middlewares if "api" in chosen else [error_middleware],
-        client_max_size=64 * 1024**2,
+        client_max_size=max(settings.max_upload_bytes, settings.max_body_bytes),
     )
     app[SETTINGS] = settings
     app[ROLES] = chosen

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -11,9 +11,10 @@ import asyncpg
 from .errors import ApiError, invalid
 from .models import CampaignStatus, Sender, User
 from .pacing import claim_cap
+from .parsing import aware_datetime, whole_number
 from .plugins import notify
 from .queue import RedisQueue
-from .recipients import ParsedRecipients, from_csv, from_json
+from .recipients import Limits, ParsedRecipients, from_request
 from .render import TemplateProblem, check_templates, idempotency_key
 from .store import NewDispatch, Store
 from .sweeper import requeue
@@ -31,7 +32,7 @@ class ScheduleRequest:
     start_at: datetime
     delay_between_ms: int
     hourly_limit: int | None
-    sender: str | None
+    sender: str | int | None
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class ScheduleResult:
     campaign_id: int
     accepted: int
     rejected: list[dict[str, Any]]
+    rejected_total: int = 0
     replayed: bool = False
 
 
@@ -59,69 +61,70 @@ def _int(data: dict[str, Any], name: str, *, minimum: int, maximum: int) -> int 
     value = data.get(name)
     if value is None or value == "":
         return None
-    try:
-        number = int(value)
-        if isinstance(value, float | bool) or str(number) != str(value).strip():
-            raise ValueError
-    except (TypeError, ValueError):
-        raise invalid(name, f"must be a whole number, got {value!r}") from None
-    if not minimum <= number <= maximum:
-        raise invalid(name, f"must be between {minimum} and {maximum}, got {number}")
-    return number
+    return whole_number(value, name, minimum=minimum, maximum=maximum)
 
 
 def _start_at(value: Any, now: datetime) -> datetime:
     if value is None or value == "":
         return now
-    if not isinstance(value, str):
-        raise invalid("start_at", "must be an ISO 8601 date-time string")
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise invalid("start_at", f"is not an ISO 8601 date-time: {value!r}") from None
-    if parsed.tzinfo is None:
-        raise invalid("start_at", "needs a UTC offset, e.g. 2026-01-31T09:00:00+01:00 or …Z")
-    return parsed.astimezone(UTC)
+    at = aware_datetime(value, "start_at")
+    if at.year >= 9999:  # leaves a year for date arithmetic (delays, retries, windows)
+        raise invalid("start_at", "must be before the year 9999")
+    return at
 
 
-def parse_schedule_request(data: dict[str, Any], *, now: datetime) -> ScheduleRequest:
-    """Validate the fields of POST /api/emails/schedule (already decoded from JSON/multipart)."""
+def _sender_ref(value: Any) -> str | int | None:
+    """A sender's id (a number) or from address; anything else is a field error."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        return whole_number(value, "sender", minimum=1)
+    if not isinstance(value, str) or len(value) > 320:
+        raise invalid("sender", "must be a sender's id or from address")
+    return value
+
+
+def parse_schedule_request(
+    data: dict[str, Any], *, now: datetime, limits: Limits | None = None
+) -> ScheduleRequest:
+    """Validate the fields of POST /api/emails/schedule (already decoded from JSON/multipart).
+
+    Plain CPU work (a million recipients take seconds): the web layer runs it off the loop.
+    """
     subject = _text(data, "subject", required=True, limit=MAX_SUBJECT)
     body = _text(data, "body", required=True, limit=MAX_BODY)
     assert subject is not None and body is not None
     if "\n" in subject or "\r" in subject:
         raise invalid("subject", "must be a single line")
     html = _text(data, "html", required=False, limit=MAX_BODY)
-    has_list = data.get("recipients") is not None
-    csv_text = data.get("recipients_csv")
-    if has_list and csv_text is not None:
-        raise invalid("recipients", "give either recipients or recipients_csv, not both")
-    if has_list:
-        recipients = from_json(data["recipients"])
-    elif csv_text is not None:
-        if not isinstance(csv_text, str):
-            raise invalid("recipients_csv", "must be CSV text")
-        recipients = from_csv(csv_text)
-    else:
-        raise invalid("recipients", "is required (or recipients_csv, or a recipients_file upload)")
+    start_at = _start_at(data.get("start_at"), now)
+    delay = _int(data, "delay_between_ms", minimum=0, maximum=86_400_000) or 0
+    hourly_limit = _int(data, "hourly_limit", minimum=1, maximum=1_000_000_000)
+    sender = _sender_ref(data.get("sender"))
+    recipients = from_request(data, limits)
     if not recipients.accepted:
         raise ApiError(
             422,
             "no_valid_recipients",
             "recipients: no valid address found",
             field="recipients",
-            details={"rejected": recipients.rejected[:1000]},
+            details={"rejected": recipients.rejected, "rejected_total": recipients.rejected_total},
         )
-    sender = data.get("sender")
+    try:  # the last email must still be a date PostgreSQL and Python can hold
+        last = start_at + timedelta(milliseconds=delay) * len(recipients.accepted)
+    except OverflowError:
+        last = datetime.max.replace(tzinfo=start_at.tzinfo)
+    if last.year >= 9999:
+        raise invalid("delay_between_ms", "puts the last email past the year 9998")
     return ScheduleRequest(
         subject=subject,
         body=body,
         html=html,
         recipients=recipients,
-        start_at=_start_at(data.get("start_at"), now),
-        delay_between_ms=_int(data, "delay_between_ms", minimum=0, maximum=86_400_000) or 0,
-        hourly_limit=_int(data, "hourly_limit", minimum=1, maximum=1_000_000_000),
-        sender=None if sender in (None, "") else str(sender),
+        start_at=start_at,
+        delay_between_ms=delay,
+        hourly_limit=hourly_limit,
+        sender=sender,
     )
 
 
@@ -222,7 +225,9 @@ class CampaignService:
             claim_cap=claim_cap(sender.hourly_limit, request.hourly_limit, gap),
         )
         await self.store.mark_enqueued(campaign_id, True)
-        return ScheduleResult(campaign_id, len(rows), request.recipients.rejected)
+        return ScheduleResult(
+            campaign_id, len(rows), request.recipients.rejected, request.recipients.rejected_total
+        )
 
     # ---- controls: each is one guarded state change, then Redis is brought in line ----
 

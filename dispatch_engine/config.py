@@ -149,6 +149,11 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     redis_cluster: bool = False
+    # Limits on what one request may carry (docs/operations.md, "Limits").
+    max_upload_bytes: int = 64 * 1024**2  # schedule and Compose routes (CSV uploads)
+    max_body_bytes: int = 1024**2  # every other route
+    max_recipients: int = 1_000_000  # per campaign
+    max_upload_lines: int = 1_500_000  # CSV lines or JSON list entries per request
 
     @property
     def public_url(self) -> str:
@@ -349,6 +354,18 @@ def load_settings(
         ),
         log_format=get("DISPATCH_LOG_FORMAT", lambda n, r: _choice(n, r, ("text", "json")), "text"),
         redis_cluster=get("DISPATCH_REDIS_CLUSTER", _bool, False),
+        max_upload_bytes=get(
+            "DISPATCH_MAX_UPLOAD_BYTES", lambda n, r: _int(n, r, 1024, 1024**3), 64 * 1024**2
+        ),
+        max_body_bytes=get(
+            "DISPATCH_MAX_BODY_BYTES", lambda n, r: _int(n, r, 1024, 1024**3), 1024**2
+        ),
+        max_recipients=get(
+            "DISPATCH_MAX_RECIPIENTS", lambda n, r: _int(n, r, 1, 100_000_000), 1_000_000
+        ),
+        max_upload_lines=get(
+            "DISPATCH_MAX_UPLOAD_LINES", lambda n, r: _int(n, r, 1, 200_000_000), 1_500_000
+        ),
         log_level=get(
             "DISPATCH_LOG_LEVEL",
             lambda n, r: _choice(n, r, ("debug", "info", "warning", "error")).upper(),

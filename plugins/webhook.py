@@ -61,7 +61,7 @@ def verify(
     """For receivers: is `header` a signature of `body` by `secret`, made recently enough?"""
     pairs = [item.strip().partition("=") for item in header.split(",")]
     stamps = [value for key, _, value in pairs if key == "t"]
-    if len(stamps) != 1 or not stamps[0].isdigit():
+    if len(stamps) != 1 or not (stamps[0].isascii() and stamps[0].isdigit()):  # not '¹'
         return False
     timestamp = int(stamps[0])
     if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
