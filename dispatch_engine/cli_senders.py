@@ -35,7 +35,13 @@ def _run(obj: Any, work: Callable[[SenderService, Store], Awaitable[T]]) -> T:
         try:
             store = Store(pool)
             specs = await registered(obj.plugins.hook.register_transports, settings=settings)
-            service = SenderService(store, RedisQueue(redis.data), secret_box(settings), specs)
+            service = SenderService(
+                store,
+                RedisQueue(redis.data),
+                secret_box(settings),
+                specs,
+                allow_private_targets=settings.private_targets_allowed,
+            )
             return await work(service, store)
         finally:
             await redis.aclose()

@@ -137,6 +137,7 @@ async def appliance(
             host="127.0.0.1",
             port=0,
             max_emails_per_hour=1_000_000,
+            allow_private_targets=True,  # a plugin's test peers listen on loopback
         )
         async with _servers(data_dir, replace(base, **changes)) as settings:
             assert settings.database_url

@@ -34,9 +34,9 @@ async def providers_context(app: web.Application) -> AsyncIterator[None]:
     app[AUTH_PROVIDERS] = specs
     if not specs:
         log.warning("no login provider is configured: the dashboard cannot be signed in to")
-    elif "dev" in specs and settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("the dev login is on and the app listens on %s: anyone who can reach it "
-                    "can sign in as the dev user; configure GOOGLE_CLIENT_ID or OIDC_*",
+    elif "dev" in specs and not settings.loopback_bind:  # only with DISPATCH_DEV_LOGIN=true
+        log.warning("DISPATCH_DEV_LOGIN is on and the app listens on %s: anyone who can reach "
+                    "it signs in as the dev user without a password; configure OIDC_* instead",
                     settings.host)  # fmt: skip
     timeout = aiohttp.ClientTimeout(total=15)
     headers = {"User-Agent": "dispatch-engine", "Accept": "application/json"}
