@@ -88,8 +88,8 @@ def is_public(ip: IPAddress) -> bool:
         inner = _embedded_ipv4(ip)
         if inner is not None and not is_public(inner):
             return False
-        if ip.ipv4_mapped is not None:  # Python < 3.13 calls all of ::ffff:0:0/96 private
-            return True
+        if ip.ipv4_mapped is not None or ip in _NAT64:  # judged by their IPv4 address alone
+            return True  # (Python < 3.13 calls all of ::ffff:0:0/96 private)
         if ip.is_site_local:
             return False
     return ip.is_global and not (
