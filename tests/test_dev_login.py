@@ -4,6 +4,9 @@ explicit DISPATCH_DEV_LOGIN=true that warns at start."""
 from __future__ import annotations
 
 import logging
+import os
+import re
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -12,7 +15,10 @@ from aiohttp.test_utils import TestClient
 
 from dispatch_engine.config import Settings, SettingsError, load_settings
 
+from .test_containers import ROOT, _compose
 from .web_session import csrf_of, dev_login
+
+CONTAINERFILE = (ROOT / "Containerfile").read_text()
 
 Start = Callable[..., Awaitable[TestClient]]
 
@@ -78,3 +84,34 @@ def test_the_opt_in_is_checked() -> None:
         load_settings(
             {"DISPATCH_DEV_LOGIN": "1", "GOOGLE_CLIENT_ID": "a", "GOOGLE_CLIENT_SECRET": "b"}
         )
+
+
+def _compose_environment(service: str) -> dict[str, str]:
+    """`docker compose config`'s environment of `service` (its YAML, read line by line)."""
+    result = subprocess.run(
+        [*_compose(), "-f", str(ROOT / "docker-compose.yml"), "config"],
+        env={**os.environ, "DISPATCH_SECRET_KEY": "compose-check-secret-0123456789"},
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    found: dict[str, str] = {}
+    path: list[str] = []
+    for line in result.stdout.splitlines():
+        depth = (len(line) - len(line.lstrip())) // 2
+        key, _, value = line.strip().partition(":")
+        path = [*path[:depth], key]
+        if path[:3] == ["services", service, "environment"] and depth == 3:
+            found[key] = value.strip().strip("'\"")
+    return found
+
+
+def test_the_compose_file_publishes_no_password_less_login() -> None:
+    image = dict(re.findall(r"(\w+)=(\S+)", re.findall(r"^ENV (.+)$", CONTAINERFILE, re.M)[0]))
+    environment = _compose_environment("api")
+    assert environment, "the api service has no environment"
+    settings = load_settings({**image, **environment})
+    assert settings.host == "0.0.0.0"  # published through the load balancer on port 8080
+    assert not settings.dev_login_enabled and not settings.private_targets_allowed
