@@ -143,7 +143,7 @@ def test_sender(obj: Any, email: str, send: bool, sender_id: int) -> None:
         return await service.check(registry, user, sender_id, email if send else None)
 
     result = _run(obj, work)
-    click.echo(result["message"])
+    click.echo(result["message"] if result["ok"] else f"{result['error']}: {result['message']}")
     if not result["ok"]:
         sys.exit(1)
 

@@ -61,7 +61,8 @@ class SmtpTransport:
             self.tls = settings.smtp_tls
         self.timeout = float(own.get("timeout", 30))
         # A sender's own host must be public (outbound.py); SMTP_HOST is the operator's.
-        self._check_target = "host" in own and not settings.private_targets_allowed
+        self._own_host = "host" in own
+        self._allow_private = settings.private_targets_allowed
         self.pool_size = int(own.get("pool_size", settings.smtp_pool_size))
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(self.pool_size)
@@ -72,9 +73,12 @@ class SmtpTransport:
 
     async def _connect(self) -> aiosmtplib.SMTP:
         sock = None
-        if self._check_target:  # connect to an address just checked as public (DNS rebinding)
+        if self._own_host:  # connect to an address just checked as public (DNS rebinding)
             sock = await outbound.open_socket(
-                self.host, self.port, allow_private=False, connect_timeout=self.timeout
+                self.host,
+                self.port,
+                allow_private=self._allow_private,
+                connect_timeout=self.timeout,
             )  # the host name stays the TLS server name
         client = aiosmtplib.SMTP(
             hostname=self.host,

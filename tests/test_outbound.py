@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiosmtplib
@@ -20,6 +23,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from dispatch_engine import outbound
 from dispatch_engine.config import Settings, SettingsError, load_settings
@@ -394,3 +401,85 @@ async def test_a_webhook_timeout_is_bounded(
         TransportContext(settings, {"url": "http://127.0.0.1:9/", "password": "s", "timeout": 600})
     )
     assert transport.timeout.total == outbound.WEBHOOK_MAX_TIMEOUT_S  # saved before the bound
+
+
+def _tls_server(tmp_path: Path, name: str) -> tuple[Path, ssl.SSLContext]:
+    """A CA of the test's own, trusted through SSL_CERT_FILE, and a server context whose
+    certificate (signed by it) names only `name`."""
+    now = datetime.now(UTC)
+
+    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
+             signer: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:  # fmt: skip
+        own = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(own)
+            .issuer_name(issuer or own)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, leaf_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = cert("dispatch test CA", ca_key, None, ca_key, ca=True)
+    leaf = cert(name, leaf_key, ca.subject, ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(pem))
+    (tmp_path / "leaf.key").write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    return tmp_path / "ca.pem", context
+
+
+@pytest.mark.parametrize("tls", ["tls", "starttls"])
+@pytest.mark.parametrize(
+    ("certified", "expected"), [("localhost", None), ("mx.other.test", "tls_error")]
+)
+async def test_smtp_connects_to_the_checked_address_and_verifies_tls_for_the_name(
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tls: str,
+    certified: str,
+    expected: str | None,
+) -> None:
+    """The connection goes to the address checked for `localhost` (127.0.0.1), and TLS
+    still verifies the certificate against the name `localhost`, not the address."""
+    ca_file, context = _tls_server(tmp_path, certified)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    port = free_port()
+    tls_kwargs: dict[str, Any] = (
+        {"ssl_context": context}
+        if tls == "tls"
+        else {"tls_context": context, "require_starttls": True}
+    )
+    controller = Controller(Sink(), hostname="127.0.0.1", port=port, **tls_kwargs)
+    controller.start()
+    try:
+        own = {"host": "localhost", "port": port, "tls": tls}
+        transport = smtp.SmtpTransport(TransportContext(settings, own))
+        try:
+            detail = await transport.check()
+            outcome = None
+        except Exception as exc:
+            detail, outcome = "", outbound.describe_failure(exc, "localhost")["error"]
+        finally:
+            await transport.close()
+    finally:
+        controller.stop()
+    assert outcome == expected, detail
+    if expected is None:
+        assert detail.startswith(f"connected to localhost:{port}")
