@@ -32,7 +32,7 @@ from dispatch_engine import outbound
 from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.plugins import builtin_plugins
 from dispatch_engine.store import Store
-from dispatch_engine.transport import PermanentError, TransportContext
+from dispatch_engine.transport import OutgoingMessage, PermanentError, TransportContext
 
 from .helpers import auth, new_token, wait_for
 from .smtp_sink import Sink, free_port
@@ -483,3 +483,37 @@ async def test_smtp_connects_to_the_checked_address_and_verifies_tls_for_the_nam
     assert outcome == expected, detail
     if expected is None:
         assert detail.startswith(f"connected to localhost:{port}")
+
+
+@pytest.mark.parametrize(
+    "host", ["169.254.169.254", "10.0.0.1", "192.168.0.1", "100.64.0.1", "fd00::1", "::1"]
+)
+async def test_saved_senders_aimed_inside_are_refused_before_any_connection(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At connect time, unit-level: no socket may even be attempted (had one been, the
+    patched connect calls fail the test instead of sending a packet anywhere)."""
+
+    async def no_connection(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a connection was attempted: {args[1:]}")
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(loop, "create_connection", no_connection)
+    monkeypatch.setattr(loop, "sock_connect", no_connection)
+    closed = Settings(allow_private_targets=False)
+    literal = f"[{host}]" if ":" in host else host
+    hook = webhook.WebhookTransport(
+        TransportContext(closed, {"url": f"http://{literal}/latest/meta-data/", "password": "s"})
+    )
+    mail = smtp.SmtpTransport(TransportContext(closed, {"host": host, "port": 25, "tls": "none"}))
+    try:
+        for transport in (hook, mail):
+            with pytest.raises(outbound.NotPublicError):
+                await transport.check()
+        message = OutgoingMessage(1, 1, "a@example.com", ("b@example.com",), "<1@x>", "s", b"x")
+        for transport in (hook, mail):
+            with pytest.raises(outbound.NotPublicError):  # a send fails the email, not retried
+                await transport.send(message)
+    finally:
+        await hook.close()
+        await mail.close()
