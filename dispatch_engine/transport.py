@@ -36,6 +36,8 @@ class SendResult:
 class TransportError(Exception):
     """Base of what `Transport.send` raises; the subclass decides retry or fail."""
 
+    failure_code: str | None = None  # a sender test's short code for it (outbound.py)
+
 
 class TransientError(TransportError):
     """Try again later (4xx reply, connection lost, timeout)."""

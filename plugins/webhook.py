@@ -40,6 +40,7 @@ from dispatch_engine.transport import (
     SendResult,
     TransientError,
     TransportContext,
+    TransportError,
     TransportSpec,
 )
 
@@ -120,11 +121,15 @@ def classify(status: int, answer: str, retry_after: str | None) -> SendResult:
     reply = f"{status} {answer}".strip()
     if 200 <= status < 300:
         return SendResult(reply)
+    error: TransportError
     if status == 429:
-        raise SenderRateLimitedError(f"webhook answered {reply}", _retry_after(retry_after))
-    if status == 408 or status >= 500:
-        raise TransientError(f"webhook answered {reply}")
-    raise PermanentError(f"webhook answered {reply}")
+        error = SenderRateLimitedError(f"webhook answered {reply}", _retry_after(retry_after))
+    elif status == 408 or status >= 500:
+        error = TransientError(f"webhook answered {reply}")
+    else:
+        error = PermanentError(f"webhook answered {reply}")
+    error.failure_code = f"http_{status}"  # what a sender test answers
+    raise error
 
 
 class WebhookTransport:
