@@ -9,33 +9,26 @@ the like happen before any connection, and the listeners on loopback prove that 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from dispatch_engine import outbound
-from dispatch_engine.config import Settings, SettingsError, load_settings
+from dispatch_engine.config import Settings
 from dispatch_engine.plugins import builtin_plugins
 from dispatch_engine.store import Store
-from dispatch_engine.transport import OutgoingMessage, PermanentError, TransportContext
+from dispatch_engine.transport import TransportContext
 
 from .helpers import auth, new_token, wait_for
 from .smtp_sink import Sink, free_port
+from .tls_certs import tls_server
 
 Start = Callable[..., Awaitable[TestClient]]
 SECRET_TEXT = "INTERNAL-ONLY-7f3a"  # what a remote says; must never reach the user
@@ -111,28 +104,6 @@ def smtp_sender(host: str, port: int, address: str = "mail@example.com") -> dict
         "transport": "smtp",
         "settings": {"host": host, "port": port, "tls": "none"},
     }
-
-
-@pytest.mark.parametrize(
-    "address",
-    ["127.0.0.1", "127.8.9.10", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254",
-     "100.64.0.1", "0.0.0.0", "224.0.0.251", "255.255.255.255", "192.0.2.1", "198.18.0.1",
-     "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "fec0::1", "ff02::1",
-     "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1", "2002:7f00:1::1",
-     "2002:a9fe:a9fe::1", "64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1", "2001:db8::1"],
-)  # fmt: skip
-def test_non_public_addresses_are_refused(address: str) -> None:
-    assert not outbound.is_public(ipaddress.ip_address(address))
-    with pytest.raises(outbound.NotPublicError):
-        outbound.check_address("x", address, allow_private=False)
-    outbound.check_address("x", address, allow_private=True)  # the operator's choice
-
-
-@pytest.mark.parametrize(
-    "address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"]
-)
-def test_public_addresses_pass(address: str) -> None:
-    assert outbound.is_public(ipaddress.ip_address(address))
 
 
 async def test_private_targets_are_refused_on_save_and_nothing_is_contacted(
@@ -245,30 +216,6 @@ async def test_dns_rebinding_is_refused_at_connect(
     assert rebinding == ["localhost", "localhost"] and listener.connections == 0
 
 
-async def test_one_private_answer_among_public_ones_refuses_the_host(listener: Listener) -> None:
-    async def mixed(host: str, port: int, family: int = 0) -> list[str]:
-        return ["8.8.8.8", "127.0.0.1"]
-
-    previous = outbound.set_resolver(mixed)
-    try:
-        transport = webhook.WebhookTransport(
-            TransportContext(
-                Settings(allow_private_targets=False),
-                {"url": f"http://localhost:{listener.port}/", "password": "s"},
-            )
-        )
-        with pytest.raises(outbound.NotPublicError):
-            await transport.check()
-        await transport.close()
-        with pytest.raises(outbound.NotPublicError):
-            await outbound.open_socket(
-                "localhost", listener.port, allow_private=False, connect_timeout=5
-            )
-    finally:
-        outbound.set_resolver(previous)
-    assert listener.connections == 0
-
-
 async def _secret_http(status: int) -> web.AppRunner:
     async def answer(request: web.Request) -> web.Response:
         return web.Response(status=status, text=f"{SECRET_TEXT} {'x' * 50}")
@@ -346,47 +293,6 @@ async def test_an_smtp_login_failure_is_auth_failed_without_the_banner(
     assert SECRET_TEXT not in text and '"error":"auth_failed"' in text, text
 
 
-def test_the_failure_codes() -> None:
-    where = "mx.example.com:25"
-    cases: list[tuple[BaseException, str]] = [
-        (aiosmtplib.SMTPAuthenticationError(535, SECRET_TEXT), "auth_failed"),
-        (aiosmtplib.SMTPResponseException(554, SECRET_TEXT), "smtp_554"),
-        (aiosmtplib.SMTPTimeoutError(SECRET_TEXT), "timeout"),
-        (ConnectionRefusedError(SECRET_TEXT), "refused"),
-        (outbound.NotPublicError(SECRET_TEXT), "not_public"),
-        (RuntimeError(SECRET_TEXT), "failed"),
-    ]
-    for error, code in cases:
-        try:  # as the transports raise them: our own error, raised "from None"
-            try:
-                raise error
-            except BaseException:
-                raise PermanentError(f"wrapped: {SECRET_TEXT}") from None
-        except PermanentError as wrapped:
-            described = outbound.describe_failure(wrapped, where)
-        assert described["error"] == code and SECRET_TEXT not in described["message"], described
-
-
-@pytest.mark.parametrize(
-    ("env", "allowed"),
-    [
-        ({}, True),  # local mode: loopback bind, no OIDC
-        ({"DISPATCH_HOST": "0.0.0.0"}, False),
-        ({"OIDC_ISSUER": "https://id.example.com", "OIDC_CLIENT_ID": "a",
-          "OIDC_CLIENT_SECRET": "b"}, False),
-        ({"DISPATCH_HOST": "0.0.0.0", "DISPATCH_ALLOW_PRIVATE_TARGETS": "true"}, True),
-        ({"DISPATCH_ALLOW_PRIVATE_TARGETS": "false"}, False),
-    ],
-)  # fmt: skip
-def test_private_targets_default_to_local_mode_only(env: dict[str, str], allowed: bool) -> None:
-    assert load_settings(env).private_targets_allowed is allowed
-
-
-def test_the_settings_are_checked() -> None:
-    with pytest.raises(SettingsError, match="DISPATCH_ALLOW_PRIVATE_TARGETS"):
-        load_settings({"DISPATCH_ALLOW_PRIVATE_TARGETS": "sometimes"})
-
-
 async def test_a_webhook_timeout_is_bounded(
     make_client: Start, settings: Settings, store: Store
 ) -> None:
@@ -403,47 +309,6 @@ async def test_a_webhook_timeout_is_bounded(
     assert transport.timeout.total == outbound.WEBHOOK_MAX_TIMEOUT_S  # saved before the bound
 
 
-def _tls_server(tmp_path: Path, name: str) -> tuple[Path, ssl.SSLContext]:
-    """A CA of the test's own, trusted through SSL_CERT_FILE, and a server context whose
-    certificate (signed by it) names only `name`."""
-    now = datetime.now(UTC)
-
-    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
-             signer: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:  # fmt: skip
-        own = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(own)
-            .issuer_name(issuer or own)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False
-            )
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key, leaf_key = (
-        ec.generate_private_key(ec.SECP256R1()),
-        ec.generate_private_key(ec.SECP256R1()),
-    )
-    ca = cert("dispatch test CA", ca_key, None, ca_key, ca=True)
-    leaf = cert(name, leaf_key, ca.subject, ca_key, ca=False)
-    pem = serialization.Encoding.PEM
-    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(pem))
-    (tmp_path / "leaf.key").write_bytes(
-        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
-    return tmp_path / "ca.pem", context
-
-
 @pytest.mark.parametrize("tls", ["tls", "starttls"])
 @pytest.mark.parametrize(
     ("certified", "expected"), [("localhost", None), ("mx.other.test", "tls_error")]
@@ -458,7 +323,7 @@ async def test_smtp_connects_to_the_checked_address_and_verifies_tls_for_the_nam
 ) -> None:
     """The connection goes to the address checked for `localhost` (127.0.0.1), and TLS
     still verifies the certificate against the name `localhost`, not the address."""
-    ca_file, context = _tls_server(tmp_path, certified)
+    ca_file, context = tls_server(tmp_path, certified)
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
     port = free_port()
     tls_kwargs: dict[str, Any] = (
@@ -483,37 +348,3 @@ async def test_smtp_connects_to_the_checked_address_and_verifies_tls_for_the_nam
     assert outcome == expected, detail
     if expected is None:
         assert detail.startswith(f"connected to localhost:{port}")
-
-
-@pytest.mark.parametrize(
-    "host", ["169.254.169.254", "10.0.0.1", "192.168.0.1", "100.64.0.1", "fd00::1", "::1"]
-)
-async def test_saved_senders_aimed_inside_are_refused_before_any_connection(
-    host: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """At connect time, unit-level: no socket may even be attempted (had one been, the
-    patched connect calls fail the test instead of sending a packet anywhere)."""
-
-    async def no_connection(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError(f"a connection was attempted: {args[1:]}")
-
-    loop = asyncio.get_running_loop()
-    monkeypatch.setattr(loop, "create_connection", no_connection)
-    monkeypatch.setattr(loop, "sock_connect", no_connection)
-    closed = Settings(allow_private_targets=False)
-    literal = f"[{host}]" if ":" in host else host
-    hook = webhook.WebhookTransport(
-        TransportContext(closed, {"url": f"http://{literal}/latest/meta-data/", "password": "s"})
-    )
-    mail = smtp.SmtpTransport(TransportContext(closed, {"host": host, "port": 25, "tls": "none"}))
-    try:
-        for transport in (hook, mail):
-            with pytest.raises(outbound.NotPublicError):
-                await transport.check()
-        message = OutgoingMessage(1, 1, "a@example.com", ("b@example.com",), "<1@x>", "s", b"x")
-        for transport in (hook, mail):
-            with pytest.raises(outbound.NotPublicError):  # a send fails the email, not retried
-                await transport.send(message)
-    finally:
-        await hook.close()
-        await mail.close()
