@@ -9,11 +9,13 @@ the like happen before any connection, and the listeners on loopback prove that 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp.connector
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -348,3 +350,46 @@ async def test_smtp_connects_to_the_checked_address_and_verifies_tls_for_the_nam
     assert outcome == expected, detail
     if expected is None:
         assert detail.startswith(f"connected to localhost:{port}")
+
+
+@pytest.mark.parametrize(
+    ("certified", "expected"), [("localhost", None), ("hook.other.test", "tls_error")]
+)
+async def test_a_webhook_keeps_the_url_name_for_tls_and_host(
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    certified: str,
+    expected: str | None,
+) -> None:
+    """Through `PublicResolver` the connection goes to a checked address while TLS (SNI and
+    the certificate check) and the Host header keep the URL's name."""
+    ca_file, context = tls_server(tmp_path, certified)
+    # aiohttp builds its verifying context once, at import: trust the test's CA in it.
+    monkeypatch.setattr(
+        aiohttp.connector, "_SSL_CONTEXT_VERIFIED", ssl.create_default_context(cafile=ca_file)
+    )
+    hosts: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        hosts.append(request.host)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", answer)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    port = runner.addresses[0][1]
+    own = {"url": f"https://localhost:{port}/hook", "password": "s"}
+    transport = webhook.WebhookTransport(TransportContext(settings, own))
+    try:
+        detail = await transport.check()
+        outcome = None
+    except Exception as exc:
+        detail, outcome = "", outbound.describe_failure(exc, "localhost")["error"]
+    finally:
+        await transport.close()
+        await runner.cleanup()
+    assert outcome == expected, detail
+    assert hosts == ([f"localhost:{port}"] if expected is None else [])
