@@ -75,7 +75,11 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
         app[CAMPAIGNS] = CampaignService(app[STORE], app[QUEUE], app[PLUGINS].hook, settings)
         app[PACER] = await _pacer(app)
         app[SENDERS] = SenderService(
-            app[STORE], app[QUEUE], secret_box(settings), await _transport_specs(app)
+            app[STORE],
+            app[QUEUE],
+            secret_box(settings),
+            await _transport_specs(app),
+            allow_private_targets=settings.private_targets_allowed,
         )
         await call_all(app[PLUGINS].hook.startup, settings=settings, app=app)
         yield

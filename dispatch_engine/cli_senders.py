@@ -35,7 +35,13 @@ def _run(obj: Any, work: Callable[[SenderService, Store], Awaitable[T]]) -> T:
         try:
             store = Store(pool)
             specs = await registered(obj.plugins.hook.register_transports, settings=settings)
-            service = SenderService(store, RedisQueue(redis.data), secret_box(settings), specs)
+            service = SenderService(
+                store,
+                RedisQueue(redis.data),
+                secret_box(settings),
+                specs,
+                allow_private_targets=settings.private_targets_allowed,
+            )
             return await work(service, store)
         finally:
             await redis.aclose()
@@ -137,7 +143,7 @@ def test_sender(obj: Any, email: str, send: bool, sender_id: int) -> None:
         return await service.check(registry, user, sender_id, email if send else None)
 
     result = _run(obj, work)
-    click.echo(result["message"])
+    click.echo(result["message"] if result["ok"] else f"{result['error']}: {result['message']}")
     if not result["ok"]:
         sys.exit(1)
 

@@ -6,6 +6,7 @@ whose message names the variable, and the CLI prints that one line and exits.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -56,7 +57,6 @@ def _weekly(name: str, raw: str) -> WeeklyWindow:
 
 
 GOOGLE_ISSUER = "https://accounts.google.com"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def _mailbox(address: str) -> tuple[str, str]:
@@ -154,6 +154,8 @@ class Settings:
     max_body_bytes: int = 1024**2  # every other route
     max_recipients: int = 1_000_000  # per campaign
     max_upload_lines: int = 1_500_000  # CSV lines or JSON list entries per request
+    allow_private_targets: bool | None = None  # None: only in local mode (loopback, no OIDC)
+    dev_login: bool | None = None  # None: only in local mode; True: opted in on any bind
 
     @property
     def public_url(self) -> str:
@@ -170,11 +172,40 @@ class Settings:
 
     @property
     def local_mode(self) -> bool:
-        """No login provider is configured: the dev login is offered (see docs/dashboard.md)."""
+        """No login provider is configured (the dev login needs a loopback bind as well)."""
         return self.oidc is None
+
+    @property
+    def loopback_bind(self) -> bool:
+        """The app listens on loopback only: no one from another machine reaches it."""
+        return is_loopback_host(self.host)
+
+    @property
+    def private_targets_allowed(self) -> bool:
+        """Senders may connect to loopback/private addresses (dispatch_engine.outbound)."""
+        if self.allow_private_targets is not None:
+            return self.allow_private_targets
+        return self.local_mode and self.loopback_bind
+
+    @property
+    def dev_login_enabled(self) -> bool:
+        """ "Continue as dev user" exists: never with OIDC, else on loopback or opted in."""
+        if self.oidc is not None:
+            return False
+        return self.loopback_bind if self.dev_login is None else self.dev_login
 
     def with_urls(self, database_url: str, redis_url: str) -> Settings:
         return replace(self, database_url=database_url, redis_url=redis_url)
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost`, or an address of 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _int(name: str, raw: str, minimum: int, maximum: int) -> int:
@@ -253,7 +284,7 @@ def _oidc_settings(raw: dict[str, str | None]) -> dict[str, str | None]:
     issuer = raw["OIDC_ISSUER"]
     if issuer is not None:
         parts = urlsplit(issuer)
-        loopback = parts.hostname in LOOPBACK_HOSTS
+        loopback = is_loopback_host(parts.hostname or "")
         secure = parts.scheme == "https" or (parts.scheme == "http" and loopback)
         if not parts.hostname or not secure:
             raise SettingsError(
@@ -313,6 +344,9 @@ def load_settings(
     if plugins_dir is not None and not plugins_dir.is_dir():
         raise SettingsError(f"DISPATCH_PLUGINS_DIR must be a folder, {str(plugins_dir)!r} is not")
     plugins_allow, plugins_deny = _plugin_filter(env.get("DISPATCH_PLUGINS", ""))
+    dev_login = get("DISPATCH_DEV_LOGIN", _bool, None)
+    if dev_login and (login["oidc_issuer"] or login["google_client_id"]):
+        raise SettingsError("DISPATCH_DEV_LOGIN cannot be on with a login provider (OIDC_*)")
 
     return Settings(
         database_url=get("DATABASE_URL", lambda n, r: _url(n, r, ("postgresql", "postgres")), None),
@@ -366,6 +400,8 @@ def load_settings(
         max_upload_lines=get(
             "DISPATCH_MAX_UPLOAD_LINES", lambda n, r: _int(n, r, 1, 200_000_000), 1_500_000
         ),
+        allow_private_targets=get("DISPATCH_ALLOW_PRIVATE_TARGETS", _bool, None),
+        dev_login=dev_login,
         log_level=get(
             "DISPATCH_LOG_LEVEL",
             lambda n, r: _choice(n, r, ("debug", "info", "warning", "error")).upper(),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
+from . import outbound
 from .errors import ApiError, invalid
 from .models import Sender, User
 from .queue import RedisQueue
@@ -18,6 +20,9 @@ FIELDS = {
     "min_gap_ms", "is_default",
 }  # fmt: skip
 SMTP_TLS = ("none", "starttls", "tls")
+WEBHOOK_KEYS = ("url", "password", "timeout")
+MAX_URL_CHARS = 2000
+MAX_HOST_CHARS = 253  # the longest DNS name
 
 
 def public(sender: Sender) -> dict[str, Any]:
@@ -59,8 +64,9 @@ def _smtp_settings(raw: dict[str, Any], old: dict[str, Any], box: SecretBox) -> 
             known = "host, port, username, password, tls, pipelining"
             raise invalid(f"settings.{key}", f"is not an SMTP setting ({known})")
     if "host" in raw:
-        if not isinstance(raw["host"], str) or not raw["host"].strip():
-            raise invalid("settings.host", "must be a host name")
+        host = raw["host"]
+        if not isinstance(host, str) or not host.strip() or len(host.strip()) > MAX_HOST_CHARS:
+            raise invalid("settings.host", f"must be a host name of at most {MAX_HOST_CHARS} chars")
         out["host"] = raw["host"].strip()
     if "port" in raw:
         out["port"] = _int("settings.port", raw["port"], 1, 65535)
@@ -88,14 +94,80 @@ def _smtp_settings(raw: dict[str, Any], old: dict[str, Any], box: SecretBox) -> 
     return out
 
 
+def _webhook_settings(raw: dict[str, Any], old: dict[str, Any], box: SecretBox) -> dict[str, Any]:
+    out = dict(old)
+    for key in raw:
+        if key not in WEBHOOK_KEYS:
+            raise invalid(
+                f"settings.{key}", f"is not a webhook setting ({', '.join(WEBHOOK_KEYS)})"
+            )
+    if "url" in raw:
+        url = raw["url"]
+        if not _http_url(url):
+            raise invalid(
+                "settings.url", f"must be an http(s):// URL of at most {MAX_URL_CHARS} chars"
+            )
+        out["url"] = url
+    if "timeout" in raw:
+        try:
+            out["timeout"] = outbound.webhook_timeout(raw["timeout"])
+        except ValueError as exc:
+            raise invalid("settings.timeout", str(exc)) from None
+    if "password" in raw:
+        if not isinstance(raw["password"], str) or not raw["password"]:
+            raise invalid("settings.password", "must be the signing secret, a string")
+        out["password"] = box.seal(raw["password"])
+    for key in ("url", "password"):
+        if key not in out:
+            raise invalid(f"settings.{key}", "is required for the webhook transport")
+    return out
+
+
+def _http_url(url: Any) -> bool:
+    if not isinstance(url, str) or len(url) > MAX_URL_CHARS or any(c in url for c in "\r\n\t "):
+        return False
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+async def check_target(transport: str, settings: dict[str, Any], *, allow_private: bool) -> None:
+    """422 naming the field unless a webhook's URL or an SMTP host resolves to public addresses."""
+    if allow_private:
+        return
+    if transport == "webhook":
+        field, parts = "settings.url", urlsplit(settings["url"])
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    elif transport == "smtp":
+        field, host, port = "settings.host", settings["host"], int(settings.get("port", 587))
+    else:
+        return
+    try:
+        await outbound.resolve_public(host, port, allow_private=False)
+    except outbound.NotPublicError as exc:
+        raise invalid(field, str(exc)) from None
+    except outbound.UnresolvableError as exc:
+        raise invalid(field, f"{exc}, so it cannot be checked to be a public address") from None
+
+
 class SenderService:
     def __init__(
-        self, store: Store, queue: RedisQueue, box: SecretBox, transports: list[TransportSpec]
+        self,
+        store: Store,
+        queue: RedisQueue,
+        box: SecretBox,
+        transports: list[TransportSpec],
+        *,
+        allow_private_targets: bool,
     ) -> None:
         self.store = store
         self.queue = queue
         self.box = box
         self.transports = {spec.name: spec for spec in transports}
+        self.allow_private_targets = allow_private_targets
 
     def _validate(self, data: Any, current: Sender | None) -> dict[str, Any]:
         if not isinstance(data, dict):
@@ -126,6 +198,8 @@ class SenderService:
         old = current.transport_settings if current and current.transport == transport else {}
         if transport == "smtp":
             fields["transport_settings"] = _smtp_settings(raw_settings, old, self.box)
+        elif transport == "webhook":
+            fields["transport_settings"] = _webhook_settings(raw_settings, old, self.box)
         elif "settings" in data or current is None or current.transport != transport:
             sealed = dict(raw_settings)
             if isinstance(sealed.get("password"), str):
@@ -143,6 +217,7 @@ class SenderService:
 
     async def create(self, user: User, data: Any, default_limit: int) -> Sender:
         fields = self._validate(data, None)
+        await self._check_target(fields, data)
         fields.setdefault("hourly_limit", default_limit)
         if await self.store.find_sender(user.id, fields["from_address"]):
             raise invalid("from_address", "you already have a sender with this address")
@@ -151,12 +226,22 @@ class SenderService:
     async def update(self, user: User, sender_id: int, data: Any) -> Sender:
         current = await self.get(user, sender_id)
         fields = self._validate(data, current)
+        await self._check_target(fields, data)
         if (
             "from_address" in fields
             and fields["from_address"].lower() != current.from_address.lower()
         ) and await self.store.find_sender(user.id, fields["from_address"]):
             raise invalid("from_address", "you already have a sender with this address")
         return await self.store.save_sender(user.id, sender_id, fields)
+
+    async def _check_target(self, fields: dict[str, Any], data: dict[str, Any]) -> None:
+        """Where a new or changed sender connects must be public (outbound.py)."""
+        if "transport_settings" in fields and ("settings" in data or "transport" in data):
+            await check_target(
+                fields["transport"],
+                fields["transport_settings"],
+                allow_private=self.allow_private_targets,
+            )
 
     async def get(self, user: User, sender_id: int) -> Sender:
         sender = await self.store.find_sender(user.id, sender_id)

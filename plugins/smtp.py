@@ -14,7 +14,7 @@ from typing import Any
 
 import aiosmtplib
 
-from dispatch_engine import hookimpl
+from dispatch_engine import hookimpl, outbound
 from dispatch_engine.config import Settings
 from dispatch_engine.smtp_pipeline import PipelinedSession
 from dispatch_engine.transport import (
@@ -60,6 +60,9 @@ class SmtpTransport:
             self.password = settings.smtp_password
             self.tls = settings.smtp_tls
         self.timeout = float(own.get("timeout", 30))
+        # A sender's own host must be public (outbound.py); SMTP_HOST is the operator's.
+        self._own_host = "host" in own
+        self._allow_private = settings.private_targets_allowed
         self.pool_size = int(own.get("pool_size", settings.smtp_pool_size))
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(self.pool_size)
@@ -69,16 +72,30 @@ class SmtpTransport:
         self._opening = asyncio.Lock()
 
     async def _connect(self) -> aiosmtplib.SMTP:
+        sock = None
+        if self._own_host:  # connect to an address just checked as public (DNS rebinding)
+            sock = await outbound.open_socket(
+                self.host,
+                self.port,
+                allow_private=self._allow_private,
+                connect_timeout=self.timeout,
+            )  # the host name stays the TLS server name
         client = aiosmtplib.SMTP(
             hostname=self.host,
-            port=self.port,
+            port=None if sock else self.port,
+            sock=sock,
             username=self.username,
             password=self.password,
             use_tls=self.tls == "tls",
             start_tls=self.tls == "starttls",
             timeout=self.timeout,
         )
-        await client.connect()
+        try:
+            await client.connect()
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
         return client
 
     async def send(self, message: OutgoingMessage) -> SendResult:

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from ..auth import AuthContext, AuthError, AuthProviderSpec, LoginFlows, LoginIdentity
-from ..config import LOOPBACK_HOSTS, Settings
+from ..config import Settings
 from ..plugins import call_all
 from .keys import AUTH_PROVIDERS, HTTP_CLIENT, PLUGINS, REDIS, SESSIONS, SETTINGS, STORE
 from .middleware import USER
@@ -37,9 +37,9 @@ async def providers_context(app: web.Application) -> AsyncIterator[None]:
     app[AUTH_PROVIDERS] = specs
     if not specs:
         log.warning("no login provider is configured: the dashboard cannot be signed in to")
-    elif "dev" in specs and settings.host not in LOOPBACK_HOSTS:
-        log.warning("the dev login is on and the app listens on %s: anyone who can reach it "
-                    "can sign in as the dev user; configure GOOGLE_CLIENT_ID or OIDC_*",
+    elif "dev" in specs and not settings.loopback_bind:  # only with DISPATCH_DEV_LOGIN=true
+        log.warning("DISPATCH_DEV_LOGIN is on and the app listens on %s: anyone who can reach "
+                    "it signs in as the dev user without a password; configure OIDC_* instead",
                     settings.host)  # fmt: skip
     _warn_if_anyone_may_sign_in(settings)
     timeout = aiohttp.ClientTimeout(total=15)
@@ -53,7 +53,7 @@ def _warn_if_anyone_may_sign_in(settings: Settings) -> None:
     """Loudly (log and a stderr line): a reachable deployment lets every account sign up."""
     if settings.allowed_emails is not None:
         return
-    if settings.oidc is None and settings.host in LOOPBACK_HOSTS:
+    if settings.oidc is None and settings.loopback_bind:
         return  # local mode on loopback: the dev user only
     if settings.oidc is not None:
         who = f"anyone with a verified email at {settings.oidc.issuer}"

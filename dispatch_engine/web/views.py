@@ -66,7 +66,7 @@ def page_context(request: web.Request) -> dict[str, Any]:
         "user": request.get(USER),
         "csrf_token": request.get(CSRF_TOKEN, ""),
         "path": request.path,
-        "local_mode": settings.local_mode,
+        "local_mode": settings.dev_login_enabled,
         "providers": list(request.app.get(AUTH_PROVIDERS, {}).values()),
         "static": lambda name: f"/static/{name}?v={version}",
     }
