@@ -32,6 +32,8 @@ class ScheduleRequest:
     delay_between_ms: int
     hourly_limit: int | None
     sender: str | None
+    daily_limit: int | None = None
+    delay_jitter_ms: int = 0  # a random extra delay in [0, delay_jitter_ms] per email
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ def parse_schedule_request(data: dict[str, Any], *, now: datetime) -> ScheduleRe
         delay_between_ms=_int(data, "delay_between_ms", minimum=0, maximum=86_400_000) or 0,
         hourly_limit=_int(data, "hourly_limit", minimum=1, maximum=1_000_000_000),
         sender=None if sender in (None, "") else str(sender),
+        daily_limit=_int(data, "daily_limit", minimum=1, maximum=1_000_000_000),
+        delay_jitter_ms=_int(data, "delay_jitter_ms", minimum=0, maximum=86_400_000) or 0,
     )
 
 
@@ -189,6 +193,8 @@ class CampaignService:
                     hourly_limit=request.hourly_limit,
                     total=len(people),
                     idempotency_key=idempotency_header,
+                    daily_limit=request.daily_limit,
+                    delay_jitter_ms=request.delay_jitter_ms,
                 )
                 rows = [
                     NewDispatch(
@@ -219,7 +225,7 @@ class CampaignService:
         await self.queue.enqueue(
             sender.id,
             zip(ids, (due_ms for _, due_ms in times), strict=True),
-            claim_cap=claim_cap(sender.hourly_limit, request.hourly_limit, gap),
+            claim_cap=claim_cap(sender.hourly_limit, gap),
         )
         await self.store.mark_enqueued(campaign_id, True)
         return ScheduleResult(campaign_id, len(rows), request.recipients.rejected)
