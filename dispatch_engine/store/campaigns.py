@@ -124,6 +124,19 @@ class CampaignQueries(Queries):
         detail["counts"] = counts
         return detail
 
+    async def campaign_waiting(self, campaign_id: int) -> list[asyncpg.Record]:
+        """The campaign's queued emails by why they wait (NULL: due now): reason, n, until."""
+        return await self.pool.fetch(
+            """SELECT CASE WHEN status = 'rate_limited' AND wait_until > now() THEN wait_reason
+                        WHEN scheduled_at > now() THEN 'scheduled' END AS reason,
+                      count(*) AS n,
+                      max(CASE WHEN status = 'rate_limited' AND wait_until > now()
+                               THEN wait_until ELSE scheduled_at END) AS until
+               FROM dispatches WHERE campaign_id = $1 AND status IN ('scheduled', 'rate_limited')
+               GROUP BY 1 ORDER BY 1""",
+            campaign_id,
+        )
+
     async def campaign_contents(self, ids: Sequence[int]) -> dict[int, CampaignContent]:
         rows = await self.pool.fetch(
             """SELECT id, owner_id, sender_id, subject, body_text, body_html, delay_between_ms,
