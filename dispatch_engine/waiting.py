@@ -40,12 +40,13 @@ def campaign_eta(
     sender: Sender | None,
     settings: Settings,
     now: datetime,
-    parked_until: datetime | None = None,
+    not_before: datetime | None = None,
 ) -> datetime | None:
     """When the campaign's last email should go, from its backlog and every limit on it.
 
-    An estimate that assumes the campaign has its sender to itself (other campaigns of the
-    sender share its window and day). None when nothing is left to send.
+    `not_before`: the sender's park or its held emails' earliest wait. An estimate that
+    assumes the campaign has its sender to itself (other campaigns of the sender share its
+    window and day). None when nothing is left to send.
     """
     counts = detail["counts"]
     backlog = counts["scheduled"] + counts["rate_limited"] + counts["sending"]
@@ -69,7 +70,7 @@ def campaign_eta(
             per_window * max(1, day_ms // window_ms),
         )
     )
-    start = max(now, detail["start_at"], parked_until or now)
+    start = max(now, detail["start_at"], not_before or now)
     ms = 0.0
     rest = backlog
     if per_day != math.inf and rest > per_day:
@@ -114,5 +115,7 @@ async def campaign_wait_json(
             reason = (park_reason or WaitReason.MIN_GAP) if parked else None
             until = parked
         waiting.append({"reason": reason, "count": row["n"], "until": _iso(until)})
-    eta = campaign_eta(detail, sender, settings, now, parked)
+    held = [r["until"] for r in rows if r["reason"] not in (None, WaitReason.SCHEDULED)]
+    not_before = max([t for t in (parked, min(held, default=None)) if t is not None], default=None)
+    eta = campaign_eta(detail, sender, settings, now, not_before)
     return {"eta": _iso(eta), "waiting": waiting}
