@@ -8,9 +8,11 @@ transport) on new private PostgreSQL + Redis:
   DISPATCH_RATE_WINDOW_SECONDS), one campaign of 3.5 windows' worth of emails starting just
   after a window opens; `fixed_window` and `sliding_window`, each with a delay between
   emails (min-gap on: the window's budget fits in two thirds of the window) and without.
-  Reported: sends per window by `dispatches.sent_at` (fixed: clock windows; sliding:
-  windows from the first send) and each window's share of the budget (the last, partial
-  window is left out). Correct is 100 % in every full window.
+  Reported: grants per window as the policy itself recorded them in Redis, polled every
+  100 ms during the run (fixed: its counter of each clock window; sliding: the grant times
+  of its log, counted in windows from the first grant on) and each window's share of the
+  budget (the last, partial window is left out; correct is 100 % in every full one); and
+  the same by `dispatches.sent_at` (the group commit, later by the machine's load).
 - one sender at 1,000 per 60 s window with two campaigns at once: A `hourly_limit: 3` (30
   emails), B no cap (20 emails). Reported: when B's last email went (seconds after its POST),
   how many of A went meanwhile, and until when A's others wait.
@@ -64,9 +66,35 @@ async def _until(done: Any, deadline: float, poll_s: float) -> None:
         await asyncio.sleep(poll_s)
 
 
-async def window_case(args: argparse.Namespace, tmp: Path, policy: str, gap: bool) -> list[int]:
-    """Sends per window of one campaign of 3.5 windows' worth, under `policy`."""
+def _windows(times: list[float], window_s: float, anchored: bool) -> list[int]:
+    """Counts per window: clock windows, or (anchored) windows from the first time on."""
+    if not times:
+        return []
+    start = min(times) if anchored else 0.0
+    counts = Counter(int((t - start) // window_s) for t in times)
+    return [counts.get(w, 0) for w in range(min(counts), max(counts) + 1)]
+
+
+async def _poll_grants(redis: Any, prefix: str, window_s: int, seen: dict[str, float]) -> None:
+    """The policy's own record: fixed counters (max seen per window), sliding grant times."""
+    while True:
+        now = time.time()
+        for w in (int(now // window_s) - 1, int(now // window_s)):
+            value = int(await redis.get(f"{prefix}w:{w}") or 0)
+            seen[f"w:{w}"] = max(seen.get(f"w:{w}", 0), value)
+        for member, score in await redis.zrange(f"{prefix}sl", 0, -1, withscores=True):
+            seen[f"s:{member.decode()}"] = score / 1000
+        await asyncio.sleep(0.1)
+
+
+async def window_case(
+    args: argparse.Namespace, tmp: Path, policy: str, gap: bool
+) -> tuple[list[int], list[int]]:
+    """(grants, sends by sent_at) per window of one campaign of 3.5 windows' worth."""
     import asyncpg
+    from redis.asyncio import Redis
+
+    from dispatch_engine.queue import shard_for
 
     n = args.limit * 7 // 2
     delay = (args.window * 1000 * 2 // 3) // args.limit if gap else 0
@@ -84,6 +112,9 @@ async def window_case(args: argparse.Namespace, tmp: Path, policy: str, gap: boo
         token = harness.create_token(env, tmp, "budget@example.com")
         engine = Engine(env, tmp)
         db = await asyncpg.connect(srv.database_url)
+        redis = Redis.from_url(srv.redis_url)
+        seen: dict[str, float] = {}
+        poller = None
         try:
             engine.wait_ready()
             opens = (time.time() // args.window + 1) * args.window + 0.3
@@ -98,6 +129,9 @@ async def window_case(args: argparse.Namespace, tmp: Path, policy: str, gap: boo
                     "start_at": datetime.fromtimestamp(opens, UTC).isoformat(),
                 },
             )
+            sender = await db.fetchval("SELECT sender_id FROM campaigns WHERE id = $1", campaign)
+            prefix = f"{shard_for(sender, 1).pacing_prefix}{sender}:"
+            poller = asyncio.create_task(_poll_grants(redis, prefix, args.window, seen))
 
             async def all_sent() -> bool:
                 return len(await _sent_times(db, campaign)) >= n
@@ -105,15 +139,17 @@ async def window_case(args: argparse.Namespace, tmp: Path, policy: str, gap: boo
             await _until(all_sent, time.time() + args.window * 8 + 30, 0.5)
             times = await _sent_times(db, campaign)
         finally:
+            if poller is not None:
+                poller.cancel()
             engine.stop()
+            await redis.aclose()
             await db.close()
     if policy == "fixed_window":
-        counts = Counter(int(t // args.window) for t in times)
-        first = min(counts)
-    else:  # any window: from the first send on
-        counts = Counter(int((t - times[0]) // args.window) for t in times)
-        first = 0
-    return [counts.get(w, 0) for w in range(first, max(counts) + 1)]
+        counters = {int(k[2:]): int(v) for k, v in seen.items() if k.startswith("w:") and v}
+        grants = [counters.get(w, 0) for w in range(min(counters), max(counters) + 1)]
+    else:
+        grants = _windows([v for k, v in seen.items() if k.startswith("s:")], args.window, True)
+    return grants, _windows(times, args.window, policy != "fixed_window")
 
 
 async def cap_case(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -180,16 +216,18 @@ async def cap_case(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> None:
-    rows = [["window", "min-gap", "per window (sends)", "share of the budget, full windows"]]
+    rows = [["window", "min-gap", "grants / window (Redis)", "share, full windows", "sent_at"]]
     for policy in ("fixed_window", "sliding_window"):
         for gap in (True, False):
             with tempfile.TemporaryDirectory(prefix="dispatch-budget-") as name:
-                per = await window_case(args, Path(name), policy, gap)
+                per, by_sent_at = await window_case(args, Path(name), policy, gap)
             full = per[:-1] if len(per) > 1 else per
             shares = " ".join(f"{v / args.limit:.0%}" for v in full)
             delay = (args.window * 1000 * 2 // 3) // args.limit
-            rows.append([policy, f"{delay} ms" if gap else "off", " ".join(map(str, per)), shares])
-            print(f"  {policy}, gap {'on' if gap else 'off'}: {per}", file=sys.stderr)
+            gap_text = f"{delay} ms" if gap else "off"
+            counts = " ".join(map(str, per))
+            rows.append([policy, gap_text, counts, shares, " ".join(map(str, by_sent_at))])
+            print(f"  {policy}, gap {gap_text}: {per}, by sent_at {by_sent_at}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="dispatch-budget-") as name:
         cap = await cap_case(args, Path(name))
     print()
