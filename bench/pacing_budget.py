@@ -83,7 +83,8 @@ async def _poll_grants(redis: Any, prefix: str, window_s: int, seen: dict[str, f
             value = int(await redis.get(f"{prefix}w:{w}") or 0)
             seen[f"w:{w}"] = max(seen.get(f"w:{w}", 0), value)
         for member, score in await redis.zrange(f"{prefix}sl", 0, -1, withscores=True):
-            seen[f"s:{member.decode()}"] = score / 1000
+            # a member (a sequence number) is reused once the log expired: key by its time too
+            seen[f"s:{member.decode()}:{score}"] = score / 1000
         await asyncio.sleep(0.1)
 
 

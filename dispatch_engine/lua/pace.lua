@@ -125,7 +125,8 @@ if #granted > 0 then
     redis.call('PEXPIRE', wkey, window_ms * 2)
   elseif mode == 'sliding' then
     redis.call('PEXPIRE', skey, window_ms)
-    redis.call('PEXPIRE', seqkey, window_ms)
+    -- outlives the log by far, so a sequence number is never reused while the log holds it
+    redis.call('PEXPIRE', seqkey, math.max(window_ms, day_ms) * 2)
   end
   if mode ~= 'none' then
     redis.call('INCRBY', dkey, #granted)
