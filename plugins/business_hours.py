@@ -2,8 +2,9 @@
 
 Set `DISPATCH_BUSINESS_HOURS="Mon-Fri 09:00-17:00 Europe/Berlin"` and list the policy in
 `DISPATCH_PACING`: `DISPATCH_PACING=business_hours,fixed_window,min_gap`. Like every plugin
-policy it is asked before the built-in limits, so they never count what it holds back. Outside the window the sender is parked
-until the window opens (its backlog stays queued in order, costing nothing meanwhile).
+policy it is asked before the built-in limits, so they never count what it holds back.
+Outside the window the sender is parked until the window opens (its backlog stays queued in
+order, costing nothing meanwhile).
 """
 
 from __future__ import annotations
