@@ -6,7 +6,6 @@ pacing decision; starts are placed just after a window opens, see `just_after_ne
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -176,7 +175,11 @@ async def test_several_worker_processes_share_one_senders_limits_exactly(
     make_client: Start, settings: Settings, store: Store, env: dict[str, str], tmp_path: Path
 ) -> None:
     """A user's settings at once: 4 per 2 s window, 6 per 6 s day, a delay with a random
-    part on one campaign, a daily cap on the other, and three worker processes."""
+    part on one campaign, a daily cap on the other, and three worker processes.
+
+    The gap itself is asserted on an injected clock (test_limits.py): `sent_at` is the group
+    commit's time, too loose under load to measure 100 ms.
+    """
     window_s, day_s = 2, 6
     limits = {"DISPATCH_RATE_WINDOW_SECONDS": str(window_s), "DISPATCH_DAY_SECONDS": str(day_s)}
     workers = [
@@ -220,8 +223,7 @@ async def test_several_worker_processes_share_one_senders_limits_exactly(
     windows = _per_window(times, window_s)
     assert max(windows) <= 4 and windows[0] == 4 and windows[3] == 4, windows
     assert max(_per_window(await _sent(store, capped), day_s)) <= 2
-    gaps = [b - a for a, b in itertools.pairwise(await _sent(store, slow))]
-    assert min(gaps) >= 0.1 - 0.05, gaps
+    assert len(await _sent(store, slow)) == 10
 
 
 async def test_sliding_window_with_a_delay_uses_its_whole_budget(
@@ -242,7 +244,13 @@ async def test_sliding_window_with_a_delay_uses_its_whole_budget(
         return len(await _sent(store, campaign)) == 12
 
     await wait_for(all_sent, within=60)
-    times = await _sent(store, campaign)
+    # When the capture transport took each email (sent_at, a group commit, drifts under load)
+    rows = await store.pool.fetch(
+        """SELECT m.received_at FROM captured_messages m JOIN dispatches d ON d.id = m.dispatch_id
+           WHERE d.campaign_id = $1 ORDER BY m.received_at""",
+        campaign,
+    )
+    times = [r["received_at"].timestamp() for r in rows]
     # Never more than 4 in any 2 s, and every window from the first send holds its 4.
     assert all(times[i + 4] - times[i] >= 2.0 - 0.25 for i in range(len(times) - 4)), times
     t0 = times[0]
