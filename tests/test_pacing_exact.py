@@ -253,5 +253,5 @@ async def test_sliding_window_with_a_delay_uses_its_whole_budget(
     times = [r["received_at"].timestamp() for r in rows]
     # Never more than 4 in any 2 s, and every window from the first send holds its 4.
     assert all(times[i + 4] - times[i] >= 2.0 - 0.25 for i in range(len(times) - 4)), times
-    t0 = times[0]
-    assert Counter(int((t - t0) // 2.0) for t in times) == {0: 4, 1: 4, 2: 4}, times
+    # Each window's four go together (three 150 ms gaps): no part of its budget is lost.
+    assert all(times[k + 3] - times[k] < 1.0 for k in (0, 4, 8)), times
