@@ -33,6 +33,8 @@ class ScheduleRequest:
     delay_between_ms: int
     hourly_limit: int | None
     sender: str | int | None
+    daily_limit: int | None = None
+    delay_jitter_ms: int = 0  # a random extra delay in [0, delay_jitter_ms] per email
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ def parse_schedule_request(
     start_at = _start_at(data.get("start_at"), now)
     delay = _int(data, "delay_between_ms", minimum=0, maximum=86_400_000) or 0
     hourly_limit = _int(data, "hourly_limit", minimum=1, maximum=1_000_000_000)
+    daily_limit = _int(data, "daily_limit", minimum=1, maximum=1_000_000_000)
+    jitter = _int(data, "delay_jitter_ms", minimum=0, maximum=86_400_000) or 0
     sender = _sender_ref(data.get("sender"))
     recipients = from_request(data, limits)
     if not recipients.accepted:
@@ -111,7 +115,7 @@ def parse_schedule_request(
             details={"rejected": recipients.rejected, "rejected_total": recipients.rejected_total},
         )
     try:  # the last email must still be a date PostgreSQL and Python can hold
-        last = start_at + timedelta(milliseconds=delay) * len(recipients.accepted)
+        last = start_at + timedelta(milliseconds=delay + jitter) * len(recipients.accepted)
     except OverflowError:
         last = datetime.max.replace(tzinfo=start_at.tzinfo)
     if last.year >= 9999:
@@ -125,6 +129,8 @@ def parse_schedule_request(
         delay_between_ms=delay,
         hourly_limit=hourly_limit,
         sender=sender,
+        daily_limit=daily_limit,
+        delay_jitter_ms=jitter,
     )
 
 
@@ -192,6 +198,8 @@ class CampaignService:
                     hourly_limit=request.hourly_limit,
                     total=len(people),
                     idempotency_key=idempotency_header,
+                    daily_limit=request.daily_limit,
+                    delay_jitter_ms=request.delay_jitter_ms,
                 )
                 rows = [
                     NewDispatch(
@@ -222,7 +230,7 @@ class CampaignService:
         await self.queue.enqueue(
             sender.id,
             zip(ids, (due_ms for _, due_ms in times), strict=True),
-            claim_cap=claim_cap(sender.hourly_limit, request.hourly_limit, gap),
+            claim_cap=claim_cap(sender.hourly_limit, gap),
         )
         await self.store.mark_enqueued(campaign_id, True)
         return ScheduleResult(

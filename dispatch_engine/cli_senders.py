@@ -87,6 +87,8 @@ def list_senders(obj: Any, email: str) -> None:
 )
 @click.option("--hourly-limit", type=int, help="Emails per window (default MAX_EMAILS_PER_HOUR).")
 @click.option("--min-gap-ms", type=int, default=0, show_default=True)
+@click.option("--daily-limit", type=int, help="Emails per day (default none).")
+@click.option("--delay-jitter-ms", type=int, default=0, show_default=True)
 @click.option("--default", "is_default", is_flag=True, help="Make it the default sender.")
 @click.pass_obj
 def add_sender(
@@ -102,6 +104,8 @@ def add_sender(
     tls: str,
     hourly_limit: int | None,
     min_gap_ms: int,
+    daily_limit: int | None,
+    delay_jitter_ms: int,
     is_default: bool,
 ) -> None:
     """Add a sender for EMAIL and print it as JSON."""
@@ -110,6 +114,8 @@ def add_sender(
         "display_name": display_name,
         "transport": transport,
         "min_gap_ms": min_gap_ms,
+        "delay_jitter_ms": delay_jitter_ms,
+        "daily_limit": daily_limit,
         "is_default": is_default,
     }
     if hourly_limit is not None:

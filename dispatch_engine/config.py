@@ -115,6 +115,7 @@ class Settings:
     redis_url: str | None = None
     max_emails_per_hour: int = 50
     rate_window_seconds: int = 3600
+    day_seconds: int = 86_400  # the daily limits' day; shorter only to try limits quickly
     pacing: tuple[str, ...] = ("fixed_window", "min_gap")
     worker_concurrency: int = 200
     worker_batch_size: int = 100
@@ -357,6 +358,7 @@ def load_settings(
         rate_window_seconds=get(
             "DISPATCH_RATE_WINDOW_SECONDS", lambda n, r: _int(n, r, 1, 86_400 * 7), 3600
         ),
+        day_seconds=get("DISPATCH_DAY_SECONDS", lambda n, r: _int(n, r, 1, 86_400 * 31), 86_400),
         pacing=pacing,
         worker_concurrency=get("WORKER_CONCURRENCY", lambda n, r: _int(n, r, 1, 10_000), 200),
         worker_batch_size=get("WORKER_BATCH_SIZE", lambda n, r: _int(n, r, 1, 5_000), 100),

@@ -52,6 +52,8 @@ class Sender:
     hourly_limit: int
     min_gap_ms: int
     is_default: bool = False
+    daily_limit: int | None = None
+    delay_jitter_ms: int = 0  # a random extra gap in [0, delay_jitter_ms] after min_gap_ms
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class CampaignContent:
     body_html: str | None
     delay_between_ms: int
     hourly_limit: int | None
+    daily_limit: int | None = None
+    delay_jitter_ms: int = 0
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from .transport import TransportRegistry, TransportSpec
 
 FIELDS = {
     "from_address", "display_name", "reply_to", "transport", "settings", "hourly_limit",
-    "min_gap_ms", "is_default",
+    "min_gap_ms", "is_default", "daily_limit", "delay_jitter_ms",
 }  # fmt: skip
 SMTP_TLS = ("none", "starttls", "tls")
 WEBHOOK_KEYS = ("url", "password", "timeout")
@@ -38,6 +38,8 @@ def public(sender: Sender) -> dict[str, Any]:
         "settings": settings,
         "hourly_limit": sender.hourly_limit,
         "min_gap_ms": sender.min_gap_ms,
+        "daily_limit": sender.daily_limit,
+        "delay_jitter_ms": sender.delay_jitter_ms,
         "is_default": sender.is_default,
     }
 
@@ -209,6 +211,13 @@ class SenderService:
             fields["hourly_limit"] = _int("hourly_limit", data["hourly_limit"], 1, 1_000_000_000)
         if "min_gap_ms" in data:
             fields["min_gap_ms"] = _int("min_gap_ms", data["min_gap_ms"], 0, 86_400_000)
+        if "daily_limit" in data:  # null: no daily limit
+            limit = data["daily_limit"]
+            fields["daily_limit"] = None if limit is None else _int("daily_limit", limit, 1, 10**9)
+        if "delay_jitter_ms" in data:
+            fields["delay_jitter_ms"] = _int(
+                "delay_jitter_ms", data["delay_jitter_ms"], 0, 86_400_000
+            )
         if "is_default" in data:
             if not isinstance(data["is_default"], bool):
                 raise invalid("is_default", "must be true or false")

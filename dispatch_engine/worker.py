@@ -24,9 +24,9 @@ from redis.asyncio import Redis
 from .config import Settings
 from .metrics import Metrics
 from .models import QUEUED_STATES, CampaignStatus, DispatchJob, DispatchStatus
-from .pacing import Pacer, PacingRequest
+from .pacing import Pacer, WaitReason, pacing_request
 from .plugins import notify
-from .queue import Lease, RedisQueue, Waker
+from .queue import Lease, RedisQueue, Settlement, Waker
 from .recorder import Recorder
 from .render import CompiledCampaign, message_id_for
 from .store import SendOutcome, Store
@@ -205,8 +205,7 @@ class WorkerPool:
         for job in runnable:
             by_sender.setdefault(job.sender_id, []).append(job)
         for sender_id, group in by_sender.items():
-            allowed = await self._pace(sender_id, group, compiled, by_id, now_ms)
-            go.extend(group[:allowed])
+            go.extend(await self._pace(sender_id, group, compiled, by_id, now_ms))
         if go:
             message_ids = [
                 message_id_for(j.idempotency_key, compiled[j.campaign_id].sender.from_address)
@@ -241,38 +240,46 @@ class WorkerPool:
         compiled: dict[int, CompiledCampaign],
         by_id: dict[int, Lease],
         now_ms: int,
-    ) -> int:
-        """Ask the pacing policies; park the sender and give back what may not go now."""
-        campaigns = [compiled[j.campaign_id].campaign for j in group]
-        sender = compiled[group[0].campaign_id].sender
-        limit = min([sender.hourly_limit] + [c.hourly_limit for c in campaigns if c.hourly_limit])
-        gap = max([sender.min_gap_ms] + [c.delay_between_ms for c in campaigns])
-        decision = await self.pacer.acquire(
-            PacingRequest(sender_id, limit, gap, len(group), now_ms)
-        )
-        if decision.allowed >= len(group):
-            return len(group)
-        held = group[decision.allowed :]
-        await self.queue.release([by_id[j.id] for j in held])
-        for job in held:
-            self._inflight.pop(job.id, None)
-        if decision.resume_at_ms is not None:
+    ) -> list[DispatchJob]:
+        """Decide once for the sender's emails; return those that may go now.
+
+        What a campaign cap holds back is queued again for the window it fits in (the
+        sender's other campaigns go on); what a sender limit holds back is given back in
+        order and the sender is parked.
+        """
+        outcome = await self.pacer.decide(pacing_request(sender_id, group, compiled, now_ms))
+        if outcome.deferred:
+            await self.queue.settle(
+                [Settlement(by_id[i], "retry", due) for i, due, _ in outcome.deferred]
+            )
+            waits: dict[tuple[WaitReason, int], list[int]] = {}
+            for i, due, why in outcome.deferred:
+                self._inflight.pop(i, None)
+                waits.setdefault((why, due), []).append(i)
+            for (why, due), ids in waits.items():
+                await self.store.mark_waiting(ids, why, due)
+        if outcome.held:
+            await self.queue.release([by_id[i] for i in outcome.held])
+            for i in outcome.held:
+                self._inflight.pop(i, None)
+        if outcome.held and outcome.resume_at_ms is not None:
             # A little jitter spreads the restart of many parked senders; a tenth of the wait
             # at most, so a 50 ms gap stays about 50 ms.
-            wait_ms = max(0, decision.resume_at_ms - now_ms)
-            resume = decision.resume_at_ms + random.randint(0, min(250, wait_ms // 10))
+            wait_ms = max(0, outcome.resume_at_ms - now_ms)
+            resume = outcome.resume_at_ms + random.randint(0, min(250, wait_ms // 10))
             await self.queue.defer_sender(sender_id, resume)
             self.metrics.pacing_parks.labels("pacing").inc()
-            if decision.limited:
-                await self.store.mark_rate_limited([j.id for j in held])
+            if outcome.limited and outcome.reason is not None:
+                await self.store.mark_waiting(outcome.held, outcome.reason, resume)
                 await notify(
                     self.hooks.sender_limited,
                     sender_id=sender_id,
                     resume_at_ms=resume,
-                    reason=decision.reason,
+                    reason=outcome.detail,
                     settings=self.settings,
                 )
-        return decision.allowed
+        granted = set(outcome.granted)
+        return [job for job in group if job.id in granted]
 
     # ---- one email ----
 

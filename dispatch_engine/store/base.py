@@ -36,6 +36,8 @@ def sender_from(row: asyncpg.Record) -> Sender:
         row["hourly_limit"],
         row["min_gap_ms"],
         row["is_default"],
+        row.get("daily_limit"),
+        row.get("delay_jitter_ms") or 0,
     )
 
 

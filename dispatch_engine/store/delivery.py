@@ -126,11 +126,15 @@ class DeliveryQueries(Queries):
             ids,
         )
 
-    async def mark_rate_limited(self, ids: Sequence[int]) -> None:
+    async def mark_waiting(self, ids: Sequence[int], reason: str, until_ms: int) -> None:
+        """Pacing holds these back: `rate_limited`, with why (a WaitReason) and until when."""
         await self.pool.execute(
-            """UPDATE dispatches SET status = 'rate_limited', updated_at = now()
-               WHERE id = ANY($1::bigint[]) AND status = 'scheduled'""",
+            """UPDATE dispatches SET status = 'rate_limited', wait_reason = $2,
+                      wait_until = to_timestamp($3::float8 / 1000), updated_at = now()
+               WHERE id = ANY($1::bigint[]) AND status IN ('scheduled', 'rate_limited')""",
             ids,
+            str(reason),
+            until_ms,
         )
 
     async def fail_dispatches(self, ids: Sequence[int], reason: str) -> None:

@@ -75,7 +75,8 @@ class SenderQueries(Queries):
     ) -> Sender:
         """Insert (sender_id None) or update a sender; `is_default` moves the flag atomically."""
         columns = ["from_address", "display_name", "reply_to", "transport",
-                   "transport_settings", "hourly_limit", "min_gap_ms"]  # fmt: skip
+                   "transport_settings", "hourly_limit", "min_gap_ms", "daily_limit",
+                   "delay_jitter_ms"]  # fmt: skip
         values = {c: fields[c] for c in columns if c in fields}
         async with self.pool.acquire() as conn, conn.transaction():
             if fields.get("is_default"):

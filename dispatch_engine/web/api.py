@@ -23,6 +23,7 @@ from ..parsing import (
     whole_number,
 )
 from ..recipients import Limits
+from ..waiting import campaign_wait_json, wait_of
 from .bodies import json_object, multipart_fields, off_loop, upload_limits, utf8
 from .events import publish
 from .keys import CAMPAIGNS, PACER, QUEUE, SETTINGS, STORE
@@ -73,7 +74,9 @@ def _campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
         "sender": {"id": detail["sender_id"], "from_address": detail["from_address"]},
         "start_at": _iso(detail["start_at"]),
         "delay_between_ms": detail["delay_between_ms"],
+        "delay_jitter_ms": detail.get("delay_jitter_ms", 0),
         "hourly_limit": detail["hourly_limit"],
+        "daily_limit": detail.get("daily_limit"),
         "total": total,
         "counts": counts,
         "progress": round(done / total, 4) if total else 1.0,
@@ -119,19 +122,23 @@ async def scheduled(request: web.Request) -> web.Response:
     rows = await request.app[STORE].list_scheduled(
         user.id, limit + 1, decode_cursor(request.query.get("cursor"))
     )
-    items = [
-        {
-            "id": r["id"],
-            "email": r["recipient"],
-            "subject": r["subject"],
-            "scheduled_at": _iso(r["scheduled_at"]),
-            "status": r["status"],
-            "campaign_id": r["campaign_id"],
-            "attempts": r["attempts"],
-            "error": r["last_error"],
-        }
-        for r in rows[:limit]
-    ]
+    now = datetime.now(UTC)
+    items = []
+    for r in rows[:limit]:
+        reason, until = wait_of(r, now)
+        items.append(
+            {
+                "id": r["id"],
+                "email": r["recipient"],
+                "subject": r["subject"],
+                "scheduled_at": _iso(r["scheduled_at"]),
+                "status": r["status"],
+                "campaign_id": r["campaign_id"],
+                "attempts": r["attempts"],
+                "error": r["last_error"],
+                "waiting": {"reason": reason, "until": _iso(until)} if reason else None,
+            }
+        )
     last = rows[limit - 1] if len(rows) > limit else None
     cursor = encode_cursor(last["scheduled_at"], last["id"]) if last else None
     return json_response({"items": items, "next_cursor": cursor})
@@ -179,10 +186,14 @@ def _path_id(request: web.Request, name: str = "id") -> int:
 @routes.get("/api/campaigns/{id}")
 async def campaign(request: web.Request) -> web.Response:
     user = current_user(request)
-    detail = await request.app[STORE].campaign_detail(user.id, _path_id(request))
+    store = request.app[STORE]
+    detail = await store.campaign_detail(user.id, _path_id(request))
     if detail is None:
         raise ApiError(404, "not_found", "no such campaign")
-    return json_response(_campaign_json(detail))
+    wait = await campaign_wait_json(
+        store, request.app[QUEUE], request.app[SETTINGS], user.id, detail
+    )
+    return json_response(_campaign_json(detail) | wait)
 
 
 @routes.get("/api/campaigns")
@@ -316,8 +327,12 @@ async def stats(request: web.Request) -> web.Response:
                 "from_address": sender.from_address,
                 "hourly_limit": sender.hourly_limit,
                 "min_gap_ms": sender.min_gap_ms,
+                "delay_jitter_ms": sender.delay_jitter_ms,
+                "daily_limit": sender.daily_limit,
                 "window_seconds": settings.rate_window_seconds,
+                "day_seconds": settings.day_seconds,
                 "sent_this_window": await pacer.usage(sender.id, now_ms),
+                "sent_today": await pacer.today(sender.id, now_ms),
                 "queue_depth": state["queue_depth"],
                 "parked_until": _iso_ms(state["parked_until_ms"]),
                 "due_lag_ms": max(0, now_ms - next_due) if next_due is not None else 0,

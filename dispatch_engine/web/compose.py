@@ -37,6 +37,7 @@ PAGE_FIELDS = {
     "start_at": "start_local",
     "tz_offset": "start_local",
     "delay_between_ms": "delay_seconds",
+    "delay_jitter_ms": "jitter_seconds",
     "recipients_csv": "recipients",
     "recipients_file": "recipients",
 }
@@ -161,8 +162,8 @@ def _start_at(form: MultiDictProxy[Any]) -> str | None:
     return at.replace(tzinfo=timezone(timedelta(minutes=offset))).isoformat()
 
 
-def _delay_ms(form: MultiDictProxy[Any]) -> int | str | None:
-    raw = str(form.get("delay_seconds") or "").strip()
+def _delay_ms(form: MultiDictProxy[Any], name: str = "delay_seconds") -> int | str | None:
+    raw = str(form.get(name) or "").strip()
     if not raw:
         return None
     try:
@@ -179,10 +180,12 @@ async def compose_submit(request: web.Request) -> web.StreamResponse:
     values = {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf_token"}
     try:
         data: dict[str, Any] = {
-            k: form.get(k) for k in ("subject", "body", "html", "hourly_limit", "sender")
+            k: form.get(k)
+            for k in ("subject", "body", "html", "hourly_limit", "daily_limit", "sender")
         }
         data["start_at"] = _start_at(form)
         data["delay_between_ms"] = _delay_ms(form)
+        data["delay_jitter_ms"] = _delay_ms(form, "jitter_seconds")
         upload = _upload(form)
         if upload is not None:
             data["recipients_file"] = upload

@@ -17,8 +17,9 @@ from aiohttp import web
 from ..errors import ApiError
 from ..models import Sender
 from ..parsing import decode_cursor, decode_id_cursor, encode_cursor, row_id
+from ..waiting import campaign_wait_json
 from .compose import sanitize_html
-from .keys import QUEUE, STORE
+from .keys import QUEUE, SETTINGS, STORE
 from .middleware import current_user
 from .views import render
 
@@ -140,6 +141,9 @@ async def campaign(request: web.Request) -> web.Response:
         "pacing": await _pacing(request, sender) if sender else None,
         "hourly_limit": min(limit, sender.hourly_limit) if limit and sender else limit,
         "gap_ms": max(detail["delay_between_ms"], sender.min_gap_ms if sender else 0),
+        "wait": await campaign_wait_json(
+            store, request.app[QUEUE], request.app[SETTINGS], user.id, detail
+        ),
     }
     return render(request, "campaign.html", context, partial="_campaign_live.html")
 
