@@ -297,18 +297,22 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(scratch, path)
 
 
-def _credentials(data_dir: Path) -> tuple[dict[str, str], bool]:
-    """The servers' passwords (made on first use, kept 0600) and whether they were just made."""
+def _credentials(data_dir: Path, *, postgres_set: bool = False) -> tuple[dict[str, str], bool]:
+    """The servers' passwords (made on first use, kept 0600) and whether PostgreSQL has its.
+
+    `postgres_set=True` notes that PostgreSQL now has the password: until then (a crash in
+    between included) every start sets it again.
+    """
     path = data_dir / "credentials.json"
     known = _read_json(path)
     made = {name: secrets.token_urlsafe(24) for name in ("postgres", "redis")}
     creds = {name: str(known.get(name) or made[name]) for name in made}
-    fresh = creds != known
-    if fresh:
-        _write_private(path, json.dumps(creds, indent=2) + "\n")
+    is_set = postgres_set or known.get("postgres_set") is True
+    if {**creds, "postgres_set": is_set} != known:
+        _write_private(path, json.dumps({**creds, "postgres_set": is_set}, indent=2) + "\n")
     elif stat.S_IMODE(path.stat().st_mode) != PRIVATE:
         path.chmod(PRIVATE)
-    return creds, fresh
+    return creds, is_set
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -477,10 +481,10 @@ class EmbeddedServers:
         source = "wheel" if pg.from_wheel else "system"
         log.info("using PostgreSQL %d (%s binaries in %s)", pg.major, source, pg.bin_dir)
         log.info("using Redis-compatible server %s", redis_bin)
-        self._creds, fresh = _credentials(self.data_dir)
+        self._creds, password_set = _credentials(self.data_dir)
         pg_port = _pick_port(state.get("postgres_port"))
         redis_port = _pick_port(state.get("redis_port"), taken=pg_port)
-        self._pg = self._start_postgres(pg, pg_port, new_password=fresh)
+        self._pg = self._start_postgres(pg, pg_port, new_password=not password_set)
         self._redis = self._start_redis(redis_bin, redis_port)
         self._wait_ready(self._pg, _pg_ready, pg_port, "PostgreSQL", "postgres.log")
         redis_ready = functools.partial(_redis_ready, password=self._creds["redis"])
@@ -605,6 +609,7 @@ class EmbeddedServers:
         _write_private(hba, HBA)
         if user is not None:
             os.chown(hba, user.pw_uid, user.pw_gid)
+        _credentials(self.data_dir, postgres_set=True)
 
     def _start_redis(self, binary: Path, port: int) -> subprocess.Popen[bytes]:
         redis_dir = self.data_dir / "redis"

@@ -255,6 +255,7 @@ async def test_private_servers_require_the_passwords_kept_0600(data_dir: Path) -
         assert {(r["type"], r["auth_method"]) for r in hba} == {("host", "scram-sha-256")}
         assert encryption == "scram-sha-256"
         credentials = json.loads((data_dir / "credentials.json").read_text())
+        assert credentials["postgres_set"] is True
         assert credentials["postgres"] in urls.database_url
         assert credentials["redis"] in urls.redis_url
         for name in ("credentials.json", "servers.json", "redis/redis.conf"):
