@@ -11,11 +11,13 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp.test_utils import TestClient
+from playwright.async_api import Browser, expect
 
 from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
+from .browser import snapshot
 from .helpers import auth, new_token
 from .processes import Proc, run_cli
 from .web_session import csrf_of, dev_login
@@ -256,3 +258,31 @@ async def test_the_tokens_page_creates_shows_once_and_revokes_with_csrf(
     assert bad.status == 422
     user = await store.ensure_user(DEV_EMAIL)
     assert len(await store.tokens_of(user.id)) == 1  # nothing made by the refused form
+
+
+async def test_the_tokens_page_in_a_real_browser(make_client: Start, browser: Browser) -> None:
+    """Chromium: the nav link, create (the secret shown once), the token works, revoke."""
+    client = await make_client(roles=API)
+    ctx = await browser.new_context(base_url=str(client.make_url("/")).rstrip("/"))
+    try:
+        page = await ctx.new_page()
+        await page.goto("/login")
+        await page.get_by_role("button", name="Continue as dev user").click()
+        await page.wait_for_url("**/emails")
+        await page.get_by_role("link", name="API tokens").click()
+        await page.wait_for_url("**/tokens")
+        await page.get_by_label("Name").fill("from the browser")
+        await page.get_by_label("Expires").select_option("90d")
+        await page.get_by_role("button", name="Create token").click()
+        secret = (await page.locator("[data-token-secret]").inner_text()).strip()
+        assert secret.startswith("de_")
+        await snapshot(page, "tokens")
+        assert await _me(client, secret) == 200
+        await page.goto("/tokens")
+        await expect(page.locator("[data-token-secret]")).to_have_count(0)  # shown once
+        await page.get_by_role("button", name="Revoke token from the browser").click()
+        await expect(page.get_by_text("was revoked")).to_be_visible()
+        await expect(page.locator("tr", has_text="from the browser")).to_contain_text("revoked")
+        assert await _me(client, secret) == 401
+    finally:
+        await ctx.close()
