@@ -104,10 +104,13 @@ async def create_for(
     created_by: int | None = None,
 ) -> NewToken:
     """A new token for `user`, unless they already hold MAX_LIVE_TOKENS live ones."""
-    if await store.live_token_count(user.id) >= MAX_LIVE_TOKENS:
+    made = await store.issue_token(
+        user.id, name, expires_in_s=expires_in_s, created_by=created_by, max_live=MAX_LIVE_TOKENS
+    )
+    if made is None:
         raise ApiError(
             409,
             "too_many_tokens",
             f"you already have {MAX_LIVE_TOKENS} live API tokens; revoke some first",
         )
-    return await store.issue_token(user.id, name, expires_in_s=expires_in_s, created_by=created_by)
+    return made

@@ -75,7 +75,9 @@ class AccountQueries(Queries):
 
     async def create_token(self, user_id: int, name: str) -> str:
         """A new token that never expires; returns its secret."""
-        return (await self.issue_token(user_id, name)).token
+        made = await self.issue_token(user_id, name)
+        assert made is not None  # no limit asked for
+        return made.token
 
     async def issue_token(
         self,
@@ -84,26 +86,41 @@ class AccountQueries(Queries):
         *,
         expires_in_s: int | None = None,
         created_by: int | None = None,
-    ) -> NewToken:
+        max_live: int | None = None,
+    ) -> NewToken | None:
         """A new token; its secret is returned here once and only its SHA-256 is kept.
 
-        A token made by another token (`created_by`) expires no later than its maker.
+        A token made by another token (`created_by`) expires no later than its maker. With
+        `max_live`, None when the user already has that many live tokens (checked under a
+        lock on the user's row, so concurrent requests cannot both pass).
         """
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        row = await self.pool.fetchrow(
-            """INSERT INTO api_tokens (user_id, name, token_hash, prefix, expires_at, created_by)
-               SELECT $1, $2, $3, $4,
-                      LEAST(now() + make_interval(secs => $5), parent.expires_at), $6
-               FROM (SELECT (SELECT expires_at FROM api_tokens WHERE id = $6) AS expires_at)
-                    AS parent
-               RETURNING id, name, prefix, created_at, last_used_at, expires_at, revoked_at""",
-            user_id,
-            name,
-            hash_token(token),
-            token[:SHOWN_CHARS],
-            expires_in_s,
-            created_by,
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            if max_live is not None:
+                await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id)
+                live = await conn.fetchval(
+                    """SELECT count(*) FROM api_tokens WHERE user_id = $1 AND revoked_at IS NULL
+                         AND (expires_at IS NULL OR expires_at > now())""",
+                    user_id,
+                )
+                if live >= max_live:
+                    return None
+            row = await conn.fetchrow(
+                """INSERT INTO api_tokens
+                       (user_id, name, token_hash, prefix, expires_at, created_by)
+                   SELECT $1, $2, $3, $4,
+                          LEAST(now() + make_interval(secs => $5), parent.expires_at), $6
+                   FROM (SELECT (SELECT expires_at FROM api_tokens WHERE id = $6) AS expires_at)
+                        AS parent
+                   RETURNING id, name, prefix, created_at, last_used_at, expires_at,
+                             revoked_at""",
+                user_id,
+                name,
+                hash_token(token),
+                token[:SHOWN_CHARS],
+                expires_in_s,
+                created_by,
+            )
         assert row is not None
         return NewToken(token=token, info=_token_from(row))
 
@@ -132,14 +149,6 @@ class AccountQueries(Queries):
             hash_token(token),
         )
         return (user_from(row), int(row["token_id"])) if row else None
-
-    async def live_token_count(self, user_id: int) -> int:
-        count = await self.pool.fetchval(
-            """SELECT count(*) FROM api_tokens WHERE user_id = $1 AND revoked_at IS NULL
-                 AND (expires_at IS NULL OR expires_at > now())""",
-            user_id,
-        )
-        return int(count or 0)
 
     async def tokens_of(self, user_id: int | None, limit: int = 200) -> list[ApiToken]:
         """Newest first: one user's tokens, or everyone's (`None`, for the operator's CLI)."""
