@@ -36,6 +36,8 @@ ID_ROUTES = {
     ("PATCH", "/api/senders/{id}"),
     ("DELETE", "/api/senders/{id}"),
     ("POST", "/api/senders/{id}/test"),
+    ("DELETE", "/api/tokens/{id}"),
+    ("POST", "/tokens/{id}/revoke"),
 }
 LISTS = ["/emails", "/campaigns", "/inbox", "/api/emails/scheduled", "/api/emails/sent",
          "/api/inbox", "/api/campaigns"]  # fmt: skip
@@ -124,18 +126,25 @@ async def test_user_b_cannot_see_or_touch_user_a(
             "SELECT id FROM senders WHERE owner_id = (SELECT id FROM users WHERE email = $1)",
             "a@example.com",
         )
+        a_user = await store.pool.fetchval("SELECT id FROM users WHERE email = 'a@example.com'")
+        a_token = await store.create_token(a_user, "a's")
+        a_token_id = await store.pool.fetchval("SELECT max(id) FROM api_tokens")
         ids = {"/campaigns/": later_id, "/api/campaigns/": later_id, "/inbox/": message_id,
-               "/api/inbox/": message_id, "/api/senders/": a_sender}  # fmt: skip
+               "/api/inbox/": message_id, "/api/senders/": a_sender, "/api/tokens/": a_token_id,
+               "/tokens/": a_token_id}  # fmt: skip
         for method, route in sorted(ID_ROUTES):
             prefix = route[: route.index("{id}")]
             target = url(route.replace("{id}", str(ids[prefix])))
             body = {} if method in ("POST", "PATCH") else None
             for headers in ({"X-CSRF-Token": b_csrf}, b_token):
+                if headers is b_token and method != "GET" and not route.startswith("/api/"):
+                    continue  # a page's form is a session's; a bearer token is the API's
                 response = await b.request(method, target, headers=headers, json=body)
                 assert response.status == 404, (method, route, response.status)
         assert "a@example.com" not in await (await b.get(url("/api/senders"))).text()
         status = await store.pool.fetchval("SELECT status FROM campaigns WHERE id = $1", later_id)
         assert status == "scheduled", "B's requests changed nothing"
+        assert await store.user_for_token(a_token) is not None, "A's token is still live"
         page = await a.get(url(f"/campaigns/{later_id}"))
         assert page.status == 200 and "Secret plan" in await page.text()
         assert (await a.get(url(f"/inbox/{message_id}"))).status == 200

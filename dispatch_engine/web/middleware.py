@@ -22,6 +22,7 @@ UPLOAD_ROUTES = frozenset(
     {"/api/emails/schedule", "/api/compose/recipients", "/api/compose/preview", "/compose"}
 )
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+API_TOKEN_ID = web.RequestKey("api_token_id", int)  # set when a bearer token named the user
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -99,10 +100,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 "send an API token: Authorization: Bearer <token> "
                 "(create one with `dispatch-engine token create --email you@example.com`)",
             )
-        user = await request.app[STORE].user_for_token(token.strip())
-        if user is None:
-            raise ApiError(401, "invalid_token", "the API token is unknown or revoked")
-        request[USER] = user
+        found = await request.app[STORE].token_user(token.strip()) if len(token) < 200 else None
+        if found is None:
+            raise ApiError(401, "invalid_token", "the API token is unknown, expired or revoked")
+        request[USER], request[API_TOKEN_ID] = found
     return await handler(request)
 
 
