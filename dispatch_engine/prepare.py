@@ -54,6 +54,13 @@ class OwnerShare:
     def cap(self) -> int:
         return max(1, self.slots // max(1, len(self._seen)))
 
+    def worth_claiming(self, batch_size: int) -> int:
+        """Free slots worth a claim: half a batch alone (fewer, bigger claims), but no more
+        than half an owner's share once several are active (their share must be claimable)."""
+        batch = min(batch_size, self.slots) // 2 + 1
+        owners = len(self._seen)
+        return batch if owners < 2 else max(1, min(batch, self.slots // (2 * owners)))
+
     def admit(self, jobs: Sequence[DispatchJob]) -> tuple[list[DispatchJob], list[DispatchJob]]:
         """Split a batch into (may start now, give back): the batch's order is kept."""
         now = time.monotonic()

@@ -130,7 +130,7 @@ class WorkerPool:
     async def _claim_loop(self) -> None:
         while not self._stopping:
             free = self.concurrency - len(self._inflight)
-            if free < min(self.settings.worker_batch_size, self.concurrency) // 2 + 1:
+            if free < self._share.worth_claiming(self.settings.worker_batch_size):
                 await self._waker.wait(1.0)  # woken as soon as sends finish
                 continue
             try:
