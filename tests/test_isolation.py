@@ -332,3 +332,56 @@ async def test_a_stuck_smtp_server_of_one_owner_leaves_the_other_owner_its_share
             return [s for s, _ in await statuses(store, alice_campaign)].count("sent") == 20
 
         await wait_for(alice_done, within=60)
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "needle"),
+    [
+        ({"body": POISON}, "body", "too many statically nested blocks"),
+        ({"subject": "{{ 7 ** 3000000 }}"}, "subject", "integers are limited"),
+        ({"body": "{% for c in 'x' * 100000 %}{% for d in 'y' * 100000 %}{% endfor %}{% endfor %}"},
+         "body", "loop iterations"),
+        ({"html": "<p>{{ email * 1000000000 }}</p>"}, "html", "would exceed"),
+        ({"subject": "Hi {{ name }}",
+          "recipients": [{"email": "a@example.com", "vars": {"name": "Ada"}},
+                         {"email": "b@example.com", "vars": {"name": "B\r\nBcc: v@example.net"}}]},
+         "recipients", "line break"),
+    ],
+)  # fmt: skip
+async def test_schedule_refuses_what_cannot_compile_or_exceeds_a_limit(
+    make_client: Start, store: Store, payload: dict[str, Any], field: str, needle: str
+) -> None:
+    client = await make_client(roles=frozenset({"api"}))
+    headers = auth(await new_token(store))
+    body = {"subject": "s", "body": "b", "recipients": ["a@example.com"], **payload}
+    response = await client.post("/api/emails/schedule", json=body, headers=headers)
+    assert response.status == 422, await response.text()
+    error = (await response.json())["error"]
+    assert error["field"] == field and needle in error["message"], error
+    assert await store.pool.fetchval("SELECT count(*) FROM campaigns") == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"display_name": "Eve\r\nBcc: victim@example.net"}, "display_name"),
+        ({"display_name": "Eve\nBcc: victim@example.net"}, "display_name"),
+        ({"display_name": "Eve\u2028Bcc: victim@example.net"}, "display_name"),
+        ({"reply_to": "help@example.com\r\nBcc: victim@example.net"}, "reply_to"),
+    ],
+)
+async def test_sender_header_values_with_line_breaks_are_refused(
+    make_client: Start, store: Store, change: dict[str, str], field: str
+) -> None:
+    client = await make_client(roles=frozenset({"api"}))
+    headers = auth(await new_token(store))
+    base = {"from_address": "news@example.com", "transport": "capture"}
+    created = await client.post("/api/senders", json={**base, **change}, headers=headers)
+    assert created.status == 422, await created.text()
+    assert (await created.json())["error"]["field"] == field
+    ok = await client.post("/api/senders", json=base, headers=headers)
+    assert ok.status == 201, await ok.text()
+    sender_id = (await ok.json())["id"]
+    patched = await client.patch(f"/api/senders/{sender_id}", json=change, headers=headers)
+    assert patched.status == 422, await patched.text()
+    assert (await patched.json())["error"]["field"] == field
