@@ -251,6 +251,9 @@ class CompiledCampaign:
         self._html = (
             _compile_field(self.campaign.body_html, "html") if self.campaign.body_html else None
         )
+        self._fast = self._html is None and all(
+            isinstance(r, _TextAndNames) for r in (self._subject, self._text)
+        )
         self.broken: str | None = None  # set after STRIKES work-limit failures
         self._strikes = 0
         sender = self.sender
@@ -273,10 +276,15 @@ class CompiledCampaign:
             raise TemplateLimitError(self.broken)
         context = {**variables, "email": recipient}
         try:
-            with budget():
+            if self._fast:  # no Jinja runtime, nothing to budget: sizes follow the inputs
                 subject = _render_capped(self._subject, context, "subject")
                 text = _render_capped(self._text, context, "body")
-                html = None if self._html is None else _render_capped(self._html, context, "html")
+                html = None
+            else:
+                with budget():
+                    subject = _render_capped(self._subject, context, "subject")
+                    text = _render_capped(self._text, context, "body")
+                    html = self._html and _render_capped(self._html, context, "html")
         except TemplateLimitError as exc:
             self._strikes += 1
             if self._strikes >= STRIKES:

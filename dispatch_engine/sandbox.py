@@ -58,7 +58,7 @@ class Budget:
         self.steps -= 1
         if self.steps < 0:
             raise TemplateLimitError(f"more than {MAX_STEPS:,} loop iterations and calls")
-        if time.perf_counter() > self.deadline:
+        if not self.steps & 15 and time.perf_counter() > self.deadline:  # 16 steps are µs
             raise TemplateLimitError(
                 f"rendering took longer than {RENDER_TIME_LIMIT_S * 1000:.0f} ms"
             )
