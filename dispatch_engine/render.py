@@ -284,7 +284,9 @@ class CompiledCampaign:
                 with budget():
                     subject = _render_capped(self._subject, context, "subject")
                     text = _render_capped(self._text, context, "body")
-                    html = self._html and _render_capped(self._html, context, "html")
+                    html = (
+                        None if self._html is None else _render_capped(self._html, context, "html")
+                    )
         except TemplateLimitError as exc:
             self._strikes += 1
             if self._strikes >= STRIKES:
