@@ -1,7 +1,7 @@
 """Isolation between tenants inside one worker process.
 
 - `prepare_campaign`: compile one campaign's templates; a failure is that campaign's alone
-  (the worker fails its emails with the reason and goes on with the rest of the batch).
+  (`fail_unprepared` fails its emails with the reason; the rest of the batch goes on).
 - `OwnerShare`: no owner holds more than a fair share of the process's send slots while
   other owners have emails waiting (a slow SMTP server of one owner cannot starve another).
 """
@@ -13,8 +13,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from .models import CampaignContent, DispatchJob, Sender
+from .models import CampaignContent, DispatchJob, DispatchStatus, Sender
+from .recorder import Recorder
 from .render import CompiledCampaign, TemplateProblem
+from .store import SendOutcome, Store
 
 SHARE_WINDOW_S = 30.0  # an owner seen in a claimed batch this recently counts as active
 
@@ -34,6 +36,31 @@ async def prepare_campaign(
         return f"the campaign cannot be prepared: {exc}"[:1000]
     except Exception as exc:
         return f"the campaign cannot be prepared: {type(exc).__name__}: {exc}"[:1000]
+
+
+async def fail_unprepared(
+    store: Store, recorder: Recorder, jobs: list[DispatchJob], reasons: dict[int, str]
+) -> None:
+    """Fail the emails of campaigns that cannot be prepared, with the reason (hooks, metrics
+    and progress as for any failure); the caller acks their leases."""
+    by_reason: dict[str, list[int]] = {}
+    for job in jobs:
+        by_reason.setdefault(reasons[job.campaign_id], []).append(job.id)
+    for reason, ids in by_reason.items():
+        await store.fail_dispatches(ids, reason)
+    await recorder.announce_failed(
+        [
+            SendOutcome(
+                j.id,
+                j.idempotency_key,
+                DispatchStatus.FAILED,
+                j.campaign_id,
+                j.recipient,
+                error=reasons[j.campaign_id],
+            )
+            for j in jobs
+        ]
+    )
 
 
 class OwnerShare:

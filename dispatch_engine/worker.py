@@ -26,7 +26,7 @@ from .metrics import Metrics
 from .models import QUEUED_STATES, CampaignStatus, DispatchJob, DispatchStatus
 from .pacing import Pacer, PacingRequest
 from .plugins import notify
-from .prepare import OwnerShare, prepare_campaign
+from .prepare import OwnerShare, fail_unprepared, prepare_campaign
 from .queue import Lease, RedisQueue, Waker
 from .recorder import Recorder
 from .render import CompiledCampaign, message_id_for
@@ -213,30 +213,6 @@ class WorkerPool:
             out[cid] = compiled
         return out, failed
 
-    async def _fail_unprepared(
-        self, jobs: list[DispatchJob], reasons: dict[int, str], by_id: dict[int, Lease]
-    ) -> list[Lease]:
-        """Fail the emails of campaigns that cannot be prepared, with the reason; their
-        leases are acked with the batch's other finished ones."""
-        by_reason: dict[str, list[DispatchJob]] = {}
-        for job in jobs:
-            by_reason.setdefault(reasons[job.campaign_id], []).append(job)
-        for reason, group in by_reason.items():
-            await self.store.fail_dispatches([j.id for j in group], reason)
-        outcomes = [
-            SendOutcome(
-                j.id,
-                j.idempotency_key,
-                DispatchStatus.FAILED,
-                j.campaign_id,
-                j.recipient,
-                error=reasons[j.campaign_id],
-            )
-            for j in jobs
-        ]
-        await self.recorder.announce_failed(outcomes)
-        return [by_id[j.id] for j in jobs]
-
     async def _start_batch(self, leases: list[Lease], now_ms: int) -> bool:
         """Start what may go of a claimed batch; False when the fair share held back all."""
         by_id = {lease.dispatch_id: lease for lease in leases}
@@ -255,7 +231,8 @@ class WorkerPool:
         if failed:
             bad = [j for j in runnable if j.campaign_id in failed]
             runnable = [j for j in runnable if j.campaign_id not in failed]
-            done += await self._fail_unprepared(bad, failed, by_id)
+            await fail_unprepared(self.store, self.recorder, bad, failed)
+            done += [by_id[j.id] for j in bad]  # acked with the batch's other finished ones
         runnable, held = self._share.admit(runnable)
         if held:  # over their owner's fair share of the send slots: back to the queue
             await self.queue.release([by_id[j.id] for j in held])
