@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import jinja2
 from jinja2 import meta, nodes
+from jinja2.exceptions import SecurityError
 from markupsafe import escape
 
 from .models import CampaignContent, Sender
@@ -47,6 +48,8 @@ def _problem(field: str, exc: Exception) -> TemplateProblem:
         )
     if isinstance(exc, TemplateLimitError):
         return TemplateProblem(field, f"{field}: over a template limit: {exc}")
+    if isinstance(exc, SecurityError):
+        return TemplateProblem(field, f"{field}: not allowed in the template sandbox: {exc}")
     if isinstance(exc, RecursionError | MemoryError):
         return TemplateProblem(field, f"{field}: the template is nested too deeply")
     # CPython's own limits (e.g. "too many statically nested blocks") and the like
@@ -58,10 +61,6 @@ def _parse(source: str, field: str) -> nodes.Template:
         return (_HTML_ENV if field == "html" else _ENV).parse(source)
     except Exception as exc:
         raise _problem(field, exc) from None
-
-
-def template_variables(source: str, field: str) -> set[str]:
-    return set(meta.find_undeclared_variables(_parse(source, field)))
 
 
 def check_templates(
@@ -99,7 +98,7 @@ def check_templates(
             try:
                 with budget():
                     _render_capped(renderer, {**sample[1], "email": sample[0]}, field)
-            except TemplateLimitError as exc:
+            except SecurityError as exc:  # a limit, or what the sandbox never allows
                 raise _problem(field, exc) from None
             except Exception:
                 pass  # a data error for this one recipient: the worker reports it per email

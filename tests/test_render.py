@@ -183,6 +183,12 @@ def test_sandbox_refuses_unsafe_template_code(source: str) -> None:
         compiled.render(RECIPIENT, {"name": "Ada"}, "<x@example.com>")
 
 
+def test_unsafe_template_code_is_refused_at_schedule_time() -> None:
+    with pytest.raises(TemplateProblem, match="not allowed in the template sandbox") as caught:
+        check_templates("Hi", "{{ ''.__class__.__mro__ }}", None, set(), (RECIPIENT, {}))
+    assert caught.value.field == "body"
+
+
 def test_sandbox_still_allows_safe_expressions() -> None:
     _, raw, _ = render(campaign("Hi", "{{ email.upper() }} {{ name|title }}"), {"name": "ada l"})
     assert text_of(parse(raw)) == "ADA@EXAMPLE.COM Ada L"
