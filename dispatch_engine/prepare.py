@@ -18,7 +18,7 @@ from .recorder import Recorder
 from .render import CompiledCampaign, TemplateProblem
 from .store import SendOutcome, Store
 
-SHARE_WINDOW_S = 30.0  # an owner seen in a claimed batch this recently counts as active
+SHARE_WINDOW_S = 2.0  # seen in a claimed batch this recently: active (short: slots stay used)
 
 
 async def prepare_campaign(
