@@ -333,13 +333,21 @@ async def test_a_stuck_smtp_server_of_one_owner_leaves_the_other_owner_its_share
         await wait_for(alice_done, within=60)
 
 
+# A work limit: the step count or, on a busy machine, the deadline comes first.
+WORK = ("loop iterations", "took longer")
+
+
+def _alternatives(needle: str | tuple[str, ...]) -> tuple[str, ...]:
+    return needle if isinstance(needle, tuple) else (needle,)
+
+
 @pytest.mark.parametrize(
     ("payload", "field", "needle"),
     [
         ({"body": POISON}, "body", "too many statically nested blocks"),
         ({"subject": "{{ 7 ** 3000000 }}"}, "subject", "integers are limited"),
         ({"body": "{% for c in 'x' * 100000 %}{% for d in 'y' * 100000 %}{% endfor %}{% endfor %}"},
-         "body", "loop iterations"),
+         "body", WORK),
         ({"html": "<p>{{ email * 1000000000 }}</p>"}, "html", "would exceed"),
         ({"subject": "Hi {{ name }}",
           "recipients": [{"email": "a@example.com", "vars": {"name": "Ada"}},
@@ -348,7 +356,11 @@ async def test_a_stuck_smtp_server_of_one_owner_leaves_the_other_owner_its_share
     ],
 )  # fmt: skip
 async def test_schedule_refuses_what_cannot_compile_or_exceeds_a_limit(
-    make_client: Start, store: Store, payload: dict[str, Any], field: str, needle: str
+    make_client: Start,
+    store: Store,
+    payload: dict[str, Any],
+    field: str,
+    needle: str | tuple[str, ...],
 ) -> None:
     client = await make_client(roles=frozenset({"api"}))
     headers = auth(await new_token(store))
@@ -356,7 +368,8 @@ async def test_schedule_refuses_what_cannot_compile_or_exceeds_a_limit(
     response = await client.post("/api/emails/schedule", json=body, headers=headers)
     assert response.status == 422, await response.text()
     error = (await response.json())["error"]
-    assert error["field"] == field and needle in error["message"], error
+    assert error["field"] == field, error
+    assert any(n in error["message"] for n in _alternatives(needle)), error
     assert await store.pool.fetchval("SELECT count(*) FROM campaigns") == 0
 
 

@@ -252,6 +252,13 @@ def test_a_missing_name_fails_as_in_jinja() -> None:
 
 POISON = "{% for a in [1] %}" * 21 + "x" + "{% endfor %}" * 21  # CPython: 20 nested blocks max
 
+# A work limit: the step count or, on a busy machine, the deadline comes first.
+WORK = ("loop iterations", "took longer")
+
+
+def _alternatives(needle: str | tuple[str, ...]) -> tuple[str, ...]:
+    return needle if isinstance(needle, tuple) else (needle,)
+
 
 @pytest.mark.parametrize(
     ("subject", "body", "html", "field", "needle"),
@@ -259,7 +266,7 @@ POISON = "{% for a in [1] %}" * 21 + "x" + "{% endfor %}" * 21  # CPython: 20 ne
         ("Hi", POISON, None, "body", "too many statically nested blocks"),
         ("{{ 7 ** 3000000 }}", "Body", None, "subject", "integers are limited"),
         ("Hi", "{% for c in 'x' * 100000 %}{% for d in 'y' * 100000 %}{% endfor %}{% endfor %}",
-         None, "body", "loop iterations"),
+         None, "body", WORK),
         ("Hi", "{{ email * 1000000000 }}", None, "body", "would exceed"),
         ("Hi", "Body", "<p>{{ email|center(1000000000) }}</p>", "html", "|center"),
         ("Hi", "{{ email.ljust(1000000000) }}", None, "body", "ljust"),
@@ -281,12 +288,12 @@ POISON = "{% for a in [1] %}" * 21 + "x" + "{% endfor %}" * 21  # CPython: 20 ne
     ],
 )  # fmt: skip
 def test_check_templates_compiles_and_renders_under_limits(
-    subject: str, body: str, html: str | None, field: str, needle: str
+    subject: str, body: str, html: str | None, field: str, needle: str | tuple[str, ...]
 ) -> None:
     with pytest.raises(TemplateProblem) as caught:
         check_templates(subject, body, html, set(), (RECIPIENT, {}))
     assert caught.value.field == field
-    assert needle in str(caught.value), str(caught.value)
+    assert any(n in str(caught.value) for n in _alternatives(needle)), str(caught.value)
 
 
 def test_limits_leave_ordinary_templates_alone() -> None:
@@ -309,7 +316,7 @@ def test_a_template_heavy_for_some_recipients_fails_their_emails_then_the_campai
     compiled = CompiledCampaign(campaign("Hi", body), sender())
     assert b"ok" in compiled.render(RECIPIENT, {"n": "2"}, "<a@example.com>")[1]
     for _ in range(STRIKES):
-        with pytest.raises(TemplateLimitError, match="loop iterations"):
+        with pytest.raises(TemplateLimitError, match=r"loop iterations|took longer"):
             compiled.render(RECIPIENT, {"n": "3000"}, "<a@example.com>")
     with pytest.raises(TemplateLimitError, match=f"went over a limit {STRIKES} times"):
         compiled.render(RECIPIENT, {"n": "2"}, "<a@example.com>")
