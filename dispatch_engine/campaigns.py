@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,7 +16,7 @@ from .parsing import aware_datetime, whole_number
 from .plugins import notify
 from .queue import RedisQueue
 from .recipients import Limits, ParsedRecipients, from_request
-from .render import TemplateProblem, check_templates, idempotency_key
+from .render import TemplateProblem, check_templates, idempotency_key, one_line
 from .store import NewDispatch, Store
 from .sweeper import requeue
 
@@ -134,6 +135,38 @@ def parse_schedule_request(
     )
 
 
+async def check_campaign_templates(request: ScheduleRequest) -> None:
+    """Compile the templates as the worker will (in a thread: compiling a template at the
+    size limit takes a few hundred ms of CPU, the event loop keeps serving meanwhile), render
+    them for the first recipient under the limits, and refuse line breaks in the values the
+    subject (a header) uses."""
+    people = request.recipients.accepted
+    first = people[0]
+    try:
+        subject_vars = await asyncio.to_thread(
+            check_templates,
+            request.subject,
+            request.body,
+            request.html,
+            request.recipients.columns,
+            (first.email, first.vars),
+        )
+    except TemplateProblem as exc:
+        raise invalid(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
+    subject_vars.discard("email")
+    if not subject_vars:
+        return
+    for person in people:
+        for name in subject_vars:
+            value = person.vars.get(name)
+            if isinstance(value, str) and one_line(value) != value:
+                raise invalid(
+                    "recipients",
+                    f"{person.email}: {name!r} is used in the subject (a header) and contains "
+                    "a line break",
+                )
+
+
 def _due_ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
 
@@ -176,10 +209,7 @@ class CampaignService:
             if found is None:
                 raise invalid("sender", f"no sender {request.sender!r} belongs to you")
             sender = found
-        try:
-            check_templates(request.subject, request.body, request.html, request.recipients.columns)
-        except TemplateProblem as exc:
-            raise invalid(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
+        await check_campaign_templates(request)
 
         people = request.recipients.accepted
         ids = await self.store.reserve_dispatch_ids(len(people))

@@ -11,6 +11,7 @@ from . import outbound
 from .errors import ApiError, invalid
 from .models import Sender, User
 from .queue import RedisQueue
+from .render import one_line
 from .secretbox import SecretBox
 from .store import Store
 from .transport import TransportRegistry, TransportSpec
@@ -185,8 +186,13 @@ class SenderService:
         if "display_name" in data:
             if not isinstance(data["display_name"], str) or len(data["display_name"]) > 200:
                 raise invalid("display_name", "must be a string of at most 200 characters")
+            if one_line(data["display_name"]) != data["display_name"]:
+                # it becomes the From header: a line break there would start a new header
+                raise invalid("display_name", "must be a single line (no CR or LF)")
             fields["display_name"] = data["display_name"].strip()
         if "reply_to" in data:
+            if isinstance(data["reply_to"], str) and one_line(data["reply_to"]) != data["reply_to"]:
+                raise invalid("reply_to", "must be a single line (no CR or LF)")
             fields["reply_to"] = (
                 _address("reply_to", data["reply_to"]) if data["reply_to"] else None
             )
