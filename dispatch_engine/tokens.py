@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import ApiError, invalid
 from .models import User
+from .parsing import row_id
 from .store import Store
 from .store.accounts import ApiToken, NewToken
 
@@ -21,7 +22,6 @@ MAX_EXPIRY_DAYS = 3650
 LIST_LIMIT = 200  # newest first; older revoked tokens are not listed
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"([0-9]{1,7})([mhdw])")  # ASCII digits only, not str.isdigit()
-_INT64_MAX = 2**63 - 1
 
 
 def parse_duration(text: str) -> int:
@@ -48,9 +48,10 @@ def check_name(name: str) -> str:
 
 def parse_id(raw: str) -> int | None:
     """A token id from a path or a command line: ASCII digits within int64, else None."""
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) > _INT64_MAX:
+    try:
+        return row_id(raw)
+    except ApiError:
         return None
-    return int(raw)
 
 
 def public(token: ApiToken, now: datetime | None = None) -> dict[str, Any]:

@@ -38,7 +38,8 @@ FIELDS = [
     "subject", "body", "html", "recipients", "recipients_csv", "start_at", "delay_between_ms",
     "hourly_limit", "sender", "recipient", "from_address", "display_name", "reply_to",
     "transport", "min_gap_ms", "settings", "send_test_message", "start_local", "tz_offset",
-    "delay_seconds", "next", "csrf_token", "daily_limit", "delay_jitter_ms",
+    "delay_seconds", "next", "csrf_token", "daily_limit", "delay_jitter_ms", "name",
+    "expires_in",
 ]  # fmt: skip
 MODES = ["token", "session", "form"]  # A's API token; A's session (+ CSRF header); form only
 QUERY_KEYS = ["limit", "cursor", "scheduled_cursor", "sent_cursor", "scheduled", "cancel_queued"]
@@ -192,6 +193,8 @@ async def _tenants(client: TestClient, store: Store) -> tuple[dict[str, str], st
         }
         made = await (await client.post("/api/emails/schedule", json=payload, headers=b)).json()
         b_ids.append(str(made["campaign"]["id"]))
+    b_token = await client.post("/api/tokens", json={"name": MARKER}, headers=b)
+    b_ids.append(str((await b_token.json())["id"]))  # listed to A, it would carry the marker
     a_payload = {"subject": "A's", "body": "hi", "recipients": ["a1@a.example"]}
     assert (await client.post("/api/emails/schedule", json=a_payload, headers=a_headers)).ok
 

@@ -12,7 +12,10 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from .. import tokens
-from ..errors import ApiError, invalid
+from ..errors import ApiError
+from ..parsing import row_id
+from .bodies import form as bodies_form
+from .bodies import json_object
 from .keys import STORE
 from .middleware import API_TOKEN_ID, current_user, json_response
 from .views import render
@@ -21,22 +24,6 @@ routes = web.RouteTableDef()
 # What the page offers (a form cannot send anything else without being refused).
 PAGE_EXPIRIES = {"": "Never", "7d": "7 days", "30d": "30 days", "90d": "90 days",
                  "365d": "1 year"}  # fmt: skip
-
-
-def _token_id(request: web.Request) -> int:
-    token_id = tokens.parse_id(request.match_info["id"])
-    if token_id is None:
-        raise invalid("id", "must be a token id (a whole number)")
-    return token_id
-
-
-async def _json_body(request: web.Request) -> object:
-    if not request.can_read_body:
-        return {}
-    try:
-        return await request.json()
-    except ValueError:
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
 
 
 @routes.get("/api/tokens")
@@ -48,7 +35,7 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 @routes.post("/api/tokens")
 async def create_token(request: web.Request) -> web.Response:
-    name, expires_in = tokens.read_request(await _json_body(request))
+    name, expires_in = tokens.read_request(await json_object(request, empty={}))
     made = await tokens.create_for(
         request.app[STORE], current_user(request), name, expires_in, request.get(API_TOKEN_ID)
     )
@@ -57,7 +44,9 @@ async def create_token(request: web.Request) -> web.Response:
 
 @routes.delete("/api/tokens/{id}")
 async def revoke_token(request: web.Request) -> web.Response:
-    revoked = await request.app[STORE].revoke_token(_token_id(request), current_user(request).id)
+    revoked = await request.app[STORE].revoke_token(
+        row_id(request.match_info["id"]), current_user(request).id
+    )
     if revoked is None:
         raise ApiError(404, "not_found", "no such API token")
     return json_response({"revoked": revoked})
@@ -92,7 +81,7 @@ async def tokens_page(request: web.Request) -> web.Response:
 
 @routes.post("/tokens")
 async def create_from_page(request: web.Request) -> web.Response:
-    form = await request.post()
+    form = await bodies_form(request)
     raw_name, raw_expiry = form.get("name", ""), form.get("expires_in", "")
     if not isinstance(raw_name, str) or not isinstance(raw_expiry, str):
         return await _page(request, error="Send the form's fields as text.", status=400)
