@@ -170,6 +170,17 @@ def sender_limited(
 
 
 @hookspec
+def sender_parked(sender_id: int, reason: str, settings: Settings) -> Awaitable[None] | None:
+    """A sender was parked because its server keeps refusing its account. Returns nothing.
+
+    `reason` holds the server's reply (e.g. `535 5.7.8 Authentication credentials invalid`).
+    Called once per parking, in the worker process whose login attempt parked it (after the
+    parking is committed to PostgreSQL). Its emails wait, keeping their attempts, until the
+    sender's settings change or a user resumes it (`POST /api/senders/{id}/resume`).
+    """
+
+
+@hookspec
 def campaign_completed(
     campaign_id: int, owner_id: int, settings: Settings
 ) -> Awaitable[None] | None:

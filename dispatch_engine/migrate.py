@@ -34,8 +34,9 @@ def available_migrations(folder: Path | None = None) -> list[Migration]:
             raise ValueError(f"migration file {path.name!r} must be named NNNN_words.sql")
         found.append(Migration(int(match.group(1)), path.stem, path))
     versions = [m.version for m in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise ValueError(f"migration numbers must run 1, 2, 3… without gaps, found {versions}")
+    # Numbers are reserved per branch, so one may be missing until its branch is merged.
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"migration numbers must be unique, found {versions}")
     return found
 
 

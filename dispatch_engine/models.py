@@ -52,6 +52,10 @@ class Sender:
     hourly_limit: int
     min_gap_ms: int
     is_default: bool = False
+    # The server refused its login repeatedly: all its emails wait (sender_health.py).
+    login_failures: int = 0
+    parked_reason: str | None = None
+    parked_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ def sender_from(row: asyncpg.Record) -> Sender:
         row["hourly_limit"],
         row["min_gap_ms"],
         row["is_default"],
+        row.get("login_failures", 0),
+        row.get("parked_reason"),
+        row.get("parked_at"),
     )
 
 
