@@ -56,6 +56,8 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Compl
         ("DISPATCH_PLUGINS_DIR", "/nonexistent"),
         ("DISPATCH_BASE_URL", "ftp://example.com"),
         ("DISPATCH_LOG_LEVEL", "loud"),
+        ("SMTP_CA_FILE", "/nonexistent/ca.pem"),
+        ("SMTP_CA_FILE", "/etc/hostname"),  # a file, but no certificate in it
     ],
 )
 def test_bad_value_raises_settings_error_naming_the_variable(name: str, value: str) -> None:
