@@ -5,21 +5,26 @@ faults at RCPT or after DATA. Every email goes the real worker path (the app's o
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
 
 from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.config import Settings
+from dispatch_engine.queue import RedisQueue
 from dispatch_engine.sender_health import LOGIN_FAILURES_TO_PARK
 from dispatch_engine.store import Store
 
 from .helpers import auth, new_token, wait_for
 from .plugin_dirs import events, plugin_dir
+from .processes import run_cli
 from .smtp_peer import PrivateCa, SmtpPeer
 from .web_session import dev_login
 
@@ -76,7 +81,7 @@ async def _statuses(store: Store) -> dict[str, int]:
 
 async def test_hook_sender_parked(
     make_client: Start, settings: Settings, store: Store, tls_peer: SmtpPeer, ca: PrivateCa,
-    tmp_path: Path,
+    tmp_path: Path, redis: Redis, queue: RedisQueue,
 ) -> None:  # fmt: skip
     """A wrong password: a 50-email campaign costs a few logins (not one or two per email),
     the sender is parked with the server's reason, the hook fires once; after the password is
@@ -119,6 +124,18 @@ async def test_hook_sender_parked(
     page = await client.get(f"/campaigns/{await store.pool.fetchval('SELECT id FROM campaigns')}")
     assert "parked</span> the server refused the login of &#39;ops&#39;: 535" in await page.text()
 
+    # Redis loses everything (FLUSHALL): the sweeper re-queues from PostgreSQL, and the first
+    # worker to claim an email of the parked sender parks it again without a login.
+    logins = len(tls_peer.logins())
+    await redis.flushdb()
+
+    async def parked_again() -> bool:
+        state = await queue.sender_state(sender["id"])
+        return bool(state["parked_until_ms"]) and await _no_email_in_flight(store)
+
+    await wait_for(parked_again)
+    assert len(tls_peer.logins()) == logins and await _statuses(store) == {"scheduled": 50}
+
     # Fixing the password (a sender update) unparks it: all 50 go, each exactly once.
     fixed = await client.patch(
         f"/api/senders/{sender['id']}", json={"settings": {"password": PASSWORD}}, headers=headers
@@ -142,9 +159,11 @@ async def _no_email_in_flight(store: Store) -> bool:
     return int(sending) == 0
 
 
+@pytest.mark.parametrize("how", ["api", "cli"])
 async def test_a_resumed_sender_tries_its_account_again(
-    make_client: Start, settings: Settings, store: Store, tls_peer: SmtpPeer, ca: PrivateCa
-) -> None:
+    make_client: Start, settings: Settings, store: Store, tls_peer: SmtpPeer, ca: PrivateCa,
+    env: dict[str, str], how: str,
+) -> None:  # fmt: skip
     """The password was fixed on the server's side: `resume` (API, or `dispatch-engine sender
     resume`) sends the waiting emails without any settings change."""
     configured = replace(settings, smtp_ca_file=ca.ca_file, retry_base_ms=50)
@@ -162,8 +181,14 @@ async def test_a_resumed_sender_tries_its_account_again(
     await wait_for(parked)
     # The server's side is fixed: the account now has the password the sender holds.
     tls_peer.set_users({"ops": "s3cret-new"})
-    resumed = await client.post(f"/api/senders/{sender['id']}/resume", headers=headers)
-    assert (await _json(resumed))["parked"] is None
+    if how == "api":
+        resumed = await client.post(f"/api/senders/{sender['id']}/resume", headers=headers)
+        assert (await _json(resumed))["parked"] is None
+    else:
+        args = ["sender", "resume", "--email", "ada@example.com", str(sender["id"])]
+        done = await asyncio.to_thread(run_cli, args, env)
+        assert done.returncode == 0, done.stderr
+        assert orjson.loads(done.stdout)["parked"] is None
 
     async def both_sent() -> bool:
         return await _statuses(store) == {"sent": 2}
@@ -242,10 +267,11 @@ async def test_a_4xx_or_5xx_to_pipelined_data_is_retried_or_failed_never_sent(
         assert len(sent) == 9
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
 async def test_without_smtputf8_a_unicode_local_part_fails_at_once_and_idn_goes_as_a_label(
-    make_client: Start, settings: Settings, store: Store
+    make_client: Start, settings: Settings, store: Store, pipelining: bool
 ) -> None:
-    with SmtpPeer(smtputf8=False) as peer:
+    with SmtpPeer(smtputf8=False, pipelining=pipelining) as peer:
         client = await make_client(replace(settings, retry_base_ms=50))
         headers = auth(await new_token(store))
         sender = await _sender(client, headers, peer.port, tls="none")
@@ -270,10 +296,11 @@ async def test_without_smtputf8_a_unicode_local_part_fails_at_once_and_idn_goes_
         assert message["header"].isascii()
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
 async def test_with_smtputf8_unicode_addresses_go_as_they_are(
-    make_client: Start, settings: Settings, store: Store
+    make_client: Start, settings: Settings, store: Store, pipelining: bool
 ) -> None:
-    with SmtpPeer(smtputf8=True) as peer:
+    with SmtpPeer(smtputf8=True, pipelining=pipelining) as peer:
         client = await make_client(settings)
         headers = auth(await new_token(store))
         sender = await _sender(client, headers, peer.port, tls="none")
