@@ -199,7 +199,8 @@ async def test_check_reports_the_servers_reply_and_sends_on_request(
 
         async def parked() -> bool:
             listed = await _json(await client.get(f"/api/senders/{bad['id']}", headers=headers))
-            return listed["parked"] is not None
+            status = await store.pool.fetchval("SELECT status FROM dispatches")
+            return listed["parked"] is not None and status == "scheduled"  # recorded
 
         await wait_for(parked)
         row = await store.pool.fetchrow("SELECT status, last_error, attempts FROM dispatches")

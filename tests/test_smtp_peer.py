@@ -101,7 +101,7 @@ async def test_hook_sender_parked(
         return got["parked"] is not None
 
     await wait_for(parked)
-    await wait_for(lambda: _no_email_in_flight(store))
+    await wait_for(lambda: _no_email_in_flight(store, queue))
     logins = tls_peer.logins()
     # At most LOGIN_FAILURES_TO_PARK refusals per worker pool, however many emails wait.
     assert 1 <= len(logins) <= 2 * LOGIN_FAILURES_TO_PARK, logins
@@ -131,7 +131,7 @@ async def test_hook_sender_parked(
 
     async def parked_again() -> bool:
         state = await queue.sender_state(sender["id"])
-        return bool(state["parked_until_ms"]) and await _no_email_in_flight(store)
+        return bool(state["parked_until_ms"]) and await _no_email_in_flight(store, queue)
 
     await wait_for(parked_again)
     assert len(tls_peer.logins()) == logins and await _statuses(store) == {"scheduled": 50}
@@ -154,9 +154,9 @@ async def test_hook_sender_parked(
     assert all(r["attempts"] == 1 and r["last_error"] is None for r in attempts)
 
 
-async def _no_email_in_flight(store: Store) -> bool:
+async def _no_email_in_flight(store: Store, queue: RedisQueue) -> bool:
     sending = await store.pool.fetchval("SELECT count(*) FROM dispatches WHERE status = 'sending'")
-    return int(sending) == 0
+    return int(sending) == 0 and await queue.leased_count() == 0
 
 
 @pytest.mark.parametrize("how", ["api", "cli"])
