@@ -103,6 +103,7 @@ async def test_hook_sender_parked(
     await wait_for(parked)
     await wait_for(lambda: _no_email_in_flight(store, queue))
     logins = tls_peer.logins()
+    print(f"[wrong password] 50 emails, 2 worker pools: {len(logins)} login attempts")
     # At most LOGIN_FAILURES_TO_PARK refusals per worker pool, however many emails wait.
     assert 1 <= len(logins) <= 2 * LOGIN_FAILURES_TO_PARK, logins
     assert {e["method"] for e in logins} == {"PLAIN"}, "no LOGIN after PLAIN was refused"
