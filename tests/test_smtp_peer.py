@@ -25,7 +25,8 @@ from dispatch_engine.store import Store
 from .helpers import auth, new_token, wait_for
 from .plugin_dirs import events, plugin_dir
 from .processes import run_cli
-from .smtp_peer import PrivateCa, SmtpPeer
+from .smtp_peer import PrivateCa, PrivatePostfix, SmtpPeer
+from .smtp_sink import free_port
 from .web_session import dev_login
 
 Start = Callable[..., Awaitable[TestClient]]
@@ -313,3 +314,29 @@ async def test_with_smtputf8_unicode_addresses_go_as_they_are(
         await wait_for(sent)
         (message,) = peer.messages()
         assert message["rcpt_to"] == ["jöhn@bücher.example.com"] and message["utf8"] is True
+
+
+async def test_sending_through_a_real_postfix_relay(
+    make_client: Start, settings: Settings, store: Store
+) -> None:
+    """Postfix (it announces PIPELINING) takes the emails and relays them to smtp-server:
+    each Message-ID arrives once, envelope intact."""
+    with SmtpPeer() as peer, PrivatePostfix(free_port(), peer.port) as mta:
+        client = await make_client(settings)
+        headers = auth(await new_token(store))
+        sender = await _sender(client, headers, mta.port, tls="none")
+        recipients = [f"p{i}@example.com" for i in range(20)]
+        await _schedule(client, headers, sender["id"], recipients)
+
+        async def relayed() -> bool:
+            return len(peer.messages()) >= 20
+
+        await wait_for(relayed, within=60)
+        assert await _statuses(store) == {"sent": 20}
+        rows = await store.pool.fetch(
+            "SELECT d.message_id, l.response FROM dispatches d JOIN ledger l ON l.dispatch_id = d.id"
+        )
+        assert all("queued as" in r["response"] for r in rows), rows[0]["response"]
+        assert peer.message_ids() == {r["message_id"]: 1 for r in rows}
+        assert sorted(r for m in peer.messages() for r in m["rcpt_to"]) == sorted(recipients)
+        assert {m["mail_from"] for m in peer.messages()} == {"ops@example.com"}
