@@ -333,9 +333,9 @@ async def test_sending_through_a_real_postfix_relay(
 
         await wait_for(relayed, within=60)
         assert await _statuses(store) == {"sent": 20}
-        rows = await store.pool.fetch(
-            "SELECT d.message_id, l.response FROM dispatches d JOIN ledger l ON l.dispatch_id = d.id"
-        )
+        sql = """SELECT d.message_id, l.response
+                 FROM dispatches d JOIN ledger l ON l.dispatch_id = d.id"""
+        rows = await store.pool.fetch(sql)
         assert all("queued as" in r["response"] for r in rows), rows[0]["response"]
         assert peer.message_ids() == {r["message_id"]: 1 for r in rows}
         assert sorted(r for m in peer.messages() for r in m["rcpt_to"]) == sorted(recipients)
