@@ -36,6 +36,7 @@ ID_ROUTES = {
     ("PATCH", "/api/senders/{id}"),
     ("DELETE", "/api/senders/{id}"),
     ("POST", "/api/senders/{id}/test"),
+    ("POST", "/api/senders/{id}/resume"),
 }
 LISTS = ["/emails", "/campaigns", "/inbox", "/api/emails/scheduled", "/api/emails/sent",
          "/api/inbox", "/api/campaigns"]  # fmt: skip
