@@ -83,7 +83,9 @@ class WorkerPool:
             settings, store, queue, self.pubsub_redis, hooks, self.metrics, self._settled
         )
         self._campaigns: OrderedDict[int, CompiledCampaign] = OrderedDict()
-        self.health = SenderHealth(settings, store, queue, hooks, self._login_backoff_s)
+        self.health = SenderHealth(  # refused logins: sender_health.py
+            settings, store, queue, hooks, lambda n: retry_delay_s(n, settings.retry_base_ms)
+        )
         self._latency: dict[str, Any] = {}  # transport_latency's child per transport
         self._waker = Waker(self.pubsub_redis)
         self._stopping = False
@@ -377,8 +379,5 @@ class WorkerPool:
         except Exception as exc:  # a template or plugin bug: fail this email, keep the worker
             log.exception("sending dispatch %d failed unexpectedly", job.id)
             return outcome(DispatchStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
-
-    def _login_backoff_s(self, failures: int) -> float:
-        return retry_delay_s(failures, self.settings.retry_base_ms)
 
     # ---- recording ----
