@@ -41,9 +41,9 @@ def register_transports(settings: Settings) -> list[TransportSpec] | None:
     A sender names its transport (`DISPATCH_TRANSPORT` for default senders); the worker calls
     `factory(TransportContext)` once per sender and reuses the transport (and its
     connections). `send(message)` returns a `SendResult` or raises `TransientError`,
-    `PermanentError`, `SenderRateLimitedError` or `SenderAuthError`. Called once at start in every process (the
-    api process offers the names to `POST /api/senders`, the worker sends), and by
-    `dispatch-engine plugins`. Return None or `[]` to offer nothing.
+    `PermanentError`, `SenderRateLimitedError` or `SenderAuthError`. Called once at start
+    in every process (the api process offers the names to `POST /api/senders`, the worker
+    sends), and by `dispatch-engine plugins`. Return None or `[]` to offer nothing.
     """
 
 
