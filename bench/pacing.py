@@ -1,6 +1,7 @@
 """Pacing: three senders, each N emails due now, each held to its own limit per window.
 
     .venv/bin/python bench/pacing.py [--n 10000] [--windows 10] [--repeat 3]
+    .venv/bin/python bench/pacing.py --scenario budget   # see bench/pacing_budget.py
 
 Issue 3's scenario, shortened: the rate window is DISPATCH_RATE_WINDOW_SECONDS (--window,
 2 s) instead of an hour, so ten windows take twenty seconds. What runs, all on this machine:
@@ -19,7 +20,8 @@ number = epoch ms // window ms, the fixed_window policy's own key) and reports p
   had a backlog at the window's end, and that mean ÷ the limit;
 - whether any window, from the first send on (the partial first one included), received more
   than the limit: by received_at, by `dispatches.sent_at` (the group commit), and by the
-  policy's own counter in Redis (`dispatch:rate:{sender}:{window}`, read each window);
+  campaign's own counter in Redis (`dispatch:{q0}:p:<sender>:c:<campaign>:w:<window>`, read
+  each window);
 - the backlog left at the end of the observation (N - received);
 - Redis commands per email received (INFO commandstats delta over the observed windows,
   commands run inside Lua scripts included, the script's own reads left out), and the CPU
@@ -47,7 +49,10 @@ from pathlib import Path
 from typing import Any
 
 import harness
+import pacing_budget
 from harness import Cpu, CpuMeters, Engine, span, table
+
+from dispatch_engine.queue import shard_for
 
 SUBJECT = "Pacing {{ email }}"
 BODY = "Hello {{ email }},\n\nthis is one of the pacing benchmark's emails.\n"
@@ -177,7 +182,10 @@ async def one_run(args: argparse.Namespace, tmp: Path, run_no: int) -> RunResult
 
             async def read_counters(window: int) -> None:
                 nonlocal own_mgets
-                keys = [f"dispatch:rate:{{{s}}}:{window}" for s in sender_ids]
+                keys = [
+                    f"{shard_for(s, 1).pacing_prefix}{s}:c:{c}:w:{window}"
+                    for s, c in zip(sender_ids, campaign_ids, strict=True)
+                ]
                 values = await redis.mget(keys)
                 own_mgets += 1
                 for s, v in zip(sender_ids, values, strict=True):
@@ -395,6 +403,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--windows", type=int, default=10, help="whole windows to observe (10)")
     parser.add_argument("--repeat", type=int, default=3, help="runs, each on new servers (3)")
     parser.add_argument("--concurrency", type=int, default=200, help="WORKER_CONCURRENCY (200)")
+    parser.add_argument(
+        "--scenario",
+        choices=("limits", "budget"),
+        default="limits",
+        help="limits: three senders at their own campaign limit (default); budget: the share "
+        "of each window's budget used, and a cap that holds back only its campaign",
+    )
+    pacing_budget.add_arguments(parser)
     harness.add_quiet_arguments(parser, max_load=0.8, max_wait=600, retries=3)
     args = parser.parse_args(argv)
     if args.n < 1 or args.windows < 1 or args.repeat < 1 or args.window < 1:
@@ -406,6 +422,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.scenario == "budget":
+        pacing_budget.main(args)
+        return
     load = harness.wait_for_quiet(args.max_load, args.max_wait)
     print(load, file=sys.stderr)
     runs, discarded = [], 0

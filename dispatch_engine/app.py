@@ -48,7 +48,7 @@ from .web.keys import (
     STORE,
     WORKERS,
 )
-from .web.middleware import auth_middleware, error_middleware
+from .web.middleware import auth_middleware, body_limit_middleware, error_middleware
 from .worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,11 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
         app[CAMPAIGNS] = CampaignService(app[STORE], app[QUEUE], app[PLUGINS].hook, settings)
         app[PACER] = await _pacer(app)
         app[SENDERS] = SenderService(
-            app[STORE], app[QUEUE], secret_box(settings), await _transport_specs(app)
+            app[STORE],
+            app[QUEUE],
+            secret_box(settings),
+            await _transport_specs(app),
+            allow_private_targets=settings.private_targets_allowed,
         )
         await call_all(app[PLUGINS].hook.startup, settings=settings, app=app)
         yield
@@ -157,10 +161,10 @@ def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Appl
         known = ", ".join(sorted(ALL_ROLES))
         raise ValueError(f"roles must be among {known}, got {sorted(chosen)}")
     # A process without the api role has no users: it answers health and metrics only.
-    middlewares = [error_middleware, browser_middleware, auth_middleware]
+    middlewares = [error_middleware, body_limit_middleware, browser_middleware, auth_middleware]
     app = web.Application(
         middlewares=middlewares if "api" in chosen else [error_middleware],
-        client_max_size=64 * 1024**2,
+        client_max_size=max(settings.max_upload_bytes, settings.max_body_bytes),
     )
     app[SETTINGS] = settings
     app[ROLES] = chosen

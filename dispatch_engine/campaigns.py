@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -11,10 +12,11 @@ import asyncpg
 from .errors import ApiError, invalid
 from .models import CampaignStatus, Sender, User
 from .pacing import claim_cap
+from .parsing import aware_datetime, whole_number
 from .plugins import notify
 from .queue import RedisQueue
-from .recipients import ParsedRecipients, from_csv, from_json
-from .render import TemplateProblem, check_templates, idempotency_key
+from .recipients import Limits, ParsedRecipients, from_request
+from .render import TemplateProblem, check_templates, idempotency_key, one_line
 from .store import NewDispatch, Store
 from .sweeper import requeue
 
@@ -31,7 +33,9 @@ class ScheduleRequest:
     start_at: datetime
     delay_between_ms: int
     hourly_limit: int | None
-    sender: str | None
+    sender: str | int | None
+    daily_limit: int | None = None
+    delay_jitter_ms: int = 0  # a random extra delay in [0, delay_jitter_ms] per email
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class ScheduleResult:
     campaign_id: int
     accepted: int
     rejected: list[dict[str, Any]]
+    rejected_total: int = 0
     replayed: bool = False
 
 
@@ -59,70 +64,107 @@ def _int(data: dict[str, Any], name: str, *, minimum: int, maximum: int) -> int 
     value = data.get(name)
     if value is None or value == "":
         return None
-    try:
-        number = int(value)
-        if isinstance(value, float | bool) or str(number) != str(value).strip():
-            raise ValueError
-    except (TypeError, ValueError):
-        raise invalid(name, f"must be a whole number, got {value!r}") from None
-    if not minimum <= number <= maximum:
-        raise invalid(name, f"must be between {minimum} and {maximum}, got {number}")
-    return number
+    return whole_number(value, name, minimum=minimum, maximum=maximum)
 
 
 def _start_at(value: Any, now: datetime) -> datetime:
     if value is None or value == "":
         return now
-    if not isinstance(value, str):
-        raise invalid("start_at", "must be an ISO 8601 date-time string")
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise invalid("start_at", f"is not an ISO 8601 date-time: {value!r}") from None
-    if parsed.tzinfo is None:
-        raise invalid("start_at", "needs a UTC offset, e.g. 2026-01-31T09:00:00+01:00 or …Z")
-    return parsed.astimezone(UTC)
+    at = aware_datetime(value, "start_at")
+    if at.year >= 9999:  # leaves a year for date arithmetic (delays, retries, windows)
+        raise invalid("start_at", "must be before the year 9999")
+    return at
 
 
-def parse_schedule_request(data: dict[str, Any], *, now: datetime) -> ScheduleRequest:
-    """Validate the fields of POST /api/emails/schedule (already decoded from JSON/multipart)."""
+def _sender_ref(value: Any) -> str | int | None:
+    """A sender's id (a number) or from address; anything else is a field error."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        return whole_number(value, "sender", minimum=1)
+    if not isinstance(value, str) or len(value) > 320:
+        raise invalid("sender", "must be a sender's id or from address")
+    return value
+
+
+def parse_schedule_request(
+    data: dict[str, Any], *, now: datetime, limits: Limits | None = None
+) -> ScheduleRequest:
+    """Validate the fields of POST /api/emails/schedule (already decoded from JSON/multipart).
+
+    Plain CPU work (a million recipients take seconds): the web layer runs it off the loop.
+    """
     subject = _text(data, "subject", required=True, limit=MAX_SUBJECT)
     body = _text(data, "body", required=True, limit=MAX_BODY)
     assert subject is not None and body is not None
     if "\n" in subject or "\r" in subject:
         raise invalid("subject", "must be a single line")
     html = _text(data, "html", required=False, limit=MAX_BODY)
-    has_list = data.get("recipients") is not None
-    csv_text = data.get("recipients_csv")
-    if has_list and csv_text is not None:
-        raise invalid("recipients", "give either recipients or recipients_csv, not both")
-    if has_list:
-        recipients = from_json(data["recipients"])
-    elif csv_text is not None:
-        if not isinstance(csv_text, str):
-            raise invalid("recipients_csv", "must be CSV text")
-        recipients = from_csv(csv_text)
-    else:
-        raise invalid("recipients", "is required (or recipients_csv, or a recipients_file upload)")
+    start_at = _start_at(data.get("start_at"), now)
+    delay = _int(data, "delay_between_ms", minimum=0, maximum=86_400_000) or 0
+    hourly_limit = _int(data, "hourly_limit", minimum=1, maximum=1_000_000_000)
+    daily_limit = _int(data, "daily_limit", minimum=1, maximum=1_000_000_000)
+    jitter = _int(data, "delay_jitter_ms", minimum=0, maximum=86_400_000) or 0
+    sender = _sender_ref(data.get("sender"))
+    recipients = from_request(data, limits)
     if not recipients.accepted:
         raise ApiError(
             422,
             "no_valid_recipients",
             "recipients: no valid address found",
             field="recipients",
-            details={"rejected": recipients.rejected[:1000]},
+            details={"rejected": recipients.rejected, "rejected_total": recipients.rejected_total},
         )
-    sender = data.get("sender")
+    try:  # the last email must still be a date PostgreSQL and Python can hold
+        last = start_at + timedelta(milliseconds=delay + jitter) * len(recipients.accepted)
+    except OverflowError:
+        last = datetime.max.replace(tzinfo=start_at.tzinfo)
+    if last.year >= 9999:
+        raise invalid("delay_between_ms", "puts the last email past the year 9998")
     return ScheduleRequest(
         subject=subject,
         body=body,
         html=html,
         recipients=recipients,
-        start_at=_start_at(data.get("start_at"), now),
-        delay_between_ms=_int(data, "delay_between_ms", minimum=0, maximum=86_400_000) or 0,
-        hourly_limit=_int(data, "hourly_limit", minimum=1, maximum=1_000_000_000),
-        sender=None if sender in (None, "") else str(sender),
+        start_at=start_at,
+        delay_between_ms=delay,
+        hourly_limit=hourly_limit,
+        sender=sender,
+        daily_limit=daily_limit,
+        delay_jitter_ms=jitter,
     )
+
+
+async def check_campaign_templates(request: ScheduleRequest) -> None:
+    """Compile the templates as the worker will (in a thread: compiling a template at the
+    size limit takes a few hundred ms of CPU, the event loop keeps serving meanwhile), render
+    them for the first recipient under the limits, and refuse line breaks in the values the
+    subject (a header) uses."""
+    people = request.recipients.accepted
+    first = people[0]
+    try:
+        subject_vars = await asyncio.to_thread(
+            check_templates,
+            request.subject,
+            request.body,
+            request.html,
+            request.recipients.columns,
+            (first.email, first.vars),
+        )
+    except TemplateProblem as exc:
+        raise invalid(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
+    subject_vars.discard("email")
+    if not subject_vars:
+        return
+    for person in people:
+        for name in subject_vars:
+            value = person.vars.get(name)
+            if isinstance(value, str) and one_line(value) != value:
+                raise invalid(
+                    "recipients",
+                    f"{person.email}: {name!r} is used in the subject (a header) and contains "
+                    "a line break",
+                )
 
 
 def _due_ms(at: datetime) -> int:
@@ -167,10 +209,7 @@ class CampaignService:
             if found is None:
                 raise invalid("sender", f"no sender {request.sender!r} belongs to you")
             sender = found
-        try:
-            check_templates(request.subject, request.body, request.html, request.recipients.columns)
-        except TemplateProblem as exc:
-            raise invalid(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
+        await check_campaign_templates(request)
 
         people = request.recipients.accepted
         ids = await self.store.reserve_dispatch_ids(len(people))
@@ -189,6 +228,8 @@ class CampaignService:
                     hourly_limit=request.hourly_limit,
                     total=len(people),
                     idempotency_key=idempotency_header,
+                    daily_limit=request.daily_limit,
+                    delay_jitter_ms=request.delay_jitter_ms,
                 )
                 rows = [
                     NewDispatch(
@@ -219,10 +260,12 @@ class CampaignService:
         await self.queue.enqueue(
             sender.id,
             zip(ids, (due_ms for _, due_ms in times), strict=True),
-            claim_cap=claim_cap(sender.hourly_limit, request.hourly_limit, gap),
+            claim_cap=claim_cap(sender.hourly_limit, gap),
         )
         await self.store.mark_enqueued(campaign_id, True)
-        return ScheduleResult(campaign_id, len(rows), request.recipients.rejected)
+        return ScheduleResult(
+            campaign_id, len(rows), request.recipients.rejected, request.recipients.rejected_total
+        )
 
     # ---- controls: each is one guarded state change, then Redis is brought in line ----
 

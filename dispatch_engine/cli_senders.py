@@ -35,7 +35,13 @@ def _run(obj: Any, work: Callable[[SenderService, Store], Awaitable[T]]) -> T:
         try:
             store = Store(pool)
             specs = await registered(obj.plugins.hook.register_transports, settings=settings)
-            service = SenderService(store, RedisQueue(redis.data), secret_box(settings), specs)
+            service = SenderService(
+                store,
+                RedisQueue(redis.data),
+                secret_box(settings),
+                specs,
+                allow_private_targets=settings.private_targets_allowed,
+            )
             return await work(service, store)
         finally:
             await redis.aclose()
@@ -81,6 +87,8 @@ def list_senders(obj: Any, email: str) -> None:
 )
 @click.option("--hourly-limit", type=int, help="Emails per window (default MAX_EMAILS_PER_HOUR).")
 @click.option("--min-gap-ms", type=int, default=0, show_default=True)
+@click.option("--daily-limit", type=int, help="Emails per day (default none).")
+@click.option("--delay-jitter-ms", type=int, default=0, show_default=True)
 @click.option("--default", "is_default", is_flag=True, help="Make it the default sender.")
 @click.pass_obj
 def add_sender(
@@ -96,6 +104,8 @@ def add_sender(
     tls: str,
     hourly_limit: int | None,
     min_gap_ms: int,
+    daily_limit: int | None,
+    delay_jitter_ms: int,
     is_default: bool,
 ) -> None:
     """Add a sender for EMAIL and print it as JSON."""
@@ -104,6 +114,8 @@ def add_sender(
         "display_name": display_name,
         "transport": transport,
         "min_gap_ms": min_gap_ms,
+        "delay_jitter_ms": delay_jitter_ms,
+        "daily_limit": daily_limit,
         "is_default": is_default,
     }
     if hourly_limit is not None:
@@ -137,7 +149,7 @@ def test_sender(obj: Any, email: str, send: bool, sender_id: int) -> None:
         return await service.check(registry, user, sender_id, email if send else None)
 
     result = _run(obj, work)
-    click.echo(result["message"])
+    click.echo(result["message"] if result["ok"] else f"{result['error']}: {result['message']}")
     if not result["ok"]:
         sys.exit(1)
 

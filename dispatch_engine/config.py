@@ -6,6 +6,7 @@ whose message names the variable, and the CLI prints that one line and exits.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
+
+from email_validator import EmailNotValidError, validate_email
 
 from .weekly import EXAMPLE, WeeklyWindow, parse_weekly_window
 
@@ -57,6 +60,49 @@ def _weekly(name: str, raw: str) -> WeeklyWindow:
 GOOGLE_ISSUER = "https://accounts.google.com"
 
 
+def _mailbox(address: str) -> tuple[str, str]:
+    """(local part, domain) compared case-insensitively, the domain in its ASCII (A-label) form."""
+    checked = validate_email(address, check_deliverability=False)
+    return checked.local_part.lower(), checked.ascii_domain.lower()
+
+
+@dataclass(frozen=True)
+class AllowedEmails:
+    """DISPATCH_ALLOWED_EMAILS: who may sign in. Addresses, `@domain` entries, or `*` (anyone)."""
+
+    addresses: frozenset[tuple[str, str]] = frozenset()
+    domains: frozenset[str] = frozenset()
+    anyone: bool = False
+
+    def permits(self, email: str) -> bool:
+        if self.anyone:
+            return True
+        try:
+            local, domain = _mailbox(email)
+        except EmailNotValidError:
+            return False
+        return domain in self.domains or (local, domain) in self.addresses
+
+
+def _allowed_emails(name: str, raw: str) -> AllowedEmails:
+    addresses: set[tuple[str, str]] = set()
+    domains: set[str] = set()
+    entries = [part.strip() for part in raw.split(",") if part.strip()]
+    for entry in entries:
+        try:
+            if entry.startswith("@"):
+                domains.add(_mailbox("a" + entry)[1])
+            elif entry != "*":
+                addresses.add(_mailbox(entry))
+        except EmailNotValidError as exc:
+            raise SettingsError(
+                f"{name}: {entry!r} is not an email address nor an @domain ({exc})"
+            ) from None
+    if "*" in entries and len(entries) > 1:
+        raise SettingsError(f"{name}: '*' (anyone) cannot be combined with other entries")
+    return AllowedEmails(frozenset(addresses), frozenset(domains), anyone="*" in entries)
+
+
 @dataclass(frozen=True)
 class OidcClient:
     issuer: str
@@ -70,6 +116,7 @@ class Settings:
     redis_url: str | None = None
     max_emails_per_hour: int = 50
     rate_window_seconds: int = 3600
+    day_seconds: int = 86_400  # the daily limits' day; shorter only to try limits quickly
     pacing: tuple[str, ...] = ("fixed_window", "min_gap")
     worker_concurrency: int = 200
     worker_batch_size: int = 100
@@ -89,6 +136,7 @@ class Settings:
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None
     oidc_client_secret: str | None = field(default=None, repr=False)
+    allowed_emails: AllowedEmails | None = None  # None: anyone with a verified email
     secret_key: str = field(default="", repr=False)
     old_secret_keys: tuple[str, ...] = field(default=(), repr=False)
     base_url: str | None = None
@@ -104,6 +152,13 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     redis_cluster: bool = False
+    # Limits on what one request may carry (docs/operations.md, "Limits").
+    max_upload_bytes: int = 64 * 1024**2  # schedule and Compose routes (CSV uploads)
+    max_body_bytes: int = 1024**2  # every other route
+    max_recipients: int = 1_000_000  # per campaign
+    max_upload_lines: int = 1_500_000  # CSV lines or JSON list entries per request
+    allow_private_targets: bool | None = None  # None: only in local mode (loopback, no OIDC)
+    dev_login: bool | None = None  # None: only in local mode; True: opted in on any bind
 
     @property
     def public_url(self) -> str:
@@ -120,11 +175,40 @@ class Settings:
 
     @property
     def local_mode(self) -> bool:
-        """No login provider is configured: the dev login is offered (see docs/dashboard.md)."""
+        """No login provider is configured (the dev login needs a loopback bind as well)."""
         return self.oidc is None
+
+    @property
+    def loopback_bind(self) -> bool:
+        """The app listens on loopback only: no one from another machine reaches it."""
+        return is_loopback_host(self.host)
+
+    @property
+    def private_targets_allowed(self) -> bool:
+        """Senders may connect to loopback/private addresses (dispatch_engine.outbound)."""
+        if self.allow_private_targets is not None:
+            return self.allow_private_targets
+        return self.local_mode and self.loopback_bind
+
+    @property
+    def dev_login_enabled(self) -> bool:
+        """ "Continue as dev user" exists: never with OIDC, else on loopback or opted in."""
+        if self.oidc is not None:
+            return False
+        return self.loopback_bind if self.dev_login is None else self.dev_login
 
     def with_urls(self, database_url: str, redis_url: str) -> Settings:
         return replace(self, database_url=database_url, redis_url=redis_url)
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost`, or an address of 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _int(name: str, raw: str, minimum: int, maximum: int) -> int:
@@ -214,7 +298,7 @@ def _oidc_settings(raw: dict[str, str | None]) -> dict[str, str | None]:
     issuer = raw["OIDC_ISSUER"]
     if issuer is not None:
         parts = urlsplit(issuer)
-        loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        loopback = is_loopback_host(parts.hostname or "")
         secure = parts.scheme == "https" or (parts.scheme == "http" and loopback)
         if not parts.hostname or not secure:
             raise SettingsError(
@@ -274,6 +358,9 @@ def load_settings(
     if plugins_dir is not None and not plugins_dir.is_dir():
         raise SettingsError(f"DISPATCH_PLUGINS_DIR must be a folder, {str(plugins_dir)!r} is not")
     plugins_allow, plugins_deny = _plugin_filter(env.get("DISPATCH_PLUGINS", ""))
+    dev_login = get("DISPATCH_DEV_LOGIN", _bool, None)
+    if dev_login and (login["oidc_issuer"] or login["google_client_id"]):
+        raise SettingsError("DISPATCH_DEV_LOGIN cannot be on with a login provider (OIDC_*)")
 
     return Settings(
         database_url=get("DATABASE_URL", lambda n, r: _url(n, r, ("postgresql", "postgres")), None),
@@ -284,6 +371,7 @@ def load_settings(
         rate_window_seconds=get(
             "DISPATCH_RATE_WINDOW_SECONDS", lambda n, r: _int(n, r, 1, 86_400 * 7), 3600
         ),
+        day_seconds=get("DISPATCH_DAY_SECONDS", lambda n, r: _int(n, r, 1, 86_400 * 31), 86_400),
         pacing=pacing,
         worker_concurrency=get("WORKER_CONCURRENCY", lambda n, r: _int(n, r, 1, 10_000), 200),
         worker_batch_size=get("WORKER_BATCH_SIZE", lambda n, r: _int(n, r, 1, 5_000), 100),
@@ -299,6 +387,7 @@ def load_settings(
         smtp_pool_size=get("SMTP_POOL_SIZE", lambda n, r: _int(n, r, 1, 64), 8),
         smtp_ca_file=get("SMTP_CA_FILE", _ca_file, None),
         **login,
+        allowed_emails=get("DISPATCH_ALLOWED_EMAILS", _allowed_emails, None),
         secret_key=secret_key,
         old_secret_keys=get("DISPATCH_OLD_SECRET_KEYS", names, ()),
         base_url=base_url,
@@ -315,6 +404,20 @@ def load_settings(
         ),
         log_format=get("DISPATCH_LOG_FORMAT", lambda n, r: _choice(n, r, ("text", "json")), "text"),
         redis_cluster=get("DISPATCH_REDIS_CLUSTER", _bool, False),
+        max_upload_bytes=get(
+            "DISPATCH_MAX_UPLOAD_BYTES", lambda n, r: _int(n, r, 1024, 1024**3), 64 * 1024**2
+        ),
+        max_body_bytes=get(
+            "DISPATCH_MAX_BODY_BYTES", lambda n, r: _int(n, r, 1024, 1024**3), 1024**2
+        ),
+        max_recipients=get(
+            "DISPATCH_MAX_RECIPIENTS", lambda n, r: _int(n, r, 1, 100_000_000), 1_000_000
+        ),
+        max_upload_lines=get(
+            "DISPATCH_MAX_UPLOAD_LINES", lambda n, r: _int(n, r, 1, 200_000_000), 1_500_000
+        ),
+        allow_private_targets=get("DISPATCH_ALLOW_PRIVATE_TARGETS", _bool, None),
+        dev_login=dev_login,
         log_level=get(
             "DISPATCH_LOG_LEVEL",
             lambda n, r: _choice(n, r, ("debug", "info", "warning", "error")).upper(),

@@ -2,7 +2,10 @@
 
 Used by `dispatch-engine up` when DATABASE_URL/REDIS_URL are unset, and by the test suite.
 Layout: postgres/ (PGDATA), redis/ (append-only file), servers.json (URLs, ports, pids),
-lock (flock held by the owning process), postgres.log and redis.log.
+credentials.json (the generated passwords), lock (flock held by the owning process),
+postgres.log and redis.log. Both servers listen on loopback only and require a password:
+PostgreSQL scram-sha-256 for every connection, Redis `requirepass`. The URLs carry the
+passwords, so credentials.json and servers.json are readable by their owner only (0600).
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import asyncio
 import atexit
 import contextlib
 import fcntl
+import functools
 import importlib.util
 import json
 import logging
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -38,6 +43,13 @@ READY_TIMEOUT = 60.0
 INSTALL_HINT = "run pip install 'dispatch-engine[embedded]' or set DATABASE_URL/REDIS_URL"
 PG_STOP_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL)  # fast, immediate, kill
 REDIS_STOP_SIGNALS = (signal.SIGTERM, signal.SIGKILL)  # SIGTERM = SHUTDOWN (flushes the AOF)
+PRIVATE = 0o600  # credentials.json, servers.json, redis.conf: they hold passwords
+# The first line of the pg_hba.conf we write; a PGDATA without it predates the passwords.
+HBA_MARKER = "# dispatch-engine: scram-sha-256 on loopback, nothing else"
+HBA = f"""{HBA_MARKER} (rewritten when missing)
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
 
 
 class EmbeddedError(Exception):
@@ -257,13 +269,50 @@ def _pg_ready(port: int) -> bool:
         return False
 
 
-def _redis_ready(port: int) -> bool:
+def _redis_ready(port: int, password: str) -> bool:
+    # AUTH is answered while the AOF is replayed; PING says "-LOADING" until it is done.
+    command = f"AUTH {password}\r\nPING\r\n".encode()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")  # "-LOADING" while replaying the AOF
+            sock.sendall(command)
+            answer = b""
+            while answer.count(b"\r\n") < 2:
+                chunk = sock.recv(256)
+                if not chunk:
+                    return False
+                answer += chunk
+            return answer.split(b"\r\n")[1] == b"+PONG"
     except OSError:
         return False
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `path` readable by its owner only, atomically (readers never see half a file)."""
+    scratch = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        scratch.unlink()
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    os.replace(scratch, path)
+
+
+def _credentials(data_dir: Path, *, postgres_set: bool = False) -> tuple[dict[str, str], bool]:
+    """The servers' passwords (made on first use, kept 0600) and whether PostgreSQL has its.
+
+    `postgres_set=True` notes that PostgreSQL now has the password: until then (a crash in
+    between included) every start sets it again.
+    """
+    path = data_dir / "credentials.json"
+    known = _read_json(path)
+    made = {name: secrets.token_urlsafe(24) for name in ("postgres", "redis")}
+    creds = {name: str(known.get(name) or made[name]) for name in made}
+    is_set = postgres_set or known.get("postgres_set") is True
+    if {**creds, "postgres_set": is_set} != known:
+        _write_private(path, json.dumps({**creds, "postgres_set": is_set}, indent=2) + "\n")
+    elif stat.S_IMODE(path.stat().st_mode) != PRIVATE:
+        path.chmod(PRIVATE)
+    return creds, is_set
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -277,6 +326,13 @@ def _tail(path: Path, lines: int = 5) -> str:
     return f"{path} ends with: {' | '.join(last)}"
 
 
+def _has_our_hba(pgdata: Path) -> bool:
+    try:
+        return (pgdata / "pg_hba.conf").read_text().startswith(HBA_MARKER)
+    except OSError:
+        return False
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -285,12 +341,17 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _create_database(port: int) -> None:
+def _create_database(port: int, password: str) -> None:
     import asyncpg
 
     async def create() -> None:
         conn = await asyncpg.connect(
-            host="127.0.0.1", port=port, user="postgres", database="postgres", timeout=30
+            host="127.0.0.1",
+            port=port,
+            user="postgres",
+            password=password,
+            database="postgres",
+            timeout=30,
         )
         try:
             if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE):
@@ -336,6 +397,7 @@ class EmbeddedServers:
         self._pg: subprocess.Popen[bytes] | None = None
         self._redis: subprocess.Popen[bytes] | None = None
         self._urls: EmbeddedURLs | None = None
+        self._creds: dict[str, str] = {}
 
     @property
     def urls(self) -> EmbeddedURLs:
@@ -419,16 +481,19 @@ class EmbeddedServers:
         source = "wheel" if pg.from_wheel else "system"
         log.info("using PostgreSQL %d (%s binaries in %s)", pg.major, source, pg.bin_dir)
         log.info("using Redis-compatible server %s", redis_bin)
+        self._creds, password_set = _credentials(self.data_dir)
         pg_port = _pick_port(state.get("postgres_port"))
         redis_port = _pick_port(state.get("redis_port"), taken=pg_port)
-        self._pg = self._start_postgres(pg, pg_port)
+        self._pg = self._start_postgres(pg, pg_port, new_password=not password_set)
         self._redis = self._start_redis(redis_bin, redis_port)
         self._wait_ready(self._pg, _pg_ready, pg_port, "PostgreSQL", "postgres.log")
-        self._wait_ready(self._redis, _redis_ready, redis_port, "Redis", "redis.log")
-        _create_database(pg_port)
+        redis_ready = functools.partial(_redis_ready, password=self._creds["redis"])
+        self._wait_ready(self._redis, redis_ready, redis_port, "Redis", "redis.log")
+        _create_database(pg_port, self._creds["postgres"])
+        pg_pass, redis_pass = self._creds["postgres"], self._creds["redis"]
         self._urls = EmbeddedURLs(
-            database_url=f"postgresql://postgres@127.0.0.1:{pg_port}/{DATABASE}",
-            redis_url=f"redis://127.0.0.1:{redis_port}/0",
+            database_url=f"postgresql://postgres:{pg_pass}@127.0.0.1:{pg_port}/{DATABASE}",
+            redis_url=f"redis://:{redis_pass}@127.0.0.1:{redis_port}/0",
         )
         self._write_state(running=True, postgres_port=pg_port, redis_port=redis_port)
         return self._urls
@@ -463,7 +528,9 @@ class EmbeddedServers:
             except OSError as exc:
                 raise EmbeddedError(f"cannot run {args[0]}: {exc.strerror or exc}") from exc
 
-    def _start_postgres(self, pg: _PgBin, port: int) -> subprocess.Popen[bytes]:
+    def _start_postgres(
+        self, pg: _PgBin, port: int, *, new_password: bool = False
+    ) -> subprocess.Popen[bytes]:
         pgdata = self.data_dir / "postgres"
         user = _service_user()
         ids: dict[str, Any] = {}
@@ -477,9 +544,14 @@ class EmbeddedServers:
             self._initdb(pg, pgdata, user, ids)
         elif user is not None and pgdata.stat().st_uid != user.pw_uid:
             _chown_tree(pgdata, user)  # e.g. first run as another user
+        if new_password or not _has_our_hba(pgdata):
+            # A folder from before the passwords (or whose credentials.json was lost): set the
+            # password offline, then allow password logins only. The data stays as it was.
+            self._secure(pg, pgdata, user, ids)
         args = [str(pg.bin_dir / "postgres"), "-D", str(pgdata), "-p", str(port)]
         # TCP on loopback only: unix socket paths under deep CI checkouts exceed 107 chars.
         settings = "listen_addresses=127.0.0.1 unix_socket_directories= fsync=on"
+        settings += " password_encryption=scram-sha-256"
         for setting in f"{settings} max_connections=200 shared_buffers=128MB".split():
             args += ["-c", setting]
         return self._spawn(args, "postgres.log", **ids)
@@ -505,14 +577,50 @@ class EmbeddedServers:
             pgdata.rmdir()
         scratch.rename(pgdata)
 
+    def _secure(
+        self, pg: _PgBin, pgdata: Path, user: pwd.struct_passwd | None, ids: dict[str, Any]
+    ) -> None:
+        """Set the superuser's password in single-user mode (no network), then write pg_hba."""
+        log.info("setting the PostgreSQL password and scram-sha-256 logins in %s", pgdata)
+        args = [str(pg.bin_dir / "postgres"), "--single", "-D", str(pgdata)]
+        args += ["-c", "password_encryption=scram-sha-256", "-c", "log_statement=none"]
+        statement = f"ALTER ROLE postgres WITH PASSWORD '{self._creds['postgres']}'\n"
+        with (self.data_dir / "postgres.log").open("ab") as out:
+            try:
+                done = subprocess.run(
+                    [*args, "postgres"],
+                    input=statement.encode(),
+                    stdout=subprocess.DEVNULL,  # single-user mode echoes results, not logs
+                    stderr=out,
+                    cwd="/",
+                    check=False,
+                    timeout=READY_TIMEOUT,
+                    **ids,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise EmbeddedError(f"cannot set the PostgreSQL password: {exc}") from exc
+        if done.returncode != 0:
+            log_path = self.data_dir / "postgres.log"
+            raise EmbeddedError(
+                f"setting the PostgreSQL password failed (exit {done.returncode}); "
+                f"{_tail(log_path)}"
+            )
+        hba = pgdata / "pg_hba.conf"
+        _write_private(hba, HBA)
+        if user is not None:
+            os.chown(hba, user.pw_uid, user.pw_gid)
+        _credentials(self.data_dir, postgres_set=True)
+
     def _start_redis(self, binary: Path, port: int) -> subprocess.Popen[bytes]:
         redis_dir = self.data_dir / "redis"
         redis_dir.mkdir(mode=0o700, exist_ok=True)
         quoted = str(redis_dir).replace("\\", "\\\\").replace('"', '\\"')
         # logfile "" = stdout, which _spawn sends to redis.log.
-        (redis_dir / "redis.conf").write_text(
+        _write_private(
+            redis_dir / "redis.conf",
             f'bind 127.0.0.1\nport {port}\nprotected-mode yes\ndaemonize no\nlogfile ""\n'
             f'dir "{quoted}"\nappendonly yes\nappendfsync everysec\nsave ""\n'
+            f"requirepass {self._creds['redis']}\n",
         )
         return self._spawn([str(binary), str(redis_dir / "redis.conf")], "redis.log")
 
@@ -546,6 +654,4 @@ class EmbeddedServers:
             postgres_pid=self._pg.pid if self._pg and running else None,
             redis_pid=self._redis.pid if self._redis and running else None,
         )
-        scratch = path.with_suffix(".tmp")
-        scratch.write_text(json.dumps(state, indent=2) + "\n")
-        os.replace(scratch, path)  # readers never see a half-written file
+        _write_private(path, json.dumps(state, indent=2) + "\n")  # the URLs hold passwords

@@ -69,8 +69,9 @@ def register_auth_providers(settings: Settings) -> list[AuthProviderSpec] | None
     The provider sends the browser back to `context.callback_url` (`/auth/<name>/callback`),
     which calls `callback(request, context)`; it returns the verified `LoginIdentity` or
     raises `AuthError(message)`, shown on the login page. `context.flows` keeps one-time
-    state (PKCE verifier, nonce) server-side, bound to the browser. The core links the
-    identity to a user (by provider + subject, else by verified email), then starts the
+    state (PKCE verifier, nonce) server-side, bound to the browser. The core refuses an
+    identity whose `email_verified` is false or one DISPATCH_ALLOWED_EMAILS does not permit,
+    links the others to a user (by provider + subject, else by email), then starts the
     session. Returns an empty list when the provider is not configured.
     Called once per API process when it starts; may be a coroutine.
     """

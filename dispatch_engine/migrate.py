@@ -34,9 +34,9 @@ def available_migrations(folder: Path | None = None) -> list[Migration]:
             raise ValueError(f"migration file {path.name!r} must be named NNNN_words.sql")
         found.append(Migration(int(match.group(1)), path.stem, path))
     versions = [m.version for m in found]
-    # Numbers are reserved per branch, so one may be missing until its branch is merged.
-    if len(set(versions)) != len(versions):
-        raise ValueError(f"migration numbers must be unique, found {versions}")
+    # Gaps are allowed: parallel branches reserve their numbers and land in any order.
+    if len(set(versions)) != len(versions) or 0 in versions:
+        raise ValueError(f"migration numbers must be unique and start at 1, found {versions}")
     return found
 
 

@@ -56,6 +56,8 @@ class Sender:
     login_failures: int = 0
     parked_reason: str | None = None
     parked_at: datetime | None = None
+    daily_limit: int | None = None
+    delay_jitter_ms: int = 0  # a random extra gap in [0, delay_jitter_ms] after min_gap_ms
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class CampaignContent:
     body_html: str | None
     delay_between_ms: int
     hourly_limit: int | None
+    daily_limit: int | None = None
+    delay_jitter_ms: int = 0
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,15 @@ def dispatch_id_of(raw: bytes | str) -> int:
     return int(raw[1:])
 
 
-def _script(name: str) -> str:
-    return resources.files("dispatch_engine").joinpath("lua", f"{name}.lua").read_text()
+def _script(name: str, *, with_refund: bool = False) -> str:
+    lua = resources.files("dispatch_engine").joinpath("lua")
+    text = lua.joinpath(f"{name}.lua").read_text()
+    return lua.joinpath("refund.lua").read_text() + text if with_refund else text
+
+
+def shard_for(sender_id: int, shards: int) -> ShardKeys:
+    """The queue shard of a sender; its pacing keys live there too (one slot, one script)."""
+    return ShardKeys(zlib.crc32(str(sender_id).encode()) % shards)
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,11 @@ class ShardKeys:
     @property
     def sender_prefix(self) -> str:
         return self.prefix + "s:"
+
+    @property
+    def pacing_prefix(self) -> str:
+        """Pacing counters of the shard's senders: `p:<sender>:w:<window>` and so on."""
+        return self.prefix + "p:"
 
     def sender(self, sender_id: int | str) -> str:
         return f"{self.sender_prefix}{sender_id}"
@@ -101,16 +113,16 @@ class RedisQueue:
         self.lease_ms = lease_ms
         self._claim = redis.register_script(_script("claim"))
         self._enqueue = redis.register_script(_script("enqueue"))
-        self._settle = redis.register_script(_script("settle"))
+        self._settle = redis.register_script(_script("settle", with_refund=True))
         self._defer = redis.register_script(_script("defer_sender"))
         self._unpark = redis.register_script(_script("unpark_sender"))
-        self._reap = redis.register_script(_script("reap"))
+        self._reap = redis.register_script(_script("reap", with_refund=True))
         self._renew = redis.register_script(_script("renew"))
         self._remove = redis.register_script(_script("remove"))
         self._next_shard = 0
 
     def shard_of(self, sender_id: int) -> ShardKeys:
-        return self.shards[zlib.crc32(str(sender_id).encode()) % len(self.shards)]
+        return self.shards[shard_for(sender_id, len(self.shards)).shard]
 
     async def enqueue(
         self, sender_id: int, items: Iterable[tuple[int, int]], *, claim_cap: int = 0
@@ -169,7 +181,7 @@ class RedisQueue:
         for shard, args in by_shard.items():
             keys = self.shards[shard]
             raw = await self._settle(
-                keys=keys.keys("ready", "leases", "lease", "resume", "stalls"),
+                keys=keys.keys("ready", "leases", "lease", "resume", "stalls", "grants"),
                 args=[keys.sender_prefix, WAKE_CHANNEL, *args],
             )
             refused.extend(dispatch_id_of(x) for x in raw)
@@ -207,7 +219,7 @@ class RedisQueue:
         for keys in self.shards:
             while True:
                 raw = await self._reap(
-                    keys=keys.keys("ready", "leases", "lease", "resume", "stalls"),
+                    keys=keys.keys("ready", "leases", "lease", "resume", "stalls", "grants"),
                     args=[keys.sender_prefix, batch, max_stalls, WAKE_CHANNEL],
                 )
                 count = int(raw[0])

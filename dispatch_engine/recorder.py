@@ -95,6 +95,11 @@ class Recorder:
                     settings=self.settings,
                 )
 
+    async def announce_failed(self, outcomes: list[SendOutcome]) -> None:
+        """Failures recorded outside the group commit (a campaign that cannot be prepared)."""
+        self._count(outcomes)
+        await self._announce(outcomes)
+
     async def _record(self, batch: list[tuple[SendOutcome, Lease]]) -> None:
         outcomes = [o for o, _ in batch]
         delay = 0.1

@@ -2,9 +2,11 @@
 
 Building an `email.message.EmailMessage` per recipient costs ~0.5 ms; here the constant
 headers are encoded once per campaign and only the per-recipient parts are rendered.
-Templates run in Jinja's sandbox: campaign authors are users, not trusted code. A template
-made only of text and `{{ name }}` (most are) is rendered by joining its parts, without
-Jinja's per-call runtime (~13 µs a template); anything else goes through Jinja.
+Templates run in a sandbox with limits on work and size (`sandbox.py`): campaign authors are
+users, not trusted code. A template made only of text and `{{ name }}` (most are) is
+rendered by joining its parts, without Jinja's per-call runtime (~13 µs a template);
+anything else goes through Jinja. Every header value is encoded here: no CR/LF reaches the
+head of a message, whatever a sender's settings or a recipient's variables hold.
 """
 
 from __future__ import annotations
@@ -20,53 +22,111 @@ from typing import Any, Protocol
 
 import jinja2
 from jinja2 import meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.exceptions import SecurityError
 from markupsafe import escape
 
 from .models import CampaignContent, Sender
+from .sandbox import MAX_RENDERED, LimitedEnvironment, TemplateLimitError, budget, render_limited
 
-_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
-_HTML_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
+_ENV = LimitedEnvironment(autoescape=False)
+_HTML_ENV = LimitedEnvironment(autoescape=True)
+STRIKES = 3  # work-limit failures after which a campaign's other emails fail at once
 
 
 class TemplateProblem(ValueError):
-    """A campaign template does not compile or names a variable no recipient has."""
+    """A campaign template does not compile, exceeds a limit or names an unknown variable."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
 
 
-def template_variables(source: str, field: str, *, html: bool = False) -> set[str]:
-    env = _HTML_ENV if html else _ENV
+def _problem(field: str, exc: Exception) -> TemplateProblem:
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return TemplateProblem(
+            field, f"{field}: template error on line {exc.lineno}: {exc.message}"
+        )
+    if isinstance(exc, TemplateLimitError):
+        return TemplateProblem(field, f"{field}: over a template limit: {exc}")
+    if isinstance(exc, SecurityError):
+        return TemplateProblem(field, f"{field}: not allowed in the template sandbox: {exc}")
+    if isinstance(exc, RecursionError | MemoryError):
+        return TemplateProblem(field, f"{field}: the template is nested too deeply")
+    # CPython's own limits (e.g. "too many statically nested blocks") and the like
+    return TemplateProblem(field, f"{field}: the template cannot be compiled: {exc}")
+
+
+def _parse(source: str, field: str) -> nodes.Template:
     try:
-        return set(meta.find_undeclared_variables(env.parse(source)))
-    except jinja2.TemplateSyntaxError as exc:
-        message = f"{field}: template error on line {exc.lineno}: {exc.message}"
-        raise TemplateProblem(field, message) from None
+        return (_HTML_ENV if field == "html" else _ENV).parse(source)
+    except Exception as exc:
+        raise _problem(field, exc) from None
 
 
-def check_templates(subject: str, body: str, html: str | None, columns: set[str]) -> None:
-    """Raise TemplateProblem naming the field when a template uses an unknown variable."""
+def check_templates(
+    subject: str,
+    body: str,
+    html: str | None,
+    columns: set[str],
+    sample: tuple[str, Mapping[str, Any]] | None = None,
+) -> set[str]:
+    """Compile each template; raise TemplateProblem naming the field when one cannot compile,
+    uses an unknown variable, or (rendered for `sample`, one recipient) exceeds a limit.
+
+    Returns the variables the subject uses (they become a header: no line breaks allowed)."""
     known = columns | {"email"}
-    for field, source, is_html in (
-        ("subject", subject, False),
-        ("body", body, False),
-        ("html", html, True),
-    ):
+    subject_vars: set[str] = set()
+    for field, source in (("subject", subject), ("body", body), ("html", html)):
         if source is None:
             continue
-        missing = template_variables(source, field, html=is_html) - known
+        tree = _parse(source, field)
+        used = set(meta.find_undeclared_variables(tree))
+        missing = used - known
         if missing:
             raise TemplateProblem(
                 field,
                 f"{field} uses {', '.join(sorted(missing))}, which the recipients do not have "
                 f"(known: {', '.join(sorted(known))})",
             )
+        try:
+            renderer = compile_template(tree, html=field == "html")
+        except Exception as exc:
+            raise _problem(field, exc) from None
+        if field == "subject":
+            subject_vars = used
+        if sample is not None:
+            try:
+                with budget():
+                    _render_capped(renderer, {**sample[1], "email": sample[0]}, field)
+            except SecurityError as exc:  # a limit, or what the sandbox never allows
+                raise _problem(field, exc) from None
+            except Exception:
+                pass  # a data error for this one recipient: the worker reports it per email
+    return subject_vars
 
 
 class Renderer(Protocol):
     def render(self, context: Mapping[str, Any]) -> str: ...
+
+
+class _Limited:
+    """A template rendered through Jinja, stopped as soon as its output passes the cap."""
+
+    def __init__(self, template: jinja2.Template) -> None:
+        self.template = template
+
+    def render(self, context: Mapping[str, Any], limit: int = MAX_RENDERED["body"]) -> str:
+        return render_limited(self.template, context, limit)
+
+
+def _render_capped(renderer: Renderer, context: Mapping[str, Any], field: str) -> str:
+    limit = MAX_RENDERED[field]
+    if isinstance(renderer, _Limited):
+        return renderer.render(context, limit)
+    text = renderer.render(context)
+    if len(text) > limit:
+        raise TemplateLimitError(f"the rendered {field} is longer than {limit:,} characters")
+    return text
 
 
 class _TextAndNames:
@@ -75,7 +135,7 @@ class _TextAndNames:
     A name missing from the context (or one of Jinja's globals) goes through Jinja, which
     raises or renders it as it always does."""
 
-    def __init__(self, template: jinja2.Template, parts: list[tuple[bool, str]], html: bool):
+    def __init__(self, template: _Limited, parts: list[tuple[bool, str]], html: bool):
         self.template = template
         self.parts = parts  # (is a name, text or name)
         self.html = html
@@ -95,11 +155,12 @@ class _TextAndNames:
         return "".join(out)
 
 
-def compile_template(source: str, *, html: bool = False) -> Renderer:
+def compile_template(source: str | nodes.Template, *, html: bool = False) -> Renderer:
     env = _HTML_ENV if html else _ENV
-    template = env.from_string(source)
+    tree = env.parse(source) if isinstance(source, str) else source
+    template = _Limited(env.from_string(tree))
     parts: list[tuple[bool, str]] = []
-    for node in env.parse(source).body:
+    for node in tree.body:
         if not isinstance(node, nodes.Output):
             return template
         for child in node.nodes:
@@ -110,6 +171,14 @@ def compile_template(source: str, *, html: bool = False) -> Renderer:
             else:
                 return template
     return _TextAndNames(template, parts, html)
+
+
+def _compile_field(source: str, field: str) -> Renderer:
+    """Compile one template, or raise TemplateProblem naming the field and the reason."""
+    try:
+        return compile_template(source, html=field == "html")
+    except Exception as exc:
+        raise _problem(field, exc) from None
 
 
 _date = (0, "")
@@ -134,12 +203,30 @@ def idempotency_key(campaign_id: int, recipient: str, scheduled_at_us: int) -> b
     return hashlib.sha256(f"{campaign_id}\x00{recipient}\x00{scheduled_at_us}".encode()).digest()
 
 
+_LINE_BREAKS = str.maketrans({c: " " for c in "\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
+def one_line(value: str) -> str:
+    """A header value with every line break (what str.splitlines splits on) made a space."""
+    return value.translate(_LINE_BREAKS)
+
+
 def _header(value: str) -> str:
-    if value.isascii() and "\n" not in value and "\r" not in value:
+    if value.isascii() and len(value) < 900 and "\n" not in value and "\r" not in value:
         return value
     # Header.encode folds with a bare LF unless told: the wire wants CRLF.
-    cleaned = value.replace("\r", " ").replace("\n", " ")
-    return Header(cleaned, "utf-8").encode(linesep="\r\n")
+    return Header(one_line(value), "utf-8").encode(linesep="\r\n")
+
+
+def from_header(display_name: str, address: str) -> str:
+    """`Name <address>`: quoted, or RFC 2047 encoded when not ASCII; never a raw line break."""
+    name = one_line(display_name).strip()
+    if not name:
+        return one_line(address)
+    if not name.isascii():
+        encoded = Header(name, "utf-8").encode(linesep="\r\n")
+        return f"{encoded} <{one_line(address)}>"
+    return formataddr((name, one_line(address)))
 
 
 def _body_part(text: str) -> bytes:
@@ -158,18 +245,20 @@ class CompiledCampaign:
     sender: Sender
 
     def __post_init__(self) -> None:
-        self._subject = compile_template(self.campaign.subject)
-        self._text = compile_template(self.campaign.body_text)
+        self._subject = _compile_field(self.campaign.subject, "subject")
+        self._text = _compile_field(self.campaign.body_text, "body")
         self._html = (
-            compile_template(self.campaign.body_html, html=True)
-            if self.campaign.body_html
-            else None
+            _compile_field(self.campaign.body_html, "html") if self.campaign.body_html else None
         )
+        self._fast = self._html is None and all(
+            isinstance(r, _TextAndNames) for r in (self._subject, self._text)
+        )
+        self.broken: str | None = None  # set after STRIKES work-limit failures
+        self._strikes = 0
         sender = self.sender
-        from_header = formataddr((str(Header(sender.display_name, "utf-8")), sender.from_address))
-        head = [f"From: {from_header if sender.display_name else sender.from_address}"]
+        head = [f"From: {from_header(sender.display_name, sender.from_address)}"]
         if sender.reply_to:
-            head.append(f"Reply-To: {sender.reply_to}")
+            head.append(f"Reply-To: {from_header('', sender.reply_to)}")
         head.append("MIME-Version: 1.0")
         self._constant = ("\r\n".join(head) + "\r\n").encode()
         digest = hashlib.sha256(self.campaign.body_text.encode()).hexdigest()[:16]
@@ -178,19 +267,39 @@ class CompiledCampaign:
     def render(
         self, recipient: str, variables: Mapping[str, Any], message_id: str
     ) -> tuple[str, bytes]:
-        """Return (subject, raw message bytes) for one recipient."""
+        """Return (subject, raw message bytes) for one recipient.
+
+        Raises TemplateLimitError when a template goes over a limit; after STRIKES of them the
+        campaign's other emails fail at once, without spending the budget again."""
+        if self.broken is not None:
+            raise TemplateLimitError(self.broken)
         context = {**variables, "email": recipient}
-        subject = self._subject.render(context)
-        text = self._text.render(context)
+        try:
+            if self._fast:  # no Jinja runtime, nothing to budget: sizes follow the inputs
+                subject = _render_capped(self._subject, context, "subject")
+                text = _render_capped(self._text, context, "body")
+                html = None
+            else:
+                with budget():
+                    subject = _render_capped(self._subject, context, "subject")
+                    text = _render_capped(self._text, context, "body")
+                    html = (
+                        None if self._html is None else _render_capped(self._html, context, "html")
+                    )
+        except TemplateLimitError as exc:
+            self._strikes += 1
+            if self._strikes >= STRIKES:
+                self.broken = f"the campaign's templates went over a limit {STRIKES} times: {exc}"
+            raise
         lines = (
             f"To: {recipient}\r\nSubject: {_header(subject)}\r\n"
             f"Date: {_date_header()}\r\nMessage-ID: {message_id}\r\n"
         ).encode()
-        if self._html is None:
+        if html is None:
             body = b"Content-Type: text/plain; charset=utf-8\r\n" + _body_part(text)
         else:
             b = self._boundary.encode()
-            html = self._html.render(context)
+            assert html is not None
             body = (
                 b'Content-Type: multipart/alternative; boundary="' + b + b'"\r\n\r\n'
                 b"--"

@@ -85,7 +85,7 @@ class SenderHealth:
             if parked:
                 log.warning("sender %d parked: %s", sender.id, reason)
                 await self._park_in_queue(sender.id)
-                await self.store.mark_waiting(sender.id, reason)
+                await self.store.mark_sender_waiting(sender.id, reason)
                 await notify(
                     self.hooks.sender_parked, sender_id=sender.id, reason=reason,
                     settings=self.settings,

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
+from . import outbound
 from .errors import ApiError, invalid
 from .models import Sender, User
 from .queue import RedisQueue
+from .render import one_line
 from .secretbox import SecretBox
 from .store import Store
 from .transport import TransportRegistry, TransportSpec
 
 FIELDS = {
     "from_address", "display_name", "reply_to", "transport", "settings", "hourly_limit",
-    "min_gap_ms", "is_default",
+    "min_gap_ms", "is_default", "daily_limit", "delay_jitter_ms",
 }  # fmt: skip
 SMTP_TLS = ("none", "starttls", "tls")
+WEBHOOK_KEYS = ("url", "password", "timeout")
+MAX_URL_CHARS = 2000
+MAX_HOST_CHARS = 253  # the longest DNS name
 
 
 def public(sender: Sender) -> dict[str, Any]:
@@ -33,6 +39,8 @@ def public(sender: Sender) -> dict[str, Any]:
         "settings": settings,
         "hourly_limit": sender.hourly_limit,
         "min_gap_ms": sender.min_gap_ms,
+        "daily_limit": sender.daily_limit,
+        "delay_jitter_ms": sender.delay_jitter_ms,
         "is_default": sender.is_default,
         # Set when its server kept refusing its account: every email of it waits.
         "parked": {"reason": sender.parked_reason, "since": sender.parked_at.isoformat()}
@@ -63,8 +71,9 @@ def _smtp_settings(raw: dict[str, Any], old: dict[str, Any], box: SecretBox) -> 
             known = "host, port, username, password, tls, pipelining"
             raise invalid(f"settings.{key}", f"is not an SMTP setting ({known})")
     if "host" in raw:
-        if not isinstance(raw["host"], str) or not raw["host"].strip():
-            raise invalid("settings.host", "must be a host name")
+        host = raw["host"]
+        if not isinstance(host, str) or not host.strip() or len(host.strip()) > MAX_HOST_CHARS:
+            raise invalid("settings.host", f"must be a host name of at most {MAX_HOST_CHARS} chars")
         out["host"] = raw["host"].strip()
     if "port" in raw:
         out["port"] = _int("settings.port", raw["port"], 1, 65535)
@@ -92,14 +101,80 @@ def _smtp_settings(raw: dict[str, Any], old: dict[str, Any], box: SecretBox) -> 
     return out
 
 
+def _webhook_settings(raw: dict[str, Any], old: dict[str, Any], box: SecretBox) -> dict[str, Any]:
+    out = dict(old)
+    for key in raw:
+        if key not in WEBHOOK_KEYS:
+            raise invalid(
+                f"settings.{key}", f"is not a webhook setting ({', '.join(WEBHOOK_KEYS)})"
+            )
+    if "url" in raw:
+        url = raw["url"]
+        if not _http_url(url):
+            raise invalid(
+                "settings.url", f"must be an http(s):// URL of at most {MAX_URL_CHARS} chars"
+            )
+        out["url"] = url
+    if "timeout" in raw:
+        try:
+            out["timeout"] = outbound.webhook_timeout(raw["timeout"])
+        except ValueError as exc:
+            raise invalid("settings.timeout", str(exc)) from None
+    if "password" in raw:
+        if not isinstance(raw["password"], str) or not raw["password"]:
+            raise invalid("settings.password", "must be the signing secret, a string")
+        out["password"] = box.seal(raw["password"])
+    for key in ("url", "password"):
+        if key not in out:
+            raise invalid(f"settings.{key}", "is required for the webhook transport")
+    return out
+
+
+def _http_url(url: Any) -> bool:
+    if not isinstance(url, str) or len(url) > MAX_URL_CHARS or any(c in url for c in "\r\n\t "):
+        return False
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+async def check_target(transport: str, settings: dict[str, Any], *, allow_private: bool) -> None:
+    """422 naming the field unless a webhook's URL or an SMTP host resolves to public addresses."""
+    if allow_private:
+        return
+    if transport == "webhook":
+        field, parts = "settings.url", urlsplit(settings["url"])
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    elif transport == "smtp":
+        field, host, port = "settings.host", settings["host"], int(settings.get("port", 587))
+    else:
+        return
+    try:
+        await outbound.resolve_public(host, port, allow_private=False)
+    except outbound.NotPublicError as exc:
+        raise invalid(field, str(exc)) from None
+    except outbound.UnresolvableError as exc:
+        raise invalid(field, f"{exc}, so it cannot be checked to be a public address") from None
+
+
 class SenderService:
     def __init__(
-        self, store: Store, queue: RedisQueue, box: SecretBox, transports: list[TransportSpec]
+        self,
+        store: Store,
+        queue: RedisQueue,
+        box: SecretBox,
+        transports: list[TransportSpec],
+        *,
+        allow_private_targets: bool,
     ) -> None:
         self.store = store
         self.queue = queue
         self.box = box
         self.transports = {spec.name: spec for spec in transports}
+        self.allow_private_targets = allow_private_targets
 
     def _validate(self, data: Any, current: Sender | None) -> dict[str, Any]:
         if not isinstance(data, dict):
@@ -115,8 +190,13 @@ class SenderService:
         if "display_name" in data:
             if not isinstance(data["display_name"], str) or len(data["display_name"]) > 200:
                 raise invalid("display_name", "must be a string of at most 200 characters")
+            if one_line(data["display_name"]) != data["display_name"]:
+                # it becomes the From header: a line break there would start a new header
+                raise invalid("display_name", "must be a single line (no CR or LF)")
             fields["display_name"] = data["display_name"].strip()
         if "reply_to" in data:
+            if isinstance(data["reply_to"], str) and one_line(data["reply_to"]) != data["reply_to"]:
+                raise invalid("reply_to", "must be a single line (no CR or LF)")
             fields["reply_to"] = (
                 _address("reply_to", data["reply_to"]) if data["reply_to"] else None
             )
@@ -130,6 +210,8 @@ class SenderService:
         old = current.transport_settings if current and current.transport == transport else {}
         if transport == "smtp":
             fields["transport_settings"] = _smtp_settings(raw_settings, old, self.box)
+        elif transport == "webhook":
+            fields["transport_settings"] = _webhook_settings(raw_settings, old, self.box)
         elif "settings" in data or current is None or current.transport != transport:
             sealed = dict(raw_settings)
             if isinstance(sealed.get("password"), str):
@@ -139,6 +221,13 @@ class SenderService:
             fields["hourly_limit"] = _int("hourly_limit", data["hourly_limit"], 1, 1_000_000_000)
         if "min_gap_ms" in data:
             fields["min_gap_ms"] = _int("min_gap_ms", data["min_gap_ms"], 0, 86_400_000)
+        if "daily_limit" in data:  # null: no daily limit
+            limit = data["daily_limit"]
+            fields["daily_limit"] = None if limit is None else _int("daily_limit", limit, 1, 10**9)
+        if "delay_jitter_ms" in data:
+            fields["delay_jitter_ms"] = _int(
+                "delay_jitter_ms", data["delay_jitter_ms"], 0, 86_400_000
+            )
         if "is_default" in data:
             if not isinstance(data["is_default"], bool):
                 raise invalid("is_default", "must be true or false")
@@ -147,6 +236,7 @@ class SenderService:
 
     async def create(self, user: User, data: Any, default_limit: int) -> Sender:
         fields = self._validate(data, None)
+        await self._check_target(fields, data)
         fields.setdefault("hourly_limit", default_limit)
         if await self.store.find_sender(user.id, fields["from_address"]):
             raise invalid("from_address", "you already have a sender with this address")
@@ -155,6 +245,7 @@ class SenderService:
     async def update(self, user: User, sender_id: int, data: Any) -> Sender:
         current = await self.get(user, sender_id)
         fields = self._validate(data, current)
+        await self._check_target(fields, data)
         if (
             "from_address" in fields
             and fields["from_address"].lower() != current.from_address.lower()
@@ -177,8 +268,17 @@ class SenderService:
         return await self.get(user, sender_id)
 
     async def _unparked(self, sender: Sender) -> None:
-        await self.store.mark_waiting(sender.id, None)
+        await self.store.mark_sender_waiting(sender.id, None)
         await self.queue.unpark_sender(sender.id)
+
+    async def _check_target(self, fields: dict[str, Any], data: dict[str, Any]) -> None:
+        """Where a new or changed sender connects must be public (outbound.py)."""
+        if "transport_settings" in fields and ("settings" in data or "transport" in data):
+            await check_target(
+                fields["transport"],
+                fields["transport_settings"],
+                allow_private=self.allow_private_targets,
+            )
 
     async def get(self, user: User, sender_id: int) -> Sender:
         sender = await self.store.find_sender(user.id, sender_id)

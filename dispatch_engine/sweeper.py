@@ -59,7 +59,7 @@ async def requeue(
         for r in rows:
             by_sender[r["sender_id"]].append((r["id"], int(r["scheduled_at"].timestamp() * 1000)))
             gap = max(r["delay_between_ms"], r["min_gap_ms"])
-            cap = claim_cap(r["sender_limit"], r["campaign_limit"], gap)
+            cap = claim_cap(r["sender_limit"], gap)
             caps[r["sender_id"]] = min(cap, caps.get(r["sender_id"], cap))
         for sender_id, items in by_sender.items():
             added += await queue.enqueue(sender_id, items, claim_cap=caps[sender_id])

@@ -11,6 +11,7 @@
 temporary folder), applies the migrations, runs every role on a free loopback port with the
 capture transport, and signs in a user with an API token. Installed plugins load through
 their entry points as in production; `plugins=[module]` registers more, ahead of the built-ins.
+Senders may reach private addresses (`allow_private_targets=True`): test peers are on loopback.
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ async def appliance(
             host="127.0.0.1",
             port=0,
             max_emails_per_hour=1_000_000,
+            allow_private_targets=True,  # a plugin's test peers listen on loopback
         )
         async with _servers(data_dir, replace(base, **changes)) as settings:
             assert settings.database_url

@@ -36,6 +36,8 @@ class SendResult:
 class TransportError(Exception):
     """Base of what `Transport.send` raises; the subclass decides retry or fail."""
 
+    failure_code: str | None = None  # a sender test's short code for it (outbound.py)
+
 
 class TransientError(TransportError):
     """Try again later (4xx reply, connection lost, timeout)."""
@@ -133,23 +135,28 @@ class TransportRegistry:
         return transport
 
     async def check(self, sender: Sender, send_test_to: str | None = None) -> dict[str, Any]:
-        """Try a sender's account without touching the live transports; never raises."""
+        """Try a sender's account without touching the live transports; never raises.
+
+        A failure answers a short code and our own words (`outbound.describe_failure`),
+        never the remote's reply or banner: a user must not read other servers through it.
+        """
+        from .outbound import describe_failure, target_of  # outbound imports this module
+
         try:
             transport = self._build(sender)
-        except TransportError as exc:
-            return {"ok": False, "message": str(exc)}
+        except TransportError as exc:  # our own words: nothing was contacted
+            return {"ok": False, "error": "settings", "message": str(exc)}
         try:
             check = getattr(transport, "check", None)
             detail = await check() if check is not None else "this transport has no check"
             result: dict[str, Any] = {"ok": True, "message": detail}
             if send_test_to:
                 message = test_message(sender, send_test_to)
-                sent = await transport.send(message)
-                result["test_message"] = {"to": send_test_to, "response": sent.response,
-                                          "message_id": message.message_id}  # fmt: skip
+                await transport.send(message)
+                result["test_message"] = {"to": send_test_to, "message_id": message.message_id}
             return result
-        except TransportError as exc:
-            return {"ok": False, "message": str(exc)}
+        except Exception as exc:  # any failure becomes a classified answer
+            return describe_failure(exc, target_of(sender.transport, sender.transport_settings))
         finally:
             await transport.close()
 

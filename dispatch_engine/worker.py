@@ -24,9 +24,10 @@ from redis.asyncio import Redis
 from .config import Settings
 from .metrics import Metrics
 from .models import QUEUED_STATES, CampaignStatus, DispatchJob, DispatchStatus
-from .pacing import Pacer, PacingRequest
+from .pacing import Pacer, WaitReason, pacing_request
 from .plugins import notify
-from .queue import Lease, RedisQueue, Waker
+from .prepare import OwnerShare, fail_unprepared, prepare_campaign
+from .queue import Lease, RedisQueue, Settlement, Waker
 from .recorder import Recorder
 from .render import CompiledCampaign, message_id_for
 from .sender_health import SenderHealth
@@ -77,6 +78,8 @@ class WorkerPool:
         self.hooks = hooks
         self.concurrency = settings.worker_concurrency
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
+        self._share = OwnerShare(settings.worker_concurrency)
+        self._unprepared: OrderedDict[int, str] = OrderedDict()  # campaign id -> why
         self._inflight: dict[int, Lease] = {}
         self._send_tasks: set[asyncio.Task[None]] = set()
         self.recorder = Recorder(
@@ -133,7 +136,7 @@ class WorkerPool:
     async def _claim_loop(self) -> None:
         while not self._stopping:
             free = self.concurrency - len(self._inflight)
-            if free < min(self.settings.worker_batch_size, self.concurrency) // 2 + 1:
+            if free < self._share.worth_claiming(self.settings.worker_batch_size):
                 await self._waker.wait(1.0)  # woken as soon as sends finish
                 continue
             try:
@@ -148,7 +151,10 @@ class WorkerPool:
             for lease in result.leases:
                 self._inflight[lease.dispatch_id] = lease
             try:
-                await self._start_batch(result.leases, result.now_ms)
+                if not await self._start_batch(result.leases, result.now_ms):
+                    # All given back for the fair share: wait for a send of theirs to end.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._share.freed.wait(), 1.0)
             except Exception:
                 # Leases stay held and expire; the reaper hands them to another worker.
                 log.exception("could not start a batch of %d", len(result.leases))
@@ -168,19 +174,36 @@ class WorkerPool:
 
     # ---- one claimed batch ----
 
-    async def _compiled(self, jobs: Iterable[DispatchJob]) -> dict[int, CompiledCampaign]:
-        """Compiled campaigns of a batch; recompiled when their sender was edited."""
+    async def _compiled(
+        self, jobs: Iterable[DispatchJob]
+    ) -> tuple[dict[int, CompiledCampaign], dict[int, str]]:
+        """Compiled campaigns of a batch (recompiled when their sender was edited), and why
+        the others cannot be prepared: one campaign's failure is never the batch's."""
         jobs = list(jobs)
         if not jobs:
-            return {}
+            return {}, {}
         wanted = {job.campaign_id for job in jobs}
+        failed = {cid: self._unprepared[cid] for cid in wanted if cid in self._unprepared}
         senders = await self.store.senders_by_id(list({job.sender_id for job in jobs}))
-        missing = [cid for cid in wanted if cid not in self._campaigns]
+        missing = [cid for cid in wanted if cid not in self._campaigns and cid not in failed]
         if missing:
-            for cid, content in (await self.store.campaign_contents(missing)).items():
-                self._campaigns[cid] = CompiledCampaign(content, senders[content.sender_id])
+            contents = await self.store.campaign_contents(missing)
+            for cid in missing:
+                content = contents.get(cid)
+                prepared = (
+                    "the campaign no longer exists"
+                    if content is None
+                    else await prepare_campaign(content, senders.get(content.sender_id))
+                )
+                if isinstance(prepared, str):
+                    failed[cid] = self._unprepared[cid] = prepared
+                    log.warning("campaign %d cannot be sent: %s", cid, prepared)
+                else:
+                    self._campaigns[cid] = prepared
             while len(self._campaigns) > CAMPAIGN_CACHE:
                 self._campaigns.popitem(last=False)
+            while len(self._unprepared) > CAMPAIGN_CACHE:
+                self._unprepared.popitem(last=False)
         out = {}
         for cid in wanted:
             compiled = self._campaigns.get(cid)
@@ -188,11 +211,16 @@ class WorkerPool:
                 continue
             fresh = senders.get(compiled.campaign.sender_id)
             if fresh is not None and fresh != compiled.sender:
-                compiled = self._campaigns[cid] = CompiledCampaign(compiled.campaign, fresh)
+                prepared = await prepare_campaign(compiled.campaign, fresh)
+                if isinstance(prepared, str):
+                    failed[cid] = prepared
+                    continue
+                compiled = self._campaigns[cid] = prepared
             out[cid] = compiled
-        return out
+        return out, failed
 
-    async def _start_batch(self, leases: list[Lease], now_ms: int) -> None:
+    async def _start_batch(self, leases: list[Lease], now_ms: int) -> bool:
+        """Start what may go of a claimed batch; False when the fair share held back all."""
         by_id = {lease.dispatch_id: lease for lease in leases}
         jobs = await self.store.load_jobs(list(by_id))
         done: list[Lease] = [by_id[i] for i in set(by_id) - {j.id for j in jobs}]
@@ -205,14 +233,23 @@ class WorkerPool:
                 runnable.append(job)
             else:  # finished, cancelled or paused: nothing to send, drop from the queue
                 done.append(by_id[job.id])
-        compiled = await self._compiled(runnable)
+        compiled, failed = await self._compiled(runnable)
+        if failed:
+            bad = [j for j in runnable if j.campaign_id in failed]
+            runnable = [j for j in runnable if j.campaign_id not in failed]
+            await fail_unprepared(self.store, self.recorder, bad, failed)
+            done += [by_id[j.id] for j in bad]  # acked with the batch's other finished ones
+        runnable, held = self._share.admit(runnable)
+        if held:  # over their owner's fair share of the send slots: back to the queue
+            await self.queue.release([by_id[j.id] for j in held])
+            for job in held:
+                self._inflight.pop(job.id, None)
         go: list[DispatchJob] = []
         by_sender: dict[int, list[DispatchJob]] = {}
         for job in runnable:
             by_sender.setdefault(job.sender_id, []).append(job)
         for sender_id, group in by_sender.items():
-            allowed = await self._pace(sender_id, group, compiled, by_id, now_ms)
-            go.extend(group[:allowed])
+            go.extend(await self._pace(sender_id, group, compiled, by_id, now_ms))
         if go:
             message_ids = [
                 message_id_for(j.idempotency_key, compiled[j.campaign_id].sender.from_address)
@@ -233,12 +270,15 @@ class WorkerPool:
                     task = asyncio.create_task(
                         self._send(job, compiled[job.campaign_id], message_id, by_id[job.id])
                     )
+                    self._share.started(job.owner_id)
                     self._send_tasks.add(task)
                     task.add_done_callback(self._send_tasks.discard)
+                    task.add_done_callback(self._share.on_done(job.owner_id))
         if done:
             await self.queue.ack(done)
             for lease in done:
                 self._inflight.pop(lease.dispatch_id, None)
+        return bool(runnable) or not held
 
     async def _pace(
         self,
@@ -247,38 +287,48 @@ class WorkerPool:
         compiled: dict[int, CompiledCampaign],
         by_id: dict[int, Lease],
         now_ms: int,
-    ) -> int:
-        """Ask the pacing policies; park the sender and give back what may not go now."""
-        campaigns = [compiled[j.campaign_id].campaign for j in group]
-        sender = compiled[group[0].campaign_id].sender
-        limit = min([sender.hourly_limit] + [c.hourly_limit for c in campaigns if c.hourly_limit])
-        gap = max([sender.min_gap_ms] + [c.delay_between_ms for c in campaigns])
-        decision = await self.pacer.acquire(
-            PacingRequest(sender_id, limit, gap, len(group), now_ms)
-        )
-        if decision.allowed >= len(group):
-            return len(group)
-        held = group[decision.allowed :]
-        await self.queue.release([by_id[j.id] for j in held])
-        for job in held:
-            self._inflight.pop(job.id, None)
-        if decision.resume_at_ms is not None:
+    ) -> list[DispatchJob]:
+        """Decide once for the sender's emails; return those that may go now.
+
+        What a campaign cap holds back is queued again for the window it fits in (the
+        sender's other campaigns go on); what a sender limit holds back is given back in
+        order and the sender is parked.
+        """
+        outcome = await self.pacer.decide(pacing_request(sender_id, group, compiled, now_ms))
+        if outcome.deferred:
+            await self.queue.settle(
+                [Settlement(by_id[i], "retry", due) for i, due, _ in outcome.deferred]
+            )
+            waits: dict[tuple[WaitReason, int], list[int]] = {}
+            for i, due, why in outcome.deferred:
+                self._inflight.pop(i, None)
+                waits.setdefault((why, due), []).append(i)
+            for (why, due), ids in waits.items():
+                await self.store.mark_waiting(ids, why, due)
+        if outcome.held:
+            await self.queue.release([by_id[i] for i in outcome.held])
+            for i in outcome.held:
+                self._inflight.pop(i, None)
+        if outcome.held and outcome.resume_at_ms is not None:
             # A little jitter spreads the restart of many parked senders; a tenth of the wait
             # at most, so a 50 ms gap stays about 50 ms.
-            wait_ms = max(0, decision.resume_at_ms - now_ms)
-            resume = decision.resume_at_ms + random.randint(0, min(250, wait_ms // 10))
+            wait_ms = max(0, outcome.resume_at_ms - now_ms)
+            resume = outcome.resume_at_ms + random.randint(0, min(250, wait_ms // 10))
+            reason = outcome.reason if outcome.limited else None
+            if reason is not None:  # before the park, so a parked sender's emails say why
+                await self.store.mark_waiting(outcome.held, reason, resume)
             await self.queue.defer_sender(sender_id, resume)
             self.metrics.pacing_parks.labels("pacing").inc()
-            if decision.limited:
-                await self.store.mark_rate_limited([j.id for j in held])
+            if reason is not None:
                 await notify(
                     self.hooks.sender_limited,
                     sender_id=sender_id,
                     resume_at_ms=resume,
-                    reason=decision.reason,
+                    reason=outcome.detail,
                     settings=self.settings,
                 )
-        return decision.allowed
+        granted = set(outcome.granted)
+        return [job for job in group if job.id in granted]
 
     # ---- one email ----
 
@@ -316,7 +366,12 @@ class WorkerPool:
 
         def waiting(reason: str, wait_s: float) -> SendOutcome:  # keeps its place and attempts
             at = datetime.now(UTC) + timedelta(seconds=wait_s)
-            return outcome(DispatchStatus.SCHEDULED, error=f"{WAITING}{reason}", retry_at=at)
+            return outcome(
+                DispatchStatus.SCHEDULED,
+                error=f"{WAITING}{reason}",
+                retry_at=at,
+                wait_reason=WaitReason.AUTH_FAILURE,
+            )
 
         sender = compiled.sender
         held = self.health.held(sender)

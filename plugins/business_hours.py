@@ -1,9 +1,10 @@
 """Business-hours pacing: a sender sends only inside a weekly window in a time zone.
 
 Set `DISPATCH_BUSINESS_HOURS="Mon-Fri 09:00-17:00 Europe/Berlin"` and list the policy in
-`DISPATCH_PACING`, first, so the counting policies never count what it holds back:
-`DISPATCH_PACING=business_hours,fixed_window,min_gap`. Outside the window the sender is parked
-until the window opens (its backlog stays queued in order, costing nothing meanwhile).
+`DISPATCH_PACING`: `DISPATCH_PACING=business_hours,fixed_window,min_gap`. Like every plugin
+policy it is asked before the built-in limits, so they never count what it holds back.
+Outside the window the sender is parked until the window opens (its backlog stays queued in
+order, costing nothing meanwhile).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class BusinessHours:
             )
         self.window: WeeklyWindow = settings.business_hours
 
-    async def acquire(self, request: PacingRequest) -> PacingDecision:
+    async def check(self, request: PacingRequest) -> PacingDecision:
+        """How many may go now; it keeps no count, so there is nothing to commit."""
         now = datetime.fromtimestamp(request.now_ms / 1000, UTC)
         opening = self.window.next_opening(now)
         if opening <= now:
@@ -39,7 +41,10 @@ class BusinessHours:
             int(opening.timestamp() * 1000),
             f"outside business hours ({self.window}); "
             f"opens {opening.astimezone(self.window.zone):%a %Y-%m-%d %H:%M %Z}",
+            code="business_hours",
         )
+
+    acquire = check  # the older protocol's name
 
 
 @hookimpl(trylast=True)

@@ -1,7 +1,9 @@
 """Dev login: "Continue as dev user", signs in as dev@example.com without a password.
 
-Offered only in local mode (no GOOGLE_CLIENT_ID / OIDC_* configured): the same user that
-`dispatch-engine up` prints an API token for, so the dashboard and the API agree.
+Offered only in local mode: no GOOGLE_CLIENT_ID / OIDC_* configured and the app bound to
+loopback (or DISPATCH_DEV_LOGIN=true, which warns at start: anyone who reaches the port signs
+in). It is the same user that `dispatch-engine up` prints an API token for, so the dashboard
+and the API agree.
 """
 
 from __future__ import annotations
@@ -19,6 +21,6 @@ async def _start(request: web.Request, context: AuthContext) -> LoginIdentity:
 
 @hookimpl(trylast=True)
 def register_auth_providers(settings: Settings) -> list[AuthProviderSpec]:
-    if not settings.local_mode:
+    if not settings.dev_login_enabled:
         return []
     return [AuthProviderSpec("dev", "Continue as dev user", _start, description="local mode")]

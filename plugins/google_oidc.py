@@ -3,8 +3,10 @@
 Configured by GOOGLE_CLIENT_ID + GOOGLE_CLIENT_SECRET (issuer https://accounts.google.com) or
 OIDC_ISSUER + OIDC_CLIENT_ID + OIDC_CLIENT_SECRET. The endpoints come from the issuer's
 discovery document; the id_token's signature is checked against the issuer's JWKS (joserfc),
-then its issuer, audience, expiry and nonce. The redirect URI to register with the provider
-is `<DISPATCH_BASE_URL>/auth/oidc/callback`.
+then its issuer, audience, expiry and nonce. `email`, `email_verified` and `name` come from
+the id_token, else from the userinfo endpoint (OIDC Core §5.3, §5.4: with the code flow many
+providers put scope claims only there), whose `sub` must be the id_token's. The redirect URI
+to register with the provider is `<DISPATCH_BASE_URL>/auth/oidc/callback`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 from aiohttp import web
 from joserfc import jwt
 from joserfc.errors import InvalidKeyIdError, JoseError
@@ -28,7 +31,8 @@ from dispatch_engine.auth import AuthContext, AuthError, AuthProviderSpec, Login
 from dispatch_engine.config import GOOGLE_ISSUER, OidcClient, Settings
 
 METADATA_TTL_S = 3600
-LEEWAY_S = 120  # clock skew tolerated between us and the provider
+LEEWAY_S = 120  # clock skew tolerated with the provider: a token expired 10 minutes ago fails
+MAX_BODY = 256 * 1024  # a provider's JSON answers are a few KiB; more is refused, not buffered
 # Asymmetric algorithms only: "none" and HMAC (keyed by the client secret) are refused.
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 SCOPE = "openid email profile"
@@ -39,9 +43,14 @@ def _b64(data: bytes) -> str:
 
 
 async def _json(response: aiohttp.ClientResponse, what: str) -> dict[str, Any]:
+    raw = b""
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise AuthError(f"the sign-in provider's {what} answered with over {MAX_BODY} bytes")
     try:
-        body = await response.json(content_type=None)
-    except ValueError:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         body = None
     if not isinstance(body, dict):
         raise AuthError(f"the sign-in provider's {what} answered {response.status} without JSON")
@@ -121,14 +130,44 @@ class OidcProvider:
             raise AuthError("The sign-in provider sent no authorization code.")
         tokens = await self._exchange(context, code, flow["verifier"])
         claims = await self._verify(context.http, tokens, flow["nonce"])
+        extra: dict[str, Any] = {}
+        if not (_states_email(claims) and claims.get("name")):
+            extra = await self._userinfo(context.http, tokens, str(claims["sub"]))
+        # email and email_verified are one statement: both come from the same source.
+        mail = claims if _states_email(claims) or not extra.get("email") else extra
         return LoginIdentity(
             provider=self.client.issuer,
             subject=str(claims["sub"]),
-            email=str(claims.get("email") or ""),
-            email_verified=claims.get("email_verified") in (True, "true"),
-            name=str(claims.get("name") or ""),
-            avatar_url=_https_url(claims.get("picture")),
+            email=_text(mail.get("email"), 320, cut=False),
+            email_verified=mail.get("email_verified") in (True, "true"),
+            name=_text(claims.get("name") or extra.get("name"), 200),
+            avatar_url=_https_url(claims.get("picture") or extra.get("picture")),
         )
+
+    async def _userinfo(
+        self, http: aiohttp.ClientSession, tokens: dict[str, Any], subject: str
+    ) -> dict[str, Any]:
+        """The userinfo endpoint's claims (OIDC Core §5.3); {} when the provider has none."""
+        endpoint = (await self.metadata(http)).get("userinfo_endpoint")
+        access_token = tokens.get("access_token")
+        if not isinstance(endpoint, str) or not isinstance(access_token, str):
+            return {}
+        headers = {"Authorization": f"Bearer {access_token}"}
+        async with http.get(endpoint, headers=headers) as response:
+            if response.status != 200:
+                # RFC 6750 §3: the reason is in WWW-Authenticate; the body may be empty.
+                reason = response.headers.get("WWW-Authenticate") or f"HTTP {response.status}"
+                raise AuthError(f"The sign-in provider's userinfo endpoint refused: {reason[:300]}")
+            if response.content_type == "application/jwt":
+                raise AuthError(
+                    "The sign-in provider's userinfo answer is a JWT, which is not supported: "
+                    "register the client for plain JSON userinfo."
+                )
+            body = await _json(response, "userinfo endpoint")
+        # §5.3.2: a userinfo answer about someone else must not be used (token substitution).
+        if body.get("sub") != subject:
+            raise AuthError("The sign-in provider's userinfo answer is about another user.")
+        return body
 
     async def _exchange(self, context: AuthContext, code: str, verifier: str) -> dict[str, Any]:
         meta = await self.metadata(context.http)
@@ -188,6 +227,17 @@ class OidcProvider:
         if len(audiences) > 1 and claims.get("azp") != self.client.client_id:
             raise AuthError("The id_token was issued to another application (azp mismatch).")
         return claims
+
+
+def _states_email(claims: dict[str, Any]) -> bool:
+    return bool(claims.get("email")) and "email_verified" in claims
+
+
+def _text(value: Any, limit: int, *, cut: bool = True) -> str:
+    """A claim as text of at most `limit` characters: cut, or "" when it may not be cut."""
+    if not isinstance(value, str) or (len(value) > limit and not cut):
+        return ""
+    return value[:limit]
 
 
 def _https_url(value: Any) -> str | None:

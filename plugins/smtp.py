@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 import ssl
 import time
 from typing import Any
 
 import aiosmtplib
 
-from dispatch_engine import hookimpl
+from dispatch_engine import hookimpl, outbound
 from dispatch_engine.config import Settings
 from dispatch_engine.smtp_pipeline import PipelinedSession, ascii_envelope
 from dispatch_engine.transport import (
@@ -79,6 +80,9 @@ class SmtpTransport:
         self._tls_context: ssl.SSLContext | None = None
         self._login_lock = asyncio.Lock()
         self._refused: tuple[float, SenderAuthError] | None = None  # (monotonic time, error)
+        # A sender's own host must be public (outbound.py); SMTP_HOST is the operator's.
+        self._own_host = "host" in own
+        self._allow_private = settings.private_targets_allowed
         self.pool_size = int(own.get("pool_size", settings.smtp_pool_size))
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(self.pool_size)
@@ -102,9 +106,18 @@ class SmtpTransport:
         async with self._login_lock:  # one login of this account at a time
             if self._refused is not None and self._refused[0] >= asked - REFUSAL_SHARED_S:
                 raise SenderAuthError(str(self._refused[1]), attempted=False)
+            sock = None
+            if self._own_host:  # connect to an address just checked as public (DNS rebinding)
+                sock = await outbound.open_socket(
+                    self.host,
+                    self.port,
+                    allow_private=self._allow_private,
+                    connect_timeout=self.timeout,
+                )  # the host name stays the TLS server name
             client = aiosmtplib.SMTP(
                 hostname=self.host,
-                port=self.port,
+                port=None if sock else self.port,
+                sock=sock,
                 use_tls=self.tls == "tls",
                 start_tls=self.tls == "starttls",
                 tls_context=self._tls() if self.tls != "none" else None,
@@ -120,13 +133,13 @@ class SmtpTransport:
                 await _close(client)
                 raise
             except ssl.SSLCertVerificationError as exc:
-                client.close()
+                _close_socket(client, sock)
                 raise TransientError(
                     f"{self.host}:{self.port}: its TLS certificate is not trusted "
                     f"({exc.verify_message}); for a private CA set SMTP_CA_FILE"
                 ) from None
             except BaseException:
-                client.close()
+                _close_socket(client, sock)
                 raise
             self._refused = None
             return client
@@ -289,6 +302,13 @@ def _with_preview(host: str, response: str) -> str:
     if match and host.endswith("ethereal.email"):
         return f"{response} preview: https://ethereal.email/message/{match.group(1)}"
     return response
+
+
+def _close_socket(client: aiosmtplib.SMTP, sock: socket.socket | None) -> None:
+    """A connection that failed before it was ours: drop it and the socket we opened."""
+    client.close()
+    if sock is not None:
+        sock.close()
 
 
 async def _close(client: aiosmtplib.SMTP | None) -> None:

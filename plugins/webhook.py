@@ -1,7 +1,12 @@
 """Webhook transport: POSTs each email as signed JSON to the sender's URL.
 
 Sender settings: `url` (http:// or https://), `password` (the signing secret: sealed at rest
-and write-only, like every transport password) and `timeout` (seconds, default 30).
+and write-only, like every transport password) and `timeout` (seconds for the whole request,
+default 10, at most 30: `outbound.WEBHOOK_MAX_TIMEOUT_S`).
+
+The URL's host must resolve to public addresses unless the operator allows private targets
+(`dispatch_engine.outbound`): the connector resolves through `PublicResolver`, so it connects
+only to an address it has just checked, and TLS and the Host header keep the URL's name.
 
 Each request carries `X-Dispatch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
 "<t>.<body>" keyed by the secret>` (Stripe's scheme: the time is signed too, so a receiver can
@@ -26,7 +31,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from dispatch_engine import hookimpl
+from dispatch_engine import hookimpl, outbound
 from dispatch_engine.config import Settings
 from dispatch_engine.transport import (
     OutgoingMessage,
@@ -35,12 +40,14 @@ from dispatch_engine.transport import (
     SendResult,
     TransientError,
     TransportContext,
+    TransportError,
     TransportSpec,
 )
 
 SIGNATURE_HEADER = "X-Dispatch-Signature"
 TOLERANCE_S = 300  # what `verify` accepts between signing and checking
 MAX_RETRY_AFTER_S = 86_400.0
+MAX_ANSWER_CHARS = 300  # of a receiver's answer, kept in the ledger
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -61,7 +68,7 @@ def verify(
     """For receivers: is `header` a signature of `body` by `secret`, made recently enough?"""
     pairs = [item.strip().partition("=") for item in header.split(",")]
     stamps = [value for key, _, value in pairs if key == "t"]
-    if len(stamps) != 1 or not stamps[0].isdigit():
+    if len(stamps) != 1 or not (stamps[0].isascii() and stamps[0].isdigit()):  # not '¹'
         return False
     timestamp = int(stamps[0])
     if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
@@ -114,11 +121,15 @@ def classify(status: int, answer: str, retry_after: str | None) -> SendResult:
     reply = f"{status} {answer}".strip()
     if 200 <= status < 300:
         return SendResult(reply)
+    error: TransportError
     if status == 429:
-        raise SenderRateLimitedError(f"webhook answered {reply}", _retry_after(retry_after))
-    if status == 408 or status >= 500:
-        raise TransientError(f"webhook answered {reply}")
-    raise PermanentError(f"webhook answered {reply}")
+        error = SenderRateLimitedError(f"webhook answered {reply}", _retry_after(retry_after))
+    elif status == 408 or status >= 500:
+        error = TransientError(f"webhook answered {reply}")
+    else:
+        error = PermanentError(f"webhook answered {reply}")
+    error.failure_code = f"http_{status}"  # what a sender test answers
+    raise error
 
 
 class WebhookTransport:
@@ -133,19 +144,29 @@ class WebhookTransport:
         secret = own.get("password")
         if not isinstance(secret, str) or not secret:
             raise PermanentError("the webhook transport needs settings.password, its secret")
-        try:
-            timeout = float(own.get("timeout", 30))
-        except (TypeError, ValueError):
-            raise PermanentError("settings.timeout must be a number of seconds") from None
+        timeout = own.get("timeout", outbound.WEBHOOK_TIMEOUT_S)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise PermanentError("settings.timeout must be a number of seconds")
+        timeout = min(float(timeout), outbound.WEBHOOK_MAX_TIMEOUT_S)  # saved before the bound
         self.url = url
+        self.host = parts.hostname
         self.where = parts.netloc.rpartition("@")[2]  # never show credentials in a URL
         self.secret = secret
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.allow_private = context.settings.private_targets_allowed
         self._session: aiohttp.ClientSession | None = None
 
-    async def _post(self, body: dict[str, Any], idempotency_key: str) -> SendResult:
+    async def _post(
+        self, body: dict[str, Any], idempotency_key: str
+    ) -> tuple[int, str, str | None]:
+        """POST `body`: the status, the start of the answer and its Retry-After."""
+        # aiohttp skips the resolver for an IP literal: check that one here.
+        if outbound.literal(self.host) is not None:
+            outbound.check_address(self.host, self.host, allow_private=self.allow_private)
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
+            resolver = outbound.PublicResolver(allow_private=self.allow_private)
+            connector = aiohttp.TCPConnector(resolver=resolver)
+            self._session = aiohttp.ClientSession(timeout=self.timeout, connector=connector)
         data = orjson.dumps(body)
         headers = {
             "Content-Type": "application/json",
@@ -153,25 +174,30 @@ class WebhookTransport:
             "Idempotency-Key": idempotency_key,
             SIGNATURE_HEADER: sign(self.secret, data, int(time.time())),
         }
-        try:
-            async with self._session.post(
-                self.url, data=data, headers=headers, allow_redirects=False
-            ) as response:
-                answer = (await response.text(errors="replace"))[:300]
-                retry_after = response.headers.get("Retry-After")
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransientError(f"{self.where}: {type(exc).__name__}: {exc}") from None
-        return classify(status, " ".join(answer.split()), retry_after)
+        async with self._session.post(
+            self.url, data=data, headers=headers, allow_redirects=False
+        ) as response:
+            answer = await response.content.read(MAX_ANSWER_CHARS * 4)
+            text = answer.decode("utf-8", errors="replace")[:MAX_ANSWER_CHARS]
+            return response.status, " ".join(text.split()), response.headers.get("Retry-After")
 
     async def send(self, message: OutgoingMessage) -> SendResult:
-        return await self._post(payload(message), message.message_id)
+        try:
+            status, answer, retry_after = await self._post(payload(message), message.message_id)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TransientError(f"{self.where}: {type(exc).__name__}: {exc}") from None
+        return classify(status, answer, retry_after)
 
     async def check(self) -> str:
-        """POST a signed `{"type": "ping"}` (for `POST /api/senders/{id}/test`)."""
+        """POST a signed `{"type": "ping"}` (for `POST /api/senders/{id}/test`); the outcome
+        in our words only: the receiver's answer is never shown."""
         now = int(time.time())
-        result = await self._post({"type": "ping", "at": now}, f"ping-{now}")
-        return f"{self.where} answered the ping: {result.response}"
+        status, _answer, _retry_after = await self._post({"type": "ping", "at": now}, f"ping-{now}")
+        if not 200 <= status < 300:
+            raise outbound.CheckFailedError(
+                f"http_{status}", f"{self.where} answered the ping with HTTP status {status}"
+            )
+        return f"{self.where} accepted the ping (HTTP {status})"
 
     async def close(self) -> None:
         if self._session is not None:

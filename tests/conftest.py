@@ -103,6 +103,7 @@ def settings(urls: tuple[str, str], tmp_path: Path, clean: None) -> Settings:
         lease_seconds=5,
         worker_concurrency=50,
         port=0,
+        allow_private_targets=True,  # the peers listen on loopback; test_outbound.py turns it off
     )
 
 

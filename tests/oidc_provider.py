@@ -1,151 +1,223 @@
-"""A small OpenID Connect provider on loopback, for testing the login end to end.
+"""panva's `oidc-provider` (a certified OpenID Provider, npm) on loopback, for the login tests.
 
-It serves discovery, authorize (auto-approves and redirects back with code + state), token
-(checks the client secret, the redirect URI, the PKCE verifier, and that a code is used
-once) and JWKS, and signs id_tokens with a test RSA key (joserfc). Knobs let a test change
-who signs in next or break the nonce.
+`tests/peers/oidc_provider.mjs` runs it in its default configuration: its own login and
+consent pages (devInteractions; the login name typed there is the account's `sub`) and the
+code flow with scope claims only in userinfo. A test chooses the people (`set_people`),
+the client's redirect URI (the app's callback, known once the app runs) and extra Provider
+options. The provider signs with an RSA key the test makes (`OidcPeer.key`), so a test can
+forge id_tokens signed with the provider's real key.
+
+`TokenInterposer` sits between the app and the provider's real token endpoint (the
+discovery document names it instead) and swaps the id_token the provider issued for one the
+test forges from it; everything else the app sees comes from the real provider.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import secrets
-import time
-from dataclasses import dataclass, field
+import asyncio
+import re
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
+import aiohttp
+import orjson
 from aiohttp import web
-from aiohttp.test_utils import TestServer
-from joserfc import jwt
+from aiohttp.test_utils import TestClient, TestServer
 from joserfc.jwk import RSAKey
 from yarl import URL
 
+from dispatch_engine.config import Settings
+
+from .web_session import csrf_of
+
 CLIENT_ID = "dispatch-test-client"
 CLIENT_SECRET = "s3cret/with:odd chars"
+OTHER_CLIENT_ID = "another-application"
+OTHER_CLIENT_SECRET = "another-secret"
+OTHER_REDIRECT_URI = "http://127.0.0.1:9/callback"  # never opened: the code is read from it
+PEERS = Path(__file__).parent / "peers"
+LAUNCHER = PEERS / "oidc_provider.mjs"
+KID = "test-key-1"
+_ACTION = re.compile(r'<form[^>]*action="([^"]+)"')
+_PROMPT = re.compile(r'name="prompt" value="(\w+)"')
 
 
-@dataclass
+@dataclass(frozen=True)
 class Person:
     sub: str = "1001"
-    email: str = "ada@example.com"
-    email_verified: bool = True
-    name: str = "Ada Lovelace"
+    email: str | None = "ada@example.com"
+    email_verified: bool | None = True  # None: the provider does not say
+    name: str | None = "Ada Lovelace"
     picture: str | None = "https://avatars.example.com/ada.png"
 
+    def claims(self) -> dict[str, Any]:
+        values = {"email": self.email, "email_verified": self.email_verified,
+                  "name": self.name, "picture": self.picture}  # fmt: skip
+        return {k: v for k, v in values.items() if v is not None}
 
-@dataclass
-class OidcProvider:
-    person: Person = field(default_factory=Person)
-    wrong_nonce: bool = False
-    key: RSAKey = field(default_factory=lambda: RSAKey.generate_key(2048, {"kid": "test-1"}))
-    codes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    token_errors: list[str] = field(default_factory=list)
-    server: TestServer | None = None
 
-    @property
-    def issuer(self) -> str:
-        assert self.server is not None
-        return str(self.server.make_url("")).rstrip("/")
+class OidcPeer:
+    """The running provider process; `issuer` is known at once, `configure` makes it serve."""
 
-    def app(self) -> web.Application:
+    def __init__(self, process: asyncio.subprocess.Process, issuer: str, log: Path) -> None:
+        self.process = process
+        self.issuer = issuer
+        self.log = log
+        self.key = RSAKey.generate_key(2048, {"kid": KID, "alg": "RS256", "use": "sig"})
+
+    async def _send(self, message: dict[str, Any]) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(orjson.dumps(message) + b"\n")
+        await self.process.stdin.drain()
+        return await _read(self.process, self.log)
+
+    async def configure(
+        self,
+        redirect_uri: str,
+        *people: Person,
+        options: dict[str, Any] | None = None,
+        token_endpoint: str | None = None,
+    ) -> None:
+        clients = [
+            {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+             "redirect_uris": [redirect_uri]},
+            # Another application registered with the same provider (its tokens are not ours).
+            {"client_id": OTHER_CLIENT_ID, "client_secret": OTHER_CLIENT_SECRET,
+             "redirect_uris": [OTHER_REDIRECT_URI]},
+        ]  # fmt: skip
+        answer = await self._send({
+            "clients": clients,
+            "jwks": {"keys": [self.key.as_dict(private=True)]},
+            "accounts": {p.sub: p.claims() for p in people or (Person(),)},
+            "options": options or {},
+            "tokenEndpoint": token_endpoint,
+        })  # fmt: skip
+        assert answer == {"ready": self.issuer}, answer
+
+    async def set_people(self, *people: Person) -> None:
+        answer = await self._send({"accounts": {p.sub: p.claims() for p in people}})
+        assert answer == {"ok": len(people)}, answer
+
+
+async def _read(process: asyncio.subprocess.Process, log: Path) -> dict[str, Any]:
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 60)
+    if not line:
+        raise RuntimeError(f"oidc-provider exited; its output is in {log}")
+    answer: dict[str, Any] = orjson.loads(line)
+    return answer
+
+
+@asynccontextmanager
+async def launch(log: Path) -> AsyncIterator[OidcPeer]:
+    """Start the provider on a free loopback port; stopped (and waited for) on exit."""
+    node = shutil.which("node")
+    assert node, "node is needed for the oidc-provider peer"
+    assert (PEERS / "node_modules" / "oidc-provider").is_dir(), (
+        "run `make tests/peers/node_modules/.package-lock.json` (make test does it)"
+    )
+    with log.open("wb") as errors:
+        process = await asyncio.create_subprocess_exec(
+            node, str(LAUNCHER), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=errors,
+        )  # fmt: skip
+    try:
+        listening = await _read(process, log)
+        yield OidcPeer(process, listening["listening"], log)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def authorize(
+    session: aiohttp.ClientSession, authorize_url: URL | str, issuer: str, login: str
+) -> URL:
+    """Be the person in the browser: follow the provider's pages, sign in as `login`, consent.
+
+    Returns the first URL outside the provider it redirects to (the app's callback).
+    """
+    response = await session.get(authorize_url, allow_redirects=False)
+    for _ in range(12):
+        if response.status in (302, 303):
+            target = response.url.join(URL(response.headers["Location"]))
+            if not str(target).startswith(issuer + "/"):
+                return target
+            response = await session.get(target, allow_redirects=False)
+            continue
+        page = await response.text()
+        action, prompt = _ACTION.search(page), _PROMPT.search(page)
+        assert response.status == 200 and action and prompt, (response.status, page[:2000])
+        form = {"prompt": prompt.group(1)}
+        if prompt.group(1) == "login":
+            form |= {"login": login, "password": "any"}
+        target = response.url.join(URL(action.group(1)))
+        response = await session.post(target, data=form, allow_redirects=False)
+    raise AssertionError("the provider never redirected back to the app")
+
+
+Forge = Callable[[str], str]
+
+
+class TokenInterposer:
+    """Forwards the app's token request to the provider and swaps in a forged id_token."""
+
+    def __init__(self, peer: OidcPeer) -> None:
+        self.peer = peer
+        self.forge: Forge | None = None
+        self.swapped = 0
+        self.server = TestServer(self._app(), host="127.0.0.1")
+
+    def _app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/.well-known/openid-configuration", self.discovery)
-        app.router.add_get("/authorize", self.authorize)
-        app.router.add_post("/token", self.token)
-        app.router.add_get("/jwks", self.jwks)
+        app.router.add_post("/token", self._token)
         return app
 
-    async def discovery(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "issuer": self.issuer,
-                "authorization_endpoint": self.issuer + "/authorize",
-                "token_endpoint": self.issuer + "/token",
-                "jwks_uri": self.issuer + "/jwks",
-                "response_types_supported": ["code"],
-                "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": ["RS256"],
-                "token_endpoint_auth_methods_supported": ["client_secret_basic"],
-                "code_challenge_methods_supported": ["S256"],
-            }
-        )
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("/token"))
 
-    async def jwks(self, request: web.Request) -> web.Response:
-        return web.json_response({"keys": [self.key.as_dict(private=False)]})
-
-    async def authorize(self, request: web.Request) -> web.StreamResponse:
-        q = request.query
-        if q.get("client_id") != CLIENT_ID or q.get("response_type") != "code":
-            raise web.HTTPBadRequest(text="unknown client or response type")
-        if q.get("code_challenge_method") != "S256" or not q.get("code_challenge"):
-            raise web.HTTPBadRequest(text="PKCE (S256) is required")
-        if "openid" not in q.get("scope", "").split():
-            raise web.HTTPBadRequest(text="scope must include openid")
-        code = secrets.token_urlsafe(16)
-        self.codes[code] = {
-            "redirect_uri": q["redirect_uri"],
-            "challenge": q["code_challenge"],
-            "nonce": q.get("nonce"),
-            "person": self.person,
-            "used": False,
-        }
-        target = URL(q["redirect_uri"]).update_query(code=code, state=q.get("state", ""))
-        raise web.HTTPFound(target)
-
-    def _refuse(self, error: str, description: str) -> web.Response:
-        self.token_errors.append(error)
-        return web.json_response({"error": error, "error_description": description}, status=400)
-
-    async def token(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        auth = request.headers.get("Authorization", "")
-        if not auth.startswith("Basic "):
-            return self._refuse("invalid_client", "client_secret_basic expected")
-        user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
-        if unquote(user) != CLIENT_ID or unquote(password) != CLIENT_SECRET:
-            return self._refuse("invalid_client", "bad client credentials")
-        grant = self.codes.get(str(form.get("code")))
-        if form.get("grant_type") != "authorization_code" or grant is None:
-            return self._refuse("invalid_grant", "unknown code")
-        if grant["used"]:
-            return self._refuse("invalid_grant", "this code was already used")
-        grant["used"] = True
-        if form.get("redirect_uri") != grant["redirect_uri"]:
-            return self._refuse("invalid_grant", "redirect_uri differs")
-        verifier = str(form.get("code_verifier", ""))
-        digest = hashlib.sha256(verifier.encode()).digest()
-        if base64.urlsafe_b64encode(digest).decode().rstrip("=") != grant["challenge"]:
-            return self._refuse("invalid_grant", "PKCE verifier does not match")
-        person: Person = grant["person"]
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "iss": self.issuer,
-            "aud": CLIENT_ID,
-            "sub": person.sub,
-            "iat": now,
-            "exp": now + 300,
-            "nonce": "not-the-nonce" if self.wrong_nonce else grant["nonce"],
-            "email": person.email,
-            "email_verified": person.email_verified,
-            "name": person.name,
-        }
-        if person.picture:
-            claims["picture"] = person.picture
-        id_token = jwt.encode({"alg": "RS256", "kid": "test-1"}, claims, self.key)
-        return web.json_response(
-            {
-                "access_token": secrets.token_urlsafe(16),
-                "token_type": "Bearer",
-                "expires_in": 300,
-                "id_token": id_token,
-            }
-        )
+    async def _token(self, request: web.Request) -> web.Response:
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() in ("authorization", "content-type")}  # fmt: skip
+        async with aiohttp.ClientSession() as http:
+            answer = await http.post(
+                self.peer.issuer + "/token", data=await request.read(), headers=headers
+            )
+            body = await answer.json()
+        if answer.status == 200 and self.forge is not None:
+            body["id_token"] = self.forge(body["id_token"])
+            self.swapped += 1
+        return web.json_response(body, status=answer.status)
 
 
-async def start_provider() -> OidcProvider:
-    provider = OidcProvider()
-    provider.server = TestServer(provider.app(), host="127.0.0.1")
-    await provider.server.start_server()
-    return provider
+async def start_app(
+    make_client: Callable[..., Awaitable[TestClient]],
+    settings: Settings,
+    peer: OidcPeer,
+    *people: Person,
+    options: dict[str, Any] | None = None,
+    token_endpoint: str | None = None,
+    roles: frozenset[str] = frozenset({"api"}),
+    **changes: Any,
+) -> TestClient:
+    """The app signed in to through `peer`, which then learns the app's callback URL."""
+    oidc = replace(settings, oidc_issuer=peer.issuer, oidc_client_id=CLIENT_ID,
+                   oidc_client_secret=CLIENT_SECRET, **changes)  # fmt: skip
+    client = await make_client(oidc, roles=roles)
+    callback = str(client.make_url("/auth/oidc/callback"))
+    await peer.configure(callback, *people, options=options, token_endpoint=token_endpoint)
+    return client
+
+
+async def start_login(session: aiohttp.ClientSession, app: URL, next_path: str) -> URL:
+    """Press "Continue with …" on the login page; returns the provider's authorize URL."""
+    page = await (await session.get(app.join(URL("/login")))).text()
+    start = await session.post(app.join(URL("/auth/oidc/start")), allow_redirects=False,
+                               data={"csrf_token": csrf_of(page), "next": next_path})  # fmt: skip
+    assert start.status == 303, await start.text()
+    return URL(start.headers["Location"])

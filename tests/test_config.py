@@ -58,6 +58,10 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Compl
         ("DISPATCH_LOG_LEVEL", "loud"),
         ("SMTP_CA_FILE", "/nonexistent/ca.pem"),
         ("SMTP_CA_FILE", "/etc/hostname"),  # a file, but no certificate in it
+        ("DISPATCH_MAX_UPLOAD_BYTES", "12"),
+        ("DISPATCH_MAX_BODY_BYTES", "lots"),
+        ("DISPATCH_MAX_RECIPIENTS", "0"),
+        ("DISPATCH_MAX_UPLOAD_LINES", "-1"),
     ],
 )
 def test_bad_value_raises_settings_error_naming_the_variable(name: str, value: str) -> None:

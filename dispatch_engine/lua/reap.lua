@@ -1,5 +1,7 @@
 -- Return leases that expired (their worker died or stalled) to their sender's queue.
--- KEYS: 1 ready, 2 leases, 3 lease_info, 4 resume, 5 stalls
+-- KEYS: 1 ready, 2 leases, 3 lease_info, 4 resume, 5 stalls, 6 pacing grants
+-- A worker that died between its pacing grant and the send leaves the grant charged: it is
+-- returned to its windows here (refund_grant, from refund.lua), so a crash burns no budget.
 -- ARGV: 1 sender key prefix, 2 batch size, 3 max stalls, 4 wake channel
 -- Returns {reaped_count, dead_id1, dead_id2, ...}: ids that stalled more than max stalls are
 -- not re-queued; the caller fails them in PostgreSQL.
@@ -13,6 +15,7 @@ for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[2], id)
   redis.call('HDEL', KEYS[3], id)
   local stalls = redis.call('HINCRBY', KEYS[5], id, 1)
+  refund_grant(KEYS[6], id)
   if info then
     local c1 = string.find(info, ':', 1, true)
     local c2 = string.find(info, ':', c1 + 1, true)

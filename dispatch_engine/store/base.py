@@ -39,6 +39,8 @@ def sender_from(row: asyncpg.Record) -> Sender:
         row.get("login_failures", 0),
         row.get("parked_reason"),
         row.get("parked_at"),
+        row.get("daily_limit"),
+        row.get("delay_jitter_ms") or 0,
     )
 
 
@@ -65,6 +67,7 @@ class SendOutcome:
     response: str = ""
     error: str | None = None
     retry_at: datetime | None = None
+    wait_reason: str | None = None  # a retry that waits for its sender (a WaitReason)
 
 
 class Queries:

@@ -45,12 +45,15 @@ class CampaignQueries(Queries):
         hourly_limit: int | None,
         total: int,
         idempotency_key: str | None,
+        daily_limit: int | None = None,
+        delay_jitter_ms: int = 0,
     ) -> int:
         """Insert the campaign row (inside the caller's transaction); None when the key exists."""
         value = await conn.fetchval(
             """INSERT INTO campaigns (owner_id, sender_id, subject, body_text, body_html,
-                   start_at, delay_between_ms, hourly_limit, total, idempotency_key)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id""",
+                   start_at, delay_between_ms, hourly_limit, total, idempotency_key,
+                   daily_limit, delay_jitter_ms)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id""",
             owner_id,
             sender_id,
             subject,
@@ -61,6 +64,8 @@ class CampaignQueries(Queries):
             hourly_limit,
             total,
             idempotency_key,
+            daily_limit,
+            delay_jitter_ms,
         )
         return int(value)
 
@@ -119,10 +124,25 @@ class CampaignQueries(Queries):
         detail["counts"] = counts
         return detail
 
+    async def campaign_waiting(self, campaign_id: int) -> list[asyncpg.Record]:
+        """The campaign's queued emails by why they wait (NULL: due now): reason, n, until."""
+        return await self.pool.fetch(
+            """SELECT CASE WHEN wait_reason = 'auth_failure' THEN wait_reason
+                        WHEN status = 'rate_limited' AND wait_until > now() THEN wait_reason
+                        WHEN scheduled_at > now() THEN 'scheduled' END AS reason,
+                      count(*) AS n,
+                      max(CASE WHEN status = 'rate_limited' AND wait_until > now()
+                               THEN wait_until ELSE scheduled_at END) AS until
+               FROM dispatches WHERE campaign_id = $1 AND status IN ('scheduled', 'rate_limited')
+               GROUP BY 1 ORDER BY 1""",
+            campaign_id,
+        )
+
     async def campaign_contents(self, ids: Sequence[int]) -> dict[int, CampaignContent]:
         rows = await self.pool.fetch(
             """SELECT id, owner_id, sender_id, subject, body_text, body_html, delay_between_ms,
-                      hourly_limit FROM campaigns WHERE id = ANY($1::bigint[])""",
+                      hourly_limit, daily_limit, delay_jitter_ms
+               FROM campaigns WHERE id = ANY($1::bigint[])""",
             ids,
         )
         return {r["id"]: CampaignContent(**dict(r)) for r in rows}

@@ -91,8 +91,9 @@ class DeliveryQueries(Queries):
         await self.pool.execute(
             """WITH input AS (
                    SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[],
-                                        $5::text[], $6::text[], $7::timestamptz[])
-                       AS t(id, k, status, mid, response, error, retry_at)
+                                        $5::text[], $6::text[], $7::timestamptz[],
+                                        $8::text[])
+                       AS t(id, k, status, mid, response, error, retry_at, wait_reason)
                ), led AS (
                    UPDATE ledger SET state = 'sent', response = input.response, at = now()
                    FROM input WHERE input.status = 'sent' AND ledger.idempotency_key = input.k
@@ -105,6 +106,7 @@ class DeliveryQueries(Queries):
                    finished_at = CASE WHEN input.status = 'scheduled' THEN NULL ELSE now() END,
                    last_error = CASE WHEN input.status = 'sent' THEN NULL ELSE input.error END,
                    scheduled_at = COALESCE(input.retry_at, d.scheduled_at),
+                   wait_reason = input.wait_reason,
                    updated_at = now()
                FROM input WHERE d.id = input.id AND d.status = 'sending'""",
             [o.dispatch_id for o in outcomes],
@@ -114,6 +116,7 @@ class DeliveryQueries(Queries):
             [o.response[:1000] for o in outcomes],
             [o.error or "" for o in outcomes],
             [o.retry_at if o.status == DispatchStatus.SCHEDULED else None for o in outcomes],
+            [o.wait_reason for o in outcomes],
         )
 
     async def repair_sent(self, ids: Sequence[int]) -> None:
@@ -126,11 +129,15 @@ class DeliveryQueries(Queries):
             ids,
         )
 
-    async def mark_rate_limited(self, ids: Sequence[int]) -> None:
+    async def mark_waiting(self, ids: Sequence[int], reason: str, until_ms: int) -> None:
+        """Pacing holds these back: `rate_limited`, with why (a WaitReason) and until when."""
         await self.pool.execute(
-            """UPDATE dispatches SET status = 'rate_limited', updated_at = now()
-               WHERE id = ANY($1::bigint[]) AND status = 'scheduled'""",
+            """UPDATE dispatches SET status = 'rate_limited', wait_reason = $2,
+                      wait_until = to_timestamp($3::float8 / 1000), updated_at = now()
+               WHERE id = ANY($1::bigint[]) AND status IN ('scheduled', 'rate_limited')""",
             ids,
+            str(reason),
+            until_ms,
         )
 
     async def fail_dispatches(self, ids: Sequence[int], reason: str) -> None:

@@ -19,7 +19,8 @@ class ListingQueries(Queries):
     ) -> list[asyncpg.Record]:
         return await self.pool.fetch(
             """SELECT d.id, d.recipient, c.subject, d.scheduled_at, d.status, d.campaign_id,
-                      d.last_error, d.attempts
+                      d.last_error, d.attempts, d.wait_reason, d.wait_until,
+                      c.status AS campaign_status
                FROM dispatches d JOIN campaigns c ON c.id = d.campaign_id
                WHERE d.owner_id = $1 AND d.status IN ('scheduled', 'sending', 'rate_limited')
                  AND ($3::timestamptz IS NULL OR (d.scheduled_at, d.id) > ($3, $4))

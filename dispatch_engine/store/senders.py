@@ -78,7 +78,8 @@ class SenderQueries(Queries):
     ) -> Sender:
         """Insert (sender_id None) or update a sender; `is_default` moves the flag atomically."""
         columns = ["from_address", "display_name", "reply_to", "transport",
-                   "transport_settings", "hourly_limit", "min_gap_ms"]  # fmt: skip
+                   "transport_settings", "hourly_limit", "min_gap_ms", "daily_limit",
+                   "delay_jitter_ms"]  # fmt: skip
         values = {c: fields[c] for c in columns if c in fields}
         unpark = (
             ", login_failures = 0, parked_reason = NULL, parked_at = NULL"
@@ -223,11 +224,11 @@ class SenderQueries(Queries):
             dispatch_id,
         )
 
-    async def mark_waiting(self, sender_id: int, reason: str | None) -> None:
-        """Say on each queued email of a sender why it waits (None: it no longer does)."""
+    async def mark_sender_waiting(self, sender_id: int, reason: str | None) -> None:
+        """Say on each queued email of a parked sender why it waits (None: no longer)."""
         if reason is None:
             await self.pool.execute(
-                """UPDATE dispatches SET last_error = NULL, updated_at = now()
+                """UPDATE dispatches SET last_error = NULL, wait_reason = NULL, updated_at = now()
                    WHERE sender_id = $1 AND status IN ('scheduled', 'rate_limited')
                      AND last_error LIKE $2 || '%'""",
                 sender_id,
@@ -235,7 +236,8 @@ class SenderQueries(Queries):
             )
             return
         await self.pool.execute(
-            """UPDATE dispatches SET last_error = $2, updated_at = now()
+            """UPDATE dispatches SET last_error = $2, wait_reason = 'auth_failure',
+                      wait_until = NULL, updated_at = now()
                WHERE sender_id = $1 AND status IN ('scheduled', 'rate_limited')""",
             sender_id,
             f"{WAITING}{reason}",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import re
 from datetime import UTC, datetime
@@ -11,78 +9,58 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
 
-import orjson
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
-from ..campaigns import parse_schedule_request
-from ..errors import ApiError, invalid
+from ..campaigns import ScheduleRequest, parse_schedule_request
+from ..errors import ApiError
 from ..models import DispatchStatus
+from ..parsing import (
+    decode_cursor,
+    decode_id_cursor,
+    encode_cursor,
+    idempotency_key,
+    row_id,
+    whole_number,
+)
+from ..recipients import Limits
+from ..waiting import campaign_wait_json, wait_of
+from .bodies import json_object, multipart_fields, off_loop, upload_limits, utf8
 from .events import publish
 from .keys import CAMPAIGNS, PACER, QUEUE, SETTINGS, STORE
 from .middleware import current_user, json_response
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
-MAX_UPLOAD = 64 * 1024 * 1024
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
-def _encode_cursor(at: datetime, dispatch_id: int) -> str:
-    raw = orjson.dumps([at.isoformat(), dispatch_id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(request: web.Request) -> tuple[datetime, int] | None:
-    cursor = request.query.get("cursor")
-    if not cursor:
-        return None
-    try:
-        at, dispatch_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(at), int(dispatch_id)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise invalid("cursor", "is not a cursor this API returned") from None
-
-
 def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 500:
-        raise invalid("limit", f"must be a whole number from 1 to 500, got {raw!r}")
-    return int(raw)
+    return whole_number(request.query.get("limit", "50"), "limit", minimum=1, maximum=500)
 
 
 async def _read_schedule_body(request: web.Request) -> dict[str, Any]:
-    if request.content_type.startswith("multipart/"):
-        data: dict[str, Any] = {}
-        reader = await request.multipart()
-        size = 0
-        async for part in reader:
-            if not isinstance(part, BodyPartReader) or part.name is None:
-                continue
-            chunk = await part.read(decode=True)
-            size += len(chunk)
-            if size > MAX_UPLOAD:
-                raise ApiError(413, "too_large", f"the upload is larger than {MAX_UPLOAD} bytes")
-            try:
-                text = chunk.decode("utf-8-sig")
-            except UnicodeDecodeError:
-                raise invalid(part.name, "must be UTF-8 text (save the CSV as UTF-8)") from None
-            if part.name == "recipients_file":
-                data["recipients_csv"] = text
-            elif part.name == "recipients":
-                data["recipients"] = [line for line in text.splitlines() if line.strip()]
-            else:
-                data[part.name] = text
-        return data
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-    return body
+    """The schedule's fields: a JSON object, or multipart parts (a CSV upload stays bytes)."""
+    if not request.content_type.startswith("multipart/"):
+        return await json_object(request)
+    return dict(await multipart_fields(request))
+
+
+def _parse_schedule(data: dict[str, Any], now: datetime, limits: Limits) -> ScheduleRequest:
+    """Multipart text fields decoded, then validated: all CPU work, run in a thread."""
+    fields: dict[str, Any] = {}
+    for name, value in data.items():
+        if name == "recipients_file":  # an empty part: no file was chosen
+            fields[name] = value or None
+        elif not isinstance(value, bytes):
+            fields[name] = value
+        elif name == "recipients":  # a textarea of addresses, one a line
+            fields[name] = [line for line in utf8(value, name).splitlines() if line.strip()]
+        else:
+            fields[name] = utf8(value, name)
+    return parse_schedule_request(fields, now=now, limits=limits)
 
 
 def _campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +74,9 @@ def _campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
         "sender": {"id": detail["sender_id"], "from_address": detail["from_address"]},
         "start_at": _iso(detail["start_at"]),
         "delay_between_ms": detail["delay_between_ms"],
+        "delay_jitter_ms": detail.get("delay_jitter_ms", 0),
         "hourly_limit": detail["hourly_limit"],
+        "daily_limit": detail.get("daily_limit"),
         "total": total,
         "counts": counts,
         "progress": round(done / total, 4) if total else 1.0,
@@ -108,8 +88,9 @@ def _campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
 async def schedule(request: web.Request) -> web.Response:
     user = current_user(request)
     data = await _read_schedule_body(request)
-    parsed = parse_schedule_request(data, now=datetime.now(UTC))
     settings = request.app[SETTINGS]
+    # A million recipients are seconds of CPU: parsed off the loop, which keeps serving.
+    parsed = await off_loop(_parse_schedule, data, datetime.now(UTC), upload_limits(settings))
     store = request.app[STORE]
     sender = await store.ensure_default_sender(
         user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
@@ -118,7 +99,7 @@ async def schedule(request: web.Request) -> web.Response:
         user,
         parsed,
         default_sender=sender,
-        idempotency_header=request.headers.get("Idempotency-Key"),
+        idempotency_header=idempotency_key(request.headers.get("Idempotency-Key")),
     )
     detail = await store.campaign_detail(user.id, result.campaign_id)
     assert detail is not None
@@ -126,6 +107,7 @@ async def schedule(request: web.Request) -> web.Response:
         "campaign": _campaign_json(detail),
         "accepted": detail["total"] if result.replayed else result.accepted,
         "rejected": result.rejected,
+        "rejected_total": result.rejected_total,
     }
     if not result.replayed:  # live dashboards (web/events.py) show the new campaign at once
         await publish(
@@ -137,29 +119,37 @@ async def schedule(request: web.Request) -> web.Response:
 @routes.get("/api/emails/scheduled")
 async def scheduled(request: web.Request) -> web.Response:
     user, limit = current_user(request), _limit(request)
-    rows = await request.app[STORE].list_scheduled(user.id, limit + 1, _decode_cursor(request))
-    items = [
-        {
-            "id": r["id"],
-            "email": r["recipient"],
-            "subject": r["subject"],
-            "scheduled_at": _iso(r["scheduled_at"]),
-            "status": r["status"],
-            "campaign_id": r["campaign_id"],
-            "attempts": r["attempts"],
-            "error": r["last_error"],
-        }
-        for r in rows[:limit]
-    ]
+    rows = await request.app[STORE].list_scheduled(
+        user.id, limit + 1, decode_cursor(request.query.get("cursor"))
+    )
+    now = datetime.now(UTC)
+    items = []
+    for r in rows[:limit]:
+        reason, until = wait_of(r, now)
+        items.append(
+            {
+                "id": r["id"],
+                "email": r["recipient"],
+                "subject": r["subject"],
+                "scheduled_at": _iso(r["scheduled_at"]),
+                "status": r["status"],
+                "campaign_id": r["campaign_id"],
+                "attempts": r["attempts"],
+                "error": r["last_error"],
+                "waiting": {"reason": reason, "until": _iso(until)} if reason else None,
+            }
+        )
     last = rows[limit - 1] if len(rows) > limit else None
-    cursor = _encode_cursor(last["scheduled_at"], last["id"]) if last else None
+    cursor = encode_cursor(last["scheduled_at"], last["id"]) if last else None
     return json_response({"items": items, "next_cursor": cursor})
 
 
 @routes.get("/api/emails/sent")
 async def sent(request: web.Request) -> web.Response:
     user, limit = current_user(request), _limit(request)
-    rows = await request.app[STORE].list_finished(user.id, limit + 1, _decode_cursor(request))
+    rows = await request.app[STORE].list_finished(
+        user.id, limit + 1, decode_cursor(request.query.get("cursor"))
+    )
     items = [
         {
             "id": r["id"],
@@ -179,7 +169,7 @@ async def sent(request: web.Request) -> web.Response:
         for r in rows[:limit]
     ]
     last = rows[limit - 1] if len(rows) > limit else None
-    cursor = _encode_cursor(last["finished_at"], last["id"]) if last else None
+    cursor = encode_cursor(last["finished_at"], last["id"]) if last else None
     return json_response({"items": items, "next_cursor": cursor})
 
 
@@ -190,30 +180,27 @@ def _preview_url(response: str | None) -> str | None:
 
 
 def _path_id(request: web.Request, name: str = "id") -> int:
-    raw = request.match_info[name]
-    if not raw.isdigit():
-        raise invalid(name, f"must be a number, got {raw!r}")
-    return int(raw)
+    return row_id(request.match_info[name], name)
 
 
 @routes.get("/api/campaigns/{id}")
 async def campaign(request: web.Request) -> web.Response:
     user = current_user(request)
-    detail = await request.app[STORE].campaign_detail(user.id, _path_id(request))
+    store = request.app[STORE]
+    detail = await store.campaign_detail(user.id, _path_id(request))
     if detail is None:
         raise ApiError(404, "not_found", "no such campaign")
-    return json_response(_campaign_json(detail))
+    wait = await campaign_wait_json(
+        store, request.app[QUEUE], request.app[SETTINGS], user.id, detail
+    )
+    return json_response(_campaign_json(detail) | wait)
 
 
 @routes.get("/api/campaigns")
 async def campaigns(request: web.Request) -> web.Response:
     user, limit = current_user(request), _limit(request)
-    before = request.query.get("cursor")
-    if before is not None and not before.isdigit():
-        raise invalid("cursor", "is not a cursor this API returned")
-    rows = await request.app[STORE].list_campaigns(
-        user.id, limit + 1, int(before) if before else None
-    )
+    before = decode_id_cursor(request.query.get("cursor"))
+    rows = await request.app[STORE].list_campaigns(user.id, limit + 1, before)
     items = [
         {
             "id": r["id"],
@@ -276,10 +263,8 @@ async def retry_failed(request: web.Request) -> web.Response:
 @routes.get("/api/inbox")
 async def inbox(request: web.Request) -> web.Response:
     user, limit = current_user(request), _limit(request)
-    before = request.query.get("cursor")
-    if before is not None and not before.isdigit():
-        raise invalid("cursor", "is not a cursor this API returned")
-    rows = await request.app[STORE].list_inbox(user.id, limit + 1, int(before) if before else None)
+    before = decode_id_cursor(request.query.get("cursor"))
+    rows = await request.app[STORE].list_inbox(user.id, limit + 1, before)
     items = [
         {
             "id": r["id"],
@@ -342,8 +327,12 @@ async def stats(request: web.Request) -> web.Response:
                 "from_address": sender.from_address,
                 "hourly_limit": sender.hourly_limit,
                 "min_gap_ms": sender.min_gap_ms,
+                "delay_jitter_ms": sender.delay_jitter_ms,
+                "daily_limit": sender.daily_limit,
                 "window_seconds": settings.rate_window_seconds,
+                "day_seconds": settings.day_seconds,
                 "sent_this_window": await pacer.usage(sender.id, now_ms),
+                "sent_today": await pacer.today(sender.id, now_ms),
                 "queue_depth": state["queue_depth"],
                 # A sender parked for its account waits until fixed: no "until" then.
                 "parked_until": None if sender.parked_reason else _iso_ms(state["parked_until_ms"]),

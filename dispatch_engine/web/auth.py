@@ -2,18 +2,21 @@
 
 Providers are plugins (`register_auth_providers`): `POST /auth/<name>/start` (CSRF-checked
 by the browser gate) and `GET /auth/<name>/callback` call their handlers; whatever identity
-they verify is linked to a user here, and a new server-side session starts.
+they verify is linked to a user here, and a new server-side session starts. Only a verified
+email may sign in, and only one that DISPATCH_ALLOWED_EMAILS permits when it is set.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
 from ..auth import AuthContext, AuthError, AuthProviderSpec, LoginFlows, LoginIdentity
+from ..config import Settings
 from ..plugins import call_all
 from .keys import AUTH_PROVIDERS, HTTP_CLIENT, PLUGINS, REDIS, SESSIONS, SETTINGS, STORE
 from .middleware import USER
@@ -34,15 +37,34 @@ async def providers_context(app: web.Application) -> AsyncIterator[None]:
     app[AUTH_PROVIDERS] = specs
     if not specs:
         log.warning("no login provider is configured: the dashboard cannot be signed in to")
-    elif "dev" in specs and settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("the dev login is on and the app listens on %s: anyone who can reach it "
-                    "can sign in as the dev user; configure GOOGLE_CLIENT_ID or OIDC_*",
+    elif "dev" in specs and not settings.loopback_bind:  # only with DISPATCH_DEV_LOGIN=true
+        log.warning("DISPATCH_DEV_LOGIN is on and the app listens on %s: anyone who can reach "
+                    "it signs in as the dev user without a password; configure OIDC_* instead",
                     settings.host)  # fmt: skip
+    _warn_if_anyone_may_sign_in(settings)
     timeout = aiohttp.ClientTimeout(total=15)
     headers = {"User-Agent": "dispatch-engine", "Accept": "application/json"}
     async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
         app[HTTP_CLIENT] = http
         yield
+
+
+def _warn_if_anyone_may_sign_in(settings: Settings) -> None:
+    """Loudly (log and a stderr line): a reachable deployment lets every account sign up."""
+    if settings.allowed_emails is not None:
+        return
+    if settings.oidc is None and settings.loopback_bind:
+        return  # local mode on loopback: the dev user only
+    if settings.oidc is not None:
+        who = f"anyone with a verified email at {settings.oidc.issuer}"
+    else:
+        who = f"anyone who reaches {settings.host}"
+    message = (
+        f"DISPATCH_ALLOWED_EMAILS is not set: {who} can sign in and create an account. "
+        "Set DISPATCH_ALLOWED_EMAILS=you@example.com,@example.org (or * to allow anyone)."
+    )
+    log.warning(message)
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
 def _provider(request: web.Request) -> AuthProviderSpec:
@@ -90,6 +112,17 @@ async def _finish(
     store, settings = request.app[STORE], request.app[SETTINGS]
     if not identity.email or not identity.subject:
         raise AuthError(f"{spec.label}: the provider did not tell us your email address")
+    if not identity.email_verified:
+        raise AuthError(
+            f"{identity.email} is not verified by the sign-in provider, so it cannot be used "
+            "to sign in. Verify your email address with the provider, then sign in again."
+        )
+    allowed = settings.allowed_emails
+    if allowed is not None and not allowed.permits(identity.email):
+        raise AuthError(
+            f"{identity.email} may not sign in here. Ask whoever runs this Dispatch Engine "
+            "to add your address (or your domain) to its list of allowed emails."
+        )
     user = await store.login_identity(
         identity.provider,
         identity.subject,

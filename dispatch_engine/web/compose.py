@@ -7,12 +7,12 @@ to their fields.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import jinja2
 import nh3
-import orjson
 from aiohttp import web
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -20,20 +20,24 @@ from multidict import MultiDictProxy
 
 from ..campaigns import MAX_BODY, MAX_SUBJECT, parse_schedule_request
 from ..errors import ApiError, invalid
-from ..recipients import from_csv
+from ..parsing import whole_number
+from ..recipients import from_request
+from .bodies import form as read_form
+from .bodies import json_object, multipart_fields, off_loop, upload_limits, utf8
 from .events import publish
 from .keys import CAMPAIGNS, SETTINGS, STORE
 from .middleware import current_user, json_response
 from .views import render
 
 routes = web.RouteTableDef()
-MAX_LISTED_REJECTS = 500
 _TEXT = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 _HTML = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
 # The page's field names differ from the API's where the browser helps (time zone, seconds).
 PAGE_FIELDS = {
     "start_at": "start_local",
+    "tz_offset": "start_local",
     "delay_between_ms": "delay_seconds",
+    "delay_jitter_ms": "jitter_seconds",
     "recipients_csv": "recipients",
     "recipients_file": "recipients",
 }
@@ -60,40 +64,41 @@ def _render(
         raise invalid(field, f"cannot be rendered: {exc}") from None
 
 
-async def _recipients_text(request: web.Request) -> str:
+async def _recipients_fields(request: web.Request) -> dict[str, Any]:
+    """The recipients fields of a schedule request: a CSV upload, CSV text or a JSON list."""
     if request.content_type.startswith("multipart/"):
-        form = await request.post()
-        upload = form.get("recipients_file")
-        if isinstance(upload, web.FileField):
-            return _decode_upload(upload)
-        text = form.get("recipients_csv")
-        return text if isinstance(text, str) else ""
-    body = orjson.loads(await request.read() or b"{}")
-    text = body.get("recipients_csv") if isinstance(body, dict) else None
-    return text if isinstance(text, str) else ""
+        parts = await multipart_fields(request)
+        data: dict[str, Any] = {"recipients_file": parts.get("recipients_file") or None}
+        if "recipients_csv" in parts:
+            data["recipients_csv"] = utf8(parts["recipients_csv"], "recipients_csv")
+        return data
+    body = await json_object(request)
+    return {k: body.get(k) for k in ("recipients", "recipients_csv")}
 
 
-def _decode_upload(upload: web.FileField) -> str:
-    try:
-        return upload.file.read().decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise invalid("recipients_file", "must be UTF-8 text (save the CSV as UTF-8)") from None
+def _upload(form: MultiDictProxy[Any]) -> bytes | None:
+    upload = form.get("recipients_file")
+    if isinstance(upload, web.FileField) and upload.filename:
+        return upload.file.read()
+    return None
 
 
 @routes.post("/api/compose/recipients")
 async def check_recipients(request: web.Request) -> web.Response:
-    """How many valid addresses a CSV/TXT holds, and every rejected line, before scheduling."""
+    """How many valid addresses a CSV/TXT holds, and the first rejected lines, before scheduling.
+
+    The same parse as the schedule's (`recipients.from_request`), so the verdicts agree.
+    """
     current_user(request)
-    try:
-        parsed = from_csv(await _recipients_text(request))
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+    data = await _recipients_fields(request)
+    limits = upload_limits(request.app[SETTINGS])
+    parsed = await off_loop(from_request, data, limits)
     first = parsed.accepted[0] if parsed.accepted else None
     return json_response(
         {
             "valid": len(parsed.accepted),
-            "rejected": parsed.rejected[:MAX_LISTED_REJECTS],
-            "rejected_total": len(parsed.rejected),
+            "rejected": parsed.rejected,
+            "rejected_total": parsed.rejected_total,
             "columns": sorted(parsed.columns),
             "first": {"email": first.email, "vars": first.vars} if first else None,
         }
@@ -104,12 +109,7 @@ async def check_recipients(request: web.Request) -> web.Response:
 async def preview(request: web.Request) -> web.Response:
     """The email one recipient would get (sandboxed Jinja, like the sender's renderer)."""
     current_user(request)
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    body = await json_object(request)
     recipient = body.get("recipient") or {}
     email = recipient.get("email") if isinstance(recipient, dict) else None
     variables = recipient.get("vars") if isinstance(recipient, dict) else None
@@ -154,42 +154,47 @@ def _start_at(form: MultiDictProxy[Any]) -> str | None:
     if not local:
         return None
     try:
-        at = datetime.fromisoformat(local)
-        offset = int(str(form.get("tz_offset") or "0"))
-        zone = timezone(timedelta(minutes=offset)) if -1080 <= offset <= 1080 else UTC
+        at = datetime.fromisoformat(local[:64])
     except ValueError:
-        raise invalid("start_at", f"is not a date and time: {local!r}") from None
-    return at.replace(tzinfo=zone).isoformat()
+        raise invalid("start_at", f"is not a date and time: {local[:40]!r}") from None
+    offset = whole_number(str(form.get("tz_offset") or "0"), "tz_offset", minimum=-1080,
+                          maximum=1080)  # fmt: skip
+    return at.replace(tzinfo=timezone(timedelta(minutes=offset))).isoformat()
 
 
-def _delay_ms(form: MultiDictProxy[Any]) -> int | str | None:
-    raw = str(form.get("delay_seconds") or "").strip()
+def _delay_ms(form: MultiDictProxy[Any], name: str = "delay_seconds") -> int | str | None:
+    raw = str(form.get(name) or "").strip()
     if not raw:
         return None
     try:
-        return round(float(raw) * 1000)
+        seconds = float(raw)
     except ValueError:
         return raw  # the schedule's validation names the field
+    return round(seconds * 1000) if math.isfinite(seconds) else raw
 
 
 @routes.post("/compose")
 async def compose_submit(request: web.Request) -> web.StreamResponse:
     user = current_user(request)
-    form = await request.post()
+    form = await read_form(request)
     values = {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf_token"}
     try:
         data: dict[str, Any] = {
-            k: form.get(k) for k in ("subject", "body", "html", "hourly_limit", "sender")
+            k: form.get(k)
+            for k in ("subject", "body", "html", "hourly_limit", "daily_limit", "sender")
         }
         data["start_at"] = _start_at(form)
         data["delay_between_ms"] = _delay_ms(form)
-        upload = form.get("recipients_file")
-        if isinstance(upload, web.FileField) and upload.filename:
-            data["recipients_csv"] = _decode_upload(upload)
+        data["delay_jitter_ms"] = _delay_ms(form, "jitter_seconds")
+        upload = _upload(form)
+        if upload is not None:
+            data["recipients_file"] = upload
         else:
             data["recipients_csv"] = str(form.get("recipients_csv") or "")
-        parsed = parse_schedule_request(data, now=datetime.now(UTC))
         settings, store = request.app[SETTINGS], request.app[STORE]
+        parsed = await off_loop(
+            parse_schedule_request, data, now=datetime.now(UTC), limits=upload_limits(settings)
+        )
         sender = await store.ensure_default_sender(
             user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
         )

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import auth, compose, events, pages
+from . import auth, compose, events, pages, tokens
 from .keys import SESSIONS, SETTINGS, STORE
 from .sessions import SessionManager
 from .views import setup_templates, static_dir
@@ -29,4 +29,5 @@ def setup(app: web.Application) -> None:
     app.add_routes(compose.routes)
     app.add_routes(events.routes)
     app.add_routes(pages.routes)
+    app.add_routes(tokens.routes)
     app.router.add_static("/static", static_dir())

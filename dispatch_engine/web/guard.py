@@ -18,6 +18,7 @@ from aiohttp.typedefs import Handler
 from yarl import URL
 
 from ..errors import ApiError
+from .bodies import form as read_form
 from .keys import SESSIONS
 from .middleware import USER
 from .sessions import CSRF_FIELD, CSRF_HEADER, CSRF_TOKEN, SESSION_KEY, safe_next
@@ -47,7 +48,7 @@ async def _given_csrf(request: web.Request, *, api: bool) -> str | None:
     # The API reads its own body; only a plain urlencoded form is read here.
     allowed = FORM_TYPES[:1] if api else FORM_TYPES
     if request.content_type in allowed:
-        form = await request.post()
+        form = await read_form(request)  # a malformed form is a 400
         value = form.get(CSRF_FIELD)
         return value if isinstance(value, str) else None
     return None
@@ -122,7 +123,7 @@ async def browser_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 async def _form_to_api(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A plain form posted to the API (JavaScript off): redirect back, or show the error."""
-    form = await request.post()
+    form = await read_form(request)  # a malformed form is a 400
     back = form.get("next")
     if not isinstance(back, str):
         referer = URL(request.headers.get("Referer", "/"))

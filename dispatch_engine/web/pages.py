@@ -7,19 +7,19 @@ scoped to the signed-in user.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
 
-import orjson
 from aiohttp import web
 
+from ..errors import ApiError
 from ..models import Sender
+from ..parsing import decode_cursor, decode_id_cursor, encode_cursor, row_id
+from ..waiting import campaign_wait_json
 from .compose import sanitize_html
-from .keys import QUEUE, STORE
+from .keys import QUEUE, SETTINGS, STORE
 from .middleware import current_user
 from .views import render
 
@@ -27,30 +27,25 @@ routes = web.RouteTableDef()
 PAGE_SIZE = 25
 
 
-def encode_cursor(at: datetime, row_id: int) -> str:
-    raw = orjson.dumps([at.isoformat(), row_id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(value: str | None) -> tuple[datetime, int] | None:
-    if not value:
-        return None
+def _cursor(value: str | None) -> tuple[datetime, int] | None:
     try:
-        at, row_id = orjson.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
-        return datetime.fromisoformat(at), int(row_id)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        return decode_cursor(value)
+    except ApiError:
         return None  # a stale or edited link shows the first page
 
 
 def _id_cursor(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
+    try:
+        return decode_id_cursor(value)
+    except ApiError:
+        return None
 
 
 def _path_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not raw.isdigit():
-        raise web.HTTPNotFound()
-    return int(raw)
+    try:
+        return row_id(request.match_info["id"])
+    except ApiError:
+        raise web.HTTPNotFound() from None
 
 
 def progress(counts: dict[str, int], total: int) -> dict[str, Any]:
@@ -67,15 +62,16 @@ async def home(request: web.Request) -> web.StreamResponse:
 async def emails(request: web.Request) -> web.Response:
     user, store = current_user(request), request.app[STORE]
     q = request.query
-    after = decode_cursor(q.get("scheduled_cursor"))
-    before = decode_cursor(q.get("sent_cursor"))
+    after = _cursor(q.get("scheduled_cursor"))
+    before = _cursor(q.get("sent_cursor"))
     scheduled = await store.list_scheduled(user.id, PAGE_SIZE + 1, after)
     finished = await store.list_finished(user.id, PAGE_SIZE + 1, before)
     more_scheduled = scheduled[PAGE_SIZE - 1] if len(scheduled) > PAGE_SIZE else None
     more_sent = finished[PAGE_SIZE - 1] if len(finished) > PAGE_SIZE else None
     flash = None
-    if (q.get("scheduled") or "").isdigit():
-        flash = await store.campaign_detail(user.id, int(q["scheduled"]))
+    scheduled_id = _id_cursor(q.get("scheduled"))  # the campaign just scheduled
+    if scheduled_id is not None:
+        flash = await store.campaign_detail(user.id, scheduled_id)
     context = {
         "title": "Emails",
         "scheduled": scheduled[:PAGE_SIZE],
@@ -145,6 +141,9 @@ async def campaign(request: web.Request) -> web.Response:
         "pacing": await _pacing(request, sender) if sender else None,
         "hourly_limit": min(limit, sender.hourly_limit) if limit and sender else limit,
         "gap_ms": max(detail["delay_between_ms"], sender.min_gap_ms if sender else 0),
+        "wait": await campaign_wait_json(
+            store, request.app[QUEUE], request.app[SETTINGS], user.id, detail
+        ),
     }
     return render(request, "campaign.html", context, partial="_campaign_live.html")
 

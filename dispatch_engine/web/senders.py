@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
-from ..errors import ApiError, invalid
+from ..errors import invalid
+from ..parsing import row_id
 from ..secretbox import secret_box
 from ..senders import public
 from ..transport import TransportRegistry
+from .bodies import json_object
 from .keys import POOL, SENDERS, SETTINGS
 from .middleware import current_user, json_response
 
 routes = web.RouteTableDef()
 
 
-async def _body(request: web.Request) -> object:
-    try:
-        return await request.json()
-    except ValueError:
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+async def _body(request: web.Request) -> dict[str, Any]:
+    return await json_object(request)
 
 
 def _sender_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not raw.isdigit():
-        raise invalid("id", f"must be a number, got {raw!r}")
-    return int(raw)
+    return row_id(request.match_info["id"])
 
 
 @routes.get("/api/senders")
@@ -75,9 +73,7 @@ async def resume_sender(request: web.Request) -> web.Response:
 async def test_sender(request: web.Request) -> web.Response:
     """Connect, negotiate TLS, log in; with {"send_test_message": true}, mail the owner."""
     user = current_user(request)
-    body = await _body(request) if request.can_read_body else {}
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    body = await json_object(request, empty={})
     send = body.get("send_test_message", False)
     if not isinstance(send, bool):
         raise invalid("send_test_message", "must be true or false")

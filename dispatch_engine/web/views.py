@@ -47,10 +47,16 @@ def when_ms(value: int | None) -> Markup:
     return when(datetime.fromtimestamp(value / 1000, UTC) if value else None)
 
 
+def iso_when(value: str | None) -> Markup:
+    """`when` of an API time string (…Z)."""
+    return when(datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None)
+
+
 def setup_templates(app: web.Application) -> None:
     env = aiohttp_jinja2.get_env(app)
     env.filters["when"] = when
     env.filters["when_ms"] = when_ms
+    env.filters["iso_when"] = iso_when
     env.filters["number"] = lambda n: f"{n:,}" if isinstance(n, int) else n
     app[STATIC_VERSION] = _static_version()
 
@@ -66,7 +72,7 @@ def page_context(request: web.Request) -> dict[str, Any]:
         "user": request.get(USER),
         "csrf_token": request.get(CSRF_TOKEN, ""),
         "path": request.path,
-        "local_mode": settings.local_mode,
+        "local_mode": settings.dev_login_enabled,
         "providers": list(request.app.get(AUTH_PROVIDERS, {}).values()),
         "static": lambda name: f"/static/{name}?v={version}",
     }

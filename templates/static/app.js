@@ -100,7 +100,8 @@ function wireApiForms(root = document) {
 
 // ---- compose ----
 
-const FIELD_FOR = { start_at: "start_local", delay_between_ms: "delay_seconds", recipients_csv: "recipients",
+const FIELD_FOR = { start_at: "start_local", delay_between_ms: "delay_seconds", delay_jitter_ms: "jitter_seconds",
+                    recipients_csv: "recipients",
                     recipients_file: "recipients", recipients: "recipients" };
 const INPUT_FOR = { recipients: "recipients_csv" };
 
@@ -219,7 +220,7 @@ function startCompose() {
     clearFieldErrors(form);
     const button = form.querySelector("[data-schedule]");
     const data = new FormData();
-    for (const name of ["subject", "body", "html", "hourly_limit", "sender"]) {
+    for (const name of ["subject", "body", "html", "hourly_limit", "daily_limit", "sender"]) {
       if (field(name).value !== "") data.append(name, field(name).value);
     }
     const start = field("start_local").value;
@@ -228,10 +229,11 @@ function startCompose() {
       if (Number.isNaN(at.getTime())) { showFieldError(form, "start_at", "start: not a date and time").focus(); return; }
       data.append("start_at", at.toISOString());
     }
-    const delay = field("delay_seconds").value;
-    if (delay !== "") {
-      const seconds = Number(delay);
-      data.append("delay_between_ms", Number.isFinite(seconds) ? String(Math.round(seconds * 1000)) : delay);
+    for (const [input, name] of [["delay_seconds", "delay_between_ms"], ["jitter_seconds", "delay_jitter_ms"]]) {
+      const value = field(input).value;
+      if (value === "") continue;
+      const seconds = Number(value);
+      data.append(name, Number.isFinite(seconds) ? String(Math.round(seconds * 1000)) : value);
     }
     if (file.files.length) data.append("recipients_file", file.files[0]);
     else data.append("recipients_csv", pasted.value);

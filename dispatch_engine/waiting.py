@@ -1,0 +1,127 @@
+"""Why a queued email waits, until when; and when a campaign's last email should go (ETA).
+
+The worker writes a reason (a `WaitReason`) and a time on each email pacing holds back
+(`dispatches.wait_reason`, `wait_until`); the rest is read from the campaign and its sender.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .config import Settings
+from .models import Sender
+from .pacing import WaitReason
+
+
+def wait_of(row: Any, now: datetime) -> tuple[WaitReason | None, datetime | None]:
+    """(reason, until) of one queued dispatch; (None, None) when it is due or in flight.
+
+    `row` has status, scheduled_at, wait_reason, wait_until and campaign_status.
+    """
+    if row["campaign_status"] == "paused":
+        return WaitReason.PAUSED, None
+    if row["status"] == "sending":
+        return None, None
+    if row["wait_reason"] == WaitReason.AUTH_FAILURE:  # until its account is fixed or resumed
+        return WaitReason.AUTH_FAILURE, None
+    until = row["wait_until"]
+    if row["status"] == "rate_limited" and row["wait_reason"] and until and until > now:
+        try:
+            return WaitReason(row["wait_reason"]), until
+        except ValueError:  # written by a newer version
+            return WaitReason.POLICY, until
+    if row["scheduled_at"] > now:
+        return WaitReason.SCHEDULED, row["scheduled_at"]
+    return None, None
+
+
+def campaign_eta(
+    detail: dict[str, Any],
+    sender: Sender | None,
+    settings: Settings,
+    now: datetime,
+    not_before: datetime | None = None,
+) -> datetime | None:
+    """When the campaign's last email should go, from its backlog and every limit on it.
+
+    `not_before`: the sender's park or its held emails' earliest wait. An estimate that
+    assumes the campaign has its sender to itself (other campaigns of the sender share its
+    window and day). None when nothing is left to send.
+    """
+    counts = detail["counts"]
+    backlog = counts["scheduled"] + counts["rate_limited"] + counts["sending"]
+    if backlog == 0 or detail["status"] in ("cancelled", "completed"):
+        return None
+    window_ms, day_ms = settings.rate_window_seconds * 1000, settings.day_seconds * 1000
+    gap = max(detail["delay_between_ms"], sender.min_gap_ms if sender else 0)
+    per_window = min(
+        x
+        for x in (
+            sender.hourly_limit if sender else math.inf,
+            detail["hourly_limit"] or math.inf,
+            window_ms // gap if gap else math.inf,
+        )
+    )
+    per_day = min(
+        x
+        for x in (
+            sender.daily_limit if sender and sender.daily_limit else math.inf,
+            detail.get("daily_limit") or math.inf,
+            per_window * max(1, day_ms // window_ms),
+        )
+    )
+    start = max(now, detail["start_at"], not_before or now)
+    ms = 0.0
+    rest = backlog
+    if per_day != math.inf and rest > per_day:
+        days = (rest - 1) // per_day
+        rest -= days * per_day
+        ms = days * day_ms  # later days start at the day's start, like the limit
+    if per_window != math.inf and rest > per_window:
+        windows = (rest - 1) // per_window
+        rest -= windows * per_window
+        ms += windows * window_ms
+    ms += max(0, rest - 1) * gap
+    eta: datetime = (start + timedelta(milliseconds=ms)).astimezone(UTC)
+    return eta
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+async def campaign_wait_json(
+    store: Any, queue: Any, settings: Settings, owner_id: int, detail: dict[str, Any]
+) -> dict[str, Any]:
+    """`eta` and `waiting` (count, until, per reason) of a campaign, for the API and its page."""
+    now = datetime.now(UTC)
+    sender = await store.find_sender(owner_id, detail["sender_id"])
+    parked = None
+    try:
+        state = await queue.sender_state(detail["sender_id"])
+        if state["parked_until_ms"]:
+            parked = datetime.fromtimestamp(state["parked_until_ms"] / 1000, UTC)
+    except Exception:  # the answer still holds everything PostgreSQL knows
+        pass
+    rows = await store.campaign_waiting(detail["id"])
+    sender_level = [WaitReason.SENDER_WINDOW, WaitReason.DAILY_LIMIT]
+    park_reason = next((r["reason"] for r in rows if r["reason"] in sender_level), None)
+    waiting = []
+    for row in rows:
+        reason, until = row["reason"], row["until"]
+        if detail["status"] == "paused":
+            reason, until = WaitReason.PAUSED, None
+        elif reason == WaitReason.AUTH_FAILURE:  # until a user fixes or resumes the sender
+            until = None
+        elif reason is None:  # due: held by the sender's park (a limit or the gap), or going
+            reason = (park_reason or WaitReason.MIN_GAP) if parked else None
+            until = parked
+        waiting.append({"reason": reason, "count": row["n"], "until": _iso(until)})
+    held = [r["until"] for r in rows if r["reason"] not in (None, WaitReason.SCHEDULED)]
+    not_before = max([t for t in (parked, min(held, default=None)) if t is not None], default=None)
+    eta = campaign_eta(detail, sender, settings, now, not_before)
+    if any(r["reason"] == WaitReason.AUTH_FAILURE for r in rows):
+        eta = None  # no estimate while its account refuses the login
+    return {"eta": _iso(eta), "waiting": waiting}
