@@ -154,6 +154,20 @@ def test_sender(obj: Any, email: str, send: bool, sender_id: int) -> None:
         sys.exit(1)
 
 
+@sender.command(name="resume")
+@click.option("--email", required=True, help="The owner of the sender.")
+@click.argument("sender_id", type=int)
+@click.pass_obj
+def resume_sender(obj: Any, email: str, sender_id: int) -> None:
+    """Unpark a sender whose account the server kept refusing; print it as JSON."""
+
+    async def work(service: SenderService, store: Store) -> dict[str, Any]:
+        user = await store.ensure_user(email)
+        return public(await service.resume(user, sender_id))
+
+    click.echo(orjson.dumps(_run(obj, work)))
+
+
 @sender.command(name="reseal")
 @click.pass_obj
 def reseal(obj: Any) -> None:

@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 import secrets
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -129,6 +130,7 @@ class Settings:
     smtp_password: str | None = field(default=None, repr=False)
     smtp_tls: SmtpTls = "starttls"
     smtp_pool_size: int = 8
+    smtp_ca_file: Path | None = None  # PEM bundle trusted for SMTP TLS besides the system's
     google_client_id: str | None = None
     google_client_secret: str | None = field(default=None, repr=False)
     oidc_issuer: str | None = None
@@ -273,6 +275,17 @@ _OIDC_VARIABLES = (
 )
 
 
+def _ca_file(name: str, raw: str) -> Path:
+    """A PEM file of CA certificates that OpenSSL loads (checked now, not at the first send)."""
+    path = Path(raw)
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        message = f"{name} must be a readable PEM file of CA certificates: {exc}"
+        raise SettingsError(message) from None
+    return path
+
+
 def _oidc_settings(raw: dict[str, str | None]) -> dict[str, str | None]:
     """Login: GOOGLE_CLIENT_ID + _SECRET, or OIDC_ISSUER + OIDC_CLIENT_ID + _SECRET, or none."""
     for group in (_OIDC_VARIABLES[:2], _OIDC_VARIABLES[2:]):
@@ -372,6 +385,7 @@ def load_settings(
         smtp_password=get("SMTP_PASSWORD", text, None),
         smtp_tls=get("SMTP_TLS", _bool_tls, "starttls"),
         smtp_pool_size=get("SMTP_POOL_SIZE", lambda n, r: _int(n, r, 1, 64), 8),
+        smtp_ca_file=get("SMTP_CA_FILE", _ca_file, None),
         **login,
         allowed_emails=get("DISPATCH_ALLOWED_EMAILS", _allowed_emails, None),
         secret_key=secret_key,

@@ -41,9 +41,9 @@ def register_transports(settings: Settings) -> list[TransportSpec] | None:
     A sender names its transport (`DISPATCH_TRANSPORT` for default senders); the worker calls
     `factory(TransportContext)` once per sender and reuses the transport (and its
     connections). `send(message)` returns a `SendResult` or raises `TransientError`,
-    `PermanentError` or `SenderRateLimitedError`. Called once at start in every process (the
-    api process offers the names to `POST /api/senders`, the worker sends), and by
-    `dispatch-engine plugins`. Return None or `[]` to offer nothing.
+    `PermanentError`, `SenderRateLimitedError` or `SenderAuthError`. Called once at start
+    in every process (the api process offers the names to `POST /api/senders`, the worker
+    sends), and by `dispatch-engine plugins`. Return None or `[]` to offer nothing.
     """
 
 
@@ -167,6 +167,17 @@ def sender_limited(
     Called in the worker process when a pacing policy holds emails back for more than a
     second (`reason` names the limit) or the provider answered "too many"
     (`SenderRateLimitedError`). The held emails stay queued, in order.
+    """
+
+
+@hookspec
+def sender_parked(sender_id: int, reason: str, settings: Settings) -> Awaitable[None] | None:
+    """A sender was parked because its server keeps refusing its account. Returns nothing.
+
+    `reason` holds the server's reply (e.g. `535 5.7.8 Authentication credentials invalid`).
+    Called once per parking, in the worker process whose login attempt parked it (after the
+    parking is committed to PostgreSQL). Its emails wait, keeping their attempts, until the
+    sender's settings change or a user resumes it (`POST /api/senders/{id}/resume`).
     """
 
 

@@ -52,6 +52,10 @@ class Sender:
     hourly_limit: int
     min_gap_ms: int
     is_default: bool = False
+    # The server refused its login repeatedly: all its emails wait (sender_health.py).
+    login_failures: int = 0
+    parked_reason: str | None = None
+    parked_at: datetime | None = None
     daily_limit: int | None = None
     delay_jitter_ms: int = 0  # a random extra gap in [0, delay_jitter_ms] after min_gap_ms
 

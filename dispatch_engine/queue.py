@@ -115,6 +115,7 @@ class RedisQueue:
         self._enqueue = redis.register_script(_script("enqueue"))
         self._settle = redis.register_script(_script("settle", with_refund=True))
         self._defer = redis.register_script(_script("defer_sender"))
+        self._unpark = redis.register_script(_script("unpark_sender"))
         self._reap = redis.register_script(_script("reap", with_refund=True))
         self._renew = redis.register_script(_script("renew"))
         self._remove = redis.register_script(_script("remove"))
@@ -201,6 +202,14 @@ class RedisQueue:
         await self._defer(
             keys=[*keys.keys("ready", "resume"), keys.sender(sender_id)],
             args=[sender_id, until_ms],
+        )
+
+    async def unpark_sender(self, sender_id: int) -> None:
+        """End any parking of a sender now (a pacing policy parks it again if it must)."""
+        keys = self.shard_of(sender_id)
+        await self._unpark(
+            keys=[*keys.keys("ready", "resume"), keys.sender(sender_id)],
+            args=[sender_id, WAKE_CHANNEL],
         )
 
     async def reap(self, *, batch: int = 1000, max_stalls: int = 5) -> tuple[int, list[int]]:

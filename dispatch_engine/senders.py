@@ -42,6 +42,10 @@ def public(sender: Sender) -> dict[str, Any]:
         "daily_limit": sender.daily_limit,
         "delay_jitter_ms": sender.delay_jitter_ms,
         "is_default": sender.is_default,
+        # Set when its server kept refusing its account: every email of it waits.
+        "parked": {"reason": sender.parked_reason, "since": sender.parked_at.isoformat()}
+        if sender.parked_reason is not None and sender.parked_at is not None
+        else None,
     }
 
 
@@ -247,7 +251,25 @@ class SenderService:
             and fields["from_address"].lower() != current.from_address.lower()
         ) and await self.store.find_sender(user.id, fields["from_address"]):
             raise invalid("from_address", "you already have a sender with this address")
-        return await self.store.save_sender(user.id, sender_id, fields)
+        changed = fields.get("transport_settings", current.transport_settings)
+        if changed != current.transport_settings or fields["transport"] != current.transport:
+            fields["unpark"] = True  # a new account (password, host…) is worth trying again
+        sender = await self.store.save_sender(user.id, sender_id, fields)
+        if current.parked_reason is not None and sender.parked_reason is None:
+            await self._unparked(sender)
+        return sender
+
+    async def resume(self, user: User, sender_id: int) -> Sender:
+        """A user says the sender's account is fixed: its waiting emails go again."""
+        sender = await self.get(user, sender_id)
+        if not await self.store.unpark_sender(user.id, sender.id):
+            raise ApiError(409, "sender_not_parked", "this sender is not parked")
+        await self._unparked(sender)
+        return await self.get(user, sender_id)
+
+    async def _unparked(self, sender: Sender) -> None:
+        await self.store.mark_sender_waiting(sender.id, None)
+        await self.queue.unpark_sender(sender.id)
 
     async def _check_target(self, fields: dict[str, Any], data: dict[str, Any]) -> None:
         """Where a new or changed sender connects must be public (outbound.py)."""

@@ -20,8 +20,56 @@ from typing import NamedTuple, cast
 
 import aiosmtplib
 from aiosmtplib.email import parse_address
+from email_validator import EmailNotValidError, validate_email
+
+from .transport import OutgoingMessage, PermanentError
 
 _BARE_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
+
+
+class Envelope(NamedTuple):
+    mail_from: str
+    recipients: list[str]
+    raw: bytes
+    utf8: bool  # MAIL FROM needs the SMTPUTF8 parameter
+
+
+def _ascii_address(address: str) -> str:
+    """`local@domain` with an IDN domain as its A-label; PermanentError for a unicode local
+    part, which only SMTPUTF8 (RFC 6531) can carry."""
+    try:
+        parsed = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise PermanentError(f"invalid address {address!r}: {exc}") from None
+    if parsed.ascii_email is None:
+        raise PermanentError(
+            f"the server does not support SMTPUTF8 (RFC 6531), which {address!r} needs "
+            "for its non-ASCII local part"
+        )
+    return str(parsed.ascii_email)
+
+
+def ascii_envelope(message: OutgoingMessage, server_utf8: bool) -> Envelope:
+    """The envelope as this server can take it. With SMTPUTF8, addresses go as they are;
+    without it, IDN domains go as A-labels (envelope and the header lines that name them)
+    and a unicode local part fails at once: no retry can change it."""
+    addresses = [message.mail_from, *message.recipients]
+    if all(a.isascii() for a in addresses):
+        return Envelope(message.mail_from, list(message.recipients), message.raw, False)
+    if server_utf8:
+        return Envelope(message.mail_from, list(message.recipients), message.raw, True)
+    mapping = {a: _ascii_address(a) for a in addresses if not a.isascii()}
+    raw = message.raw
+    end = raw.find(b"\r\n\r\n")
+    head, body = (raw[:end], raw[end:]) if end >= 0 else (raw, b"")
+    for unicode_form, ascii_form in mapping.items():
+        head = head.replace(unicode_form.encode(), ascii_form.encode())
+    return Envelope(
+        mapping.get(message.mail_from, message.mail_from),
+        [mapping.get(r, r) for r in message.recipients],
+        head + body,
+        False,
+    )
 
 
 class Reply(NamedTuple):
@@ -79,6 +127,11 @@ class PipelinedSession(asyncio.Protocol):
             and hasattr(transport, "set_protocol")
             and hasattr(transport, "write")
         )
+
+    @property
+    def utf8(self) -> bool:
+        """The server announced SMTPUTF8."""
+        return self._utf8
 
     @property
     def is_connected(self) -> bool:

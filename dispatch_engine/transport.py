@@ -47,6 +47,17 @@ class PermanentError(TransportError):
     """Never retry this email (5xx reply, invalid recipient); the reason is kept."""
 
 
+class SenderAuthError(TransportError):
+    """The server refused the account itself (RFC 4954: 535, 534, 530): every email of this
+    sender would fail the same way. The worker counts it and parks the sender; the email waits
+    and keeps its attempts. `attempted` is false when the transport did not try to log in
+    again because a login of the same account had just been refused."""
+
+    def __init__(self, message: str, *, attempted: bool = True) -> None:
+        super().__init__(message)
+        self.attempted = attempted
+
+
 class SenderRateLimitedError(TransientError):
     """The provider says the sender is sending too fast: park the sender, keep the email."""
 

@@ -24,6 +24,8 @@ def wait_of(row: Any, now: datetime) -> tuple[WaitReason | None, datetime | None
         return WaitReason.PAUSED, None
     if row["status"] == "sending":
         return None, None
+    if row["wait_reason"] == WaitReason.AUTH_FAILURE:  # until its account is fixed or resumed
+        return WaitReason.AUTH_FAILURE, None
     until = row["wait_until"]
     if row["status"] == "rate_limited" and row["wait_reason"] and until and until > now:
         try:
@@ -111,6 +113,8 @@ async def campaign_wait_json(
         reason, until = row["reason"], row["until"]
         if detail["status"] == "paused":
             reason, until = WaitReason.PAUSED, None
+        elif reason == WaitReason.AUTH_FAILURE:  # until a user fixes or resumes the sender
+            until = None
         elif reason is None:  # due: held by the sender's park (a limit or the gap), or going
             reason = (park_reason or WaitReason.MIN_GAP) if parked else None
             until = parked
@@ -118,4 +122,6 @@ async def campaign_wait_json(
     held = [r["until"] for r in rows if r["reason"] not in (None, WaitReason.SCHEDULED)]
     not_before = max([t for t in (parked, min(held, default=None)) if t is not None], default=None)
     eta = campaign_eta(detail, sender, settings, now, not_before)
+    if any(r["reason"] == WaitReason.AUTH_FAILURE for r in rows):
+        eta = None  # no estimate while its account refuses the login
     return {"eta": _iso(eta), "waiting": waiting}

@@ -30,11 +30,14 @@ from .prepare import OwnerShare, fail_unprepared, prepare_campaign
 from .queue import Lease, RedisQueue, Settlement, Waker
 from .recorder import Recorder
 from .render import CompiledCampaign, message_id_for
+from .sender_health import SenderHealth
 from .store import SendOutcome, Store
+from .store.senders import WAITING
 from .tasks import cancel_and_wait
 from .transport import (
     OutgoingMessage,
     PermanentError,
+    SenderAuthError,
     SenderRateLimitedError,
     TransientError,
     TransportRegistry,
@@ -83,6 +86,9 @@ class WorkerPool:
             settings, store, queue, self.pubsub_redis, hooks, self.metrics, self._settled
         )
         self._campaigns: OrderedDict[int, CompiledCampaign] = OrderedDict()
+        self.health = SenderHealth(  # refused logins: sender_health.py
+            settings, store, queue, hooks, lambda n: retry_delay_s(n, settings.retry_base_ms)
+        )
         self._latency: dict[str, Any] = {}  # transport_latency's child per transport
         self._waker = Waker(self.pubsub_redis)
         self._stopping = False
@@ -358,7 +364,19 @@ class WorkerPool:
                 **kw,
             )
 
+        def waiting(reason: str, wait_s: float) -> SendOutcome:  # keeps its place and attempts
+            at = datetime.now(UTC) + timedelta(seconds=wait_s)
+            return outcome(
+                DispatchStatus.SCHEDULED,
+                error=f"{WAITING}{reason}",
+                retry_at=at,
+                wait_reason=WaitReason.AUTH_FAILURE,
+            )
+
         sender = compiled.sender
+        held = self.health.held(sender)
+        if held is not None:  # parked, or its login was just refused: do not try it again
+            return waiting(held, await self.health.wait(sender, job.id, held))
         try:
             subject, raw = compiled.render(job.recipient, job.vars, message_id)
             transport = await self.transports.for_sender(sender)
@@ -379,7 +397,11 @@ class WorkerPool:
                     sender.transport
                 )
             latency.observe(time.perf_counter() - started)
+            if sender.login_failures:
+                await self.health.worked(sender)
             return outcome(DispatchStatus.SENT, response=result.response)
+        except SenderAuthError as exc:  # the account, not this email: the sender waits
+            return waiting(str(exc), await self.health.refused(sender, job.id, exc))
         except SenderRateLimitedError as exc:
             wait_s = exc.retry_after_s
             if wait_s is None:

@@ -1,5 +1,5 @@
-"""Notify: a message to a Slack-compatible incoming webhook when a sender is limited or a
-campaign completes.
+"""Notify: a message to a Slack-compatible incoming webhook when a sender is limited or
+parked (its server keeps refusing its account), or a campaign completes.
 
 Set `DISPATCH_NOTIFY_WEBHOOK_URL` (Slack, Mattermost, Rocket.Chat, Discord's `/slack` URL:
 anything that takes `{"text": …}`); unset, the plugin does nothing. Posts run in background
@@ -60,6 +60,15 @@ def sender_limited(sender_id: int, resume_at_ms: int, reason: str, settings: Set
         settings,
         f":hourglass: Sender {sender_id} is limited ({reason}); "
         f"it sends again from {resume:%Y-%m-%d %H:%M:%S} UTC.",
+    )
+
+
+@hookimpl
+def sender_parked(sender_id: int, reason: str, settings: Settings) -> None:
+    _post_later(
+        settings,
+        f":no_entry: Sender {sender_id} is parked: {reason}. Its emails wait until its "
+        f"settings are fixed or it is resumed (POST /api/senders/{sender_id}/resume).",
     )
 
 

@@ -3,6 +3,11 @@
 When the server announces PIPELINING (RFC 2920; a sender's `pipelining: false` turns it
 off), an email's MAIL, RCPT and DATA go in one write: two round trips per email instead of
 four (`dispatch_engine.smtp_pipeline`); otherwise aiosmtplib sends them one at a time.
+
+The login is ours, not aiosmtplib's: one mechanism is tried, and a refusal of the account
+(535, 534, 530) stops there and raises `SenderAuthError`, which parks the sender after a
+few (`dispatch_engine.sender_health`); sends that wait for a connection while a login of the
+same account is refused get that refusal without trying again.
 """
 
 from __future__ import annotations
@@ -10,16 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
+import ssl
+import time
 from typing import Any
 
 import aiosmtplib
 
 from dispatch_engine import hookimpl, outbound
 from dispatch_engine.config import Settings
-from dispatch_engine.smtp_pipeline import PipelinedSession
+from dispatch_engine.smtp_pipeline import PipelinedSession, ascii_envelope
 from dispatch_engine.transport import (
     OutgoingMessage,
     PermanentError,
+    SenderAuthError,
     SenderRateLimitedError,
     SendResult,
     TransientError,
@@ -28,11 +37,18 @@ from dispatch_engine.transport import (
 )
 
 _RATE_WORDS = re.compile(r"rate|too many|throttl|limit|slow down|try again later", re.I)
+# RFC 4954: 535 credentials invalid, 534 mechanism too weak (e.g. "app password required"),
+# 530 authentication required: the account is refused, whatever the email.
+ACCOUNT_REFUSED = (530, 534, 535)
+# A refused login answers the sends that were waiting for a connection at that moment.
+REFUSAL_SHARED_S = 2.0
 
 
 def classify(code: int, message: str) -> Exception:
     """Turn an SMTP reply into the error that tells the worker what to do."""
     reply = f"{code} {message}".strip()
+    if code in ACCOUNT_REFUSED:
+        return SenderAuthError(f"the server refused the account: {reply}")
     if code in (421, 450, 451, 452) and _RATE_WORDS.search(message):
         return SenderRateLimitedError(f"server is limiting this sender: {reply}")
     if 400 <= code < 500:
@@ -60,6 +76,10 @@ class SmtpTransport:
             self.password = settings.smtp_password
             self.tls = settings.smtp_tls
         self.timeout = float(own.get("timeout", 30))
+        self.ca_file = settings.smtp_ca_file
+        self._tls_context: ssl.SSLContext | None = None
+        self._login_lock = asyncio.Lock()
+        self._refused: tuple[float, SenderAuthError] | None = None  # (monotonic time, error)
         # A sender's own host must be public (outbound.py); SMTP_HOST is the operator's.
         self._own_host = "host" in own
         self._allow_private = settings.private_targets_allowed
@@ -71,38 +91,90 @@ class SmtpTransport:
         self._sessions: list[PipelinedSession] = []
         self._opening = asyncio.Lock()
 
+    def _tls(self) -> ssl.SSLContext:
+        """The system's CAs, plus SMTP_CA_FILE's (a private CA), with host name checks."""
+        if self._tls_context is None:
+            context = ssl.create_default_context()
+            if self.ca_file is not None:
+                context.load_verify_locations(cafile=str(self.ca_file))
+            self._tls_context = context
+        return self._tls_context
+
     async def _connect(self) -> aiosmtplib.SMTP:
-        sock = None
-        if self._own_host:  # connect to an address just checked as public (DNS rebinding)
-            sock = await outbound.open_socket(
-                self.host,
-                self.port,
-                allow_private=self._allow_private,
-                connect_timeout=self.timeout,
-            )  # the host name stays the TLS server name
-        client = aiosmtplib.SMTP(
-            hostname=self.host,
-            port=None if sock else self.port,
-            sock=sock,
-            username=self.username,
-            password=self.password,
-            use_tls=self.tls == "tls",
-            start_tls=self.tls == "starttls",
-            timeout=self.timeout,
-        )
-        try:
-            await client.connect()
-        except BaseException:
-            if sock is not None:
-                sock.close()
-            raise
-        return client
+        """The one place that opens a connection to the server: TLS, EHLO, then our login."""
+        asked = time.monotonic()
+        async with self._login_lock:  # one login of this account at a time
+            if self._refused is not None and self._refused[0] >= asked - REFUSAL_SHARED_S:
+                raise SenderAuthError(str(self._refused[1]), attempted=False)
+            sock = None
+            if self._own_host:  # connect to an address just checked as public (DNS rebinding)
+                sock = await outbound.open_socket(
+                    self.host,
+                    self.port,
+                    allow_private=self._allow_private,
+                    connect_timeout=self.timeout,
+                )  # the host name stays the TLS server name
+            client = aiosmtplib.SMTP(
+                hostname=self.host,
+                port=None if sock else self.port,
+                sock=sock,
+                use_tls=self.tls == "tls",
+                start_tls=self.tls == "starttls",
+                tls_context=self._tls() if self.tls != "none" else None,
+                timeout=self.timeout,
+            )
+            try:
+                await client.connect()
+                if client.last_ehlo_response is None:  # connect() says EHLO only for TLS
+                    await client.ehlo()
+                await self._login(client)
+            except SenderAuthError as exc:
+                self._refused = (time.monotonic(), exc)
+                await _close(client)
+                raise
+            except ssl.SSLCertVerificationError as exc:
+                _close_socket(client, sock)
+                raise TransientError(
+                    f"{self.host}:{self.port}: its TLS certificate is not trusted "
+                    f"({exc.verify_message}); for a private CA set SMTP_CA_FILE"
+                ) from None
+            except BaseException:
+                _close_socket(client, sock)
+                raise
+            self._refused = None
+            return client
+
+    async def _login(self, client: aiosmtplib.SMTP) -> None:
+        """AUTH with the first mechanism both sides know; a refused account is not retried
+        with another mechanism (a wrong password is wrong for all of them)."""
+        if not self.username:
+            return
+        if not client.supports_extension("auth"):
+            tls = " before TLS (use tls: starttls or tls)" if self.tls == "none" else ""
+            raise SenderAuthError(f"{self.host}:{self.port} offers no AUTH{tls}")
+        last: aiosmtplib.SMTPAuthenticationError | None = None
+        for mechanism in client.supported_auth_methods:
+            method = getattr(client, f"auth_{mechanism.replace('-', '')}")
+            try:
+                await method(self.username, self.password or "")
+                return
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                if exc.code in ACCOUNT_REFUSED:
+                    raise SenderAuthError(
+                        f"the server refused the login of {self.username!r}: "
+                        f"{exc.code} {exc.message}"
+                    ) from None
+                if 400 <= exc.code < 500:  # 454: a temporary failure, not the password
+                    raise TransientError(f"login: {exc.code} {exc.message}") from None
+                last = exc  # e.g. 504: this mechanism is not offered after all; try the next
+        detail = f": {last.code} {last.message}" if last else ""
+        raise SenderAuthError(f"no login mechanism of {self.host} was accepted{detail}")
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         if not self._one_at_a_time():
             try:
                 session = await self._session()
-            except aiosmtplib.SMTPResponseException as exc:  # e.g. 535: the login refused
+            except aiosmtplib.SMTPResponseException as exc:  # e.g. 554 as a greeting
                 raise classify(exc.code, exc.message) from None
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 raise TransientError(f"{self.host}:{self.port}: {exc}") from None
@@ -129,8 +201,6 @@ class SmtpTransport:
                 ):
                     continue  # another send found out or opened one meanwhile: look again
                 client = await self._connect()
-                if client.last_ehlo_response is None:  # connect() says EHLO only for TLS/AUTH
-                    await client.ehlo()
                 if not PipelinedSession.supported_by(client):
                     self._pipelined = False
                     self._idle.append(client)  # for _send_alone
@@ -148,9 +218,10 @@ class SmtpTransport:
     async def _send_pipelined(
         self, session: PipelinedSession, message: OutgoingMessage
     ) -> SendResult:
+        envelope = ascii_envelope(message, session.utf8)
         try:
             _refused, response = await session.send(
-                message.mail_from, list(message.recipients), message.raw
+                envelope.mail_from, envelope.recipients, envelope.raw
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
@@ -167,8 +238,12 @@ class SmtpTransport:
             try:
                 if client is None or not client.is_connected:
                     client = await self._connect()
+                envelope = ascii_envelope(message, client.supports_extension("smtputf8"))
                 _refused, response = await client.sendmail(
-                    message.mail_from, list(message.recipients), message.raw
+                    envelope.mail_from,
+                    envelope.recipients,
+                    envelope.raw,
+                    mail_options=["SMTPUTF8"] if envelope.utf8 else None,
                 )
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 if client is not None and client.is_connected:
@@ -178,6 +253,10 @@ class SmtpTransport:
             except aiosmtplib.SMTPResponseException as exc:
                 await _close(client)
                 raise classify(exc.code, exc.message) from None
+            except PermanentError:
+                if client is not None and client.is_connected:
+                    self._idle.append(client)  # nothing was sent on it
+                raise
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 await _close(client)
                 raise TransientError(f"{self.host}:{self.port}: {exc}") from None
@@ -189,10 +268,10 @@ class SmtpTransport:
         where = f"{self.host}:{self.port}"
         try:
             client = await self._connect()
-        except aiosmtplib.SMTPAuthenticationError as exc:
-            raise PermanentError(
-                f"{where} refused the login of {self.username!r}: {exc.code} {exc.message}"
-            ) from None
+        except SenderAuthError as exc:
+            raise PermanentError(f"{where}: {exc}") from None
+        except TransientError as exc:
+            raise TransientError(f"cannot connect to {where}: {exc}") from None
         except aiosmtplib.SMTPResponseException as exc:
             raise PermanentError(f"{where} answered {exc.code} {exc.message}") from None
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
@@ -223,6 +302,13 @@ def _with_preview(host: str, response: str) -> str:
     if match and host.endswith("ethereal.email"):
         return f"{response} preview: https://ethereal.email/message/{match.group(1)}"
     return response
+
+
+def _close_socket(client: aiosmtplib.SMTP, sock: socket.socket | None) -> None:
+    """A connection that failed before it was ours: drop it and the socket we opened."""
+    client.close()
+    if sock is not None:
+        sock.close()
 
 
 async def _close(client: aiosmtplib.SMTP | None) -> None:

@@ -1,6 +1,9 @@
 """Chaos with real processes and servers: killed workers, a flushed Redis, a restarted
 PostgreSQL, a misbehaving SMTP server. After each, every email is sent exactly once in the
-ledger and the SMTP server received every Message-ID; resends are counted and reported."""
+ledger and the SMTP server received every Message-ID; resends are counted and reported.
+
+The SMTP server is nodemailer's `smtp-server` (tests/smtp_peer.py): it announces PIPELINING,
+so the faults reach the pipelined path, the one real providers get."""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from dispatch_engine.embedded import EmbeddedServers
 
 from .helpers import auth, wait_for
 from .processes import Proc, run_cli
-from .smtp_sink import SmtpSink, free_port
+from .smtp_peer import SmtpPeer
+from .smtp_sink import free_port
 
 pytestmark = pytest.mark.timeout(300)
 EMAILS = 400
@@ -35,7 +39,7 @@ def chaos_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
 class Cluster:
     """An API, two workers and a sweeper as separate processes, sending into one SMTP sink."""
 
-    def __init__(self, servers: EmbeddedServers, smtp: SmtpSink, logs: Path) -> None:
+    def __init__(self, servers: EmbeddedServers, smtp: SmtpPeer, logs: Path) -> None:
         self.servers, self.smtp, self.logs = servers, smtp, logs
         self.api_port = free_port()
         self.env = {
@@ -72,7 +76,7 @@ async def cluster(chaos_servers: EmbeddedServers, tmp_path: Path) -> AsyncIterat
     redis = Redis.from_url(chaos_servers.urls.redis_url)
     await redis.flushall()
     await redis.aclose()
-    with SmtpSink() as smtp:
+    with SmtpPeer() as smtp:
         cluster = Cluster(chaos_servers, smtp, tmp_path)
         migrated = await asyncio.to_thread(run_cli, ["migrate"], cluster.env)
         assert migrated.returncode == 0, migrated.stderr
@@ -123,7 +127,7 @@ async def _check_exactly_once(cluster: Cluster, label: str) -> int:
     await conn.close()
     assert dict((r["state"], r["count"]) for r in ledger) == {"sent": EMAILS}
     await asyncio.sleep(0.3)  # a resend in flight at the end, if any, is counted too
-    received = cluster.smtp.sink.message_ids()
+    received = cluster.smtp.message_ids()
     assert set(received) == message_ids, "the SMTP server must receive every Message-ID"
     twice = sum(n - 1 for n in received.values())
     print(f"[{label}] {EMAILS} emails, sent once each in the ledger; received twice: {twice}")
@@ -169,9 +173,8 @@ async def test_postgresql_restarted_mid_campaign(cluster: Cluster) -> None:
 
 
 async def test_smtp_server_that_rejects_and_drops(cluster: Cluster) -> None:
-    cluster.smtp.sink.fail_ratio = 0.2
-    cluster.smtp.sink.drop_ratio = 0.03
+    cluster.smtp.set_faults(data_ratio=0.2, drop_ratio=0.03)  # after the pipelined DATA
     await _schedule(cluster)
     twice = await _check_exactly_once(cluster, "451 x 20 % + dropped connections")
-    assert cluster.smtp.sink.rejected > 0 and cluster.smtp.sink.dropped > 0
+    assert cluster.smtp.of("refused") and cluster.smtp.of("dropped")
     assert twice == 0, "a rejected or dropped message was not accepted: resending it is right"

@@ -56,6 +56,8 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Compl
         ("DISPATCH_PLUGINS_DIR", "/nonexistent"),
         ("DISPATCH_BASE_URL", "ftp://example.com"),
         ("DISPATCH_LOG_LEVEL", "loud"),
+        ("SMTP_CA_FILE", "/nonexistent/ca.pem"),
+        ("SMTP_CA_FILE", "/etc/hostname"),  # a file, but no certificate in it
         ("DISPATCH_MAX_UPLOAD_BYTES", "12"),
         ("DISPATCH_MAX_BODY_BYTES", "lots"),
         ("DISPATCH_MAX_RECIPIENTS", "0"),

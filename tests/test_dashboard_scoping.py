@@ -36,6 +36,7 @@ ID_ROUTES = {
     ("PATCH", "/api/senders/{id}"),
     ("DELETE", "/api/senders/{id}"),
     ("POST", "/api/senders/{id}/test"),
+    ("POST", "/api/senders/{id}/resume"),
     ("DELETE", "/api/tokens/{id}"),
     ("POST", "/tokens/{id}/revoke"),
 }

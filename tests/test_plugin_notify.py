@@ -97,3 +97,14 @@ def test_the_notify_url_is_validated_and_kept_out_of_logs() -> None:
     secret = "https://hooks.slack.com/services/T0/B0/secret-part"
     settings = load_settings({"DISPATCH_NOTIFY_WEBHOOK_URL": secret})
     assert settings.notify_webhook_url == secret and "secret-part" not in repr(settings)
+
+
+async def test_notify_posts_a_parked_sender_with_its_reason(settings: Settings) -> None:
+    async with Receiver() as receiver:
+        configured = replace(settings, notify_webhook_url=f"{receiver.url}/hook")
+        reason = "the server refused the login of 'ops': 535 5.7.8 Authentication failed"
+        notify.sender_parked(7, reason, configured)
+        await notify.shutdown(configured, None)  # waits for the post in flight
+        (text,) = _texts(receiver)
+        assert text.startswith(f":no_entry: Sender 7 is parked: {reason}.")
+        assert "/api/senders/7/resume" in text

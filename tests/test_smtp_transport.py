@@ -13,10 +13,12 @@ from dispatch_engine.plugins import builtin_plugins
 from dispatch_engine.transport import (
     OutgoingMessage,
     PermanentError,
+    SenderAuthError,
     SenderRateLimitedError,
     TransientError,
     TransportContext,
 )
+from tests.smtp_peer import SmtpPeer
 from tests.smtp_sink import free_port
 
 smtp = dict(builtin_plugins())["smtp"]
@@ -29,6 +31,9 @@ smtp = dict(builtin_plugins())["smtp"]
         (451, "4.7.1 Rate limit exceeded, try again later", SenderRateLimitedError),
         (451, "4.3.0 Local error in processing", TransientError),
         (452, "4.2.2 Mailbox full", TransientError),
+        (535, "5.7.8 Authentication credentials invalid", SenderAuthError),
+        (534, "5.7.9 Application-specific password required", SenderAuthError),
+        (530, "5.7.0 Authentication required", SenderAuthError),
         (550, "5.1.1 No such user", PermanentError),
         (554, "5.7.1 Message rejected as spam", PermanentError),
     ],
@@ -172,3 +177,24 @@ async def test_a_sender_can_turn_pipelining_off() -> None:
         controller.stop()
     assert "queued" in sent.response and len(handler.messages) == 1
     assert transport._pipelined is False and transport._sessions == []
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_a_refused_login_is_tried_once_for_all_sends_waiting_on_it(pipelining: bool) -> None:
+    """Twenty sends at once with a wrong password: one AUTH PLAIN at the server (no LOGIN
+    after it, no login per send); every send learns the refusal, and only the first counts it."""
+    with SmtpPeer(users={"ops": "right"}, pipelining=pipelining) as peer:
+        own = {"host": "127.0.0.1", "port": peer.port, "tls": "none", "username": "ops",
+               "password": "wrong", "pool_size": 4}  # fmt: skip
+        transport = smtp.SmtpTransport(TransportContext(load_settings({}), own))
+        try:
+            results = await asyncio.gather(
+                *(transport.send(_message(i, f"r{i}@example.com", b"x\r\n")) for i in range(20)),
+                return_exceptions=True,
+            )
+        finally:
+            await transport.close()
+    assert all(isinstance(r, SenderAuthError) for r in results), results
+    assert "535 5.7.8 Authentication credentials invalid" in str(results[0])
+    assert [r.attempted for r in results if isinstance(r, SenderAuthError)].count(True) == 1
+    assert [(e["method"], e["ok"]) for e in peer.logins()] == [("PLAIN", False)]

@@ -36,6 +36,9 @@ def sender_from(row: asyncpg.Record) -> Sender:
         row["hourly_limit"],
         row["min_gap_ms"],
         row["is_default"],
+        row.get("login_failures", 0),
+        row.get("parked_reason"),
+        row.get("parked_at"),
         row.get("daily_limit"),
         row.get("delay_jitter_ms") or 0,
     )
@@ -64,6 +67,7 @@ class SendOutcome:
     response: str = ""
     error: str | None = None
     retry_at: datetime | None = None
+    wait_reason: str | None = None  # a retry that waits for its sender (a WaitReason)
 
 
 class Queries:

@@ -127,7 +127,8 @@ class CampaignQueries(Queries):
     async def campaign_waiting(self, campaign_id: int) -> list[asyncpg.Record]:
         """The campaign's queued emails by why they wait (NULL: due now): reason, n, until."""
         return await self.pool.fetch(
-            """SELECT CASE WHEN status = 'rate_limited' AND wait_until > now() THEN wait_reason
+            """SELECT CASE WHEN wait_reason = 'auth_failure' THEN wait_reason
+                        WHEN status = 'rate_limited' AND wait_until > now() THEN wait_reason
                         WHEN scheduled_at > now() THEN 'scheduled' END AS reason,
                       count(*) AS n,
                       max(CASE WHEN status = 'rate_limited' AND wait_until > now()

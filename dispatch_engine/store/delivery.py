@@ -91,8 +91,9 @@ class DeliveryQueries(Queries):
         await self.pool.execute(
             """WITH input AS (
                    SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[],
-                                        $5::text[], $6::text[], $7::timestamptz[])
-                       AS t(id, k, status, mid, response, error, retry_at)
+                                        $5::text[], $6::text[], $7::timestamptz[],
+                                        $8::text[])
+                       AS t(id, k, status, mid, response, error, retry_at, wait_reason)
                ), led AS (
                    UPDATE ledger SET state = 'sent', response = input.response, at = now()
                    FROM input WHERE input.status = 'sent' AND ledger.idempotency_key = input.k
@@ -105,6 +106,7 @@ class DeliveryQueries(Queries):
                    finished_at = CASE WHEN input.status = 'scheduled' THEN NULL ELSE now() END,
                    last_error = CASE WHEN input.status = 'sent' THEN NULL ELSE input.error END,
                    scheduled_at = COALESCE(input.retry_at, d.scheduled_at),
+                   wait_reason = input.wait_reason,
                    updated_at = now()
                FROM input WHERE d.id = input.id AND d.status = 'sending'""",
             [o.dispatch_id for o in outcomes],
@@ -114,6 +116,7 @@ class DeliveryQueries(Queries):
             [o.response[:1000] for o in outcomes],
             [o.error or "" for o in outcomes],
             [o.retry_at if o.status == DispatchStatus.SCHEDULED else None for o in outcomes],
+            [o.wait_reason for o in outcomes],
         )
 
     async def repair_sent(self, ids: Sequence[int]) -> None:

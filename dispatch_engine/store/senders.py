@@ -13,6 +13,9 @@ from ..models import (
 )
 from .base import Queries, sender_from
 
+# How a queued email of a parked sender says why it waits.
+WAITING = "waiting for the sender's account to be fixed: "
+
 
 class SenderQueries(Queries):
     async def ensure_default_sender(
@@ -78,6 +81,11 @@ class SenderQueries(Queries):
                    "transport_settings", "hourly_limit", "min_gap_ms", "daily_limit",
                    "delay_jitter_ms"]  # fmt: skip
         values = {c: fields[c] for c in columns if c in fields}
+        unpark = (
+            ", login_failures = 0, parked_reason = NULL, parked_at = NULL"
+            if fields.get("unpark")
+            else ""
+        )
         async with self.pool.acquire() as conn, conn.transaction():
             if fields.get("is_default"):
                 await conn.execute(
@@ -97,7 +105,7 @@ class SenderQueries(Queries):
                 sets = ", ".join(f"{c} = ${n}" for n, c in enumerate(values, start=3))
                 row = await conn.fetchrow(
                     f"""UPDATE senders SET {sets or "from_address = from_address"},
-                               updated_at = now()
+                               updated_at = now(){unpark}
                         WHERE owner_id = $1 AND id = $2 AND archived_at IS NULL RETURNING *""",
                     owner_id,
                     sender_id,
@@ -159,3 +167,78 @@ class SenderQueries(Queries):
     async def senders_by_id(self, ids: Sequence[int]) -> dict[int, Sender]:
         rows = await self.pool.fetch("SELECT * FROM senders WHERE id = ANY($1::bigint[])", ids)
         return {r["id"]: sender_from(r) for r in rows}
+
+    # ---- login health (dispatch_engine/sender_health.py) ----
+
+    async def count_login_failure(
+        self, sender_id: int, settings: dict[str, Any], reason: str, park_at: int
+    ) -> tuple[int, bool] | None:
+        """Count a refused login of these settings; park the sender at `park_at` failures.
+
+        Returns (failures, parked by this call), or None when the sender is already parked or
+        its settings changed since (the refusal was of an old password: not counted).
+        """
+        row = await self.pool.fetchrow(
+            """UPDATE senders SET login_failures = login_failures + 1,
+                      parked_reason = CASE WHEN login_failures + 1 >= $3 THEN $4 END,
+                      parked_at = CASE WHEN login_failures + 1 >= $3 THEN now() END
+               WHERE id = $1 AND transport_settings = $2 AND parked_reason IS NULL
+               RETURNING login_failures, parked_reason IS NOT NULL AS parked""",
+            sender_id,
+            settings,
+            park_at,
+            reason,
+        )
+        return (row["login_failures"], row["parked"]) if row else None
+
+    async def parked_reason(self, sender_id: int) -> str | None:
+        reason: str | None = await self.pool.fetchval(
+            "SELECT parked_reason FROM senders WHERE id = $1", sender_id
+        )
+        return reason
+
+    async def reset_login_failures(self, sender_id: int) -> None:
+        await self.pool.execute(
+            """UPDATE senders SET login_failures = 0
+               WHERE id = $1 AND login_failures > 0 AND parked_reason IS NULL""",
+            sender_id,
+        )
+
+    async def unpark_sender(self, owner_id: int, sender_id: int) -> bool:
+        """Clear a sender's parking (a user resumed it); false when it was not parked."""
+        row = await self.pool.fetchrow(
+            """UPDATE senders SET login_failures = 0, parked_reason = NULL, parked_at = NULL,
+                      updated_at = now()
+               WHERE owner_id = $1 AND id = $2 AND parked_reason IS NOT NULL
+               RETURNING id""",
+            owner_id,
+            sender_id,
+        )
+        return row is not None
+
+    async def refund_attempt(self, dispatch_id: int) -> None:
+        """A send that never reached the account (its login was refused) is not an attempt."""
+        await self.pool.execute(
+            """UPDATE dispatches SET attempts = greatest(attempts - 1, 0)
+               WHERE id = $1 AND status = 'sending'""",
+            dispatch_id,
+        )
+
+    async def mark_sender_waiting(self, sender_id: int, reason: str | None) -> None:
+        """Say on each queued email of a parked sender why it waits (None: no longer)."""
+        if reason is None:
+            await self.pool.execute(
+                """UPDATE dispatches SET last_error = NULL, wait_reason = NULL, updated_at = now()
+                   WHERE sender_id = $1 AND status IN ('scheduled', 'rate_limited')
+                     AND last_error LIKE $2 || '%'""",
+                sender_id,
+                WAITING,
+            )
+            return
+        await self.pool.execute(
+            """UPDATE dispatches SET last_error = $2, wait_reason = 'auth_failure',
+                      wait_until = NULL, updated_at = now()
+               WHERE sender_id = $1 AND status IN ('scheduled', 'rate_limited')""",
+            sender_id,
+            f"{WAITING}{reason}",
+        )

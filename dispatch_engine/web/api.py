@@ -334,7 +334,9 @@ async def stats(request: web.Request) -> web.Response:
                 "sent_this_window": await pacer.usage(sender.id, now_ms),
                 "sent_today": await pacer.today(sender.id, now_ms),
                 "queue_depth": state["queue_depth"],
-                "parked_until": _iso_ms(state["parked_until_ms"]),
+                # A sender parked for its account waits until fixed: no "until" then.
+                "parked_until": None if sender.parked_reason else _iso_ms(state["parked_until_ms"]),
+                "parked_reason": sender.parked_reason,
                 "due_lag_ms": max(0, now_ms - next_due) if next_due is not None else 0,
             }
         )

@@ -62,6 +62,13 @@ async def delete_sender(request: web.Request) -> web.Response:
     return json_response({"deleted": True, "cancelled": cancelled})
 
 
+@routes.post("/api/senders/{id}/resume")
+async def resume_sender(request: web.Request) -> web.Response:
+    """Unpark a sender whose account the server kept refusing: its emails go again."""
+    sender = await request.app[SENDERS].resume(current_user(request), _sender_id(request))
+    return json_response(public(sender))
+
+
 @routes.post("/api/senders/{id}/test")
 async def test_sender(request: web.Request) -> web.Response:
     """Connect, negotiate TLS, log in; with {"send_test_message": true}, mail the owner."""
