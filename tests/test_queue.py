@@ -205,3 +205,28 @@ async def test_waker_stop_ends_a_sleep_and_later_waits(redis: Redis) -> None:
     waker.stop()
     await asyncio.wait_for(sleeper, 30)
     await asyncio.wait_for(waker.wait(300), 30)  # stopped: returns at once
+
+
+async def test_every_due_sender_is_served_when_there_are_more_senders_than_a_batch(
+    queue: RedisQueue, redis: Redis
+) -> None:
+    """30 due senders, batches of 10: each sender is served within 3 claims, then again."""
+    now = await _now_ms(redis)
+    senders = range(1, 31)
+    for sender in senders:
+        # older senders first: without re-scoring, senders 1-10 would take every batch
+        await queue.enqueue(sender, [(sender * 100 + i, now - 10_000 + sender) for i in range(5)])
+    served: list[Counter[int]] = []
+    for _ in range(6):
+        result = await queue.claim(10)
+        leases = result.leases
+        assert len(leases) == 10
+        while await _now_ms(redis) <= result.now_ms:  # senders served at one ms would tie
+            await asyncio.sleep(0.001)
+        served.append(Counter(lease.sender_id for lease in leases))
+        await queue.ack(leases)
+    first_round = sum(served[:3], Counter())
+    second_round = sum(served[3:], Counter())
+    assert set(first_round) == set(senders), "a sender starved behind the first batch"
+    assert set(second_round) == set(senders), "the second round of claims is fair too"
+    assert max(first_round.values()) == 1 and max(second_round.values()) == 1
