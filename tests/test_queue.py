@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from functools import partial
 
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
 from dispatch_engine.queue import RedisQueue, Waker, dispatch_id_of, member
 from dispatch_engine.redis_client import MAX_CONNECTIONS, connect_redis
+
+from .helpers import wait_for
 
 
 async def _now_ms(redis: Redis) -> int:
@@ -207,6 +210,10 @@ async def test_waker_stop_ends_a_sleep_and_later_waits(redis: Redis) -> None:
     await asyncio.wait_for(waker.wait(300), 30)  # stopped: returns at once
 
 
+async def _clock_passed(redis: Redis, ms: int) -> bool:
+    return await _now_ms(redis) > ms
+
+
 async def test_every_due_sender_is_served_when_there_are_more_senders_than_a_batch(
     queue: RedisQueue, redis: Redis
 ) -> None:
@@ -221,8 +228,7 @@ async def test_every_due_sender_is_served_when_there_are_more_senders_than_a_bat
         result = await queue.claim(10)
         leases = result.leases
         assert len(leases) == 10
-        while await _now_ms(redis) <= result.now_ms:  # senders served at one ms would tie
-            await asyncio.sleep(0.001)
+        await wait_for(partial(_clock_passed, redis, result.now_ms))  # one ms would tie
         served.append(Counter(lease.sender_id for lease in leases))
         await queue.ack(leases)
     first_round = sum(served[:3], Counter())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable, Callable
 
 from aiohttp.test_utils import TestClient
@@ -51,5 +52,5 @@ async def test_a_senders_min_gap_spaces_its_emails_across_campaigns(
     )
     assert len(rows) == 8 and {r["campaign_id"] for r in rows} == set(campaigns)
     times = [r["received_at"].timestamp() * 1000 for r in rows]
-    gaps = [round(b - a) for a, b in zip(times, times[1:], strict=False)]
+    gaps = [round(b - a) for a, b in itertools.pairwise(times)]
     assert min(gaps) >= GAP_MS - SLACK_MS, gaps
