@@ -236,3 +236,14 @@ async def test_every_due_sender_is_served_when_there_are_more_senders_than_a_bat
     assert set(first_round) == set(senders), "a sender starved behind the first batch"
     assert set(second_round) == set(senders), "the second round of claims is fair too"
     assert max(first_round.values()) == 1 and max(second_round.values()) == 1
+
+
+async def test_a_capped_sender_gives_a_claim_no_more_than_its_cap(
+    queue: RedisQueue, redis: Redis
+) -> None:
+    """A gap-paced sender (cap 1) must not fill a batch it would only give back."""
+    now = await _now_ms(redis)
+    await queue.enqueue(11, [(1100 + i, now - 1) for i in range(5)], claim_cap=1)
+    await queue.enqueue(12, [(1200 + i, now - 1) for i in range(5)])
+    senders = Counter(lease.sender_id for lease in (await queue.claim(10)).leases)
+    assert senders == Counter({11: 1, 12: 5})
