@@ -140,6 +140,19 @@ async def test_retry_moves_the_id_to_its_new_due_time(queue: RedisQueue, redis: 
     assert await redis.zscore("dispatch:{q0}:s:6", member(61)) == now + 30_000
 
 
+async def test_a_retried_or_given_back_id_makes_its_idle_sender_ready_again(
+    queue: RedisQueue, redis: Redis
+) -> None:
+    now = await _now_ms(redis)
+    await queue.enqueue(6, [(62, now - 1)])
+    lease = (await queue.claim(10)).leases[0]  # the sender has nothing else queued now
+    assert await queue.retry(lease, now - 1) == []
+    again = (await queue.claim(10)).leases
+    assert [x.dispatch_id for x in again] == [62], "a retry that is due is claimed again"
+    assert await queue.release(again) == []
+    assert [x.dispatch_id for x in (await queue.claim(10)).leases] == [62]
+
+
 async def test_shards_spread_senders_and_claim_from_all(redis: Redis) -> None:
     queue = RedisQueue(redis, shards=4)
     now = await _now_ms(redis)
