@@ -97,6 +97,16 @@ async def test_enqueue_is_idempotent_and_skips_leased_ids(queue: RedisQueue, red
     assert await queue.depth(3) == 1
 
 
+async def test_enqueue_again_keeps_the_due_time_an_id_already_has(
+    queue: RedisQueue, redis: Redis
+) -> None:
+    now = await _now_ms(redis)
+    await queue.enqueue(3, [(5, now + 60_000)])  # e.g. a retry moved it an hour on
+    assert await queue.enqueue(3, [(5, now - 1)]) == 0  # a recovery pass re-adds it
+    assert await redis.zscore("dispatch:{q0}:s:3", member(5)) == now + 60_000
+    assert (await queue.claim(10)).leases == []
+
+
 async def test_empty_claim_reports_the_next_due_time(queue: RedisQueue, redis: Redis) -> None:
     result = await queue.claim(10)
     assert result.leases == [] and result.next_due_ms is None
