@@ -71,6 +71,19 @@ async def test_stale_token_is_refused(queue: RedisQueue, redis: Redis) -> None:
     assert await queue.leased_count() == 0
 
 
+async def test_a_late_worker_cannot_renew_a_lease_it_lost(queue: RedisQueue, redis: Redis) -> None:
+    now = await _now_ms(redis)
+    await queue.enqueue(1, [(43, now - 1)])
+    fast = RedisQueue(redis, lease_ms=1)
+    first = (await fast.claim(1)).leases[0]
+    await asyncio.sleep(0.01)
+    assert await queue.reap() == (1, [])
+    second = (await queue.claim(1)).leases[0]
+    assert await queue.renew([first]) == [43], "the late worker is told it lost the lease"
+    assert await queue.renew([second]) == []
+    assert await queue.ack([second]) == []
+
+
 async def test_expired_lease_comes_back_and_gives_up_after_max_stalls(
     redis: Redis,
 ) -> None:
