@@ -120,6 +120,14 @@ async def test_enqueue_again_keeps_the_due_time_an_id_already_has(
     assert (await queue.claim(10)).leases == []
 
 
+async def test_removed_ids_are_never_claimed(queue: RedisQueue, redis: Redis) -> None:
+    now = await _now_ms(redis)
+    await queue.enqueue(4, [(i, now - 1) for i in range(1, 6)])
+    assert await queue.remove(4, [1, 3, 5]) == 3  # a paused or cancelled campaign's ids
+    assert await queue.depth(4) == 2
+    assert [x.dispatch_id for x in (await queue.claim(10)).leases] == [2, 4]
+
+
 async def test_empty_claim_reports_the_next_due_time(queue: RedisQueue, redis: Redis) -> None:
     result = await queue.claim(10)
     assert result.leases == [] and result.next_due_ms is None
