@@ -61,7 +61,10 @@ TARGETS: dict[str, Target] = {
         ("dispatch_engine/recorder.py",),
         ("tests/test_recorder_outage.py", "tests/test_delivery.py", "tests/test_hooks_events.py"),
     ),
-    "recipients": Target(("dispatch_engine/recipients.py",), ("tests/test_recipients.py",)),
+    "recipients": Target(
+        ("dispatch_engine/recipients.py",),
+        ("tests/test_recipients.py", "tests/test_recipients_edges.py"),
+    ),
     "render": Target(("dispatch_engine/render.py",), ("tests/test_render.py",)),
     "guard": Target(
         ("dispatch_engine/web/guard.py",),
