@@ -68,7 +68,7 @@ TARGETS: dict[str, Target] = {
     "render": Target(("dispatch_engine/render.py",), ("tests/test_render.py",)),
     "guard": Target(
         ("dispatch_engine/web/guard.py",),
-        ("tests/test_auth_csrf.py", "tests/test_csrf_multipart.py"),
+        ("tests/test_auth_csrf.py", "tests/test_csrf_multipart.py", "tests/test_guard.py"),
     ),
     "google_oidc": Target(("plugins/google_oidc.py",), ("tests/test_auth.py",)),
 }
