@@ -65,7 +65,9 @@ TARGETS: dict[str, Target] = {
         ("dispatch_engine/recipients.py",),
         ("tests/test_recipients.py", "tests/test_recipients_edges.py"),
     ),
-    "render": Target(("dispatch_engine/render.py",), ("tests/test_render.py",)),
+    "render": Target(
+        ("dispatch_engine/render.py",), ("tests/test_render.py", "tests/test_render_edges.py")
+    ),
     "guard": Target(
         ("dispatch_engine/web/guard.py",),
         ("tests/test_auth_csrf.py", "tests/test_csrf_multipart.py", "tests/test_guard.py"),
