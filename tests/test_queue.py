@@ -128,6 +128,20 @@ async def test_removed_ids_are_never_claimed(queue: RedisQueue, redis: Redis) ->
     assert [x.dispatch_id for x in (await queue.claim(10)).leases] == [2, 4]
 
 
+async def test_sender_state_reports_depth_next_due_and_a_park_only_while_it_lasts(
+    queue: RedisQueue, redis: Redis
+) -> None:
+    now = await _now_ms(redis)
+    await queue.enqueue(21, [(2101, now + 5000), (2102, now + 6000)])
+    state = await queue.sender_state(21)
+    assert (state["queue_depth"], state["next_due_ms"]) == (2, now + 5000)
+    assert state["parked_until_ms"] is None
+    await queue.defer_sender(21, now - 1)  # a park that is already over
+    assert (await queue.sender_state(21))["parked_until_ms"] is None
+    await queue.defer_sender(21, now + 60_000)
+    assert (await queue.sender_state(21))["parked_until_ms"] == now + 60_000
+
+
 async def test_empty_claim_reports_the_next_due_time(queue: RedisQueue, redis: Redis) -> None:
     result = await queue.claim(10)
     assert result.leases == [] and result.next_due_ms is None
@@ -249,6 +263,7 @@ async def test_waker_stop_ends_a_sleep_and_later_waits(redis: Redis) -> None:
     waker = Waker(redis, idle_cap_s=300)
     sleeper = asyncio.create_task(waker.wait(300))
     await asyncio.sleep(0)
+    assert not sleeper.done(), "a wait sleeps until it is ended"
     waker.stop()
     await asyncio.wait_for(sleeper, 30)
     await asyncio.wait_for(waker.wait(300), 30)  # stopped: returns at once
