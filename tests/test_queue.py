@@ -142,6 +142,15 @@ async def test_sender_state_reports_depth_next_due_and_a_park_only_while_it_last
     assert (await queue.sender_state(21))["parked_until_ms"] == now + 60_000
 
 
+async def test_deepest_senders_come_first_with_their_backlog(redis: Redis) -> None:
+    queue = RedisQueue(redis, shards=2)
+    now = await _now_ms(redis)
+    for sender, depth in ((31, 1), (32, 3), (33, 2)):
+        await queue.enqueue(sender, [(sender * 10 + i, now + 60_000) for i in range(depth)])
+    assert await queue.deepest_senders() == [(32, 3), (33, 2), (31, 1)]
+    assert await queue.deepest_senders(limit=1) == [(32, 3)]
+
+
 async def test_empty_claim_reports_the_next_due_time(queue: RedisQueue, redis: Redis) -> None:
     result = await queue.claim(10)
     assert result.leases == [] and result.next_due_ms is None
