@@ -161,6 +161,17 @@ async def test_empty_claim_reports_the_next_due_time(queue: RedisQueue, redis: R
     assert result.next_due_ms == now + 5000
 
 
+async def test_an_empty_claim_over_shards_reports_the_earliest_due_time(redis: Redis) -> None:
+    queue = RedisQueue(redis, shards=4)
+    now = await _now_ms(redis)
+    dues = {sender: now + 60_000 - sender * 1000 for sender in range(1, 9)}
+    for sender, due in dues.items():
+        await queue.enqueue(sender, [(sender * 10, due)])
+    assert len({queue.shard_of(s).shard for s in dues}) > 1
+    result = await queue.claim(10)
+    assert result.leases == [] and result.next_due_ms == min(dues.values())
+
+
 async def test_defer_sender_parks_it_and_keeps_order(queue: RedisQueue, redis: Redis) -> None:
     now = await _now_ms(redis)
     await queue.enqueue(5, [(i, now - 100 + i) for i in range(1, 6)])
