@@ -25,6 +25,7 @@ from dispatch_engine.store import Store
 
 from .helpers import auth, new_token, wait_for
 from .smtp_sink import Sink, SmtpSink
+from .web_session import dev_login
 
 Start = Callable[..., Awaitable[TestClient]]
 POISON = "{% for a in [1] %}" * 21 + "x" + "{% endfor %}" * 21  # CPython: 20 nested blocks max
@@ -341,14 +342,35 @@ def _alternatives(needle: str | tuple[str, ...]) -> tuple[str, ...]:
     return needle if isinstance(needle, tuple) else (needle,)
 
 
+TEMPLATE_BOMBS = [
+    ({"body": POISON}, "body", "too many statically nested blocks"),
+    ({"subject": "{{ 7 ** 3000000 }}"}, "subject", "integers are limited"),
+    ({"body": "{% for c in 'x' * 100000 %}{% for d in 'y' * 100000 %}{% endfor %}{% endfor %}"},
+     "body", WORK),
+    ({"html": "<p>{{ email * 1000000000 }}</p>"}, "html", "would exceed"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("payload", "field", "needle"), TEMPLATE_BOMBS)
+async def test_the_preview_runs_the_senders_sandbox_and_limits(
+    make_client: Start, payload: dict[str, Any], field: str, needle: str | tuple[str, ...]
+) -> None:
+    """The compose preview renders as the worker will: a bomb is a 422 there too, not a 500
+    or seconds of the API's event loop."""
+    client = await make_client(roles=frozenset({"api"}))
+    csrf = {"X-CSRF-Token": await dev_login(client)}
+    body = {"subject": "s", "body": "b", "recipient": {"email": "a@example.com"}, **payload}
+    response = await client.post("/api/compose/preview", json=body, headers=csrf)
+    assert response.status == 422, await response.text()
+    error = (await response.json())["error"]
+    assert error["field"] == field, error
+    assert any(n in error["message"] for n in _alternatives(needle)), error
+
+
 @pytest.mark.parametrize(
     ("payload", "field", "needle"),
     [
-        ({"body": POISON}, "body", "too many statically nested blocks"),
-        ({"subject": "{{ 7 ** 3000000 }}"}, "subject", "integers are limited"),
-        ({"body": "{% for c in 'x' * 100000 %}{% for d in 'y' * 100000 %}{% endfor %}{% endfor %}"},
-         "body", WORK),
-        ({"html": "<p>{{ email * 1000000000 }}</p>"}, "html", "would exceed"),
+        *TEMPLATE_BOMBS,
         ({"subject": "Hi {{ name }}",
           "recipients": [{"email": "a@example.com", "vars": {"name": "Ada"}},
                          {"email": "b@example.com", "vars": {"name": "B\r\nBcc: v@example.net"}}]},

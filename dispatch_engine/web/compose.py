@@ -11,17 +11,15 @@ import math
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-import jinja2
 import nh3
 from aiohttp import web
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from multidict import MultiDictProxy
 
 from ..campaigns import MAX_BODY, MAX_SUBJECT, parse_schedule_request
 from ..errors import ApiError, invalid
 from ..parsing import whole_number
 from ..recipients import from_request
+from ..render import TemplateProblem, render_preview
 from .bodies import form as read_form
 from .bodies import json_object, multipart_fields, off_loop, upload_limits, utf8
 from .events import publish
@@ -30,8 +28,6 @@ from .middleware import current_user, json_response
 from .views import render
 
 routes = web.RouteTableDef()
-_TEXT = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
-_HTML = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
 # The page's field names differ from the API's where the browser helps (time zone, seconds).
 PAGE_FIELDS = {
     "start_at": "start_local",
@@ -46,22 +42,6 @@ PAGE_FIELDS = {
 def sanitize_html(html: str) -> str:
     """Email HTML made safe to show: no scripts, handlers or frames (Ammonia, via nh3)."""
     return nh3.clean(html, link_rel="noopener noreferrer nofollow")
-
-
-def _render(
-    env: ImmutableSandboxedEnvironment, field: str, source: str, ctx: dict[str, Any]
-) -> str:
-    try:
-        return env.from_string(source).render(ctx)
-    except jinja2.TemplateSyntaxError as exc:
-        raise invalid(field, f"template error on line {exc.lineno}: {exc.message}") from None
-    except jinja2.UndefinedError as exc:
-        known = ", ".join(sorted(ctx))
-        raise invalid(field, f"{exc.message} (this recipient has: {known})") from None
-    except SecurityError as exc:
-        raise invalid(field, f"not allowed in a template: {exc}") from None
-    except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
-        raise invalid(field, f"cannot be rendered: {exc}") from None
 
 
 async def _recipients_fields(request: web.Request) -> dict[str, Any]:
@@ -107,7 +87,7 @@ async def check_recipients(request: web.Request) -> web.Response:
 
 @routes.post("/api/compose/preview")
 async def preview(request: web.Request) -> web.Response:
-    """The email one recipient would get (sandboxed Jinja, like the sender's renderer)."""
+    """The email one recipient would get: the worker's own sandbox, limits and budget."""
     current_user(request)
     body = await json_object(request)
     recipient = body.get("recipient") or {}
@@ -117,15 +97,26 @@ async def preview(request: web.Request) -> web.Response:
         **(variables if isinstance(variables, dict) else {}),
         "email": email if isinstance(email, str) else "someone@example.com",
     }
-    out: dict[str, Any] = {"recipient": ctx["email"]}
+    templates: dict[str, str] = {}
     for field, limit in (("subject", MAX_SUBJECT), ("body", MAX_BODY), ("html", MAX_BODY)):
         source = body.get(field) or ""
         if not isinstance(source, str) or len(source) > limit:
             raise invalid(field, f"must be text of at most {limit} characters")
-        env = _HTML if field == "html" else _TEXT
-        out[field] = _render(env, field, source, ctx) if source else ""
-    out["html"] = sanitize_html(out["html"]) if out["html"] else None
-    return json_response(out)
+        if source:
+            templates[field] = source
+    try:
+        rendered = await off_loop(render_preview, templates, ctx)
+    except TemplateProblem as exc:
+        raise invalid(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
+    html = rendered.get("html")
+    return json_response(
+        {
+            "recipient": ctx["email"],
+            "subject": rendered.get("subject", ""),
+            "body": rendered.get("body", ""),
+            "html": sanitize_html(html) if html else None,
+        }
+    )
 
 
 # ---- the page (and its no-JavaScript submit) ----
