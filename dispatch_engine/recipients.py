@@ -4,7 +4,7 @@ A bad row never fails the good ones: it is reported with its line number and rea
 first `Limits.listed_rejects` of them, plus a count). Under a header, a cell a row lacks is
 an empty string, as in every spreadsheet, so every accepted row can be sent. The parse
 streams over its input and is capped in lines and recipients; it is plain CPU work, run off
-the event loop by the web layer (`asyncio.to_thread`).
+the event loop by the web layer (`web/bodies.off_loop`, a pool of 2 threads).
 """
 
 from __future__ import annotations
