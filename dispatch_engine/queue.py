@@ -99,10 +99,11 @@ class ClaimResult:
 
 @dataclass(frozen=True)
 class Settlement:
-    """What to do with a lease: ack it, retry it at `due_ms`, or give it back unchanged."""
+    """What to do with a lease: ack it, drop it (finished unsent: its pacing grant is
+    refunded), retry it at `due_ms`, or give it back unchanged."""
 
     lease: Lease
-    action: str  # "ack" | "retry" | "release"
+    action: str  # "ack" | "drop" | "retry" | "release"
     due_ms: int | None = None
 
 
@@ -173,7 +174,7 @@ class RedisQueue:
         """Ack / retry / release leases in one call per shard; returns ids refused as stale."""
         by_shard: dict[int, list[Any]] = {}
         for s in settlements:
-            due = "ack" if s.action == "ack" else ("" if s.action == "release" else s.due_ms)
+            due = {"ack": "ack", "drop": "drop", "release": ""}.get(s.action, s.due_ms)
             by_shard.setdefault(s.lease.shard, []).extend(
                 (member(s.lease.dispatch_id), s.lease.token, due)
             )
@@ -189,6 +190,10 @@ class RedisQueue:
 
     async def ack(self, leases: Sequence[Lease]) -> list[int]:
         return await self.settle([Settlement(lease, "ack") for lease in leases])
+
+    async def drop(self, leases: Sequence[Lease]) -> list[int]:
+        """Finish leases that were granted but will not be sent (their grants go back)."""
+        return await self.settle([Settlement(lease, "drop") for lease in leases])
 
     async def retry(self, lease: Lease, due_ms: int) -> list[int]:
         return await self.settle([Settlement(lease, "retry", due_ms)])

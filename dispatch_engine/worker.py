@@ -263,7 +263,11 @@ class WorkerPool:
             if already_sent:
                 await self.store.repair_sent(list(already_sent))
             done += [by_id[i] for i in already_sent]
-            done += [by_id[j.id] for j in go if j.id not in started and j.id not in already_sent]
+            unsent = [by_id[j.id] for j in go if j.id not in started and j.id not in already_sent]
+            if unsent:  # cancelled or paused since the claim: their grants go back
+                await self.queue.drop(unsent)
+                for lease in unsent:
+                    self._inflight.pop(lease.dispatch_id, None)
             for job, message_id in zip(go, message_ids, strict=True):
                 if job.id in started:
                     await self._slots.acquire()

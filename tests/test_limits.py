@@ -103,3 +103,21 @@ async def test_a_reaped_grant_returns_to_its_window(redis: Redis, settings: Sett
     await queue.ack(again.leases)  # sent: the grants stay charged
     assert await limits.window_usage(7, again.now_ms) == 5
     assert await limits.granted_ids(7) == []
+
+
+async def test_a_granted_email_dropped_unsent_returns_its_grant(
+    redis: Redis, settings: Settings
+) -> None:
+    """Granted, then its campaign is cancelled or paused before the send begins: the worker
+    drops the lease and the window gets the budget back; an ack (sent) keeps it."""
+    queue = RedisQueue(redis)
+    limits = SenderLimits(redis, replace(settings, rate_window_seconds=3600))
+    seconds, _ = await redis.time()
+    await queue.enqueue(7, [(i, int(seconds) * 1000 - 10) for i in range(4)])
+    claim = await queue.claim(10)
+    outcome = await limits.decide(_request(claim.now_ms, [(i, 1) for i in range(4)], hourly=4))
+    assert len(outcome.granted) == 4 and await limits.window_usage(7, claim.now_ms) == 4
+    await queue.drop(claim.leases[:3])
+    await queue.ack(claim.leases[3:])
+    assert await limits.window_usage(7, claim.now_ms) == 1
+    assert await limits.granted_ids(7) == [] and await queue.depth(7) == 0

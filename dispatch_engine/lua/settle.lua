@@ -1,10 +1,12 @@
 -- Settle leases: ack (done) or put back (retry at a due time, or give back at the old one).
 -- Only the holder of the current token may act; a stale token is refused.
 -- KEYS: 1 ready, 2 leases, 3 lease_info, 4 resume, 5 stalls, 6 pacing grants
--- An ack keeps the email's pacing grant charged (it was attempted); a retry or a give-back
--- returns it to its windows (refund_grant, from refund.lua).
+-- An ack keeps the email's pacing grant charged (it was attempted); a drop (finished without
+-- an attempt: cancelled or paused after its grant), a retry or a give-back returns it to
+-- its windows (refund_grant, from refund.lua).
 -- ARGV: 1 sender key prefix, 2 wake channel, then triples: id, token, due
---   due = "ack" to finish, "" to give back at the original due time, or a due time in ms.
+--   due = "ack" or "drop" to finish, "" to give back at the original due time, or a due
+--   time in ms.
 -- Returns the ids whose token was refused.
 local prefix = ARGV[1]
 local refused = {}
@@ -21,6 +23,9 @@ for i = 3, #ARGV, 3 do
     if due == 'ack' then
       redis.call('HDEL', KEYS[5], id)
       redis.call('HDEL', KEYS[6], id)
+    elseif due == 'drop' then
+      redis.call('HDEL', KEYS[5], id)
+      refund_grant(KEYS[6], id)
     else
       refund_grant(KEYS[6], id)
       local c2 = string.find(info, ':', c1 + 1, true)
