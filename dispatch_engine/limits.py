@@ -127,8 +127,6 @@ class SenderLimits:
         return None
 
     async def day_usage(self, sender_id: int, now_ms: int) -> int | None:
-        if self.window == "none":
-            return None
         return int(await self.redis.get(f"{self._prefix(sender_id)}d:{now_ms // self.day_ms}") or 0)
 
     async def granted_ids(self, sender_id: int) -> list[int]:

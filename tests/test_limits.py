@@ -121,3 +121,26 @@ async def test_a_granted_email_dropped_unsent_returns_its_grant(
     await queue.ack(claim.leases[3:])
     assert await limits.window_usage(7, claim.now_ms) == 1
     assert await limits.granted_ids(7) == [] and await queue.depth(7) == 0
+
+
+async def test_without_a_sender_window_the_daily_limit_and_campaign_caps_still_hold(
+    redis: Redis, settings: Settings
+) -> None:
+    """DISPATCH_PACING=min_gap (no window policy): no sender window, but a daily limit and a
+    campaign's own cap are still limits the user set, and they hold."""
+    limits = SenderLimits(redis, settings, window="none")
+    capped = CampaignLimits(2, hourly_limit=2)
+    outcome = await limits.decide(
+        _request(T0, [(n, 1) for n in range(5)] + [(10 + n, 2) for n in range(4)],
+                 CampaignLimits(1), capped, hourly=1, daily_limit=4)
+    )  # fmt: skip
+    # the sender's hourly 1 does not apply; the day's 4 do; campaign 2 gets at most 2 an hour
+    assert sorted(outcome.granted) == [0, 1, 2, 3]
+    assert outcome.reason is WaitReason.DAILY_LIMIT
+    assert await limits.day_usage(7, T0) == 4
+    later = await limits.decide(
+        _request(T0 + DAY, [(20 + n, 2) for n in range(4)], capped, hourly=1, daily_limit=9)
+    )
+    assert sorted(later.granted) == [20, 21] and {w for _, _, w in later.deferred} == {
+        WaitReason.CAMPAIGN_CAP
+    }

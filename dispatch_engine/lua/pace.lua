@@ -3,7 +3,8 @@
 -- settle (give back / retry) and reap (a crashed worker) return it to its windows.
 -- KEYS: 1 grants (HASH id -> the counters it charged)
 -- ARGV: 1 pacing key prefix (same hash tag as KEYS), 2 sender, 3 now_ms,
---   4 window mode ('fixed' | 'sliding' | 'none'), 5 window_ms, 6 sender window limit,
+--   4 sender window mode ('fixed' | 'sliding' | 'none': no sender window; the daily limit
+--   and the campaigns' caps hold in every mode), 5 window_ms, 6 sender window limit,
 --   7 day_ms, 8 sender daily limit (0: none), 9 jitter fraction (0..1, for the next gap),
 --   10 campaign count C, then C quintuples: campaign id, window limit (0: none),
 --   daily limit (0: none), gap ms, jitter ms; then pairs: dispatch member, campaign id.
@@ -79,23 +80,21 @@ for j = i, #ARGV, 2 do
         local oldest = redis.call('ZRANGE', skey, 0, 0, 'WITHSCORES')
         until_ms = (oldest[2] and tonumber(oldest[2]) or now) + window_ms
       end
-    elseif mode ~= 'none' and dlimit > 0 and dused >= dlimit then
+    elseif dlimit > 0 and dused >= dlimit then
       stop, until_ms = 'daily_limit', (d + 1) * day_ms
     elseif c.gap > 0 and last_ms and now < last_ms + c.gap + math.floor(last_u * c.jit) then
       stop, until_ms = 'min_gap', last_ms + c.gap + math.floor(last_u * c.jit)
-    elseif mode ~= 'none' and c.wl > 0 and c.wused + c.wadd >= c.wl then
+    elseif c.wl > 0 and c.wused + c.wadd >= c.wl then
       -- a campaign cap holds back only its campaign: the next free slot of a later window
       code = 'c:' .. (next_slot(p .. 'c:' .. c.id .. ':next', w, c.wl, window_ms) * window_ms)
-    elseif mode ~= 'none' and c.dl > 0 and c.dused + c.dadd >= c.dl then
+    elseif c.dl > 0 and c.dused + c.dadd >= c.dl then
       code = 'd:' .. (next_slot(p .. 'c:' .. c.id .. ':dnext', d, c.dl, day_ms) * day_ms)
     else
       code = 'g'
       granted[#granted + 1] = {id, c}
-      if mode ~= 'none' then
-        wused, dused = wused + 1, dused + 1
-        if c.wl > 0 then c.wadd = c.wadd + 1 end
-        if c.dl > 0 then c.dadd = c.dadd + 1 end
-      end
+      wused, dused = wused + 1, dused + 1
+      if c.wl > 0 then c.wadd = c.wadd + 1 end
+      if c.dl > 0 then c.dadd = c.dadd + 1 end
       if c.gap > 0 then last_ms, last_u = now, tonumber(u_next) end
     end
   end
@@ -114,10 +113,10 @@ if #granted > 0 then
       redis.call('ZADD', skey, now, seq + n)
       rec[#rec + 1] = skey .. '=' .. (seq + n)
     end
-    if mode ~= 'none' then rec[#rec + 1] = dkey end
+    rec[#rec + 1] = dkey
     local c = g[2]
-    if mode ~= 'none' and c.wl > 0 then rec[#rec + 1] = c.wkey end
-    if mode ~= 'none' and c.dl > 0 then rec[#rec + 1] = c.dkey end
+    if c.wl > 0 then rec[#rec + 1] = c.wkey end
+    if c.dl > 0 then rec[#rec + 1] = c.dkey end
     if #rec > 0 then redis.call('HSET', KEYS[1], g[1], table.concat(rec, ' ')) end
   end
   if mode == 'fixed' then
@@ -128,10 +127,8 @@ if #granted > 0 then
     -- outlives the log by far, so a sequence number is never reused while the log holds it
     redis.call('PEXPIRE', seqkey, math.max(window_ms, day_ms) * 2)
   end
-  if mode ~= 'none' then
-    redis.call('INCRBY', dkey, #granted)
-    redis.call('PEXPIRE', dkey, day_ms * 2)
-  end
+  redis.call('INCRBY', dkey, #granted)  -- the day counts whatever the window mode
+  redis.call('PEXPIRE', dkey, day_ms * 2)
   for _, c in pairs(camps) do
     if c.wadd > 0 then
       redis.call('INCRBY', c.wkey, c.wadd)
