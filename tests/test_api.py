@@ -21,6 +21,7 @@ from dispatch_engine.store import Store
 
 from .conftest import fast
 from .helpers import auth, new_token, wait_for
+from .web_session import dev_login
 
 Start = Callable[..., Awaitable[TestClient]]
 
@@ -421,3 +422,20 @@ async def test_malformed_ids_cursors_dates_and_bodies_name_the_field(
             )
             error = (await response.json())["error"]
             assert (response.status, error["code"]) == (400, "invalid_multipart"), (path, error)
+
+
+async def test_an_anonymous_form_is_held_to_the_small_cap_before_any_session_check(
+    make_client: Start, settings: Settings
+) -> None:
+    """Dashboard forms are parsed before the session is looked up (the CSRF check reads
+    them): without a session cookie of ours, a compose-sized body is refused unread."""
+    small = fast(settings, max_upload_bytes=256 * 1024, max_body_bytes=4096)
+    client = await make_client(small, roles=frozenset({"api"}))
+    body = {"subject": "s", "body": "b", "recipients": "x@example.com\n" * 2000}  # ~28 KB
+    anonymous = await client.post("/compose", data=body, allow_redirects=False)
+    assert anonymous.status == 413, await anonymous.text()
+    csrf = await dev_login(client)
+    signed_in = await client.post(
+        "/compose", data={**body, "csrf_token": csrf}, allow_redirects=False
+    )
+    assert signed_in.status != 413, await signed_in.text()

@@ -13,7 +13,7 @@ from ..config import Settings
 from ..errors import ApiError
 from ..models import User
 from .bodies import form, too_large
-from .keys import SETTINGS, STORE
+from .keys import SESSIONS, SETTINGS, STORE
 
 log = logging.getLogger(__name__)
 USER = web.RequestKey("user", User)
@@ -69,13 +69,17 @@ async def body_limit_middleware(request: web.Request, handler: Handler) -> web.S
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else ""
     limit = settings.max_upload_bytes if route in UPLOAD_ROUTES else settings.max_body_bytes
+    forms = request.content_type in _FORMS and not request.path.startswith("/api/")
+    sessions = request.app.get(SESSIONS)
+    if forms and sessions is not None and not sessions.may_upload(request):
+        limit = settings.max_body_bytes  # parsed before the session is looked up
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
     limited = request.clone(client_max_size=limit)
     fields = None
     try:
         # Only where the CSRF check reads it anyway: the API parses its own bodies after auth.
-        if request.content_type in _FORMS and not request.path.startswith("/api/"):
+        if forms:
             fields = await form(limited)
         return await handler(limited)
     except web.HTTPRequestEntityTooLarge:  # a body read past the route's own cap

@@ -85,7 +85,8 @@ class SessionManager:
         )
         self._set_cookie(response, SESSION_COOKIE, self._sessions.dumps(token), SESSION_TTL_S)
 
-    async def find(self, request: web.Request) -> BrowserSession | None:
+    def _signed_token(self, request: web.Request) -> str | None:
+        """The session token of a cookie we signed (not yet looked up in the store)."""
         raw = request.cookies.get(SESSION_COOKIE)
         if not raw:
             return None
@@ -93,7 +94,16 @@ class SessionManager:
             token = self._sessions.loads(raw, max_age=SESSION_TTL_S)
         except BadSignature:
             return None
-        if not isinstance(token, str):
+        return token if isinstance(token, str) else None
+
+    def may_upload(self, request: web.Request) -> bool:
+        """Cheap (no query): only a browser holding a session cookie of ours may send a form
+        of upload size; anyone else's form body is held to the small routes' cap."""
+        return self._signed_token(request) is not None
+
+    async def find(self, request: web.Request) -> BrowserSession | None:
+        token = self._signed_token(request)
+        if token is None:
             return None
         key = hash_token(token)
         user = await self.store.session_user(key)
