@@ -284,12 +284,14 @@ class CampaignService:
             f"{' or '.join(allowed_from)} can become {to.value}",
         )
 
-    async def _unqueue(self, rows: list[Any]) -> None:
+    async def _unqueue(self, campaign_id: int, rows: list[Any]) -> None:
         by_sender: dict[int, list[int]] = {}
         for row in rows:
             by_sender.setdefault(row["sender_id"], []).append(row["id"])
         for sender_id, ids in by_sender.items():
             await self.queue.remove(sender_id, ids)
+            # Its emails come back at their PostgreSQL time: their cap slots are taken anew.
+            await self.queue.forget_campaign_slots(sender_id, campaign_id)
 
     async def _requeue(self, campaign_id: int) -> None:
         # Marked first: if this process dies midway, the sweeper finishes the job.
@@ -311,7 +313,7 @@ class CampaignService:
     async def pause(self, user: User, campaign_id: int) -> None:
         """No new email of the campaign starts; the ones in flight finish."""
         await self._transition(user, campaign_id, CampaignStatus.PAUSED, ("scheduled", "running"))
-        await self._unqueue(await self.store.queued_of_campaign(campaign_id))
+        await self._unqueue(campaign_id, await self.store.queued_of_campaign(campaign_id))
 
     async def resume(self, user: User, campaign_id: int) -> None:
         """Queue again what is still to send; what was sent is never sent again."""
@@ -324,7 +326,7 @@ class CampaignService:
             user, campaign_id, CampaignStatus.CANCELLED, ("scheduled", "running", "paused")
         )
         cancelled = await self.store.cancel_dispatches(campaign_id)
-        await self._unqueue(cancelled)
+        await self._unqueue(campaign_id, cancelled)
         return len(cancelled)
 
     async def retry_failed(self, user: User, campaign_id: int) -> int:

@@ -257,6 +257,11 @@ class RedisQueue:
             )
         return removed
 
+    async def forget_campaign_slots(self, sender_id: int, campaign_id: int) -> None:
+        """Drop the places a campaign's capped emails reserved in later windows (pace.lua)."""
+        prefix = f"{self.shard_of(sender_id).pacing_prefix}{sender_id}:c:{campaign_id}:"
+        await self.redis.delete(f"{prefix}next", f"{prefix}dnext")
+
     async def sender_state(self, sender_id: int) -> dict[str, int | None]:
         """Queue depth, earliest due time and parked-until of one sender (for /api/stats)."""
         keys = self.shard_of(sender_id)

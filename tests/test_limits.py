@@ -144,3 +144,19 @@ async def test_without_a_sender_window_the_daily_limit_and_campaign_caps_still_h
     assert sorted(later.granted) == [20, 21] and {w for _, _, w in later.deferred} == {
         WaitReason.CAMPAIGN_CAP
     }
+
+
+async def test_a_paused_capped_campaign_takes_its_later_windows_anew(
+    redis: Redis, settings: Settings
+) -> None:
+    """Paused, its held emails leave the queue; resumed, they are decided again: they take
+    the next windows' places, not places after the ones they had reserved (a doubled wait)."""
+    limits = SenderLimits(redis, settings)
+    capped = CampaignLimits(1, hourly_limit=2)
+    first = await limits.decide(_request(T0, [(i, 1) for i in range(6)], capped, hourly=1000))
+    assert [due for _, due, _ in first.deferred] == [T0 + HOUR] * 2 + [T0 + 2 * HOUR] * 2
+    await RedisQueue(redis).forget_campaign_slots(7, 1)  # what pausing the campaign does
+    again = await limits.decide(
+        _request(T0 + 5, [(i, 1) for i in range(2, 6)], capped, hourly=1000)
+    )
+    assert [due for _, due, _ in again.deferred] == [T0 + HOUR] * 2 + [T0 + 2 * HOUR] * 2
