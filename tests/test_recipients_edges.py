@@ -14,10 +14,11 @@ def test_a_row_without_the_email_column_is_rejected_and_the_rest_still_read() ->
     assert [(p.email, p.vars) for p in parsed.accepted] == [("bob@example.com", {"name": "Bob"})]
 
 
-def test_a_row_shorter_than_the_header_keeps_the_variables_it_has() -> None:
+def test_a_row_shorter_than_the_header_keeps_its_cells_and_the_missing_ones_are_empty() -> None:
     parsed = from_csv("email,name,city\nann@example.com,Ann\n")
     assert parsed.rejected == []
-    assert [(p.email, p.vars) for p in parsed.accepted] == [("ann@example.com", {"name": "Ann"})]
+    expected = [("ann@example.com", {"name": "Ann", "city": ""})]
+    assert [(p.email, p.vars) for p in parsed.accepted] == expected
 
 
 def test_a_list_without_a_header_takes_the_address_from_the_first_column() -> None:
