@@ -17,6 +17,7 @@ import orjson
 import pluggy
 from aiohttp import web
 
+from . import __version__
 from .app import ALL_ROLES, create_app
 from .auth import DEV_EMAIL
 from .cli_senders import sender
@@ -37,6 +38,7 @@ from .store import Store
 
 log = logging.getLogger("dispatch_engine")
 USER_ERRORS = (SettingsError, EmbeddedError, SchemaBehindError, PluginError)
+HELP_ARGS = frozenset({"-h", "--help", "--version"})
 
 
 @dataclass
@@ -169,6 +171,7 @@ async def serve(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dispatch-engine")
 @click.option(
     "--plugins-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -290,10 +293,21 @@ cli.add_command(sender)
 cli.add_command(token)
 
 
-def main(argv: list[str] | None = None) -> Any:
+def _settings_for(args: list[str]) -> Settings:
+    """The environment's settings; help and --version answer even when one is malformed."""
     try:
-        settings = load_settings()
-        plugins_dir = _plugins_dir_arg(sys.argv[1:] if argv is None else argv)
+        return load_settings()
+    except SettingsError:
+        if not HELP_ARGS.intersection(args):
+            raise
+        return Settings()
+
+
+def main(argv: list[str] | None = None) -> Any:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        settings = _settings_for(args)
+        plugins_dir = _plugins_dir_arg(args)
         if plugins_dir is not None:
             settings = replace(settings, plugins_dir=plugins_dir)
         setup_logging(settings.log_level, settings.log_format)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatch_engine import __version__
 from dispatch_engine.config import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,3 +159,25 @@ def test_env_example_lists_every_variable() -> None:
     listed = set(re.findall(r"(?m)^\s*#?\s*([A-Z][A-Z0-9_]*)\s*=", example))
     missing = config_variables() - listed
     assert not missing, f".env.example lacks {sorted(missing)}"
+
+
+def test_help_and_version_answer_even_with_a_malformed_setting(tmp_path: Path) -> None:
+    """`--help` must help the user who set a variable wrong; a command still refuses."""
+    env = clean_env(MAX_EMAILS_PER_HOUR="lots")
+    helped = run_cli(["--help"], env, tmp_path)
+    assert helped.returncode == 0 and "Usage: dispatch-engine" in helped.stdout, helped.stderr
+    version = run_cli(["--version"], env, tmp_path)
+    assert (
+        version.returncode == 0
+        and version.stdout.strip() == f"dispatch-engine, version {__version__}"
+    )
+    refused = run_cli(["plugins"], env, tmp_path)
+    assert refused.returncode == 2 and "MAX_EMAILS_PER_HOUR" in refused.stderr
+
+
+def test_python_dash_m_runs_the_same_cli(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatch_engine", "--version"],
+        env=clean_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 and __version__ in result.stdout, result.stderr

@@ -1,0 +1,5 @@
+"""`python -m dispatch_engine …`: the same CLI as the `dispatch-engine` command."""
+
+from .cli import main
+
+main()
