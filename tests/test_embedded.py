@@ -148,7 +148,7 @@ def test_second_owner_is_refused(data_dir: Path) -> None:
 
 
 def test_missing_binaries_name_what_to_install(tmp_path: Path) -> None:
-    # -S hides site-packages (so the wheels) and "wheel" hides PATH; load the module by path.
+    # -S hides site-packages (so the wheels) and "wheel" hides PATH; load the package by path.
     script = (
         "import importlib.util, sys; from pathlib import Path\n"
         "spec = importlib.util.spec_from_file_location('embedded', sys.argv[1])\n"
@@ -156,7 +156,7 @@ def test_missing_binaries_name_what_to_install(tmp_path: Path) -> None:
         "spec.loader.exec_module(module)\n"
         "module.EmbeddedServers(Path(sys.argv[2])).start()\n"
     )
-    source = Path(__file__).parents[1] / "dispatch_engine" / "embedded.py"
+    source = Path(__file__).parents[1] / "dispatch_engine" / "embedded" / "__init__.py"
     done = subprocess.run(
         [sys.executable, "-S", "-c", script, str(source), str(tmp_path / "var")],
         capture_output=True,
