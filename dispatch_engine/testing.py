@@ -26,14 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 from aiohttp import web
 
 from .app import create_app
-from .cli import create_api_token
+from .bootstrap import create_api_token, migrate_database, private_servers_for
 from .config import Settings
-from .embedded import EmbeddedServers
-from .migrate import migrate
 from .store import Store
 from .web.keys import PLUGINS, STORE
 
@@ -99,34 +96,13 @@ class Appliance:
         return detail
 
 
-async def _migrate(database_url: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-
-
-@contextlib.asynccontextmanager
-async def _servers(data_dir: Path, settings: Settings) -> AsyncIterator[Settings]:
-    if settings.database_url and settings.redis_url:
-        yield settings
-        return
-    servers = EmbeddedServers(data_dir / "servers")
-    urls = await asyncio.to_thread(servers.start)
-    try:
-        yield settings.with_urls(urls.database_url, urls.redis_url)
-    finally:
-        await asyncio.to_thread(servers.stop)
-
-
 @contextlib.asynccontextmanager
 async def appliance(
     *, plugins: Iterable[object] = (), email: str = "tester@example.com", **changes: Any
 ) -> AsyncIterator[Appliance]:
     """Start a whole appliance; `changes` override Settings fields (e.g. `pacing=(...)`).
 
-    Pass `database_url` and `redis_url` to use running servers instead of private ones
+    Pass `database_url` and `redis_url` (both) to use running servers instead of private ones
     (the appliance migrates that database; it does not empty it).
     """
     with tempfile.TemporaryDirectory(prefix="dispatch-engine-test-") as folder:
@@ -140,9 +116,8 @@ async def appliance(
             max_emails_per_hour=1_000_000,
             allow_private_targets=True,  # a plugin's test peers listen on loopback
         )
-        async with _servers(data_dir, replace(base, **changes)) as settings:
-            assert settings.database_url
-            await _migrate(settings.database_url)
+        async with private_servers_for(replace(base, **changes), data_dir / "servers") as settings:
+            await migrate_database(settings)
             token = await create_api_token(settings, email, "dispatch_engine.testing")
             app = create_app(settings)
             for plugin in plugins:

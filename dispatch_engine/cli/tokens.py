@@ -6,41 +6,36 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
 import orjson
 
-from . import tokens
-from .config import Settings
-from .db import create_pool
-from .store import Store
-from .store.accounts import ApiToken
+from .. import tokens
+from ..bootstrap import command_pool, create_api_token, migrate_database, servers_for
+from ..config import Settings
+from ..store import Store
+from ..store.accounts import ApiToken
+from .context import CommandContext
 
 T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def _migrated(obj: Any) -> Iterator[Settings]:
+def _migrated(obj: CommandContext) -> Iterator[Settings]:
     """The configured servers (or a running `up`'s, or private ones meanwhile), migrated."""
-    from .cli import _migrate, servers_for  # the CLI module owns how servers are found
-
     with servers_for(obj.settings) as settings:
-        asyncio.run(_migrate(settings))
+        asyncio.run(migrate_database(settings))
         yield settings
 
 
 async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
-    assert settings.database_url
-    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-    try:
+    async with command_pool(settings) as pool:
         return await work(Store(pool))
-    finally:
-        await pool.close()
 
 
-@click.group()
-def token() -> None:
+@click.group(name="token")
+def token_group() -> None:
     """Manage API tokens."""
 
 
@@ -63,7 +58,7 @@ def _option_value(check: Callable[[str], T], param: str) -> Callable[..., T | No
     return convert
 
 
-@token.command(name="create")
+@token_group.command(name="create")
 @click.option("--email", required=True, help="The user the token acts for (created if new).")
 @click.option(
     "--name",
@@ -78,21 +73,19 @@ def _option_value(check: Callable[[str], T], param: str) -> Callable[..., T | No
     help="Refuse the token after this long: 90m, 12h, 30d, 2w (default: never).",
 )
 @click.pass_obj
-def token_create(obj: Any, email: str, name: str, expires_in: int | None) -> None:
+def token_create(obj: CommandContext, email: str, name: str, expires_in: int | None) -> None:
     """Print a new API token for EMAIL (use it as `Authorization: Bearer <token>`)."""
     if "@" not in email:
         raise click.BadParameter("must be an email address", param_hint="--email")
     with _migrated(obj) as settings:
-        from .cli import create_api_token
-
         click.echo(asyncio.run(create_api_token(settings, email, name, expires_in)))
 
 
-@token.command(name="list")
+@token_group.command(name="list")
 @click.option("--email", help="Only this user's tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def token_list(obj: Any, email: str | None, as_json: bool) -> None:
+def token_list(obj: CommandContext, email: str | None, as_json: bool) -> None:
     """List tokens, newest first: id, first characters, status, user, name, dates (no secrets)."""
 
     async def work(store: Store) -> list[ApiToken] | None:
@@ -118,10 +111,10 @@ def token_list(obj: Any, email: str | None, as_json: bool) -> None:
         click.echo("\t".join(str(cell) for cell in cells))
 
 
-@token.command(name="revoke")
+@token_group.command(name="revoke")
 @click.argument("token_id", metavar="ID", callback=_option_value(_token_id, "ID"))
 @click.pass_obj
-def token_revoke(obj: Any, token_id: int) -> None:
+def token_revoke(obj: CommandContext, token_id: int) -> None:
     """Revoke token ID (see `token list`) and the tokens made with it; refused at once."""
     with _migrated(obj) as settings:
         revoked = asyncio.run(_with_store(settings, lambda s: s.revoke_token(token_id, None)))

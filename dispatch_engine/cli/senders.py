@@ -10,42 +10,40 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from .config import Settings, ensure_secret_key
-from .db import create_pool
-from .errors import ApiError
-from .plugins import registered
-from .queue import RedisQueue
-from .redis_client import connect_redis
-from .secretbox import secret_box
-from .senders import SenderService, public
-from .store import Store
-from .transport import TransportRegistry
+from ..bootstrap import command_pool, servers_for
+from ..config import Settings, ensure_secret_key
+from ..errors import ApiError
+from ..plugins import registered
+from ..queue import RedisQueue
+from ..redis_client import connect_redis
+from ..secretbox import secret_box
+from ..senders import SenderService, public
+from ..store import Store
+from ..transport import TransportRegistry
+from .context import CommandContext
 
 T = TypeVar("T")
 
 
-def _run(obj: Any, work: Callable[[SenderService, Store], Awaitable[T]]) -> T:
+def _run(obj: CommandContext, work: Callable[[SenderService, Store], Awaitable[T]]) -> T:
     """Connect (to the configured servers or a running `up`), run `work`, disconnect."""
-    from .cli import servers_for  # the CLI module owns how servers are found
 
     async def main(settings: Settings) -> T:
-        assert settings.database_url and settings.redis_url
-        pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-        redis = connect_redis(settings)
-        try:
-            store = Store(pool)
-            specs = await registered(obj.plugins.hook.register_transports, settings=settings)
-            service = SenderService(
-                store,
-                RedisQueue(redis.data),
-                secret_box(settings),
-                specs,
-                allow_private_targets=settings.private_targets_allowed,
-            )
-            return await work(service, store)
-        finally:
-            await redis.aclose()
-            await pool.close()
+        async with command_pool(settings) as pool:
+            redis = connect_redis(settings)
+            try:
+                store = Store(pool)
+                specs = await registered(obj.plugins.hook.register_transports, settings=settings)
+                service = SenderService(
+                    store,
+                    RedisQueue(redis.data),
+                    secret_box(settings),
+                    specs,
+                    allow_private_targets=settings.private_targets_allowed,
+                )
+                return await work(service, store)
+            finally:
+                await redis.aclose()
 
     with servers_for(obj.settings) as settings:
         try:
@@ -54,15 +52,15 @@ def _run(obj: Any, work: Callable[[SenderService, Store], Awaitable[T]]) -> T:
             raise click.ClickException(exc.message) from None
 
 
-@click.group()
-def sender() -> None:
+@click.group(name="sender")
+def sender_group() -> None:
     """Manage sending identities (from address, account, limits)."""
 
 
-@sender.command(name="list")
+@sender_group.command(name="list")
 @click.option("--email", required=True, help="The owner of the senders.")
 @click.pass_obj
-def list_senders(obj: Any, email: str) -> None:
+def list_senders(obj: CommandContext, email: str) -> None:
     """Print the senders of EMAIL as JSON lines (passwords are never shown)."""
 
     async def work(service: SenderService, store: Store) -> list[dict[str, Any]]:
@@ -73,7 +71,7 @@ def list_senders(obj: Any, email: str) -> None:
         click.echo(orjson.dumps(item))
 
 
-@sender.command(name="add")
+@sender_group.command(name="add")
 @click.option("--email", required=True, help="The owner (created if new).")
 @click.option("--from", "from_address", required=True, help="The from address.")
 @click.option("--name", "display_name", default="", help="Display name.")
@@ -92,7 +90,7 @@ def list_senders(obj: Any, email: str) -> None:
 @click.option("--default", "is_default", is_flag=True, help="Make it the default sender.")
 @click.pass_obj
 def add_sender(
-    obj: Any,
+    obj: CommandContext,
     email: str,
     from_address: str,
     display_name: str,
@@ -132,12 +130,12 @@ def add_sender(
     click.echo(orjson.dumps(_run(obj, work)))
 
 
-@sender.command(name="test")
+@sender_group.command(name="test")
 @click.option("--email", required=True, help="The owner of the sender.")
 @click.option("--send", is_flag=True, help="Also send a test message to the owner.")
 @click.argument("sender_id", type=int)
 @click.pass_obj
-def test_sender(obj: Any, email: str, send: bool, sender_id: int) -> None:
+def test_sender(obj: CommandContext, email: str, send: bool, sender_id: int) -> None:
     """Connect, negotiate TLS and log in with a sender's account; exit 1 if it fails."""
 
     async def work(service: SenderService, store: Store) -> dict[str, Any]:
@@ -154,11 +152,11 @@ def test_sender(obj: Any, email: str, send: bool, sender_id: int) -> None:
         sys.exit(1)
 
 
-@sender.command(name="resume")
+@sender_group.command(name="resume")
 @click.option("--email", required=True, help="The owner of the sender.")
 @click.argument("sender_id", type=int)
 @click.pass_obj
-def resume_sender(obj: Any, email: str, sender_id: int) -> None:
+def resume_sender(obj: CommandContext, email: str, sender_id: int) -> None:
     """Unpark a sender whose account the server kept refusing; print it as JSON."""
 
     async def work(service: SenderService, store: Store) -> dict[str, Any]:
@@ -168,9 +166,9 @@ def resume_sender(obj: Any, email: str, sender_id: int) -> None:
     click.echo(orjson.dumps(_run(obj, work)))
 
 
-@sender.command(name="reseal")
+@sender_group.command(name="reseal")
 @click.pass_obj
-def reseal(obj: Any) -> None:
+def reseal(obj: CommandContext) -> None:
     """Re-encrypt stored passwords with DISPATCH_SECRET_KEY (after a key rotation)."""
 
     async def work(service: SenderService, store: Store) -> int:
