@@ -29,7 +29,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "dispatch_engine"
-MAX_LINES = 400  # the house rule (docs/architecture.md, "Layout of the package")
+MAX_LINES = 400  # docs/architecture.md, "Start-up and the package's layout"
 
 
 @dataclass(frozen=True)
