@@ -171,7 +171,7 @@ def _path_through(graph: dict[str, set[str]], group: set[str]) -> list[str]:
                     path = [node]
                     while path[-1] != start:
                         path.append(came_from[path[-1]])
-                    return [start, *reversed(path[:-1]), start] if node != start else [start]
+                    return [*reversed(path), start]
                 if target not in came_from:
                     came_from[target] = node
                     following.append(target)
