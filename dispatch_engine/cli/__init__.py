@@ -43,8 +43,8 @@ def cli(plugins_dir: Path | None) -> None:
     """Dispatch Engine: schedule and send email campaigns."""
 
 
-for command in (up_command, run_command, migrate_command, plugins_command, sender_group,
-                token_group):  # fmt: skip
+COMMANDS = (up_command, run_command, migrate_command, token_group, sender_group, plugins_command)
+for command in COMMANDS:
     cli.add_command(command)
 
 
