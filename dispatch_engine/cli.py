@@ -25,11 +25,11 @@ from .cli_tokens import token
 from .config import Settings, SettingsError, ensure_secret_key, load_settings
 from .db import create_pool
 from .embedded import EmbeddedError, EmbeddedServers, running_urls
+from .hooks import Hooks
 from .logs import setup_logging
 from .migrate import SchemaBehindError, migrate
 from .plugins import (
     PluginError,
-    call_all,
     disabled_plugins,
     get_plugin_manager,
     plugin_report,
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> Any:
             settings = replace(settings, plugins_dir=plugins_dir)
         setup_logging(settings.log_level, settings.log_format)
         plugins = get_plugin_manager(settings)
-        asyncio.run(call_all(plugins.hook.register_commands, cli=cli))
+        asyncio.run(Hooks(plugins, settings).add_commands(cli))
         return cli.main(
             args=argv,
             prog_name="dispatch-engine",

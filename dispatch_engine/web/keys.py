@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from ..campaigns import CampaignService
 from ..config import Settings
+from ..hooks import Hooks
 from ..metrics import Metrics
 from ..pacing import Pacer
 from ..queue import RedisQueue
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 SETTINGS = web.AppKey("settings", Settings)
 ROLES: web.AppKey[frozenset[str]] = web.AppKey("roles")
 PLUGINS = web.AppKey("plugins", pluggy.PluginManager)
+HOOKS = web.AppKey("hooks", Hooks)  # the typed calls of PLUGINS' hooks
 POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", Redis)
 REDIS_PUBSUB = web.AppKey("redis_pubsub", Redis)  # the same client unless clustered
