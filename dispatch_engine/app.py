@@ -18,6 +18,7 @@ from aiohttp import web
 from .campaigns import CampaignService
 from .config import Settings, SettingsError
 from .db import create_pool
+from .events import Subscription
 from .hooks import Hooks
 from .metrics import Metrics
 from .migrate import require_current_schema
@@ -48,6 +49,7 @@ from .web.keys import (
     SENDERS,
     SETTINGS,
     STORE,
+    SUBSCRIPTION,
     WORKERS,
 )
 from .web.middleware import auth_middleware, body_limit_middleware, error_middleware
@@ -70,6 +72,7 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = pool
         app[REDIS] = redis
         app[REDIS_PUBSUB] = clients.pubsub
+        app[SUBSCRIPTION] = Subscription(clients.pubsub)
         app[STORE] = Store(pool)
         app[QUEUE] = RedisQueue(
             redis, shards=settings.queue_shards, lease_ms=settings.lease_seconds * 1000
@@ -149,6 +152,14 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
         await sweeper.release()
 
 
+async def _subscribed(app: web.Application) -> AsyncIterator[None]:
+    """The process's pub/sub subscription, once every role has added its listeners."""
+    subscription = app[SUBSCRIPTION]
+    subscription.start()
+    yield
+    await subscription.stop()
+
+
 def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Application:
     chosen = frozenset(roles)
     unknown = chosen - ALL_ROLES
@@ -182,4 +193,5 @@ def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Appl
         app.cleanup_ctx.append(_sweeper)
     if "worker" in chosen:
         app.cleanup_ctx.append(_workers)
+    app.cleanup_ctx.append(_subscribed)  # last: listeners were added by the contexts above
     return app
