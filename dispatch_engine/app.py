@@ -18,10 +18,12 @@ from aiohttp import web
 from .campaigns import CampaignService
 from .config import Settings, SettingsError
 from .db import create_pool
+from .events import Subscription
+from .hooks import Hooks
 from .metrics import Metrics
 from .migrate import require_current_schema
 from .pacing import Pacer, PacingPolicySpec
-from .plugins import call_all, get_plugin_manager, registered
+from .plugins import get_plugin_manager
 from .queue import RedisQueue
 from .redis_client import connect_redis
 from .resources import resource_dir
@@ -30,11 +32,12 @@ from .senders import SenderService
 from .store import Store
 from .sweeper import Sweeper
 from .tasks import cancel_and_wait
-from .transport import TransportRegistry, TransportSpec
+from .transport import TransportRegistry
 from .web import api, dashboard, health, senders
 from .web.guard import browser_middleware
 from .web.keys import (
     CAMPAIGNS,
+    HOOKS,
     METRICS,
     PACER,
     PLUGINS,
@@ -46,6 +49,7 @@ from .web.keys import (
     SENDERS,
     SETTINGS,
     STORE,
+    SUBSCRIPTION,
     WORKERS,
 )
 from .web.middleware import auth_middleware, body_limit_middleware, error_middleware
@@ -68,22 +72,23 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = pool
         app[REDIS] = redis
         app[REDIS_PUBSUB] = clients.pubsub
+        app[SUBSCRIPTION] = Subscription(clients.pubsub)
         app[STORE] = Store(pool)
         app[QUEUE] = RedisQueue(
             redis, shards=settings.queue_shards, lease_ms=settings.lease_seconds * 1000
         )
-        app[CAMPAIGNS] = CampaignService(app[STORE], app[QUEUE], app[PLUGINS].hook, settings)
+        app[CAMPAIGNS] = CampaignService(app[STORE], app[QUEUE], app[HOOKS], settings)
         app[PACER] = await _pacer(app)
         app[SENDERS] = SenderService(
             app[STORE],
             app[QUEUE],
             secret_box(settings),
-            await _transport_specs(app),
+            await app[HOOKS].transports(),
             allow_private_targets=settings.private_targets_allowed,
         )
-        await call_all(app[PLUGINS].hook.startup, settings=settings, app=app)
+        await app[HOOKS].startup(app)
         yield
-        await call_all(app[PLUGINS].hook.shutdown, settings=settings, app=app)
+        await app[HOOKS].shutdown(app)
     finally:
         await clients.aclose()
         await pool.close()
@@ -91,10 +96,9 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
 
 async def _pacer(app: web.Application) -> Pacer:
     """The configured pacing policies (DISPATCH_PACING), from the plugins that offer them."""
-    settings, hooks = app[SETTINGS], app[PLUGINS].hook
+    settings = app[SETTINGS]
     policy_specs: dict[str, PacingPolicySpec] = {
-        spec.name: spec
-        for spec in await registered(hooks.register_pacing_policies, settings=settings)
+        spec.name: spec for spec in await app[HOOKS].pacing_policies()
     }
     unknown = [name for name in settings.pacing if name not in policy_specs]
     if unknown:
@@ -103,23 +107,17 @@ async def _pacer(app: web.Application) -> Pacer:
     return Pacer([(n, policy_specs[n].factory(app[REDIS], settings)) for n in settings.pacing])
 
 
-async def _transport_specs(app: web.Application) -> list[TransportSpec]:
-    return await registered(app[PLUGINS].hook.register_transports, settings=app[SETTINGS])
-
-
 async def _plugin_web(app: web.Application) -> AsyncIterator[None]:
     """Plugins' routes and template changes (api role); the router is open until startup ends."""
-    settings, hooks = app[SETTINGS], app[PLUGINS].hook
-    for routes in await call_all(hooks.register_routes, settings=settings):
-        app.router.add_routes(routes)
-    env = aiohttp_jinja2.get_env(app)
-    await call_all(hooks.prepare_jinja2_environment, env=env, settings=settings)
+    hooks = app[HOOKS]
+    app.router.add_routes(await hooks.routes())
+    await hooks.prepare_jinja2_environment(aiohttp_jinja2.get_env(app))
     yield
 
 
 async def _workers(app: web.Application) -> AsyncIterator[None]:
-    settings, hooks = app[SETTINGS], app[PLUGINS].hook
-    transport_specs = await _transport_specs(app)
+    settings = app[SETTINGS]
+    transport_specs = await app[HOOKS].transports()
     pool = WorkerPool(
         settings,
         app[STORE],
@@ -127,7 +125,7 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         app[REDIS],
         TransportRegistry(transport_specs, settings, app[POOL], secret_box(settings)),
         app[PACER],
-        hooks,
+        app[PLUGINS].hook,  # the worker side still calls pluggy's relay until it takes HOOKS
         app[METRICS],
         app[REDIS_PUBSUB],
     )
@@ -154,6 +152,14 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
         await sweeper.release()
 
 
+async def _subscribed(app: web.Application) -> AsyncIterator[None]:
+    """The process's pub/sub subscription, once every role has added its listeners."""
+    subscription = app[SUBSCRIPTION]
+    subscription.start()
+    yield
+    await subscription.stop()
+
+
 def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Application:
     chosen = frozenset(roles)
     unknown = chosen - ALL_ROLES
@@ -170,6 +176,7 @@ def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Appl
     app[ROLES] = chosen
     app[METRICS] = Metrics()
     app[PLUGINS] = get_plugin_manager(settings)
+    app[HOOKS] = Hooks(app[PLUGINS], settings)
     app.cleanup_ctx.append(_connections)
     app.add_routes(health.routes)
     if "api" in chosen:
@@ -186,4 +193,5 @@ def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Appl
         app.cleanup_ctx.append(_sweeper)
     if "worker" in chosen:
         app.cleanup_ctx.append(_workers)
+    app.cleanup_ctx.append(_subscribed)  # last: listeners were added by the contexts above
     return app

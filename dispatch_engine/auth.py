@@ -18,6 +18,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from .config import Settings
+from .redis_keys import login_flow_key
 
 DEV_EMAIL = "dev@example.com"  # the local dev user: `up` prints a token for it
 FLOW_TTL_S = 600  # a login started and not finished within ten minutes must start again
@@ -55,7 +56,7 @@ class LoginFlows:
         # Keyed by browser too: a callback from another browser finds nothing and leaves
         # the real flow intact.
         digest = hashlib.sha256(f"{self.browser}\x00{state}".encode()).hexdigest()
-        return "auth:flow:" + digest
+        return login_flow_key(digest)
 
     async def start(self, data: dict[str, Any]) -> str:
         """Keep `data` and return the random `state` that finds it again."""

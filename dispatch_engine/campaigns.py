@@ -10,10 +10,10 @@ from typing import Any
 import asyncpg
 
 from .errors import ApiError, invalid
+from .hooks import Hooks
 from .models import CampaignStatus, Sender, User
 from .pacing import claim_cap
 from .parsing import aware_datetime, whole_number
-from .plugins import notify
 from .queue import RedisQueue
 from .recipients import Limits, ParsedRecipients, from_request
 from .render import TemplateProblem, check_templates, idempotency_key, one_line
@@ -184,11 +184,11 @@ def _send_times(start_at: datetime, delay_ms: int, count: int) -> list[tuple[dat
 
 class CampaignService:
     def __init__(
-        self, store: Store, queue: RedisQueue, hooks: Any = None, settings: Any = None
+        self, store: Store, queue: RedisQueue, hooks: Hooks | None = None, settings: Any = None
     ) -> None:
         self.store = store
         self.queue = queue
-        self.hooks = hooks  # the plugin manager's hooks: campaign_completed fires from here too
+        self.hooks = hooks or Hooks.none()  # campaign_completed fires from here too
         self.settings = settings
 
     async def schedule(
@@ -302,13 +302,8 @@ class CampaignService:
     async def _progress(self, campaign_id: int) -> None:
         """A resumed campaign whose last emails went while it was paused completes now."""
         for done_id, owner_id, status in await self.store.update_campaign_progress([campaign_id]):
-            if status == CampaignStatus.COMPLETED and self.hooks is not None:
-                await notify(
-                    self.hooks.campaign_completed,
-                    campaign_id=done_id,
-                    owner_id=owner_id,
-                    settings=self.settings,
-                )
+            if status == CampaignStatus.COMPLETED:
+                await self.hooks.campaign_completed(campaign_id=done_id, owner_id=owner_id)
 
     async def pause(self, user: User, campaign_id: int) -> None:
         """No new email of the campaign starts; the ones in flight finish."""

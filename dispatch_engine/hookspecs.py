@@ -5,8 +5,10 @@ implementation takes any subset of a hook's arguments, by name. Every hook may b
 function or a coroutine (`async def`): callers await whatever a hook returns. Implementations
 run in pluggy's order (the last registered first, `tryfirst` before, `trylast` after); the
 built-in plugins are `trylast`, so a plugin that registers a transport, policy or provider of
-the same name replaces the built-in one. Processes: `api` serves the REST API and dashboard,
-`worker` sends, `sweeper` recovers; `dispatch-engine run` may run any of them in one process.
+the same name replaces the built-in one. The core calls them through `hooks.Hooks`, which
+calls each `register_*` hook once per process and keeps its answer. Processes: `api` serves
+the REST API and dashboard, `worker` sends, `sweeper` recovers; `dispatch-engine run` may
+run any of them in one process.
 """
 
 from __future__ import annotations

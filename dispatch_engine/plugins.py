@@ -1,11 +1,13 @@
-"""Build the plugin manager (never at import) and call hooks, awaiting async implementations."""
+"""Build the plugin manager (never at import) and describe what it loaded.
+
+Hooks are called through `hooks.Hooks`; `call_all`, `registered` and `notify` below are
+the old helpers, kept as thin wrappers until the worker side takes the facade.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import inspect
-import logging
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -17,14 +19,9 @@ import pluggy
 
 from . import hookspecs
 from .config import Settings, SettingsError
+from .hooks import PROJECT, call_each, call_impl, collect_specs, notify_each
+from .hooks import PluginError as PluginError  # defined beside the hook calls; still here
 from .resources import resource_dir
-
-log = logging.getLogger(__name__)
-PROJECT = "dispatch_engine"
-
-
-class PluginError(RuntimeError):
-    """A plugin could not be loaded or broke a contract; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -167,42 +164,19 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[LoadedPlugin]:
     return out
 
 
-async def _call(impl: pluggy.HookImpl, hook_name: str, kwargs: dict[str, Any]) -> Any:
-    """One implementation, awaited when it is a coroutine; a PluginError names the plugin."""
-    try:
-        result = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
-        if inspect.isawaitable(result):
-            result = await result
-    except Exception as exc:
-        raise PluginError(
-            f"plugin {impl.plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}"
-        ) from exc
-    return result
-
-
 async def call_all(hook: Any, **kwargs: Any) -> list[Any]:
-    """Call every implementation in pluggy's order, awaiting coroutines (pluggy is sync).
-
-    An exception stops the caller, wrapped in a PluginError that names the plugin.
-    """
-    results = []
-    for impl in reversed(hook.get_hookimpls()):
-        result = await _call(impl, hook.name, kwargs)
-        if result is not None:
-            results.append(result)
-    return results
+    """Old helper (use a `Hooks` method): every implementation; an error stops the caller."""
+    return await call_each(hook, kwargs)
 
 
 async def registered(hook: Any, **kwargs: Any) -> list[Any]:
-    """What a `register_*` hook returned, flattened, keeping the first spec of each name.
+    """Old helper (use `Hooks.transports()` etc.): a `register_*` hook's specs, first wins."""
+    return await collect_specs(hook, kwargs)
 
-    Built-ins are `trylast`, so they come last: a plugin's spec of the same name wins.
-    """
-    by_name: dict[str, Any] = {}
-    for specs in await call_all(hook, **kwargs):
-        for spec in specs:
-            by_name.setdefault(spec.name, spec)
-    return list(by_name.values())
+
+async def notify(hook: Any, **kwargs: Any) -> None:
+    """Old helper (use `Hooks.dispatch_sent(...)` etc.): a raising plugin is logged."""
+    await notify_each(hook, kwargs)
 
 
 async def plugin_report(pm: pluggy.PluginManager, settings: Settings) -> list[LoadedPlugin]:
@@ -213,18 +187,7 @@ async def plugin_report(pm: pluggy.PluginManager, settings: Settings) -> list[Lo
         for kind, hook_name in REGISTRATIONS.items():
             for impl in getattr(pm.hook, hook_name).get_hookimpls():
                 if impl.plugin_name == plugin.name:
-                    specs = await _call(impl, hook_name, {"settings": settings})
+                    specs = await call_impl(impl, hook_name, {"settings": settings})
                     registers[kind] = [spec.name for spec in specs or []]
         out.append(replace(plugin, registers=registers))
     return out
-
-
-async def notify(hook: Any, **kwargs: Any) -> None:
-    """Fire an event hook; a plugin that raises is logged and never stops the caller."""
-    for impl in reversed(hook.get_hookimpls()):
-        try:
-            result = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception("plugin %s raised in %s", impl.plugin_name, hook.name)

@@ -19,7 +19,8 @@ from ..config import Settings, SettingsError, load_settings
 from ..embedded import EmbeddedError
 from ..logs import setup_logging
 from ..migrate import SchemaBehindError
-from ..plugins import PluginError, call_all, get_plugin_manager
+from ..hooks import Hooks
+from ..plugins import PluginError, get_plugin_manager
 from .context import CommandContext
 from .plugins import plugins_command
 from .run import migrate_command, run_command
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> Any:
             settings = replace(settings, plugins_dir=plugins_dir)
         setup_logging(settings.log_level, settings.log_format)
         plugins = get_plugin_manager(settings)
-        asyncio.run(call_all(plugins.hook.register_commands, cli=cli))
+        asyncio.run(Hooks(plugins, settings).add_commands(cli))
         return cli.main(
             args=argv,
             prog_name="dispatch-engine",

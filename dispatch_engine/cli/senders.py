@@ -13,7 +13,7 @@ import orjson
 from ..bootstrap import command_pool, servers_for
 from ..config import Settings, ensure_secret_key
 from ..errors import ApiError
-from ..plugins import registered
+from ..hooks import Hooks
 from ..queue import RedisQueue
 from ..redis_client import connect_redis
 from ..secretbox import secret_box
@@ -33,7 +33,7 @@ def _run(obj: CommandContext, work: Callable[[SenderService, Store], Awaitable[T
             redis = connect_redis(settings)
             try:
                 store = Store(pool)
-                specs = await registered(obj.plugins.hook.register_transports, settings=settings)
+                specs = await Hooks(obj.plugins, settings).transports()
                 service = SenderService(
                     store,
                     RedisQueue(redis.data),

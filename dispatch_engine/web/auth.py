@@ -17,8 +17,7 @@ from aiohttp import web
 
 from ..auth import AuthContext, AuthError, AuthProviderSpec, LoginFlows, LoginIdentity
 from ..config import Settings
-from ..plugins import call_all
-from .keys import AUTH_PROVIDERS, HTTP_CLIENT, PLUGINS, REDIS, SESSIONS, SETTINGS, STORE
+from .keys import AUTH_PROVIDERS, HOOKS, HTTP_CLIENT, REDIS, SESSIONS, SETTINGS, STORE
 from .middleware import USER
 from .sessions import CSRF_TOKEN, safe_next
 from .views import render
@@ -30,10 +29,7 @@ routes = web.RouteTableDef()
 async def providers_context(app: web.Application) -> AsyncIterator[None]:
     """Collect the login providers and open the HTTP client they use (api role)."""
     settings = app[SETTINGS]
-    specs: dict[str, AuthProviderSpec] = {}
-    for found in await call_all(app[PLUGINS].hook.register_auth_providers, settings=settings):
-        for spec in found:
-            specs.setdefault(spec.name, spec)
+    specs = {spec.name: spec for spec in await app[HOOKS].auth_providers()}
     app[AUTH_PROVIDERS] = specs
     if not specs:
         log.warning("no login provider is configured: the dashboard cannot be signed in to")

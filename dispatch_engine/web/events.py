@@ -1,10 +1,11 @@
 """Live updates: `GET /api/events` (Server-Sent Events), fed from Redis pub/sub.
 
 Workers in any process publish on `dispatch:events` after recording results; each API
-process holds one subscription and fans events out to its open pages. An event reaches
-only its owner's pages: events naming `owner_id` go to that user, events naming only
-dispatch ids are resolved to their owners with one query per event (for the users
-connected to this process), so nobody learns another user's ids.
+process listens on its one subscription (`events.Subscription`, `app[SUBSCRIPTION]`) and
+fans events out to its open pages. An event reaches only its owner's pages: events naming
+`owner_id` go to that user, events naming only dispatch ids are resolved to their owners
+with one query per event (for the users connected to this process), so nobody learns
+another user's ids.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from redis.asyncio import Redis
 
-from ..recorder import EVENTS_CHANNEL
+from ..events import EVENTS_CHANNEL, Subscription
+from ..events import publish as publish_to
 from ..store import Store
-from ..tasks import cancel_and_wait
-from .keys import EVENT_HUB, REDIS_PUBSUB, STORE
+from .keys import EVENT_HUB, REDIS_PUBSUB, STORE, SUBSCRIPTION
 from .middleware import current_user
 
 log = logging.getLogger(__name__)
@@ -33,29 +33,17 @@ CLIENT_BUFFER = 64
 
 async def publish(app: web.Application, event: dict[str, Any]) -> None:
     """Tell the owner's open pages, in every API process, that something changed."""
-    try:
-        await app[REDIS_PUBSUB].publish(EVENTS_CHANNEL, orjson.dumps(event))
-    except Exception:  # live updates are a convenience; the change itself is committed
-        log.warning("could not publish a %s event", event.get("type"), exc_info=True)
+    await publish_to(app[REDIS_PUBSUB], event)
 
 
 class EventHub:
-    """One Redis subscription per process, fanned out to per-page queues by owner."""
+    """The process's `EVENTS_CHANNEL` messages, fanned out to per-page queues by owner."""
 
-    def __init__(self, redis: Redis, store: Store) -> None:
-        self.redis = redis
+    def __init__(self, subscription: Subscription, store: Store) -> None:
         self.store = store
         self._clients: dict[int, set[asyncio.Queue[dict[str, Any] | None]]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self.ready = asyncio.Event()  # set while subscribed
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="dispatch-event-hub")
-
-    async def stop(self) -> None:
-        self.disconnect_all()
-        if self._task is not None:
-            await cancel_and_wait(self._task)
+        self.ready = subscription.ready  # set while subscribed
+        subscription.listen(EVENTS_CHANNEL, self._route)
 
     def subscribe(self, owner_id: int) -> asyncio.Queue[dict[str, Any] | None]:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(CLIENT_BUFFER)
@@ -86,25 +74,6 @@ class EventHub:
     def deliver(self, owner_id: int, event: dict[str, Any]) -> None:
         for queue in self._clients.get(owner_id, ()):
             self._offer(queue, event)
-
-    async def _listen(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(EVENTS_CHANNEL)
-                    self.ready.set()
-                    delay = 0.5
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            await self._route(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.ready.clear()
-                log.warning("live events: Redis subscription lost; retrying", exc_info=True)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     async def _route(self, raw: bytes) -> None:
         if not self._clients:
@@ -139,11 +108,11 @@ class EventHub:
 
 
 async def events_context(app: web.Application) -> AsyncIterator[None]:
-    hub = EventHub(app[REDIS_PUBSUB], app[STORE])
+    """Listen before the app's subscription starts (`app._subscribed`, the last context)."""
+    hub = EventHub(app[SUBSCRIPTION], app[STORE])
     app[EVENT_HUB] = hub
-    hub.start()
     yield
-    await hub.stop()
+    hub.disconnect_all()
 
 
 async def close_streams(app: web.Application) -> None:

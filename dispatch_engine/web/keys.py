@@ -12,6 +12,8 @@ from redis.asyncio import Redis
 
 from ..campaigns import CampaignService
 from ..config import Settings
+from ..events import Subscription
+from ..hooks import Hooks
 from ..metrics import Metrics
 from ..pacing import Pacer
 from ..queue import RedisQueue
@@ -27,9 +29,11 @@ if TYPE_CHECKING:
 SETTINGS = web.AppKey("settings", Settings)
 ROLES: web.AppKey[frozenset[str]] = web.AppKey("roles")
 PLUGINS = web.AppKey("plugins", pluggy.PluginManager)
+HOOKS = web.AppKey("hooks", Hooks)  # the typed calls of PLUGINS' hooks
 POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", Redis)
 REDIS_PUBSUB = web.AppKey("redis_pubsub", Redis)  # the same client unless clustered
+SUBSCRIPTION = web.AppKey("subscription", Subscription)  # the process's one, on REDIS_PUBSUB
 STORE = web.AppKey("store", Store)
 QUEUE = web.AppKey("queue", RedisQueue)
 CAMPAIGNS = web.AppKey("campaigns", CampaignService)
