@@ -16,6 +16,7 @@ from .config import Settings
 from .db import create_pool
 from .store import Store
 from .store.accounts import ApiToken
+from .web.presenters import token_json
 
 T = TypeVar("T")
 
@@ -106,7 +107,7 @@ def token_list(obj: Any, email: str | None, as_json: bool) -> None:
     if found is None:
         raise click.BadParameter(f"no user has the email {email!r}", param_hint="--email")
     now = datetime.now(UTC)
-    rows = [{**tokens.public(t, now), "email": t.email} for t in found]
+    rows = [{**token_json(t, now), "email": t.email} for t in found]
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
         return

@@ -35,7 +35,7 @@ from .config import Settings
 from .embedded import EmbeddedServers
 from .migrate import migrate
 from .store import Store
-from .web.keys import PLUGINS, STORE
+from .web.app_keys import PLUGINS, STORE
 
 
 class ApplianceError(AssertionError):

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from ..recorder import EVENTS_CHANNEL
 from ..store import Store
 from ..tasks import cancel_and_wait
-from .keys import EVENT_HUB, REDIS_PUBSUB, STORE
+from .app_keys import REDIS_PUBSUB, STORE
 from .middleware import current_user
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,9 @@ class EventHub:
             out["campaigns"].append(row["campaign_id"])
         for owner_id, out in by_owner.items():
             self.deliver(owner_id, out)
+
+
+EVENT_HUB: web.AppKey[EventHub] = web.AppKey("event_hub")  # here, not in app_keys: no cycle
 
 
 async def events_context(app: web.Application) -> AsyncIterator[None]:
