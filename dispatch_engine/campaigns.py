@@ -200,7 +200,8 @@ class CampaignService:
         idempotency_header: str | None,
         default_sender: Sender | None = None,
     ) -> ScheduleResult:
-        """The campaign, its dispatch rows and their queue entries (a replay if the key ran).
+        """The campaign, its dispatch rows and their queue entries (or the earlier campaign of
+        a repeated Idempotency-Key).
 
         The sender is the one the request names, else `default_sender`, else the user's
         default (made now for a new user, with the configured transport and hourly limit).

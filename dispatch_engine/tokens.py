@@ -1,7 +1,8 @@
-"""API tokens: what a user may ask for (a name, an expiry) and how a token is shown.
+"""API tokens: what a user may ask for (a name, an expiry), and the per-user cap.
 
 The CLI, the API and the dashboard page share these checks and limits. A token's secret
-is returned once, when it is made; lists show its id and first characters only.
+is returned once, when it is made; lists show its id and first characters only
+(`web/presenters.token_json`).
 """
 
 from __future__ import annotations
