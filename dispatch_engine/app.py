@@ -33,9 +33,8 @@ from .store import Store
 from .sweeper import Sweeper
 from .tasks import cancel_and_wait
 from .transport import TransportRegistry
-from .web import api, dashboard, health, senders
-from .web.guard import browser_middleware
-from .web.keys import (
+from .web import api, dashboard, health
+from .web.app_keys import (
     CAMPAIGNS,
     HOOKS,
     METRICS,
@@ -52,7 +51,9 @@ from .web.keys import (
     SUBSCRIPTION,
     WORKERS,
 )
-from .web.middleware import auth_middleware, body_limit_middleware, error_middleware
+from .web.guard import browser_middleware
+from .web.middleware import auth_middleware, body_limit_middleware
+from .web.responses import error_middleware
 from .worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,6 @@ def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Appl
             autoescape=jinja2.select_autoescape(default=True),
         )
         app.add_routes(api.routes)
-        app.add_routes(senders.routes)
         dashboard.setup(app)
         app.cleanup_ctx.append(_plugin_web)
     if "sweeper" in chosen:

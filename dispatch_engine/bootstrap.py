@@ -21,6 +21,7 @@ from .config import Settings, SettingsError
 from .db import create_pool
 from .embedded import EmbeddedServers, running_urls
 from .migrate import migrate
+from .senders import default_sender
 from .store import Store
 
 
@@ -93,9 +94,7 @@ async def create_api_token(
     async with command_pool(settings) as pool:
         store = Store(pool)
         user = await store.ensure_user(email)
-        await store.ensure_default_sender(
-            user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
-        )
+        await default_sender(store, user, settings)
         made = await store.issue_token(user.id, name, expires_in_s=expires_in_s)
         assert made is not None  # the operator's CLI has no per-user cap
         return made.token
@@ -112,9 +111,7 @@ async def dev_token(settings: Settings) -> str:
     async with command_pool(settings) as pool:
         store = Store(pool)
         user = await store.ensure_user(DEV_EMAIL, "Dev User")
-        sender = await store.ensure_default_sender(
-            user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
-        )
+        sender = await default_sender(store, user, settings)
         await store.save_sender(
             user.id,
             sender.id,

@@ -9,7 +9,9 @@ from typing import Any
 
 import asyncpg
 
-from .errors import ApiError, invalid
+from . import senders
+from .config import Settings
+from .errors import InvalidState, NotFound, ValidationError
 from .hooks import Hooks
 from .models import CampaignStatus, Sender, User
 from .pacing import claim_cap
@@ -51,12 +53,12 @@ def _text(data: dict[str, Any], name: str, *, required: bool, limit: int) -> str
     value = data.get(name)
     if value is None or value == "":
         if required:
-            raise invalid(name, "is required")
+            raise ValidationError(name, "is required")
         return None
     if not isinstance(value, str):
-        raise invalid(name, "must be a string")
+        raise ValidationError(name, "must be a string")
     if len(value) > limit:
-        raise invalid(name, f"must be at most {limit} characters")
+        raise ValidationError(name, f"must be at most {limit} characters")
     return value
 
 
@@ -72,7 +74,7 @@ def _start_at(value: Any, now: datetime) -> datetime:
         return now
     at = aware_datetime(value, "start_at")
     if at.year >= 9999:  # leaves a year for date arithmetic (delays, retries, windows)
-        raise invalid("start_at", "must be before the year 9999")
+        raise ValidationError("start_at", "must be before the year 9999")
     return at
 
 
@@ -83,7 +85,7 @@ def _sender_ref(value: Any) -> str | int | None:
     if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
         return whole_number(value, "sender", minimum=1)
     if not isinstance(value, str) or len(value) > 320:
-        raise invalid("sender", "must be a sender's id or from address")
+        raise ValidationError("sender", "must be a sender's id or from address")
     return value
 
 
@@ -98,7 +100,7 @@ def parse_schedule_request(
     body = _text(data, "body", required=True, limit=MAX_BODY)
     assert subject is not None and body is not None
     if "\n" in subject or "\r" in subject:
-        raise invalid("subject", "must be a single line")
+        raise ValidationError("subject", "must be a single line")
     html = _text(data, "html", required=False, limit=MAX_BODY)
     start_at = _start_at(data.get("start_at"), now)
     delay = _int(data, "delay_between_ms", minimum=0, maximum=86_400_000) or 0
@@ -108,11 +110,10 @@ def parse_schedule_request(
     sender = _sender_ref(data.get("sender"))
     recipients = from_request(data, limits)
     if not recipients.accepted:
-        raise ApiError(
-            422,
-            "no_valid_recipients",
-            "recipients: no valid address found",
-            field="recipients",
+        raise ValidationError(
+            "recipients",
+            "no valid address found",
+            code="no_valid_recipients",
             details={"rejected": recipients.rejected, "rejected_total": recipients.rejected_total},
         )
     try:  # the last email must still be a date PostgreSQL and Python can hold
@@ -120,7 +121,7 @@ def parse_schedule_request(
     except OverflowError:
         last = datetime.max.replace(tzinfo=start_at.tzinfo)
     if last.year >= 9999:
-        raise invalid("delay_between_ms", "puts the last email past the year 9998")
+        raise ValidationError("delay_between_ms", "puts the last email past the year 9998")
     return ScheduleRequest(
         subject=subject,
         body=body,
@@ -152,7 +153,7 @@ async def check_campaign_templates(request: ScheduleRequest) -> None:
             (first.email, first.vars),
         )
     except TemplateProblem as exc:
-        raise invalid(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
+        raise ValidationError(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
     subject_vars.discard("email")
     if not subject_vars:
         return
@@ -160,7 +161,7 @@ async def check_campaign_templates(request: ScheduleRequest) -> None:
         for name in subject_vars:
             value = person.vars.get(name)
             if isinstance(value, str) and one_line(value) != value:
-                raise invalid(
+                raise ValidationError(
                     "recipients",
                     f"{person.email}: {name!r} is used in the subject (a header) and contains "
                     "a line break",
@@ -184,7 +185,11 @@ def _send_times(start_at: datetime, delay_ms: int, count: int) -> list[tuple[dat
 
 class CampaignService:
     def __init__(
-        self, store: Store, queue: RedisQueue, hooks: Hooks | None = None, settings: Any = None
+        self,
+        store: Store,
+        queue: RedisQueue,
+        hooks: Hooks | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -196,9 +201,18 @@ class CampaignService:
         user: User,
         request: ScheduleRequest,
         *,
-        default_sender: Sender,
         idempotency_header: str | None,
+        default_sender: Sender | None = None,
     ) -> ScheduleResult:
+        """The campaign, its dispatch rows and their queue entries (or the earlier campaign of
+        a repeated Idempotency-Key).
+
+        The sender is the one the request names, else `default_sender`, else the user's
+        default (made now for a new user, with the configured transport and hourly limit).
+        """
+        if default_sender is None:
+            assert self.settings is not None, "a service without settings needs default_sender"
+            default_sender = await senders.default_sender(self.store, user, self.settings)
         if idempotency_header:
             existing = await self.store.campaign_by_idempotency_key(user.id, idempotency_header)
             if existing is not None:
@@ -207,7 +221,7 @@ class CampaignService:
         if request.sender is not None:
             found = await self.store.find_sender(user.id, request.sender)
             if found is None:
-                raise invalid("sender", f"no sender {request.sender!r} belongs to you")
+                raise ValidationError("sender", f"no sender {request.sender!r} belongs to you")
             sender = found
         await check_campaign_templates(request)
 
@@ -276,10 +290,8 @@ class CampaignService:
             return
         detail = await self.store.campaign_detail(user.id, campaign_id)
         if detail is None:
-            raise ApiError(404, "not_found", "no such campaign")
-        raise ApiError(
-            409,
-            "invalid_state",
+            raise NotFound("no such campaign")
+        raise InvalidState(
             f"the campaign is {detail['status']}; only a campaign that is "
             f"{' or '.join(allowed_from)} can become {to.value}",
         )

@@ -1,36 +1,64 @@
-"""The one error type the API turns into `{"error": {"code", "message", "details"}}`."""
+"""What the domain refuses, and why: the errors services raise (no HTTP in them).
+
+Each kind says what went wrong; `web/responses.py` alone gives it an HTTP status and the
+`{"error": {"code", "message", "field"?, "details"?}}` body. The CLI prints the message.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
-class ApiError(Exception):
+class DomainError(Exception):
+    """A refusal a user can act on: a stable `code` and a message that says what to do."""
+
+    default_code: ClassVar[str] = "error"
+
     def __init__(
         self,
-        status: int,
-        code: str,
         message: str,
         *,
+        code: str | None = None,
         field: str | None = None,
         details: Any = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
-        self.code = code
+        self.code = code or self.default_code
         self.message = message
         self.field = field
         self.details = details
 
-    def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            error["field"] = self.field
-        if self.details is not None:
-            error["details"] = self.details
-        return {"error": error}
+
+class ValidationError(DomainError):
+    """A field that is present but wrong (or missing); the message starts with its name."""
+
+    default_code = "invalid_field"
+
+    def __init__(
+        self, field: str, reason: str, *, code: str | None = None, details: Any = None
+    ) -> None:
+        super().__init__(f"{field}: {reason}", code=code, field=field, details=details)
 
 
-def invalid(field: str, message: str, details: Any = None) -> ApiError:
-    """422 for a request field that is present but wrong; the message names the field."""
-    return ApiError(422, "invalid_field", f"{field}: {message}", field=field, details=details)
+class Malformed(DomainError):
+    """Input that is not even of the expected shape (a body that is not a JSON object)."""
+
+    default_code = "invalid_json"
+
+
+class NotFound(DomainError):
+    """No such object, or not the caller's: the two are never told apart."""
+
+    default_code = "not_found"
+
+
+class InvalidState(DomainError):
+    """The object exists, but its state forbids the action (a cancelled campaign…)."""
+
+    default_code = "invalid_state"
+
+
+class Conflict(DomainError):
+    """The action collides with what the user already holds (too many live tokens…)."""
+
+    default_code = "conflict"

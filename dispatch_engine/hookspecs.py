@@ -85,7 +85,7 @@ def register_routes(settings: Settings) -> list[web.AbstractRouteDef] | None:
 
     Called once at start in each api process, before it serves; core routes come first, so a
     plugin cannot shadow them. `request.app` holds the shared objects (under the keys of
-    `dispatch_engine.web.keys`). Routes under `/api/` take a bearer token or a dashboard
+    `dispatch_engine.web.app_keys`). Routes under `/api/` take a bearer token or a dashboard
     session (`dispatch_engine.web.middleware.current_user(request)` is the user); other paths
     are dashboard pages: signed-in visitors only, and unsafe methods need the CSRF token.
     """
@@ -118,7 +118,7 @@ def startup(settings: Settings, app: web.Application) -> Awaitable[None] | None:
 
     Called once in every process (api, worker, sweeper). `app` is the aiohttp application:
     `app[ROLES]` says which roles run here, and its shared objects are under the keys of
-    `dispatch_engine.web.keys`. Returns nothing. An exception stops the process with a
+    `dispatch_engine.web.app_keys`. Returns nothing. An exception stops the process with a
     one-line message naming the plugin.
     """
 

@@ -1,20 +1,17 @@
-"""Strict parsing of what users send: ids, limits, cursors and dates.
+"""Strict parsing of what users send: ids, limits, dates and idempotency keys.
 
 Every value is checked before it reaches PostgreSQL or arithmetic: ASCII digits only (`¹`
 passes `str.isdigit()` and then fails `int()`), within int64, dates that stay inside the
-calendar once converted to UTC. A bad value is a 422 naming the field, never a 500.
+calendar once converted to UTC. A bad value is a `ValidationError` naming the field (a
+422 over HTTP), never a 500. The listings' cursors are `web/paging.py`'s.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
-from .errors import ApiError, invalid
+from .errors import ValidationError
 
 INT64_MAX = 2**63 - 1
 _MAX_DIGITS = 19  # len(str(INT64_MAX)): anything longer is out of range, not worth int()
@@ -23,19 +20,19 @@ _MAX_DIGITS = 19  # len(str(INT64_MAX)): anything longer is out of range, not wo
 def whole_number(value: Any, field: str, *, minimum: int = 0, maximum: int = INT64_MAX) -> int:
     """A JSON integer, or a string of ASCII digits (an optional leading '-'), in range."""
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise invalid(field, f"must be a whole number, got {_show(value)}")
+        raise ValidationError(field, f"must be a whole number, got {_show(value)}")
     if isinstance(value, str):
         text = value.strip()
         digits = text.removeprefix("-")
         if not (digits.isascii() and digits.isdigit()) or len(digits) > _MAX_DIGITS:
             if digits.isascii() and digits.isdigit():
-                raise invalid(field, f"must be between {minimum} and {maximum}")
-            raise invalid(field, f"must be a whole number, got {_show(value)}")
+                raise ValidationError(field, f"must be between {minimum} and {maximum}")
+            raise ValidationError(field, f"must be a whole number, got {_show(value)}")
         number = int(text)
     else:
         number = value
     if not minimum <= number <= maximum:
-        raise invalid(field, f"must be between {minimum} and {maximum}, got {_show(value)}")
+        raise ValidationError(field, f"must be between {minimum} and {maximum}, got {_show(value)}")
     return number
 
 
@@ -52,61 +49,23 @@ def _show(value: Any) -> str:
 def aware_datetime(value: Any, field: str) -> datetime:
     """An ISO 8601 date-time with a UTC offset, returned in UTC (422 naming the field)."""
     if not isinstance(value, str):
-        raise invalid(field, "must be an ISO 8601 date-time string")
+        raise ValidationError(field, "must be an ISO 8601 date-time string")
     text = value.strip()
     try:
         if len(text) > 64:
             raise ValueError
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise invalid(field, f"is not an ISO 8601 date-time: {_show(value)}") from None
+        raise ValidationError(field, f"is not an ISO 8601 date-time: {_show(value)}") from None
     if parsed.tzinfo is None:
-        raise invalid(field, "needs a UTC offset, e.g. 2026-01-31T09:00:00+01:00 or …Z")
+        raise ValidationError(field, "needs a UTC offset, e.g. 2026-01-31T09:00:00+01:00 or …Z")
     try:
         # 9999-12-31T23:59:59-23:59 is past the calendar's end once in UTC.
         return parsed.astimezone(UTC)
     except OverflowError:
-        raise invalid(field, f"is outside the calendar once in UTC: {_show(value)}") from None
-
-
-# ---- keyset cursors: one codec for the API and the dashboard ----
-
-
-def encode_cursor(at: datetime, row: int) -> str:
-    raw = orjson.dumps([at.isoformat(), row])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(value: str | None, field: str = "cursor") -> tuple[datetime, int] | None:
-    """The (time, id) a listing returned as its next cursor; None when not given."""
-    if not value:
-        return None
-    error = invalid(field, "is not a cursor this API returned")
-    if len(value) > 200 or not value.isascii():
-        raise error
-    try:
-        decoded = orjson.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
-    except (ValueError, binascii.Error, orjson.JSONDecodeError):
-        raise error from None
-    if not isinstance(decoded, list) or len(decoded) != 2:
-        raise error
-    at, row = decoded
-    if isinstance(row, bool) or not isinstance(row, int) or not 1 <= row <= INT64_MAX:
-        raise error
-    try:
-        return aware_datetime(at, field), row
-    except ApiError:
-        raise error from None
-
-
-def decode_id_cursor(value: str | None, field: str = "cursor") -> int | None:
-    """An id cursor (campaigns, inbox): the last id of the previous page; None when not given."""
-    if not value:
-        return None
-    try:
-        return row_id(value, field)
-    except ApiError:
-        raise invalid(field, "is not a cursor this API returned") from None
+        raise ValidationError(
+            field, f"is outside the calendar once in UTC: {_show(value)}"
+        ) from None
 
 
 MAX_IDEMPOTENCY_KEY = 200
@@ -117,7 +76,7 @@ def idempotency_key(value: str | None) -> str | None:
     if value is None or value.strip() == "":
         return None
     if len(value) > MAX_IDEMPOTENCY_KEY or not (value.isascii() and value.isprintable()):
-        raise invalid(
+        raise ValidationError(
             "Idempotency-Key",
             f"must be printable ASCII of at most {MAX_IDEMPOTENCY_KEY} characters",
         )

@@ -24,7 +24,7 @@ from email_validator.rfc_constants import (
     EMAIL_MAX_LENGTH,
 )
 
-from .errors import ApiError, invalid
+from .errors import ValidationError
 
 _ROLE_NAMES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)  # the library lowercases these
 
@@ -129,23 +129,19 @@ class ParsedRecipients:
             self.reject(line, value, f"duplicate of line {self._seen[key]}")
             return
         if len(self.accepted) >= self.limits.max_recipients:
-            raise ApiError(
-                422,
-                "too_many_recipients",
-                f"{self.source}: more than {self.limits.max_recipients} recipients in one "
+            raise ValidationError(
+                self.source,
+                f"more than {self.limits.max_recipients} recipients in one "
                 f"campaign (line {line}); split the list into several campaigns",
-                field=self.source,
+                code="too_many_recipients",
             )
         self._seen[key] = line
         self.accepted.append(Recipient(address, variables))
 
     def check_lines(self, line: int) -> None:
         if line > self.limits.max_lines:
-            raise ApiError(
-                422,
-                "too_many_lines",
-                f"{self.source}: more than {self.limits.max_lines} lines",
-                field=self.source,
+            raise ValidationError(
+                self.source, f"more than {self.limits.max_lines} lines", code="too_many_lines"
             )
 
 
@@ -153,7 +149,7 @@ def from_json(
     items: Any, limits: Limits | None = None, source: str = "recipients"
 ) -> ParsedRecipients:
     if not isinstance(items, list):
-        raise invalid(source, "must be a list of addresses or of {email, vars} objects")
+        raise ValidationError(source, "must be a list of addresses or of {email, vars} objects")
     parsed = ParsedRecipients(limits=limits or Limits(), source=source)
     parsed.check_lines(len(items))
     for n, item in enumerate(items, start=1):
@@ -207,7 +203,7 @@ def from_csv(
     try:
         _parse_csv(_lines(source), parsed)
     except UnicodeDecodeError:
-        raise invalid(field, "must be UTF-8 text (save the CSV as UTF-8)") from None
+        raise ValidationError(field, "must be UTF-8 text (save the CSV as UTF-8)") from None
     return parsed
 
 
@@ -237,7 +233,7 @@ def _parse_csv(lines: Iterator[str], parsed: ParsedRecipients) -> None:
         except StopIteration:
             return
         except csv.Error as exc:
-            raise invalid(parsed.source, f"line {base + end + 1}: {exc}") from None
+            raise ValidationError(parsed.source, f"line {base + end + 1}: {exc}") from None
         # The line this record starts on: a quoted cell may span several lines.
         n, end = base + end + 1, reader.line_num
         parsed.check_lines(base + end)
@@ -259,13 +255,15 @@ def from_request(data: Mapping[str, Any], limits: Limits | None = None) -> Parse
     given = [name for name in ("recipients", "recipients_csv", "recipients_file")
              if data.get(name) is not None]  # fmt: skip
     if len(given) > 1:
-        raise invalid("recipients", f"give only one of {', '.join(given)}")
+        raise ValidationError("recipients", f"give only one of {', '.join(given)}")
     if not given:
-        raise invalid("recipients", "is required (or recipients_csv, or a recipients_file upload)")
+        raise ValidationError(
+            "recipients", "is required (or recipients_csv, or a recipients_file upload)"
+        )
     name = given[0]
     value = data[name]
     if name == "recipients":
         return from_json(value, limits)
     if not isinstance(value, str | bytes):
-        raise invalid(name, "must be CSV text")
+        raise ValidationError(name, "must be CSV text")
     return from_csv(value, limits, field=name)

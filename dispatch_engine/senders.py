@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 from email_validator import EmailNotValidError, validate_email
 
 from . import outbound
-from .errors import ApiError, invalid
+from .config import Settings
+from .errors import InvalidState, Malformed, NotFound, ValidationError
 from .models import Sender, User
 from .queue import RedisQueue
 from .render import one_line
@@ -26,41 +27,18 @@ MAX_URL_CHARS = 2000
 MAX_HOST_CHARS = 253  # the longest DNS name
 
 
-def public(sender: Sender) -> dict[str, Any]:
-    """A sender as the API shows it: the password is write-only, only its presence shows."""
-    settings = {k: v for k, v in sender.transport_settings.items() if k != "password"}
-    settings["password_set"] = "password" in sender.transport_settings
-    return {
-        "id": sender.id,
-        "from_address": sender.from_address,
-        "display_name": sender.display_name,
-        "reply_to": sender.reply_to,
-        "transport": sender.transport,
-        "settings": settings,
-        "hourly_limit": sender.hourly_limit,
-        "min_gap_ms": sender.min_gap_ms,
-        "daily_limit": sender.daily_limit,
-        "delay_jitter_ms": sender.delay_jitter_ms,
-        "is_default": sender.is_default,
-        # Set when its server kept refusing its account: every email of it waits.
-        "parked": {"reason": sender.parked_reason, "since": sender.parked_at.isoformat()}
-        if sender.parked_reason is not None and sender.parked_at is not None
-        else None,
-    }
-
-
 def _address(field: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise invalid(field, "must be an email address")
+        raise ValidationError(field, "must be an email address")
     try:
         return validate_email(value.strip(), check_deliverability=False).normalized
     except EmailNotValidError as exc:
-        raise invalid(field, str(exc)) from None
+        raise ValidationError(field, str(exc)) from None
 
 
 def _int(field: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise invalid(field, f"must be a whole number from {low} to {high}")
+        raise ValidationError(field, f"must be a whole number from {low} to {high}")
     return value
 
 
@@ -69,35 +47,37 @@ def _smtp_settings(raw: dict[str, Any], old: dict[str, Any], box: SecretBox) -> 
     for key in raw:
         if key not in ("host", "port", "username", "password", "tls", "pipelining"):
             known = "host, port, username, password, tls, pipelining"
-            raise invalid(f"settings.{key}", f"is not an SMTP setting ({known})")
+            raise ValidationError(f"settings.{key}", f"is not an SMTP setting ({known})")
     if "host" in raw:
         host = raw["host"]
         if not isinstance(host, str) or not host.strip() or len(host.strip()) > MAX_HOST_CHARS:
-            raise invalid("settings.host", f"must be a host name of at most {MAX_HOST_CHARS} chars")
+            raise ValidationError(
+                "settings.host", f"must be a host name of at most {MAX_HOST_CHARS} chars"
+            )
         out["host"] = raw["host"].strip()
     if "port" in raw:
         out["port"] = _int("settings.port", raw["port"], 1, 65535)
     if "username" in raw:
         if raw["username"] is not None and not isinstance(raw["username"], str):
-            raise invalid("settings.username", "must be a string")
+            raise ValidationError("settings.username", "must be a string")
         out["username"] = raw["username"] or None
     if "tls" in raw:
         if raw["tls"] not in SMTP_TLS:
-            raise invalid("settings.tls", f"must be one of {', '.join(SMTP_TLS)}")
+            raise ValidationError("settings.tls", f"must be one of {', '.join(SMTP_TLS)}")
         out["tls"] = raw["tls"]
     if "pipelining" in raw:  # off for a server that announces PIPELINING but mishandles it
         if not isinstance(raw["pipelining"], bool):
-            raise invalid("settings.pipelining", "must be true or false")
+            raise ValidationError("settings.pipelining", "must be true or false")
         out["pipelining"] = raw["pipelining"]
     if "password" in raw:
         if raw["password"] in (None, ""):
             out.pop("password", None)
         elif not isinstance(raw["password"], str):
-            raise invalid("settings.password", "must be a string")
+            raise ValidationError("settings.password", "must be a string")
         else:
             out["password"] = box.seal(raw["password"])
     if "host" not in out:
-        raise invalid("settings.host", "is required for the smtp transport")
+        raise ValidationError("settings.host", "is required for the smtp transport")
     return out
 
 
@@ -105,13 +85,13 @@ def _webhook_settings(raw: dict[str, Any], old: dict[str, Any], box: SecretBox) 
     out = dict(old)
     for key in raw:
         if key not in WEBHOOK_KEYS:
-            raise invalid(
+            raise ValidationError(
                 f"settings.{key}", f"is not a webhook setting ({', '.join(WEBHOOK_KEYS)})"
             )
     if "url" in raw:
         url = raw["url"]
         if not _http_url(url):
-            raise invalid(
+            raise ValidationError(
                 "settings.url", f"must be an http(s):// URL of at most {MAX_URL_CHARS} chars"
             )
         out["url"] = url
@@ -119,14 +99,14 @@ def _webhook_settings(raw: dict[str, Any], old: dict[str, Any], box: SecretBox) 
         try:
             out["timeout"] = outbound.webhook_timeout(raw["timeout"])
         except ValueError as exc:
-            raise invalid("settings.timeout", str(exc)) from None
+            raise ValidationError("settings.timeout", str(exc)) from None
     if "password" in raw:
         if not isinstance(raw["password"], str) or not raw["password"]:
-            raise invalid("settings.password", "must be the signing secret, a string")
+            raise ValidationError("settings.password", "must be the signing secret, a string")
         out["password"] = box.seal(raw["password"])
     for key in ("url", "password"):
         if key not in out:
-            raise invalid(f"settings.{key}", "is required for the webhook transport")
+            raise ValidationError(f"settings.{key}", "is required for the webhook transport")
     return out
 
 
@@ -155,9 +135,20 @@ async def check_target(transport: str, settings: dict[str, Any], *, allow_privat
     try:
         await outbound.resolve_public(host, port, allow_private=False)
     except outbound.NotPublicError as exc:
-        raise invalid(field, str(exc)) from None
+        raise ValidationError(field, str(exc)) from None
     except outbound.UnresolvableError as exc:
-        raise invalid(field, f"{exc}, so it cannot be checked to be a public address") from None
+        raise ValidationError(
+            field, f"{exc}, so it cannot be checked to be a public address"
+        ) from None
+
+
+async def default_sender(store: Store, user: User, settings: Settings) -> Sender:
+    """The user's default sender, made on first use (their own address, the configured
+    transport and hourly limit). The one place that makes it: sign-in, the compose page
+    and every schedule (API or page) call this, so a new user's first campaign has one."""
+    return await store.ensure_default_sender(
+        user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
+    )
 
 
 class SenderService:
@@ -178,10 +169,10 @@ class SenderService:
 
     def _validate(self, data: Any, current: Sender | None) -> dict[str, Any]:
         if not isinstance(data, dict):
-            raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+            raise Malformed("the request body must be a JSON object")
         unknown = set(data) - FIELDS
         if unknown:
-            raise invalid(
+            raise ValidationError(
                 sorted(unknown)[0], f"is not a sender field ({', '.join(sorted(FIELDS))})"
             )
         fields: dict[str, Any] = {}
@@ -189,24 +180,26 @@ class SenderService:
             fields["from_address"] = _address("from_address", data.get("from_address"))
         if "display_name" in data:
             if not isinstance(data["display_name"], str) or len(data["display_name"]) > 200:
-                raise invalid("display_name", "must be a string of at most 200 characters")
+                raise ValidationError("display_name", "must be a string of at most 200 characters")
             if one_line(data["display_name"]) != data["display_name"]:
                 # it becomes the From header: a line break there would start a new header
-                raise invalid("display_name", "must be a single line (no CR or LF)")
+                raise ValidationError("display_name", "must be a single line (no CR or LF)")
             fields["display_name"] = data["display_name"].strip()
         if "reply_to" in data:
             if isinstance(data["reply_to"], str) and one_line(data["reply_to"]) != data["reply_to"]:
-                raise invalid("reply_to", "must be a single line (no CR or LF)")
+                raise ValidationError("reply_to", "must be a single line (no CR or LF)")
             fields["reply_to"] = (
                 _address("reply_to", data["reply_to"]) if data["reply_to"] else None
             )
         transport = data.get("transport", current.transport if current else None)
         if transport not in self.transports:
-            raise invalid("transport", f"must be one of {', '.join(sorted(self.transports))}")
+            raise ValidationError(
+                "transport", f"must be one of {', '.join(sorted(self.transports))}"
+            )
         fields["transport"] = transport
         raw_settings = data.get("settings", {})
         if not isinstance(raw_settings, dict):
-            raise invalid("settings", "must be an object")
+            raise ValidationError("settings", "must be an object")
         old = current.transport_settings if current and current.transport == transport else {}
         if transport == "smtp":
             fields["transport_settings"] = _smtp_settings(raw_settings, old, self.box)
@@ -230,7 +223,7 @@ class SenderService:
             )
         if "is_default" in data:
             if not isinstance(data["is_default"], bool):
-                raise invalid("is_default", "must be true or false")
+                raise ValidationError("is_default", "must be true or false")
             fields["is_default"] = data["is_default"]
         return fields
 
@@ -239,7 +232,7 @@ class SenderService:
         await self._check_target(fields, data)
         fields.setdefault("hourly_limit", default_limit)
         if await self.store.find_sender(user.id, fields["from_address"]):
-            raise invalid("from_address", "you already have a sender with this address")
+            raise ValidationError("from_address", "you already have a sender with this address")
         return await self.store.save_sender(user.id, None, fields)
 
     async def update(self, user: User, sender_id: int, data: Any) -> Sender:
@@ -250,7 +243,7 @@ class SenderService:
             "from_address" in fields
             and fields["from_address"].lower() != current.from_address.lower()
         ) and await self.store.find_sender(user.id, fields["from_address"]):
-            raise invalid("from_address", "you already have a sender with this address")
+            raise ValidationError("from_address", "you already have a sender with this address")
         changed = fields.get("transport_settings", current.transport_settings)
         if changed != current.transport_settings or fields["transport"] != current.transport:
             fields["unpark"] = True  # a new account (password, host…) is worth trying again
@@ -263,7 +256,7 @@ class SenderService:
         """A user says the sender's account is fixed: its waiting emails go again."""
         sender = await self.get(user, sender_id)
         if not await self.store.unpark_sender(user.id, sender.id):
-            raise ApiError(409, "sender_not_parked", "this sender is not parked")
+            raise InvalidState("this sender is not parked", code="sender_not_parked")
         await self._unparked(sender)
         return await self.get(user, sender_id)
 
@@ -283,21 +276,22 @@ class SenderService:
     async def get(self, user: User, sender_id: int) -> Sender:
         sender = await self.store.find_sender(user.id, sender_id)
         if sender is None:
-            raise ApiError(404, "not_found", "no such sender")
+            raise NotFound("no such sender")
         return sender
 
     async def delete(self, user: User, sender_id: int, *, cancel_queued: bool) -> int:
         """Archive a sender. With queued emails it refuses, unless told to cancel them."""
         sender = await self.get(user, sender_id)
         if len(await self.store.senders_of(user.id)) == 1:
-            raise ApiError(409, "last_sender", "you need at least one sender; add another first")
+            raise InvalidState(
+                "you need at least one sender; add another first", code="last_sender"
+            )
         queued = await self.store.queued_of_sender(sender.id)
         if queued and not cancel_queued:
-            raise ApiError(
-                409,
-                "sender_has_queued_emails",
+            raise InvalidState(
                 f"this sender has {len(queued)} queued emails; cancel them first, or delete "
                 "with ?cancel_queued=true to cancel them",
+                code="sender_has_queued_emails",
                 details={"queued": len(queued)},
             )
         cancelled = await self.store.cancel_sender_queued(sender.id) if queued else []

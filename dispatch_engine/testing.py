@@ -32,7 +32,7 @@ from .app import create_app
 from .bootstrap import create_api_token, migrate_database, private_servers_for
 from .config import Settings
 from .store import Store
-from .web.keys import PLUGINS, STORE
+from .web.app_keys import PLUGINS, STORE
 
 
 class ApplianceError(AssertionError):

@@ -1,20 +1,19 @@
-"""API tokens: what a user may ask for (a name, an expiry) and how a token is shown.
+"""API tokens: what a user may ask for (a name, an expiry), and the per-user cap.
 
 The CLI, the API and the dashboard page share these checks and limits. A token's secret
-is returned once, when it is made; lists show its id and first characters only.
+is returned once, when it is made; lists show its id and first characters only
+(`web/presenters.token_json`).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
-from typing import Any
 
-from .errors import ApiError, invalid
+from .errors import Conflict, Malformed, ValidationError
 from .models import User
 from .parsing import row_id
 from .store import Store
-from .store.accounts import ApiToken, NewToken
+from .store.accounts import NewToken
 
 MAX_NAME_CHARS = 100
 MAX_LIVE_TOKENS = 100  # per user: a leaked token cannot mint tokens without bound
@@ -50,51 +49,33 @@ def parse_id(raw: str) -> int | None:
     """A token id from a path or a command line: ASCII digits within int64, else None."""
     try:
         return row_id(raw)
-    except ApiError:
+    except ValidationError:
         return None
-
-
-def public(token: ApiToken, now: datetime | None = None) -> dict[str, Any]:
-    """A token as the API and the page show it: never the secret."""
-
-    def iso(at: datetime | None) -> str | None:
-        return at.astimezone(UTC).isoformat().replace("+00:00", "Z") if at else None
-
-    return {
-        "id": token.id,
-        "name": token.name,
-        "prefix": token.prefix,
-        "status": token.status(now or datetime.now(UTC)),
-        "created_at": iso(token.created_at),
-        "last_used_at": iso(token.last_used_at),
-        "expires_at": iso(token.expires_at),
-        "revoked_at": iso(token.revoked_at),
-    }
 
 
 def read_request(body: object) -> tuple[str, int | None]:
     """(name, expiry in seconds or None) from `{"name": …, "expires_in": "30d" | null}`."""
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+        raise Malformed("the request body must be a JSON object")
     unknown = sorted(set(body) - {"name", "expires_in"})
     if unknown:
-        raise invalid(unknown[0], "is not a token field (name, expires_in)")
+        raise ValidationError(unknown[0], "is not a token field (name, expires_in)")
     name = body.get("name", "api")
     if not isinstance(name, str):
-        raise invalid("name", "must be a string")
+        raise ValidationError("name", "must be a string")
     try:
         name = check_name(name)
     except ValueError as exc:
-        raise invalid("name", str(exc)) from None
+        raise ValidationError("name", str(exc)) from None
     expires = body.get("expires_in")
     if expires is None:
         return name, None
     if not isinstance(expires, str) or len(expires) > 20:
-        raise invalid("expires_in", "must be a string such as 30d, or null for no expiry")
+        raise ValidationError("expires_in", "must be a string such as 30d, or null for no expiry")
     try:
         return name, parse_duration(expires)
     except ValueError as exc:
-        raise invalid("expires_in", str(exc)) from None
+        raise ValidationError("expires_in", str(exc)) from None
 
 
 async def create_for(
@@ -109,9 +90,8 @@ async def create_for(
         user.id, name, expires_in_s=expires_in_s, created_by=created_by, max_live=MAX_LIVE_TOKENS
     )
     if made is None:
-        raise ApiError(
-            409,
-            "too_many_tokens",
+        raise Conflict(
             f"you already have {MAX_LIVE_TOKENS} live API tokens; revoke some first",
+            code="too_many_tokens",
         )
     return made

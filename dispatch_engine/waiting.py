@@ -7,6 +7,7 @@ The worker writes a reason (a `WaitReason`) and a time on each email pacing hold
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -88,14 +89,25 @@ def campaign_eta(
     return eta
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+@dataclass(frozen=True)
+class Waiting:
+    """How many of a campaign's queued emails wait for one reason, until when."""
+
+    reason: str | None  # a WaitReason's value
+    count: int
+    until: datetime | None
 
 
-async def campaign_wait_json(
+@dataclass(frozen=True)
+class CampaignWait:
+    eta: datetime | None
+    waiting: list[Waiting]
+
+
+async def campaign_wait(
     store: Any, queue: Any, settings: Settings, owner_id: int, detail: dict[str, Any]
-) -> dict[str, Any]:
-    """`eta` and `waiting` (count, until, per reason) of a campaign, for the API and its page."""
+) -> CampaignWait:
+    """A campaign's ETA and its waiting emails by reason (the API and its page show both)."""
     now = datetime.now(UTC)
     sender = await store.find_sender(owner_id, detail["sender_id"])
     parked = None
@@ -118,10 +130,10 @@ async def campaign_wait_json(
         elif reason is None:  # due: held by the sender's park (a limit or the gap), or going
             reason = (park_reason or WaitReason.MIN_GAP) if parked else None
             until = parked
-        waiting.append({"reason": reason, "count": row["n"], "until": _iso(until)})
+        waiting.append(Waiting(reason, row["n"], until))
     held = [r["until"] for r in rows if r["reason"] not in (None, WaitReason.SCHEDULED)]
     not_before = max([t for t in (parked, min(held, default=None)) if t is not None], default=None)
     eta = campaign_eta(detail, sender, settings, now, not_before)
     if any(r["reason"] == WaitReason.AUTH_FAILURE for r in rows):
         eta = None  # no estimate while its account refuses the login
-    return {"eta": _iso(eta), "waiting": waiting}
+    return CampaignWait(eta, waiting)

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from dispatch_engine import hookspecs
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
-from dispatch_engine.web.keys import AUTH_PROVIDERS
+from dispatch_engine.web.app_keys import AUTH_PROVIDERS
 
 from .helpers import auth, new_token, wait_for
 from .plugin_dirs import events, plugin_dir
@@ -305,7 +305,7 @@ async def test_hook_register_commands(env: dict[str, str], tmp_path: Path) -> No
 
 
 LIFECYCLE = """
-from dispatch_engine.web.keys import ROLES, STORE, WORKERS
+from dispatch_engine.web.app_keys import ROLES, STORE, WORKERS
 
 @hookimpl
 async def startup(settings, app):

@@ -17,9 +17,9 @@ import click
 from .. import __version__
 from ..config import Settings, SettingsError, load_settings
 from ..embedded import EmbeddedError
+from ..hooks import Hooks
 from ..logs import setup_logging
 from ..migrate import SchemaBehindError
-from ..hooks import Hooks
 from ..plugins import PluginError, get_plugin_manager
 from .context import CommandContext
 from .plugins import plugins_command

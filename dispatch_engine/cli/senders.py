@@ -12,14 +12,15 @@ import orjson
 
 from ..bootstrap import command_pool, servers_for
 from ..config import Settings, ensure_secret_key
-from ..errors import ApiError
+from ..errors import DomainError
 from ..hooks import Hooks
 from ..queue import RedisQueue
 from ..redis_client import connect_redis
 from ..secretbox import secret_box
-from ..senders import SenderService, public
+from ..senders import SenderService
 from ..store import Store
 from ..transport import TransportRegistry
+from ..web.presenters import sender_json
 from .context import CommandContext
 
 T = TypeVar("T")
@@ -48,7 +49,7 @@ def _run(obj: CommandContext, work: Callable[[SenderService, Store], Awaitable[T
     with servers_for(obj.settings) as settings:
         try:
             return asyncio.run(main(ensure_secret_key(settings)))
-        except ApiError as exc:
+        except DomainError as exc:
             raise click.ClickException(exc.message) from None
 
 
@@ -65,7 +66,7 @@ def list_senders(obj: CommandContext, email: str) -> None:
 
     async def work(service: SenderService, store: Store) -> list[dict[str, Any]]:
         user = await store.ensure_user(email)
-        return [public(s) for s in await store.senders_of(user.id)]
+        return [sender_json(s) for s in await store.senders_of(user.id)]
 
     for item in _run(obj, work):
         click.echo(orjson.dumps(item))
@@ -125,7 +126,7 @@ def add_sender(
 
     async def work(service: SenderService, store: Store) -> dict[str, Any]:
         user = await store.ensure_user(email)
-        return public(await service.create(user, data, obj.settings.max_emails_per_hour))
+        return sender_json(await service.create(user, data, obj.settings.max_emails_per_hour))
 
     click.echo(orjson.dumps(_run(obj, work)))
 
@@ -161,7 +162,7 @@ def resume_sender(obj: CommandContext, email: str, sender_id: int) -> None:
 
     async def work(service: SenderService, store: Store) -> dict[str, Any]:
         user = await store.ensure_user(email)
-        return public(await service.resume(user, sender_id))
+        return sender_json(await service.resume(user, sender_id))
 
     click.echo(orjson.dumps(_run(obj, work)))
 

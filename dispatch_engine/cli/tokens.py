@@ -16,6 +16,7 @@ from ..bootstrap import command_pool, create_api_token, migrate_database, server
 from ..config import Settings
 from ..store import Store
 from ..store.accounts import ApiToken
+from ..web.presenters import token_json
 from .context import CommandContext
 
 T = TypeVar("T")
@@ -99,7 +100,7 @@ def token_list(obj: CommandContext, email: str | None, as_json: bool) -> None:
     if found is None:
         raise click.BadParameter(f"no user has the email {email!r}", param_hint="--email")
     now = datetime.now(UTC)
-    rows = [{**tokens.public(t, now), "email": t.email} for t in found]
+    rows = [{**token_json(t, now), "email": t.email} for t in found]
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
         return

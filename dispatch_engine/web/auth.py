@@ -17,10 +17,11 @@ from aiohttp import web
 
 from ..auth import AuthContext, AuthError, AuthProviderSpec, LoginFlows, LoginIdentity
 from ..config import Settings
-from .keys import AUTH_PROVIDERS, HOOKS, HTTP_CLIENT, REDIS, SESSIONS, SETTINGS, STORE
+from ..senders import default_sender
+from .app_keys import AUTH_PROVIDERS, HOOKS, HTTP_CLIENT, REDIS, SESSIONS, SETTINGS, STORE
 from .middleware import USER
 from .sessions import CSRF_TOKEN, safe_next
-from .views import render
+from .templating import render
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -132,9 +133,7 @@ async def _finish(
             f"An account with {identity.email} exists, and the provider has not verified that "
             "this address is yours, so it was not linked. Verify your email with the provider."
         )
-    await store.ensure_default_sender(
-        user, transport=settings.transport, hourly_limit=settings.max_emails_per_hour
-    )
+    await default_sender(store, user, settings)  # a new user's first campaign has one
     response = web.Response(status=303, headers={"Location": safe_next(next_path)})
     await request.app[SESSIONS].start(request, response, user, identity.provider)
     log.info("user %s signed in with %s", user.email, spec.name)

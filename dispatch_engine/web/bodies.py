@@ -2,7 +2,7 @@
 
 The byte cap of each route is the request's `client_max_size`, set by
 `middleware.body_limit_middleware`. A body that is not what the route takes is a 400, one
-over the cap a 413; both in the API's JSON error shape.
+over the cap a 413; both in the API's JSON error shape (web/responses.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from aiohttp import BodyPartReader, web
 from multidict import MultiDictProxy
 
 from ..config import Settings
-from ..errors import ApiError
+from ..errors import Malformed, ValidationError
 from ..recipients import Limits
+from .responses import too_large
 
 # Raised by aiohttp's multipart and form readers on a body that does not parse (a bad
 # Content-Disposition is a warning, raised where warnings are errors, as in the tests).
@@ -37,12 +38,6 @@ async def off_loop(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     return await loop.run_in_executor(_PARSERS, functools.partial(fn, *args, **kwargs))
 
 
-def too_large(limit: int, field: str = "body") -> ApiError:
-    return ApiError(
-        413, "too_large", f"{field}: the request body is larger than {limit} bytes", field=field
-    )
-
-
 def upload_limits(settings: Settings) -> Limits:
     return Limits(max_recipients=settings.max_recipients, max_lines=settings.max_upload_lines)
 
@@ -51,9 +46,9 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+        raise Malformed(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+        raise Malformed("the request body must be a JSON object")
     return body
 
 
@@ -91,8 +86,8 @@ async def multipart_fields(request: web.Request) -> dict[str, bytes]:
                 chunks.append(chunk)
             fields[part.name] = b"".join(chunks)
     except _MALFORMED as exc:
-        raise ApiError(
-            400, "invalid_multipart", f"the multipart body is malformed: {exc}"
+        raise Malformed(
+            f"the multipart body is malformed: {exc}", code="invalid_multipart"
         ) from None
     return fields
 
@@ -102,16 +97,11 @@ async def form(request: web.Request) -> MultiDictProxy[Any]:
     try:
         return await request.post()
     except _MALFORMED as exc:
-        raise ApiError(400, "invalid_form", f"the form body is malformed: {exc}") from None
+        raise Malformed(f"the form body is malformed: {exc}", code="invalid_form") from None
 
 
 def utf8(raw: bytes, field: str) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ApiError(
-            422,
-            "invalid_field",
-            f"{field}: must be UTF-8 text (save the CSV as UTF-8)",
-            field=field,
-        ) from None
+        raise ValidationError(field, "must be UTF-8 text (save the CSV as UTF-8)") from None

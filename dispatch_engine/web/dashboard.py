@@ -1,4 +1,4 @@
-"""The dashboard (api role): login, pages, compose helpers, live events, static files.
+"""The dashboard (api role): login, pages, compose, API tokens, live events, static files.
 
 `setup(app)` wires it into the app factory; each part lives in its own module.
 """
@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import auth, compose, events, pages, tokens
-from .keys import SESSIONS, SETTINGS, STORE
+from . import auth, compose, events, pages, token_pages
+from .app_keys import SESSIONS, SETTINGS, STORE
 from .sessions import SessionManager
-from .views import setup_templates, static_dir
+from .templating import setup_templates, static_dir
 
 
 async def _sessions(app: web.Application) -> AsyncIterator[None]:
@@ -29,5 +29,5 @@ def setup(app: web.Application) -> None:
     app.add_routes(compose.routes)
     app.add_routes(events.routes)
     app.add_routes(pages.routes)
-    app.add_routes(tokens.routes)
+    app.add_routes(token_pages.routes)
     app.router.add_static("/static", static_dir())

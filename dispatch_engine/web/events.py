@@ -22,7 +22,7 @@ from aiohttp import web
 from ..events import EVENTS_CHANNEL, Subscription
 from ..events import publish as publish_to
 from ..store import Store
-from .keys import EVENT_HUB, REDIS_PUBSUB, STORE, SUBSCRIPTION
+from .app_keys import REDIS_PUBSUB, STORE, SUBSCRIPTION
 from .middleware import current_user
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,9 @@ class EventHub:
             out["campaigns"].append(row["campaign_id"])
         for owner_id, out in by_owner.items():
             self.deliver(owner_id, out)
+
+
+EVENT_HUB: web.AppKey[EventHub] = web.AppKey("event_hub")  # here, not in app_keys: no cycle
 
 
 async def events_context(app: web.Application) -> AsyncIterator[None]:

@@ -17,12 +17,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from yarl import URL
 
-from ..errors import ApiError
+from ..errors import DomainError
+from .app_keys import SESSIONS
 from .bodies import form as read_form
-from .keys import SESSIONS
 from .middleware import USER
+from .responses import HttpError, status_of
 from .sessions import CSRF_FIELD, CSRF_HEADER, CSRF_TOKEN, SESSION_KEY, safe_next
-from .views import render
+from .templating import render
 
 log = logging.getLogger(__name__)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -56,7 +57,7 @@ async def _given_csrf(request: web.Request, *, api: bool) -> str | None:
 
 def _refuse(request: web.Request, *, api: bool, message: str) -> web.StreamResponse:
     if api:
-        raise ApiError(403, "csrf_failed", message)
+        raise HttpError(403, "csrf_failed", message)
     return render(request, "error.html", {"title": "Request refused", "message": message},
                   status=403)  # fmt: skip
 
@@ -131,10 +132,10 @@ async def _form_to_api(request: web.Request, handler: Handler) -> web.StreamResp
     target = safe_next(back)
     try:
         response = await handler(request)
-    except ApiError as exc:
+    except DomainError as exc:
         response = render(request, "error.html",
                           {"title": "That did not work", "message": exc.message, "back": target},
-                          status=exc.status)  # fmt: skip
+                          status=status_of(exc))  # fmt: skip
         _secure_headers(response)
         return response
     if response.status >= 400:

@@ -7,8 +7,8 @@ import contextlib
 
 from aiohttp import web
 
-from .keys import METRICS, POOL, QUEUE, REDIS, ROLES
-from .middleware import json_response
+from .app_keys import METRICS, POOL, QUEUE, REDIS, ROLES
+from .responses import json_response
 
 routes = web.RouteTableDef()
 

@@ -1,21 +1,20 @@
-"""Errors as JSON (never a stack trace to a user), body limits and bearer-token authentication."""
+"""The API's request middlewares: each route's body cap, and bearer-token authentication.
+
+Errors become responses in `web/responses.py`; `current_user(request)` is whoever a bearer
+token or a dashboard session (web/guard.py) named.
+"""
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
-import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..config import Settings
-from ..errors import ApiError
 from ..models import User
-from .bodies import form, too_large
-from .keys import SESSIONS, SETTINGS, STORE
+from .app_keys import SESSIONS, SETTINGS, STORE
+from .bodies import form
+from .responses import HttpError, too_large
 
-log = logging.getLogger(__name__)
 USER = web.RequestKey("user", User)
 # Routes that take CSV uploads or whole templates; every other route takes small bodies.
 UPLOAD_ROUTES = frozenset(
@@ -23,36 +22,6 @@ UPLOAD_ROUTES = frozenset(
 )
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 API_TOKEN_ID = web.RequestKey("api_token_id", int)  # set when a bearer token named the user
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
-        status=status,
-        content_type="application/json",
-    )
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return json_response({"error": {"code": code, "message": message}}, status)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return json_response(exc.body(), exc.status)
-    except web.HTTPRequestEntityTooLarge:  # read past the app's client_max_size
-        return json_response(too_large(request.client_max_size).body(), 413)
-    except web.HTTPException as exc:
-        if not request.path.startswith("/api/") or exc.status < 400:
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        return _error(exc.status, code, exc.text or exc.reason)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return _error(500, "internal_error", "something went wrong on our side; it is logged")
 
 
 @web.middleware
@@ -98,7 +67,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(
+            raise HttpError(
                 401,
                 "unauthenticated",
                 "send an API token: Authorization: Bearer <token> "
@@ -106,7 +75,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             )
         found = await request.app[STORE].token_user(token.strip()) if len(token) < 200 else None
         if found is None:
-            raise ApiError(401, "invalid_token", "the API token is unknown, expired or revoked")
+            raise HttpError(401, "invalid_token", "the API token is unknown, expired or revoked")
         request[USER], request[API_TOKEN_ID] = found
     return await handler(request)
 

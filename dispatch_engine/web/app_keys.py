@@ -1,4 +1,8 @@
-"""Every object the aiohttp app shares, under a typed `web.AppKey`."""
+"""Every object the aiohttp app shares, under a typed `web.AppKey`.
+
+The live-events hub's key lives beside its class (`web/events.EVENT_HUB`): naming its type
+here made this module and web/events.py import each other.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,6 @@ from ..worker import WorkerPool
 
 if TYPE_CHECKING:
     from ..auth import AuthProviderSpec
-    from .events import EventHub
     from .sessions import SessionManager
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -41,8 +44,7 @@ WORKERS = web.AppKey("workers", WorkerPool)
 PACER = web.AppKey("pacer", Pacer)
 METRICS = web.AppKey("metrics", Metrics)
 SENDERS = web.AppKey("senders", SenderService)
-# The dashboard's (api role): sessions, login providers by name, their HTTP client, live events.
+# The dashboard's (api role): sessions, login providers by name, their HTTP client.
 SESSIONS: web.AppKey[SessionManager] = web.AppKey("sessions")
 AUTH_PROVIDERS: web.AppKey[dict[str, AuthProviderSpec]] = web.AppKey("auth_providers")
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
-EVENT_HUB: web.AppKey[EventHub] = web.AppKey("event_hub")

@@ -1,4 +1,5 @@
-"""Rendering dashboard pages: the context every page shares, filters, static file URLs."""
+"""Templating the dashboard: rendering a page (or its live region), the context every page
+shares, the filters, static file URLs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from aiohttp import web
 from markupsafe import Markup
 
 from ..resources import resource_dir
-from .keys import AUTH_PROVIDERS, SETTINGS
+from .app_keys import AUTH_PROVIDERS, SETTINGS
 from .middleware import USER
 from .sessions import CSRF_TOKEN
 

@@ -1,8 +1,7 @@
-"""API tokens over HTTP: the `/api/tokens` API and the dashboard's "API tokens" page.
+"""The dashboard's "API tokens" page: list, create (the secret shown once) and revoke.
 
-Both are scoped to the caller: another user's token is "not found", never revoked. The
-secret appears once, in the answer that made it. The page's forms are plain HTML posts,
-CSRF-checked by `web/guard.py` before they reach these handlers.
+Scoped to the signed-in user, as the API is (web/api/tokens.py). The forms are plain HTML
+posts, CSRF-checked by `web/guard.py` before they reach these handlers.
 """
 
 from __future__ import annotations
@@ -12,44 +11,17 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from .. import tokens
-from ..errors import ApiError
-from ..parsing import row_id
+from ..errors import DomainError
+from .app_keys import STORE
 from .bodies import form as bodies_form
-from .bodies import json_object
-from .keys import STORE
-from .middleware import API_TOKEN_ID, current_user, json_response
-from .views import render
+from .middleware import current_user
+from .responses import status_of
+from .templating import render
 
 routes = web.RouteTableDef()
 # What the page offers (a form cannot send anything else without being refused).
 PAGE_EXPIRIES = {"": "Never", "7d": "7 days", "30d": "30 days", "90d": "90 days",
                  "365d": "1 year"}  # fmt: skip
-
-
-@routes.get("/api/tokens")
-async def list_tokens(request: web.Request) -> web.Response:
-    found = await request.app[STORE].tokens_of(current_user(request).id, tokens.LIST_LIMIT)
-    now = datetime.now(UTC)
-    return json_response({"items": [tokens.public(t, now) for t in found]})
-
-
-@routes.post("/api/tokens")
-async def create_token(request: web.Request) -> web.Response:
-    name, expires_in = tokens.read_request(await json_object(request, empty={}))
-    made = await tokens.create_for(
-        request.app[STORE], current_user(request), name, expires_in, request.get(API_TOKEN_ID)
-    )
-    return json_response({**tokens.public(made.info), "token": made.token}, 201)
-
-
-@routes.delete("/api/tokens/{id}")
-async def revoke_token(request: web.Request) -> web.Response:
-    revoked = await request.app[STORE].revoke_token(
-        row_id(request.match_info["id"]), current_user(request).id
-    )
-    if revoked is None:
-        raise ApiError(404, "not_found", "no such API token")
-    return json_response({"revoked": revoked})
 
 
 async def _page(
@@ -94,8 +66,8 @@ async def create_from_page(request: web.Request) -> web.Response:
     expires_in = tokens.parse_duration(raw_expiry) if raw_expiry else None
     try:
         made = await tokens.create_for(request.app[STORE], current_user(request), name, expires_in)
-    except ApiError as exc:
-        return await _page(request, error=exc.message, name=name, status=exc.status)
+    except DomainError as exc:
+        return await _page(request, error=exc.message, name=name, status=status_of(exc))
     # Shown in this answer only (no-store); reloading the page does not show it again.
     return await _page(request, secret=made.token)
 
