@@ -21,7 +21,7 @@ from dispatch_engine.migrate import migrate
 from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
-from .processes import kill_leftovers
+from .support.processes import kill_leftovers
 
 TABLES = "captured_messages, ledger, dispatches, campaigns, senders, api_tokens, identities, users"
 
@@ -179,8 +179,8 @@ async def make_client(settings: Settings) -> AsyncIterator[object]:
 
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[object]:
-    """One headless Chromium for the whole session (tests/browser.py); closed at the end."""
-    from .browser import chromium
+    """One headless Chromium for the whole session (tests/support/browser.py); closed at the end."""
+    from .support.browser import chromium
 
     async with chromium() as launched:
         yield launched

@@ -20,8 +20,8 @@ from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
 from .conftest import fast
-from .helpers import auth, new_token, wait_for
-from .web_session import dev_login
+from .support.helpers import auth, new_token, wait_for
+from .support.web_session import dev_login
 
 Start = Callable[..., Awaitable[TestClient]]
 

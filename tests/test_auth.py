@@ -21,8 +21,8 @@ from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.store import Store
 from dispatch_engine.web.sessions import safe_next
 
-from .oidc_provider import OidcPeer, Person, authorize, launch, start_app
-from .web_session import csrf_of, dev_login
+from .support.oidc_provider import OidcPeer, Person, authorize, launch, start_app
+from .support.web_session import csrf_of, dev_login
 
 Start = Callable[..., Awaitable[TestClient]]
 # OIDC Core §5.4 lets a provider put scope claims in the id_token too; oidc-provider does

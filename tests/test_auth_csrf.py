@@ -11,8 +11,8 @@ from aiohttp.test_utils import TestClient
 
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token
-from .web_session import csrf_of, dev_login
+from .support.helpers import auth, new_token
+from .support.web_session import csrf_of, dev_login
 
 Start = Callable[..., Awaitable[TestClient]]
 SCHEDULE = {"subject": "s", "body": "b", "recipients": ["a@example.com"],

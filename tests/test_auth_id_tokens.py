@@ -29,7 +29,7 @@ from yarl import URL
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .oidc_provider import (
+from .support.oidc_provider import (
     CLIENT_ID,
     CLIENT_SECRET,
     KID,

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.store import Store
 
-from .oidc_provider import OidcPeer, Person, authorize, launch, start_app, start_login
+from .support.oidc_provider import OidcPeer, Person, authorize, launch, start_app, start_login
 
 Start = Callable[..., Awaitable[TestClient]]
 ALLOWED = "Boss@Example.com, @Bücher.example"

@@ -14,8 +14,8 @@ from dispatch_engine.config import Settings
 from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .smtp_sink import SmtpSink
+from .support.helpers import auth, new_token, wait_for
+from .support.smtp_sink import SmtpSink
 
 Start = Callable[..., Awaitable[TestClient]]
 

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from dispatch_engine.store import Store
 
-from .web_session import dev_login
+from .support.web_session import dev_login
 
 Start = Callable[..., Awaitable[TestClient]]
 CSV = b"email,name\nann@example.com,Ann\nbob@example.com,Bob\n"

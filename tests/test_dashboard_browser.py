@@ -16,8 +16,8 @@ from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
-from .browser import HANG_MS, snapshot
-from .helpers import auth
+from .support.browser import HANG_MS, snapshot
+from .support.helpers import auth
 
 Start = Callable[..., Awaitable[TestClient]]
 PEOPLE = (

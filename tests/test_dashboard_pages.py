@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestClient
 from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.store import Store
 
-from .helpers import auth, wait_for
-from .web_session import dev_login, next_event
+from .support.helpers import auth, wait_for
+from .support.web_session import dev_login, next_event
 
 Start = Callable[..., Awaitable[TestClient]]
 FUTURE = "2099-01-01T00:00:00Z"

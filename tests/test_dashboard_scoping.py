@@ -17,9 +17,9 @@ from dispatch_engine.config import Settings
 from dispatch_engine.recorder import EVENTS_CHANNEL
 from dispatch_engine.store import Store
 
-from .helpers import auth, wait_for
-from .oidc_provider import OidcPeer, Person, authorize, launch, start_app, start_login
-from .web_session import csrf_of, next_event
+from .support.helpers import auth, wait_for
+from .support.oidc_provider import OidcPeer, Person, authorize, launch, start_app, start_login
+from .support.web_session import csrf_of, next_event
 
 Start = Callable[..., Awaitable[TestClient]]
 # Every route that names one object by id; a new one must be added here (checked below).
@@ -50,7 +50,7 @@ B = Person(sub="b", email="b@example.com", name="B")
 
 @pytest.fixture
 async def peer(tmp_path: Path) -> AsyncIterator[OidcPeer]:
-    """panva's oidc-provider on loopback (tests/oidc_provider.py)."""
+    """panva's oidc-provider on loopback (tests/support/oidc_provider.py)."""
     async with launch(tmp_path / "oidc-provider.log") as started:
         yield started
 

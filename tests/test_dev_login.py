@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient
 
 from dispatch_engine.config import Settings, SettingsError, load_settings
 
+from .support.web_session import csrf_of, dev_login
 from .test_containers import ROOT, _compose
-from .web_session import csrf_of, dev_login
 
 CONTAINERFILE = (ROOT / "Containerfile").read_text()
 

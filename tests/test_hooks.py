@@ -21,9 +21,9 @@ from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 from dispatch_engine.web.keys import AUTH_PROVIDERS
 
-from .helpers import auth, new_token, wait_for
-from .plugin_dirs import events, plugin_dir
-from .processes import run_cli
+from .support.helpers import auth, new_token, wait_for
+from .support.plugin_dirs import events, plugin_dir
+from .support.processes import run_cli
 
 Start = Callable[..., Awaitable[TestClient]]
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .plugin_dirs import events, plugin_dir
+from .support.helpers import auth, new_token, wait_for
+from .support.plugin_dirs import events, plugin_dir
 
 Start = Callable[..., Awaitable[TestClient]]
 

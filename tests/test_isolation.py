@@ -23,9 +23,9 @@ from dispatch_engine import campaigns
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .smtp_sink import Sink, SmtpSink
-from .web_session import dev_login
+from .support.helpers import auth, new_token, wait_for
+from .support.smtp_sink import Sink, SmtpSink
+from .support.web_session import dev_login
 
 Start = Callable[..., Awaitable[TestClient]]
 POISON = "{% for a in [1] %}" * 21 + "x" + "{% endfor %}" * 21  # CPython: 20 nested blocks max

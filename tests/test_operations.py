@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .processes import Proc
-from .smtp_sink import SmtpSink
+from .support.helpers import auth, new_token, wait_for
+from .support.processes import Proc
+from .support.smtp_sink import SmtpSink
 
 Start = Callable[..., Awaitable[TestClient]]
 

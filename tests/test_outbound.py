@@ -28,9 +28,9 @@ from dispatch_engine.plugins import builtin_plugins
 from dispatch_engine.store import Store
 from dispatch_engine.transport import TransportContext
 
-from .helpers import auth, new_token, wait_for
-from .smtp_sink import Sink, free_port
-from .tls_certs import tls_server
+from .support.helpers import auth, new_token, wait_for
+from .support.smtp_sink import Sink, free_port
+from .support.tls_certs import tls_server
 
 Start = Callable[..., Awaitable[TestClient]]
 SECRET_TEXT = "INTERNAL-ONLY-7f3a"  # what a remote says; must never reach the user

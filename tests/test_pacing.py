@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, just_after_next_window, new_token, wait_for
+from .support.helpers import auth, just_after_next_window, new_token, wait_for
 
 Start = Callable[..., Awaitable[TestClient]]
 

@@ -13,8 +13,8 @@ from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .web_session import dev_login
+from .support.helpers import auth, new_token, wait_for
+from .support.web_session import dev_login
 
 Start = Callable[..., Awaitable[TestClient]]
 BASE = {"subject": "s", "body": "b", "recipients": ["a@example.com"]}

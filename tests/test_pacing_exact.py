@@ -20,9 +20,9 @@ from redis.asyncio import Redis
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, just_after_next_window, new_token, wait_for
-from .processes import Proc
-from .smtp_sink import SmtpSink
+from .support.helpers import auth, just_after_next_window, new_token, wait_for
+from .support.processes import Proc
+from .support.smtp_sink import SmtpSink
 
 Start = Callable[..., Awaitable[TestClient]]
 pytestmark = pytest.mark.timeout(180)

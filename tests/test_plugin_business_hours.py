@@ -18,7 +18,7 @@ from dispatch_engine.store import Store
 from dispatch_engine.testing import appliance
 from dispatch_engine.weekly import parse_weekly_window
 
-from .helpers import auth, new_token, wait_for
+from .support.helpers import auth, new_token, wait_for
 
 Start = Callable[..., Awaitable[TestClient]]
 PACING = ("business_hours", "fixed_window", "min_gap")

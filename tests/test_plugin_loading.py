@@ -15,9 +15,9 @@ from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.plugins import PluginError, get_plugin_manager
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .plugin_dirs import events, plugin_dir
-from .processes import Proc, run_cli
+from .support.helpers import auth, new_token, wait_for
+from .support.plugin_dirs import events, plugin_dir
+from .support.processes import Proc, run_cli
 
 Start = Callable[..., Awaitable[TestClient]]
 

@@ -15,8 +15,8 @@ from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.plugins import builtin_plugins
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .http_receiver import Received, Receiver
+from .support.helpers import auth, new_token, wait_for
+from .support.http_receiver import Received, Receiver
 
 notify: Any = dict(builtin_plugins())["notify"]
 Start = Callable[..., Awaitable[TestClient]]

@@ -26,9 +26,9 @@ from dispatch_engine.transport import (
     TransportContext,
 )
 
-from .helpers import auth, new_token, wait_for
-from .http_receiver import Answer, Received, Receiver
-from .smtp_sink import free_port
+from .support.helpers import auth, new_token, wait_for
+from .support.http_receiver import Answer, Received, Receiver
+from .support.smtp_sink import free_port
 
 webhook: Any = dict(builtin_plugins())["webhook"]
 SECRET = "whsec-correct-horse-battery-staple"

@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .processes import Proc, run_cli, without_urls
-from .smtp_sink import SmtpSink, free_port
+from .support.helpers import auth, new_token, wait_for
+from .support.processes import Proc, run_cli, without_urls
+from .support.smtp_sink import SmtpSink, free_port
 
 pytestmark = pytest.mark.timeout(240)
 

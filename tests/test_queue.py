@@ -12,7 +12,7 @@ from dispatch_engine.config import Settings
 from dispatch_engine.queue import RedisQueue, Waker, dispatch_id_of, member
 from dispatch_engine.redis_client import MAX_CONNECTIONS, connect_redis
 
-from .helpers import wait_for
+from .support.helpers import wait_for
 
 
 async def _now_ms(redis: Redis) -> int:

@@ -25,8 +25,8 @@ from dispatch_engine.config import Settings
 from dispatch_engine.queue import ShardKeys, member
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .smtp_sink import Sink, SmtpSink
+from .support.helpers import auth, new_token, wait_for
+from .support.smtp_sink import Sink, SmtpSink
 
 Start = Callable[..., Awaitable[TestClient]]
 

@@ -16,9 +16,9 @@ from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 from dispatch_engine.sweeper import MARKER_KEY, Sweeper
 
-from .helpers import auth, just_after_next_window, new_token, wait_for
-from .processes import Proc
-from .smtp_sink import SmtpSink
+from .support.helpers import auth, just_after_next_window, new_token, wait_for
+from .support.processes import Proc
+from .support.smtp_sink import SmtpSink
 
 Start = Callable[..., Awaitable[TestClient]]
 

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
+from .support.helpers import auth, new_token, wait_for
 
 Start = Callable[..., Awaitable[TestClient]]
 GAP_MS = 200

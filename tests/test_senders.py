@@ -18,9 +18,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, just_after_next_window, new_token, wait_for
-from .processes import run_cli, run_cli_input
-from .smtp_sink import SmtpSink, free_port
+from .support.helpers import auth, just_after_next_window, new_token, wait_for
+from .support.processes import run_cli, run_cli_input
+from .support.smtp_sink import SmtpSink, free_port
 
 Start = Callable[..., Awaitable[TestClient]]
 PASSWORD = "hunter2-correct-horse-battery"

@@ -22,12 +22,12 @@ from dispatch_engine.queue import RedisQueue
 from dispatch_engine.sender_health import LOGIN_FAILURES_TO_PARK
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .plugin_dirs import events, plugin_dir
-from .processes import run_cli
-from .smtp_peer import PrivateCa, PrivatePostfix, SmtpPeer
-from .smtp_sink import free_port
-from .web_session import dev_login
+from .support.helpers import auth, new_token, wait_for
+from .support.plugin_dirs import events, plugin_dir
+from .support.processes import run_cli
+from .support.smtp_peer import PrivateCa, PrivatePostfix, SmtpPeer
+from .support.smtp_sink import free_port
+from .support.web_session import dev_login
 
 Start = Callable[..., Awaitable[TestClient]]
 PASSWORD = "correct-horse-battery-staple"

@@ -17,10 +17,10 @@ from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .browser import snapshot
-from .helpers import auth, new_token
-from .processes import Proc, run_cli
-from .web_session import csrf_of, dev_login
+from .support.browser import snapshot
+from .support.helpers import auth, new_token
+from .support.processes import Proc, run_cli
+from .support.web_session import csrf_of, dev_login
 
 Start = Callable[..., Awaitable[TestClient]]
 API = frozenset({"api"})

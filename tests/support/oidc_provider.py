@@ -39,7 +39,7 @@ CLIENT_SECRET = "s3cret/with:odd chars"
 OTHER_CLIENT_ID = "another-application"
 OTHER_CLIENT_SECRET = "another-secret"
 OTHER_REDIRECT_URI = "http://127.0.0.1:9/callback"  # never opened: the code is read from it
-PEERS = Path(__file__).parent / "peers"
+PEERS = Path(__file__).parents[1] / "peers"
 LAUNCHER = PEERS / "oidc_provider.mjs"
 KID = "test-key-1"
 _ACTION = re.compile(r'<form[^>]*action="([^"]+)"')
