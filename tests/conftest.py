@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -21,7 +22,11 @@ from dispatch_engine.migrate import migrate
 from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
+from .support.app_client import AppClient, Start
 from .support.processes import kill_leftovers
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 TABLES = "captured_messages, ledger, dispatches, campaigns, senders, api_tokens, identities, users"
 
@@ -155,17 +160,17 @@ def fast(settings: Settings, **changes: object) -> Settings:
 
 
 @pytest.fixture
-async def make_client(settings: Settings) -> AsyncIterator[object]:
-    """Start the real app (all roles unless told) and return (client, token) factories."""
+async def make_client(settings: Settings) -> AsyncIterator[Start]:
+    """Start the real app (all roles unless told) and return its test client (closed after)."""
     from aiohttp.test_utils import TestClient, TestServer
 
     from dispatch_engine.app import create_app
 
-    clients: list[TestClient] = []
+    clients: list[AppClient] = []
 
     async def start(
-        app_settings: Settings | None = None, roles: frozenset[str] | None = None
-    ) -> TestClient:
+        app_settings: Settings | None = None, roles: Iterable[str] | None = None
+    ) -> AppClient:
         app = create_app(app_settings or settings, roles or {"api", "worker", "sweeper"})
         client = TestClient(TestServer(app))
         await client.start_server()
@@ -178,8 +183,8 @@ async def make_client(settings: Settings) -> AsyncIterator[object]:
 
 
 @pytest.fixture(scope="session")
-async def browser() -> AsyncIterator[object]:
-    """One headless Chromium for the whole session (tests/support/browser.py); closed at the end."""
+async def browser() -> AsyncIterator[Browser]:
+    """One headless Chromium for the session (tests/support/browser.py); closed at the end."""
     from .support.browser import chromium
 
     async with chromium() as launched:

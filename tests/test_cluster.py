@@ -8,22 +8,21 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import cast
 
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis, RedisCluster
 
 from dispatch_engine.config import Settings
 from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
+from .support.app_client import Start
 from .support.helpers import auth, new_token, wait_for
 from .support.smtp_sink import free_port
 
-Start = Callable[..., Awaitable[TestClient]]
 pytestmark = pytest.mark.timeout(180)
 
 

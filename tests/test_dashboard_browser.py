@@ -9,17 +9,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
+from .support.app_client import Start
 from .support.browser import HANG_MS, snapshot
 from .support.helpers import auth
 
-Start = Callable[..., Awaitable[TestClient]]
 PEOPLE = (
     "email,name\n"
     "ada@example.com,Ada\n"

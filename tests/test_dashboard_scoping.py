@@ -4,24 +4,23 @@ page or API route, with a session cookie or with a bearer token."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
 from dispatch_engine.recorder import EVENTS_CHANNEL
 from dispatch_engine.store import Store
 
+from .support.app_client import AppClient, Start
 from .support.helpers import auth, wait_for
 from .support.oidc_provider import OidcPeer, Person, authorize, launch, start_app, start_login
 from .support.web_session import csrf_of, next_event
 
-Start = Callable[..., Awaitable[TestClient]]
 # Every route that names one object by id; a new one must be added here (checked below).
 ID_ROUTES = {
     ("GET", "/campaigns/{id}"),
@@ -56,7 +55,7 @@ async def peer(tmp_path: Path) -> AsyncIterator[OidcPeer]:
 
 
 async def _sign_in(
-    app: TestClient, peer: OidcPeer, person: Person
+    app: AppClient, peer: OidcPeer, person: Person
 ) -> tuple[aiohttp.ClientSession, str]:
     """A browser of its own for `person`; returns it and its session's CSRF token."""
     browser = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))

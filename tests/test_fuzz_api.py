@@ -14,12 +14,10 @@ import asyncio
 import json
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -28,10 +26,10 @@ from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
 from .conftest import fast
+from .support.app_client import AppClient, Start
 from .support.helpers import auth, wait_for
 from .support.web_session import dev_login
 
-Start = Callable[..., Awaitable[TestClient]]
 MARKER = "zqxB7marker"  # in B's subjects, bodies, addresses and sender names
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # Every field a route's handler reads: the fuzz fills them with hostile values.
@@ -84,7 +82,7 @@ class Route:
 
 @dataclass
 class Fuzz:
-    client: TestClient
+    client: AppClient
     loop: asyncio.AbstractEventLoop
     a_headers: dict[str, str]
     csrf: str
@@ -93,7 +91,7 @@ class Fuzz:
     problems: list[str] = field(default_factory=list)
 
 
-def app_routes(client: TestClient) -> list[Route]:
+def app_routes(client: AppClient) -> list[Route]:
     """Every route the router lists (HEAD twins and static files aside)."""
     found = set()
     for route in client.server.app.router.routes():
@@ -167,7 +165,7 @@ async def send(fuzz: Fuzz, req: tuple[Any, ...]) -> None:
             fuzz.problems.append(f"not a JSON error: {where} {raw[:200]!r}")
 
 
-async def _tenants(client: TestClient, store: Store) -> tuple[dict[str, str], str, list[str]]:
+async def _tenants(client: AppClient, store: Store) -> tuple[dict[str, str], str, list[str]]:
     """A signs in (session + token); B schedules and sends campaigns carrying the marker."""
     csrf = await dev_login(client)
     me = await (await client.get("/api/me")).json()

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import orjson
-from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
+from .support.app_client import Start
 from .support.helpers import auth, new_token, wait_for
 from .support.processes import Proc
 from .support.smtp_sink import SmtpSink
-
-Start = Callable[..., Awaitable[TestClient]]
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

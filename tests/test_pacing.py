@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
+from .support.app_client import AppClient, Start
 from .support.helpers import auth, just_after_next_window, new_token, wait_for
-
-Start = Callable[..., Awaitable[TestClient]]
 
 LIMITED_PLUGIN = """
 from pathlib import Path
@@ -30,7 +27,7 @@ def sender_limited(sender_id, resume_at_ms, reason):
 """
 
 
-async def _schedule(client: TestClient, token: str, **payload: Any) -> int:
+async def _schedule(client: AppClient, token: str, **payload: Any) -> int:
     payload.setdefault("subject", "s")
     payload.setdefault("body", "b")
     response = await client.post("/api/emails/schedule", json=payload, headers=auth(token))

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
-
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.store import Store
 
+from .support.app_client import Start
 from .support.helpers import auth, new_token, wait_for
 from .support.web_session import dev_login
 
-Start = Callable[..., Awaitable[TestClient]]
 BASE = {"subject": "s", "body": "b", "recipients": ["a@example.com"]}
 
 

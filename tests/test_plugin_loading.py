@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.plugins import PluginError, get_plugin_manager
 from dispatch_engine.store import Store
 
+from .support.app_client import Start
 from .support.helpers import auth, new_token, wait_for
 from .support.plugin_dirs import events, plugin_dir
 from .support.processes import Proc, run_cli
-
-Start = Callable[..., Awaitable[TestClient]]
 
 TYPO = """
 @hookimpl

@@ -7,13 +7,12 @@ import hashlib
 import hmac
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from email import message_from_bytes, policy
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.config import Settings
 from dispatch_engine.plugins import builtin_plugins
@@ -26,13 +25,13 @@ from dispatch_engine.transport import (
     TransportContext,
 )
 
+from .support.app_client import Start
 from .support.helpers import auth, new_token, wait_for
 from .support.http_receiver import Answer, Received, Receiver
 from .support.smtp_sink import free_port
 
 webhook: Any = dict(builtin_plugins())["webhook"]
 SECRET = "whsec-correct-horse-battery-staple"
-Start = Callable[..., Awaitable[TestClient]]
 
 
 def _recipient(request: Received) -> str:

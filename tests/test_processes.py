@@ -9,11 +9,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
+from .support.app_client import AppClient
 from .support.helpers import auth, new_token, wait_for
 from .support.processes import Proc, run_cli, without_urls
 from .support.smtp_sink import SmtpSink, free_port
@@ -123,7 +123,7 @@ async def test_two_worker_processes_send_each_email_once(
             for worker in workers:
                 worker.wait_for_output(r"Running worker on")
             api_settings = replace(settings, transport="smtp")
-            client: TestClient = await make_client(api_settings, frozenset({"api"}))  # type: ignore[operator]
+            client: AppClient = await make_client(api_settings, frozenset({"api"}))  # type: ignore[operator]
             token = await new_token(store)
             recipients = [f"w{i}@example.com" for i in range(1000)]
             response = await client.post(

@@ -12,23 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
 from dispatch_engine.queue import ShardKeys, member
 from dispatch_engine.store import Store
 
+from .support.app_client import Start
 from .support.helpers import auth, new_token, wait_for
 from .support.smtp_sink import Sink, SmtpSink
-
-Start = Callable[..., Awaitable[TestClient]]
 
 REFUSE_SENT = """
 CREATE SEQUENCE record_refusals;

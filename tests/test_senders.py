@@ -5,24 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from email import message_from_bytes
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
+from .support.app_client import Start
 from .support.helpers import auth, just_after_next_window, new_token, wait_for
 from .support.processes import run_cli, run_cli_input
 from .support.smtp_sink import SmtpSink, free_port
 
-Start = Callable[..., Awaitable[TestClient]]
 PASSWORD = "hunter2-correct-horse-battery"
 
 

@@ -6,14 +6,13 @@ faults at RCPT or after DATA. Every email goes the real worker path (the app's o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from dispatch_engine.auth import DEV_EMAIL
@@ -22,6 +21,7 @@ from dispatch_engine.queue import RedisQueue
 from dispatch_engine.sender_health import LOGIN_FAILURES_TO_PARK
 from dispatch_engine.store import Store
 
+from .support.app_client import AppClient, Start
 from .support.helpers import auth, new_token, wait_for
 from .support.plugin_dirs import events, plugin_dir
 from .support.processes import run_cli
@@ -29,7 +29,6 @@ from .support.smtp_peer import PrivateCa, PrivatePostfix, SmtpPeer
 from .support.smtp_sink import free_port
 from .support.web_session import dev_login
 
-Start = Callable[..., Awaitable[TestClient]]
 PASSWORD = "correct-horse-battery-staple"
 
 RECORD_PARKED = """
@@ -56,7 +55,7 @@ async def _json(response: Any, status: int = 200) -> Any:
 
 
 async def _sender(
-    client: TestClient, headers: dict[str, str], port: int, **settings: Any
+    client: AppClient, headers: dict[str, str], port: int, **settings: Any
 ) -> dict[str, Any]:
     body = {
         "from_address": "ops@example.com",
@@ -67,7 +66,7 @@ async def _sender(
 
 
 async def _schedule(
-    client: TestClient, headers: dict[str, str], sender: int, recipients: list[str]
+    client: AppClient, headers: dict[str, str], sender: int, recipients: list[str]
 ) -> int:
     payload = {"subject": "Hi {{ email }}", "body": "Hello", "sender": sender,
                "recipients": recipients}  # fmt: skip
