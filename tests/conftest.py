@@ -24,11 +24,19 @@ from dispatch_engine.store import Store
 
 from .support.app_client import AppClient, Start
 from .support.processes import kill_leftovers
+from .support.tiers import assign
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
 
 TABLES = "captured_messages, ledger, dispatches, campaigns, senders, api_tokens, identities, users"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m unit` (etc.) deselects by the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test gets its tier's marker (tests/support/tiers.py, docs/testing.md)."""
+    for item in items:
+        assign(item)
 
 
 def _with_database(url: str, name: str) -> str:

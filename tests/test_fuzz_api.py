@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -94,7 +95,7 @@ class Fuzz:
 def app_routes(client: AppClient) -> list[Route]:
     """Every route the router lists (HEAD twins and static files aside)."""
     found = set()
-    for route in client.server.app.router.routes():
+    for route in client.app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
         if route.method == "HEAD" or "directory" in info or route.resource is None:
             continue
@@ -210,6 +211,7 @@ async def _tenants(client: AppClient, store: Store) -> tuple[dict[str, str], str
     return a_headers, csrf, b_ids
 
 
+@pytest.mark.timeout(120)  # 320 requests drawn by hypothesis, then the worst cases per route
 async def test_malformed_requests_to_every_route(
     make_client: Start, store: Store, settings: Settings
 ) -> None:

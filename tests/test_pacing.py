@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
@@ -44,6 +45,7 @@ async def _sent_count(store: Store, campaign_id: int) -> int:
     )
 
 
+@pytest.mark.timeout(120)  # 40 emails at 5 per 3 s window: 24 s of real time
 async def test_a_sender_over_its_limit_is_parked_and_loses_nothing(
     make_client: Start, settings: Settings, store: Store, tmp_path: Path
 ) -> None:

@@ -61,6 +61,7 @@ async def _refusals(store: Store) -> int:
     return int(row["last_value"]) if row["is_called"] else 0
 
 
+@pytest.mark.timeout(120)  # outlasts 8 refusals: 12 s of the recorder's back-off
 async def test_a_send_is_not_acked_until_postgresql_records_it(
     make_client: Start, refusing_store: Store, redis: Redis
 ) -> None:
