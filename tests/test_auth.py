@@ -86,11 +86,13 @@ async def test_login_with_the_providers_default_claims_creates_the_user_and_a_se
     assert 'src="https://avatars.example.com/ada.png"' in html
 
     user = await store.pool.fetchrow("SELECT * FROM users WHERE email = 'ada@example.com'")
-    assert user["name"] == "Ada Lovelace"
+    assert user is not None and user["name"] == "Ada Lovelace"
     assert user["avatar_url"] == "https://avatars.example.com/ada.png"
     identity = await store.pool.fetchrow("SELECT * FROM identities WHERE user_id = $1", user["id"])
+    assert identity is not None
     assert (identity["provider"], identity["subject"]) == (peer.issuer, "1001")
     session = await store.pool.fetchrow("SELECT * FROM sessions WHERE user_id = $1", user["id"])
+    assert session is not None
     raw = SimpleCookie(cookie)["de_session"].value
     assert raw.encode() not in bytes(session["token_hash"]) and len(session["token_hash"]) == 32
 
@@ -112,7 +114,7 @@ async def test_login_with_the_claims_in_the_id_token(
     assert response.status == 200 and response.url.path == "/campaigns", await response.text()
     assert "Ada Lovelace" in await response.text()
     row = await store.pool.fetchrow("SELECT email, name FROM users")
-    assert tuple(row) == ("ada@example.com", "Ada Lovelace")
+    assert row is not None and tuple(row) == ("ada@example.com", "Ada Lovelace")
 
 
 async def test_tampered_state_and_replays_are_refused(

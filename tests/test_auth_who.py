@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -108,7 +109,7 @@ async def test_an_open_sign_up_is_announced_at_start(
     settings: Settings,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
-    changes: dict[str, object],
+    changes: dict[str, Any],
     warned: bool,
 ) -> None:
     with caplog.at_level(logging.WARNING):

@@ -135,11 +135,11 @@ async def test_user_b_cannot_see_or_touch_user_a(
         for method, route in sorted(ID_ROUTES):
             prefix = route[: route.index("{id}")]
             target = url(route.replace("{id}", str(ids[prefix])))
-            body = {} if method in ("POST", "PATCH") else None
+            sent_json: dict[str, str] | None = {} if method in ("POST", "PATCH") else None
             for headers in ({"X-CSRF-Token": b_csrf}, b_token):
                 if headers is b_token and method != "GET" and not route.startswith("/api/"):
                     continue  # a page's form is a session's; a bearer token is the API's
-                response = await b.request(method, target, headers=headers, json=body)
+                response = await b.request(method, target, headers=headers, json=sent_json)
                 assert response.status == 404, (method, route, response.status)
         assert "a@example.com" not in await (await b.get(url("/api/senders"))).text()
         status = await store.pool.fetchval("SELECT status FROM campaigns WHERE id = $1", later_id)

@@ -135,7 +135,7 @@ async def test_hook_dispatch_failed(
     gone = await store.pool.fetchrow(
         "SELECT id, status, last_error FROM dispatches WHERE recipient = 'gone@example.com'"
     )
-    assert gone["status"] == "failed"
+    assert gone is not None and gone["status"] == "failed"
     await _recorded(folder, "campaign_completed", 1)
     assert events(folder, "dispatch_failed") == [
         {

@@ -98,5 +98,6 @@ async def test_a_worker_process_serves_only_health_and_metrics_and_logs_json(
         failure = next(entry for entry in lines if "no such user" in entry["message"])
         assert failure["level"] == "warning" and failure["logger"] == "dispatch_engine.worker"
         dispatch = await store.pool.fetchrow("SELECT id, campaign_id FROM dispatches")
+        assert dispatch is not None
         assert failure["dispatch_id"] == dispatch["id"]
         assert failure["campaign_id"] == dispatch["campaign_id"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,7 @@ def closed(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def rebinding() -> AsyncIterator[list[str]]:
+def rebinding() -> Iterator[list[str]]:
     """A resolver that answers a public address first, then loopback: the DNS rebinding
     attack. Injected with `outbound.set_resolver` (why: see its comment)."""
     asked: list[str] = []

@@ -20,6 +20,7 @@ BASE = {"subject": "s", "body": "b", "recipients": ["a@example.com"]}
 async def test_bad_limits_are_refused_naming_the_field(make_client: Start, store: Store) -> None:
     client = await make_client()
     headers = auth(await new_token(store))
+    extra: dict[str, Any]
     for extra, field in (
         ({"daily_limit": 0}, "daily_limit"),
         ({"daily_limit": "lots"}, "daily_limit"),

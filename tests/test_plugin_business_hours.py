@@ -22,8 +22,8 @@ from .support.helpers import auth, new_token, wait_for
 PACING = ("business_hours", "fixed_window", "min_gap")
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 BERLIN = parse_weekly_window("Mon-Fri 09:00-17:00 Europe/Berlin")

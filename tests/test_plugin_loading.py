@@ -6,6 +6,7 @@ import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,7 +106,7 @@ raise ImportError("this plugin must never be imported")
 """
 
 
-async def _plugins_json(env: dict[str, str], *args: str) -> dict[str, dict[str, object]]:
+async def _plugins_json(env: dict[str, str], *args: str) -> dict[str, dict[str, Any]]:
     ran = await asyncio.to_thread(run_cli, [*args, "plugins", "--json"], env)
     assert ran.returncode == 0, ran.stderr
     return {p["name"]: p for p in json.loads(ran.stdout)}

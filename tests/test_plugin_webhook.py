@@ -189,7 +189,7 @@ async def test_an_unreachable_webhook_is_retried_then_failed(
 
     await wait_for(failed)
     row = await store.pool.fetchrow("SELECT attempts, last_error FROM dispatches")
-    assert row["attempts"] == 3
+    assert row is not None and row["attempts"] == 3
     assert row["last_error"].startswith("gave up after 3 attempts: 127.0.0.1:")
 
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(240)
 async def _get(session: aiohttp.ClientSession, url: str, token: str) -> dict:  # type: ignore[type-arg]
     async with session.get(url, headers=auth(token)) as response:
         assert response.status == 200, await response.text()
-        return await response.json()  # type: ignore[no-any-return]
+        return await response.json()
 
 
 async def test_up_killed_mid_campaign_delivers_the_rest_once(

@@ -202,6 +202,7 @@ async def test_check_reports_the_servers_reply_and_sends_on_request(
 
         await wait_for(parked)
         row = await store.pool.fetchrow("SELECT status, last_error, attempts FROM dispatches")
+        assert row is not None
         assert row["status"] == "scheduled" and "535" in row["last_error"]
         assert row["attempts"] == 0, "a refused login is not an attempt of the email"
 

@@ -6,7 +6,7 @@ faults at RCPT or after DATA. Every email goes the real worker path (the app's o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> PrivateCa:
 
 
 @pytest.fixture
-def tls_peer(ca: PrivateCa) -> AsyncIterator[SmtpPeer]:
+def tls_peer(ca: PrivateCa) -> Iterator[SmtpPeer]:
     with SmtpPeer(ca=ca, users={"ops": PASSWORD}) as peer:
         yield peer
 
@@ -130,7 +130,7 @@ async def test_hook_sender_parked(
 
     # Redis loses everything (FLUSHALL): the sweeper re-queues from PostgreSQL, and the first
     # worker to claim an email of the parked sender parks it again without a login.
-    logins = len(tls_peer.logins())
+    login_count = len(tls_peer.logins())
     await redis.flushdb()
 
     async def parked_again() -> bool:
@@ -138,7 +138,7 @@ async def test_hook_sender_parked(
         return bool(state["parked_until_ms"]) and await _no_email_in_flight(store, queue)
 
     await wait_for(parked_again)
-    assert len(tls_peer.logins()) == logins and await _statuses(store) == {"scheduled": 50}
+    assert len(tls_peer.logins()) == login_count and await _statuses(store) == {"scheduled": 50}
 
     # Fixing the password (a sender update) unparks it: all 50 go, each exactly once.
     fixed = await client.patch(
@@ -261,11 +261,11 @@ async def test_a_4xx_or_5xx_to_pipelined_data_is_retried_or_failed_never_sent(
         late = await store.pool.fetchrow(
             "SELECT attempts, message_id FROM dispatches WHERE recipient = 'late@example.com'"
         )
-        assert late["attempts"] == 3 and received[late["message_id"]] == 1
+        assert late is not None and late["attempts"] == 3 and received[late["message_id"]] == 1
         spam = await store.pool.fetchrow(
             "SELECT attempts, last_error FROM dispatches WHERE recipient = 'spam@example.com'"
         )
-        assert spam["attempts"] == 1 and "554 5.7.1 spam" in spam["last_error"]
+        assert spam is not None and spam["attempts"] == 1 and "554 5.7.1 spam" in spam["last_error"]
         sent = await store.pool.fetch("SELECT state FROM ledger WHERE state = 'sent'")
         assert len(sent) == 9
 
@@ -289,6 +289,7 @@ async def test_without_smtputf8_a_unicode_local_part_fails_at_once_and_idn_goes_
         john = await store.pool.fetchrow(
             "SELECT attempts, last_error FROM dispatches WHERE recipient = 'jöhn@example.com'"
         )
+        assert john is not None
         assert john["attempts"] == 1, "a condition no retry can change fails at once"
         assert "SMTPUTF8" in john["last_error"] and "jöhn@example.com" in john["last_error"]
         (message,) = peer.messages()
