@@ -48,7 +48,9 @@ def tier_of(item: pytest.Item) -> str:
     if explicit is not None:
         return explicit
     fixtures = set(getattr(item, "fixturenames", ()))
-    if fixtures & SYSTEM_FIXTURES or any(_starts_a_process(f, set()) for f in _code_of(item)):
+    module = getattr(getattr(item, "module", None), "__name__", TESTS_PACKAGE)
+    ours = (TESTS_PACKAGE, module)  # code of the tests (not pytest's, not the package's)
+    if fixtures & SYSTEM_FIXTURES or any(_starts_a_process(f, ours, set()) for f in _code_of(item)):
         return "system"
     return "integration" if SERVERS_FIXTURE in fixtures else "unit"
 
@@ -65,11 +67,13 @@ def _code_of(item: pytest.Item) -> Iterator[Callable[..., Any]]:
             yield func
 
 
-def _starts_a_process(func: Callable[..., Any], seen: set[types.CodeType]) -> bool:
+def _starts_a_process(
+    func: Callable[..., Any], ours: tuple[str, ...], seen: set[types.CodeType]
+) -> bool:
     """Whether `func`, or the tests' code it names (functions, classes), starts a process."""
     func = inspect.unwrap(getattr(getattr(func, "hypothesis", None), "inner_test", func))
     code = getattr(func, "__code__", None)
-    if code is None or code in seen or not (func.__module__ or "").startswith(TESTS_PACKAGE):
+    if code is None or code in seen or not (func.__module__ or "").startswith(ours):
         return False
     seen.add(code)
     namespace = getattr(func, "__globals__", {})
@@ -87,11 +91,11 @@ def _starts_a_process(func: Callable[..., Any], seen: set[types.CodeType]) -> bo
             return True
         if getattr(value, "__module__", None) in SYSTEM_MODULES:
             return True
-        if isinstance(value, type) and value.__module__.startswith(TESTS_PACKAGE):
+        if isinstance(value, type) and value.__module__.startswith(ours):
             methods = [m for m in vars(value).values() if inspect.isfunction(m)]
-            if any(_starts_a_process(m, seen) for m in methods):
+            if any(_starts_a_process(m, ours, seen) for m in methods):
                 return True
-        elif inspect.isfunction(value) and _starts_a_process(value, seen):
+        elif inspect.isfunction(value) and _starts_a_process(value, ours, seen):
             return True
     return False
 
