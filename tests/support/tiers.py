@@ -23,8 +23,9 @@ SYSTEM_TIMEOUT_S = 300  # the others keep pyproject's `timeout`
 
 # What starts a process: `dispatch-engine` (processes.py), Chromium, the Node peers and
 # Postfix, private servers (alone or in the plugin authors' appliance), any other program.
-SYSTEM_MODULES = frozenset(m.__name__ for m in (subprocess, processes, browser, smtp_peer,
-                                                oidc_provider))  # fmt: skip
+SYSTEM_MODULES = frozenset(
+    m.__name__ for m in (subprocess, processes, browser, smtp_peer, oidc_provider)
+)
 SYSTEM_OBJECTS: tuple[object, ...] = (EmbeddedServers, appliance)
 SYSTEM_CALLS = frozenset({"create_subprocess_exec", "create_subprocess_shell"})
 # conftest's fixtures are shared by nearly every test; they count by name, not by their code
@@ -44,6 +45,7 @@ def assign(item: pytest.Item) -> None:
 
 
 def tier_of(item: pytest.Item) -> str:
+    """The marker written on the test or its module, else the rule (the module docstring)."""
     explicit = next((m.name for m in item.iter_markers() if m.name in TIERS), None)
     if explicit is not None:
         return explicit
@@ -60,7 +62,7 @@ def _code_of(item: pytest.Item) -> Iterator[Callable[..., Any]]:
     function = getattr(item, "function", None)
     if function is not None:
         yield function
-    info = getattr(item, "_fixtureinfo", None)
+    info = getattr(item, "_fixtureinfo", None)  # pytest's resolved fixtures (no public API)
     for definitions in info.name2fixturedefs.values() if info else ():
         func = definitions[-1].func
         if not func.__module__.endswith("conftest"):
