@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 # --ignore-scripts, nothing builds at install.
 PEERS := tests/peers/node_modules/.package-lock.json
 
-.PHONY: up test lint typecheck check bench clean system-deps lock lock-upgrade audit mutate
+.PHONY: up test test-unit test-integration test-system lint typecheck check bench clean system-deps \
+	lock lock-upgrade audit mutate
 CHROMIUM ?= /usr/bin/chromium
 
 # Installs exactly the locked set (hashes checked), then the project itself without
@@ -54,8 +55,19 @@ audit: $(TOOLS)
 up: $(STAMP)
 	$(BIN)/dispatch-engine up
 
+# Every tier; the tiers alone (docs/testing.md): unit starts no server and installs nothing
+# beyond the venv, integration adds the private PostgreSQL and Redis, system the rest.
 test: $(STAMP) system-deps $(PEERS)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -q -m integration $(PYTEST_ARGS)
+
+test-system: $(STAMP) system-deps $(PEERS)
+	$(BIN)/python -m pytest -q -m system $(PYTEST_ARGS)
 
 $(PEERS): tests/peers/package.json tests/peers/package-lock.json
 	npm ci --prefix tests/peers --ignore-scripts --no-audit --no-fund

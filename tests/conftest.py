@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -21,9 +22,21 @@ from dispatch_engine.migrate import migrate
 from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
-from .processes import kill_leftovers
+from .support.app_client import AppClient, Start
+from .support.processes import kill_leftovers
+from .support.tiers import assign
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 TABLES = "captured_messages, ledger, dispatches, campaigns, senders, api_tokens, identities, users"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m unit` (etc.) deselects by the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test gets its tier's marker (tests/support/tiers.py, docs/testing.md)."""
+    for item in items:
+        assign(item)
 
 
 def _with_database(url: str, name: str) -> str:
@@ -155,17 +168,17 @@ def fast(settings: Settings, **changes: object) -> Settings:
 
 
 @pytest.fixture
-async def make_client(settings: Settings) -> AsyncIterator[object]:
-    """Start the real app (all roles unless told) and return (client, token) factories."""
+async def make_client(settings: Settings) -> AsyncIterator[Start]:
+    """Start the real app (all roles unless told) and return its test client (closed after)."""
     from aiohttp.test_utils import TestClient, TestServer
 
     from dispatch_engine.app import create_app
 
-    clients: list[TestClient] = []
+    clients: list[AppClient] = []
 
     async def start(
-        app_settings: Settings | None = None, roles: frozenset[str] | None = None
-    ) -> TestClient:
+        app_settings: Settings | None = None, roles: Iterable[str] | None = None
+    ) -> AppClient:
         app = create_app(app_settings or settings, roles or {"api", "worker", "sweeper"})
         client = TestClient(TestServer(app))
         await client.start_server()
@@ -178,9 +191,9 @@ async def make_client(settings: Settings) -> AsyncIterator[object]:
 
 
 @pytest.fixture(scope="session")
-async def browser() -> AsyncIterator[object]:
-    """One headless Chromium for the whole session (tests/browser.py); closed at the end."""
-    from .browser import chromium
+async def browser() -> AsyncIterator[Browser]:
+    """One headless Chromium for the session (tests/support/browser.py); closed at the end."""
+    from .support.browser import chromium
 
     async with chromium() as launched:
         yield launched

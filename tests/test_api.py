@@ -6,24 +6,22 @@ import asyncio
 import io
 import secrets
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import FormData
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine import recipients
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
 from .conftest import fast
-from .helpers import auth, new_token, wait_for
-from .web_session import dev_login
-
-Start = Callable[..., Awaitable[TestClient]]
+from .support.app_client import Start
+from .support.helpers import auth, new_token, wait_for
+from .support.web_session import dev_login
 
 
 async def test_api_requires_a_valid_token(make_client: Start) -> None:

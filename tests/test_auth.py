@@ -7,24 +7,23 @@ local mode. The id_token's rejection paths are in test_auth_id_tokens.py; who ma
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from http.cookies import SimpleCookie
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.store import Store
 from dispatch_engine.web.sessions import safe_next
 
-from .oidc_provider import OidcPeer, Person, authorize, launch, start_app
-from .web_session import csrf_of, dev_login
+from .support.app_client import AppClient, Start
+from .support.oidc_provider import OidcPeer, Person, authorize, launch, start_app
+from .support.web_session import csrf_of, dev_login
 
-Start = Callable[..., Awaitable[TestClient]]
 # OIDC Core §5.4 lets a provider put scope claims in the id_token too; oidc-provider does
 # when told not to conform, and must when it has no userinfo endpoint.
 CLAIMS_IN_ID_TOKEN = {"conformIdTokenClaims": False, "features": {"userinfo": {"enabled": False}}}
@@ -37,11 +36,11 @@ async def peer(tmp_path: Path) -> AsyncIterator[OidcPeer]:
 
 
 @pytest.fixture
-async def app(make_client: Start, settings: Settings, peer: OidcPeer) -> TestClient:
+async def app(make_client: Start, settings: Settings, peer: OidcPeer) -> AppClient:
     return await start_app(make_client, settings, peer)
 
 
-async def _authorize(client: TestClient, peer: OidcPeer, login: str = "1001") -> URL:
+async def _authorize(client: AppClient, peer: OidcPeer, login: str = "1001") -> URL:
     """Press "Continue with …" and sign in at the provider; returns the callback URL."""
     page = await (await client.get("/login")).text()
     assert "Continue with 127.0.0.1" in page
@@ -66,7 +65,7 @@ def _cookie(response: aiohttp.ClientResponse, name: str) -> str | None:
 
 
 async def test_login_with_the_providers_default_claims_creates_the_user_and_a_session(
-    app: TestClient, store: Store, peer: OidcPeer
+    app: AppClient, store: Store, peer: OidcPeer
 ) -> None:
     """oidc-provider's default: the id_token has `sub` only, email and name are in userinfo."""
     callback = await _authorize(app, peer)
@@ -87,11 +86,13 @@ async def test_login_with_the_providers_default_claims_creates_the_user_and_a_se
     assert 'src="https://avatars.example.com/ada.png"' in html
 
     user = await store.pool.fetchrow("SELECT * FROM users WHERE email = 'ada@example.com'")
-    assert user["name"] == "Ada Lovelace"
+    assert user is not None and user["name"] == "Ada Lovelace"
     assert user["avatar_url"] == "https://avatars.example.com/ada.png"
     identity = await store.pool.fetchrow("SELECT * FROM identities WHERE user_id = $1", user["id"])
+    assert identity is not None
     assert (identity["provider"], identity["subject"]) == (peer.issuer, "1001")
     session = await store.pool.fetchrow("SELECT * FROM sessions WHERE user_id = $1", user["id"])
+    assert session is not None
     raw = SimpleCookie(cookie)["de_session"].value
     assert raw.encode() not in bytes(session["token_hash"]) and len(session["token_hash"]) == 32
 
@@ -113,11 +114,11 @@ async def test_login_with_the_claims_in_the_id_token(
     assert response.status == 200 and response.url.path == "/campaigns", await response.text()
     assert "Ada Lovelace" in await response.text()
     row = await store.pool.fetchrow("SELECT email, name FROM users")
-    assert tuple(row) == ("ada@example.com", "Ada Lovelace")
+    assert row is not None and tuple(row) == ("ada@example.com", "Ada Lovelace")
 
 
 async def test_tampered_state_and_replays_are_refused(
-    app: TestClient, store: Store, peer: OidcPeer
+    app: AppClient, store: Store, peer: OidcPeer
 ) -> None:
     callback = await _authorize(app, peer)
     tampered = callback.update_query(state=callback.query["state"] + "x")
@@ -145,7 +146,7 @@ async def test_tampered_state_and_replays_are_refused(
     assert await store.pool.fetchval("SELECT count(*) FROM sessions") == 1
 
 
-async def test_a_callback_in_another_browser_is_refused(app: TestClient, peer: OidcPeer) -> None:
+async def test_a_callback_in_another_browser_is_refused(app: AppClient, peer: OidcPeer) -> None:
     callback = await _authorize(app, peer)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other:
         response = await other.get(callback, allow_redirects=False)
@@ -155,7 +156,7 @@ async def test_a_callback_in_another_browser_is_refused(app: TestClient, peer: O
 
 
 async def test_logout_revokes_the_session_server_side(
-    app: TestClient, store: Store, peer: OidcPeer
+    app: AppClient, store: Store, peer: OidcPeer
 ) -> None:
     await app.session.get(await _authorize(app, peer))
     page = await app.get("/emails")

@@ -3,18 +3,15 @@ bearer-token API clients need none."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import aiohttp
 from aiohttp import FormData
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token
-from .web_session import csrf_of, dev_login
+from .support.app_client import Start
+from .support.helpers import auth, new_token
+from .support.web_session import csrf_of, dev_login
 
-Start = Callable[..., Awaitable[TestClient]]
 SCHEDULE = {"subject": "s", "body": "b", "recipients": ["a@example.com"],
             "start_at": "2099-01-01T00:00:00Z"}  # fmt: skip
 

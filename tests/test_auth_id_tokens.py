@@ -14,14 +14,13 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 from yarl import URL
@@ -29,7 +28,8 @@ from yarl import URL
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .oidc_provider import (
+from .support.app_client import Start
+from .support.oidc_provider import (
     CLIENT_ID,
     CLIENT_SECRET,
     KID,
@@ -44,7 +44,6 @@ from .oidc_provider import (
     start_login,
 )
 
-Start = Callable[..., Awaitable[TestClient]]
 Claims = dict[str, Any]
 
 

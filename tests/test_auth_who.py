@@ -5,20 +5,20 @@ anyone can reach the login says so loudly at start. Against panva's oidc-provide
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.store import Store
 
-from .oidc_provider import OidcPeer, Person, authorize, launch, start_app, start_login
+from .support.app_client import AppClient, Start
+from .support.oidc_provider import OidcPeer, Person, authorize, launch, start_app, start_login
 
-Start = Callable[..., Awaitable[TestClient]]
 ALLOWED = "Boss@Example.com, @Bücher.example"
 WARNING = "DISPATCH_ALLOWED_EMAILS is not set"
 
@@ -29,7 +29,7 @@ async def peer(tmp_path: Path) -> AsyncIterator[OidcPeer]:
         yield started
 
 
-async def _sign_in(app: TestClient, peer: OidcPeer, person: Person) -> tuple[int, str]:
+async def _sign_in(app: AppClient, peer: OidcPeer, person: Person) -> tuple[int, str]:
     """A fresh browser signs in as `person`: (status of the callback, its page)."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
         target = await start_login(browser, app.make_url("/"), "/campaigns")
@@ -109,7 +109,7 @@ async def test_an_open_sign_up_is_announced_at_start(
     settings: Settings,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
-    changes: dict[str, object],
+    changes: dict[str, Any],
     warned: bool,
 ) -> None:
     with caplog.at_level(logging.WARNING):

@@ -2,7 +2,7 @@
 PostgreSQL, a misbehaving SMTP server. After each, every email is sent exactly once in the
 ledger and the SMTP server received every Message-ID; resends are counted and reported.
 
-The SMTP server is nodemailer's `smtp-server` (tests/smtp_peer.py): it announces PIPELINING,
+The SMTP server is nodemailer's `smtp-server` (tests/support/smtp_peer.py): it announces PIPELINING,
 so the faults reach the pipelined path, the one real providers get."""
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from redis.asyncio import Redis
 
 from dispatch_engine.embedded import EmbeddedServers
 
-from .helpers import auth, wait_for
-from .processes import Proc, run_cli
-from .smtp_peer import SmtpPeer
-from .smtp_sink import free_port
+from .support.helpers import auth, wait_for
+from .support.processes import Proc, run_cli
+from .support.smtp_peer import SmtpPeer
+from .support.smtp_sink import free_port
 
 pytestmark = pytest.mark.timeout(300)
 EMAILS = 400

@@ -8,22 +8,22 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import cast
 
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis, RedisCluster
 
 from dispatch_engine.config import Settings
 from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .smtp_sink import free_port
+from .support.app_client import Start
+from .support.helpers import auth, new_token, wait_for
+from .support.smtp_sink import free_port
 
-Start = Callable[..., Awaitable[TestClient]]
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -69,7 +69,7 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     try:
         for port in ports:
-            _wait(lambda p=port: _ping(cli, p))
+            _wait(partial(_ping, cli, port))
         nodes = [f"127.0.0.1:{p}" for p in ports]
         subprocess.run(
             [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
@@ -114,6 +114,12 @@ def _info(cli: str, port: int) -> str:
     ).stdout
 
 
+def _node_of(cluster: RedisCluster, key: str) -> str:
+    node = cluster.get_node_from_key(key)
+    assert node is not None
+    return node.name
+
+
 def _wait(check: Callable[[], bool], within: float = 30) -> None:
     deadline = time.monotonic() + within
     while not check():
@@ -129,11 +135,9 @@ async def test_sharded_queue_claims_each_id_once_across_masters(cluster_url: str
     now = int(seconds) * 1000 + int(micros) // 1000
     for sender in range(1, 13):
         await queues[0].enqueue(sender, [(sender * 1000 + i, now - 1) for i in range(200)])
-    slots = {await clients[0].cluster_keyslot(k.key("ready")) for k in queues[0].shards}
-    nodes = {
-        cast(RedisCluster, clients[0]).get_node_from_key(k.key("ready")).name
-        for k in queues[0].shards
-    }
+    cluster = cast(RedisCluster, clients[0])
+    slots = {await cluster.cluster_keyslot(k.key("ready")) for k in queues[0].shards}
+    nodes = {_node_of(cluster, k.key("ready")) for k in queues[0].shards}
     assert len(slots) == 6 and len(nodes) >= 2, "shards must spread over the masters"
 
     claimed: list[int] = []

@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
 from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .smtp_sink import SmtpSink
+from .support.app_client import AppClient, Start
+from .support.helpers import auth, new_token, wait_for
+from .support.smtp_sink import SmtpSink
 
-Start = Callable[..., Awaitable[TestClient]]
 
-
-async def _counts(client: TestClient, campaign: int, token: str) -> dict[str, Any]:
+async def _counts(client: AppClient, campaign: int, token: str) -> dict[str, Any]:
     response = await client.get(f"/api/campaigns/{campaign}", headers=auth(token))
     body: dict[str, Any] = await response.json()
     return body
 
 
-async def _post(client: TestClient, path: str, token: str) -> tuple[int, dict[str, Any]]:
+async def _post(client: AppClient, path: str, token: str) -> tuple[int, dict[str, Any]]:
     response = await client.post(path, headers=auth(token))
     return response.status, await response.json()
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from aiohttp import FormData
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.store import Store
 
-from .web_session import dev_login
+from .support.app_client import Start
+from .support.web_session import dev_login
 
-Start = Callable[..., Awaitable[TestClient]]
 CSV = b"email,name\nann@example.com,Ann\nbob@example.com,Bob\n"
 
 

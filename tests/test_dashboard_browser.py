@@ -7,19 +7,19 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import Browser, BrowserContext, FilePayload, Page, expect
 
 from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
-from .browser import HANG_MS, snapshot
-from .helpers import auth
+from .support.app_client import Start
+from .support.browser import HANG_MS, snapshot
+from .support.helpers import auth
 
-Start = Callable[..., Awaitable[TestClient]]
 PEOPLE = (
     "email,name\n"
     "ada@example.com,Ada\n"
@@ -36,7 +36,7 @@ async def context(browser: Browser) -> AsyncIterator[Callable[..., Awaitable[Pag
     contexts: list[BrowserContext] = []
     errors: list[str] = []
 
-    async def open_page(base_url: str, **options: object) -> Page:
+    async def open_page(base_url: str, **options: Any) -> Page:
         ctx = await browser.new_context(
             base_url=base_url, viewport={"width": 1280, "height": 860}, **options
         )
@@ -83,7 +83,7 @@ async def test_compose_schedule_and_watch_emails_go_out_live(
         "<p>Hi <b>{{ name }}</b>!</p><script>alert('x')</script>"
     )
     await page.get_by_label("Upload a CSV or TXT file").set_input_files(
-        files=[{"name": "people.csv", "mimeType": "text/csv", "buffer": PEOPLE.encode()}]
+        files=[FilePayload(name="people.csv", mimeType="text/csv", buffer=PEOPLE.encode())]
     )
     report = page.locator("[data-recipients-report]")
     await expect(report.locator("[data-valid-count]")).to_have_text(
@@ -188,6 +188,7 @@ async def test_campaign_buttons_pause_resume_retry_and_cancel(
                   last_error = '550 5.1.1 mailbox unavailable'
            WHERE id = (SELECT min(id) FROM dispatches) RETURNING id, sender_id, recipient"""
     )
+    assert failed is not None
     assert await queue.remove(failed["sender_id"], [failed["id"]]) == 1
     page = await context(str(client.make_url("")))
     await _dev_login(page)

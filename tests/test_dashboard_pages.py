@@ -4,19 +4,17 @@ once, escaping, page headers, live partials, and event streams that end with the
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from html import unescape
 
 from aiohttp import FormData
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.store import Store
 
-from .helpers import auth, wait_for
-from .web_session import dev_login, next_event
+from .support.app_client import Start
+from .support.helpers import auth, wait_for
+from .support.web_session import dev_login, next_event
 
-Start = Callable[..., Awaitable[TestClient]]
 FUTURE = "2099-01-01T00:00:00Z"
 
 

@@ -4,24 +4,23 @@ page or API route, with a session cookie or with a bearer token."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
 from dispatch_engine.recorder import EVENTS_CHANNEL
 from dispatch_engine.store import Store
 
-from .helpers import auth, wait_for
-from .oidc_provider import OidcPeer, Person, authorize, launch, start_app, start_login
-from .web_session import csrf_of, next_event
+from .support.app_client import AppClient, Start
+from .support.helpers import auth, wait_for
+from .support.oidc_provider import OidcPeer, Person, authorize, launch, start_app, start_login
+from .support.web_session import csrf_of, next_event
 
-Start = Callable[..., Awaitable[TestClient]]
 # Every route that names one object by id; a new one must be added here (checked below).
 ID_ROUTES = {
     ("GET", "/campaigns/{id}"),
@@ -50,13 +49,13 @@ B = Person(sub="b", email="b@example.com", name="B")
 
 @pytest.fixture
 async def peer(tmp_path: Path) -> AsyncIterator[OidcPeer]:
-    """panva's oidc-provider on loopback (tests/oidc_provider.py)."""
+    """panva's oidc-provider on loopback (tests/support/oidc_provider.py)."""
     async with launch(tmp_path / "oidc-provider.log") as started:
         yield started
 
 
 async def _sign_in(
-    app: TestClient, peer: OidcPeer, person: Person
+    app: AppClient, peer: OidcPeer, person: Person
 ) -> tuple[aiohttp.ClientSession, str]:
     """A browser of its own for `person`; returns it and its session's CSRF token."""
     browser = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
@@ -136,11 +135,11 @@ async def test_user_b_cannot_see_or_touch_user_a(
         for method, route in sorted(ID_ROUTES):
             prefix = route[: route.index("{id}")]
             target = url(route.replace("{id}", str(ids[prefix])))
-            body = {} if method in ("POST", "PATCH") else None
+            sent_json: dict[str, str] | None = {} if method in ("POST", "PATCH") else None
             for headers in ({"X-CSRF-Token": b_csrf}, b_token):
                 if headers is b_token and method != "GET" and not route.startswith("/api/"):
                     continue  # a page's form is a session's; a bearer token is the API's
-                response = await b.request(method, target, headers=headers, json=body)
+                response = await b.request(method, target, headers=headers, json=sent_json)
                 assert response.status == 404, (method, route, response.status)
         assert "a@example.com" not in await (await b.get(url("/api/senders"))).text()
         status = await store.pool.fetchval("SELECT status FROM campaigns WHERE id = $1", later_id)

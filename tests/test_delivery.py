@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
-
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.config import Settings
 from dispatch_engine.render import message_id_for
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .smtp_sink import SmtpSink
-
-Start = Callable[..., Awaitable[TestClient]]
+from .support.app_client import Start
+from .support.helpers import auth, new_token, wait_for
+from .support.smtp_sink import SmtpSink
 
 
 def smtp_settings(settings: Settings, port: int) -> Settings:

@@ -7,20 +7,17 @@ import logging
 import os
 import re
 import subprocess
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.config import Settings, SettingsError, load_settings
 
+from .support.app_client import Start
+from .support.web_session import csrf_of, dev_login
 from .test_containers import ROOT, _compose
-from .web_session import csrf_of, dev_login
 
 CONTAINERFILE = (ROOT / "Containerfile").read_text()
-
-Start = Callable[..., Awaitable[TestClient]]
 
 
 async def test_no_dev_login_when_bound_to_every_interface(

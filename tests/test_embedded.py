@@ -83,7 +83,8 @@ async def read(urls: EmbeddedURLs) -> tuple[list[str], bytes | None]:
         await conn.close()
     client = aioredis.from_url(urls.redis_url)
     try:
-        value: bytes | None = await client.get("kept")
+        value = await client.get("kept")
+        assert value is None or isinstance(value, bytes)  # the client decodes nothing
     finally:
         await client.aclose()
     return rows, value

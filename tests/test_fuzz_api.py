@@ -14,12 +14,11 @@ import asyncio
 import json
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp.test_utils import TestClient
+import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -28,10 +27,10 @@ from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
 from .conftest import fast
-from .helpers import auth, wait_for
-from .web_session import dev_login
+from .support.app_client import AppClient, Start
+from .support.helpers import auth, wait_for
+from .support.web_session import dev_login
 
-Start = Callable[..., Awaitable[TestClient]]
 MARKER = "zqxB7marker"  # in B's subjects, bodies, addresses and sender names
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # Every field a route's handler reads: the fuzz fills them with hostile values.
@@ -84,7 +83,7 @@ class Route:
 
 @dataclass
 class Fuzz:
-    client: TestClient
+    client: AppClient
     loop: asyncio.AbstractEventLoop
     a_headers: dict[str, str]
     csrf: str
@@ -93,10 +92,10 @@ class Fuzz:
     problems: list[str] = field(default_factory=list)
 
 
-def app_routes(client: TestClient) -> list[Route]:
+def app_routes(client: AppClient) -> list[Route]:
     """Every route the router lists (HEAD twins and static files aside)."""
     found = set()
-    for route in client.server.app.router.routes():
+    for route in client.app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
         if route.method == "HEAD" or "directory" in info or route.resource is None:
             continue
@@ -167,7 +166,7 @@ async def send(fuzz: Fuzz, req: tuple[Any, ...]) -> None:
             fuzz.problems.append(f"not a JSON error: {where} {raw[:200]!r}")
 
 
-async def _tenants(client: TestClient, store: Store) -> tuple[dict[str, str], str, list[str]]:
+async def _tenants(client: AppClient, store: Store) -> tuple[dict[str, str], str, list[str]]:
     """A signs in (session + token); B schedules and sends campaigns carrying the marker."""
     csrf = await dev_login(client)
     me = await (await client.get("/api/me")).json()
@@ -212,6 +211,7 @@ async def _tenants(client: TestClient, store: Store) -> tuple[dict[str, str], st
     return a_headers, csrf, b_ids
 
 
+@pytest.mark.timeout(120)  # 320 requests drawn by hypothesis, then the worst cases per route
 async def test_malformed_requests_to_every_route(
     make_client: Start, store: Store, settings: Settings
 ) -> None:

@@ -3,20 +3,16 @@ read, pages versus API answers. Written for mutants of guard.py the suite let th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from aiohttp.test_utils import TestClient
-
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token
-from .web_session import csrf_of, dev_login
+from .support.app_client import AppClient, Start
+from .support.helpers import auth, new_token
+from .support.web_session import csrf_of, dev_login
 
-Start = Callable[..., Awaitable[TestClient]]
 FUTURE = "2099-01-01T00:00:00Z"
 
 
-async def _campaign(client: TestClient, token: str) -> int:
+async def _campaign(client: AppClient, token: str) -> int:
     payload = {"subject": "s", "body": "b", "recipients": ["a@example.com"], "start_at": FUTURE}
     response = await client.post("/api/emails/schedule", json=payload, headers={
         "X-CSRF-Token": token})  # fmt: skip

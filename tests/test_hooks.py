@@ -9,23 +9,21 @@ from __future__ import annotations
 import ast
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
 import aiohttp_jinja2
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine import hookspecs
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 from dispatch_engine.web.app_keys import AUTH_PROVIDERS
 
-from .helpers import auth, new_token, wait_for
-from .plugin_dirs import events, plugin_dir
-from .processes import run_cli
+from .support.app_client import Start
+from .support.helpers import auth, new_token, wait_for
+from .support.plugin_dirs import events, plugin_dir
+from .support.processes import run_cli
 
-Start = Callable[..., Awaitable[TestClient]]
 ROOT = Path(__file__).resolve().parent.parent
 ISSUE_HOOKS = {
     "register_transports",

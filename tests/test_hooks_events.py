@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .plugin_dirs import events, plugin_dir
-
-Start = Callable[..., Awaitable[TestClient]]
+from .support.app_client import AppClient, Start
+from .support.helpers import auth, new_token, wait_for
+from .support.plugin_dirs import events, plugin_dir
 
 RECORD_EVENTS = """
 @hookimpl
@@ -68,14 +65,14 @@ def register_transports(settings):
 """
 
 
-async def _schedule(client: TestClient, headers: dict[str, str], **payload: Any) -> int:
+async def _schedule(client: AppClient, headers: dict[str, str], **payload: Any) -> int:
     payload = {"subject": "s", "body": "Hi {{ email }}", **payload}
     response = await client.post("/api/emails/schedule", json=payload, headers=headers)
     assert response.status == 201, await response.text()
     return int((await response.json())["campaign"]["id"])
 
 
-async def _picky_sender(client: TestClient, headers: dict[str, str]) -> int:
+async def _picky_sender(client: AppClient, headers: dict[str, str]) -> int:
     made = await client.post(
         "/api/senders",
         headers=headers,
@@ -138,7 +135,7 @@ async def test_hook_dispatch_failed(
     gone = await store.pool.fetchrow(
         "SELECT id, status, last_error FROM dispatches WHERE recipient = 'gone@example.com'"
     )
-    assert gone["status"] == "failed"
+    assert gone is not None and gone["status"] == "failed"
     await _recorded(folder, "campaign_completed", 1)
     assert events(folder, "dispatch_failed") == [
         {

@@ -17,17 +17,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine import campaigns
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .smtp_sink import Sink, SmtpSink
-from .web_session import dev_login
+from .support.app_client import AppClient, Start
+from .support.helpers import auth, new_token, wait_for
+from .support.smtp_sink import Sink, SmtpSink
+from .support.web_session import dev_login
 
-Start = Callable[..., Awaitable[TestClient]]
 POISON = "{% for a in [1] %}" * 21 + "x" + "{% endfor %}" * 21  # CPython: 20 nested blocks max
 LEASE_S = 20  # "on time" below means: before the batch's leases could have expired
 
@@ -75,7 +74,7 @@ def held_sink() -> Iterator[SmtpSink]:
             server.sink.release.set()
 
 
-async def user_with_sender(client: TestClient, store: Store, email: str, port: int) -> Any:
+async def user_with_sender(client: AppClient, store: Store, email: str, port: int) -> Any:
     headers = auth(await new_token(store, email))
     response = await client.post(
         "/api/senders",
@@ -90,14 +89,14 @@ async def user_with_sender(client: TestClient, store: Store, email: str, port: i
     return headers, (await response.json())["id"]
 
 
-async def schedule(client: TestClient, headers: Any, **payload: Any) -> int:
+async def schedule(client: AppClient, headers: Any, **payload: Any) -> int:
     response = await client.post("/api/emails/schedule", json=payload, headers=headers)
     assert response.status == 201, await response.text()
     return int((await response.json())["campaign"]["id"])
 
 
 async def schedule_unchecked(
-    client: TestClient, headers: Any, monkeypatch: pytest.MonkeyPatch, **payload: Any
+    client: AppClient, headers: Any, monkeypatch: pytest.MonkeyPatch, **payload: Any
 ) -> int:
     """A campaign the schedule-time check would now refuse: stored as an older version, or a
     gap in the check, would have let it in. The worker must contain it all the same."""

@@ -19,7 +19,7 @@ from dispatch_engine.migrate import (
     require_current_schema,
 )
 
-from .helpers import wait_for
+from .support.helpers import wait_for
 
 CLI = str(Path(sys.executable).with_name("dispatch-engine"))
 TABLES = {

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import orjson
-from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .processes import Proc
-from .smtp_sink import SmtpSink
-
-Start = Callable[..., Awaitable[TestClient]]
+from .support.app_client import Start
+from .support.helpers import auth, new_token, wait_for
+from .support.processes import Proc
+from .support.smtp_sink import SmtpSink
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -101,5 +98,6 @@ async def test_a_worker_process_serves_only_health_and_metrics_and_logs_json(
         failure = next(entry for entry in lines if "no such user" in entry["message"])
         assert failure["level"] == "warning" and failure["logger"] == "dispatch_engine.worker"
         dispatch = await store.pool.fetchrow("SELECT id, campaign_id FROM dispatches")
+        assert dispatch is not None
         assert failure["dispatch_id"] == dispatch["id"]
         assert failure["campaign_id"] == dispatch["campaign_id"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp.connector
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
@@ -28,11 +27,11 @@ from dispatch_engine.plugins import builtin_plugins
 from dispatch_engine.store import Store
 from dispatch_engine.transport import TransportContext
 
-from .helpers import auth, new_token, wait_for
-from .smtp_sink import Sink, free_port
-from .tls_certs import tls_server
+from .support.app_client import Start
+from .support.helpers import auth, new_token, wait_for
+from .support.smtp_sink import Sink, free_port
+from .support.tls_certs import tls_server
 
-Start = Callable[..., Awaitable[TestClient]]
 SECRET_TEXT = "INTERNAL-ONLY-7f3a"  # what a remote says; must never reach the user
 webhook: Any = dict(builtin_plugins())["webhook"]
 smtp: Any = dict(builtin_plugins())["smtp"]
@@ -78,7 +77,7 @@ def closed(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def rebinding() -> AsyncIterator[list[str]]:
+def rebinding() -> Iterator[list[str]]:
     """A resolver that answers a public address first, then loopback: the DNS rebinding
     attack. Injected with `outbound.set_resolver` (why: see its comment)."""
     asked: list[str] = []

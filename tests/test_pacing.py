@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient
+import pytest
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, just_after_next_window, new_token, wait_for
-
-Start = Callable[..., Awaitable[TestClient]]
+from .support.app_client import AppClient, Start
+from .support.helpers import auth, just_after_next_window, new_token, wait_for
 
 LIMITED_PLUGIN = """
 from pathlib import Path
@@ -30,7 +28,7 @@ def sender_limited(sender_id, resume_at_ms, reason):
 """
 
 
-async def _schedule(client: TestClient, token: str, **payload: Any) -> int:
+async def _schedule(client: AppClient, token: str, **payload: Any) -> int:
     payload.setdefault("subject", "s")
     payload.setdefault("body", "b")
     response = await client.post("/api/emails/schedule", json=payload, headers=auth(token))
@@ -47,6 +45,7 @@ async def _sent_count(store: Store, campaign_id: int) -> int:
     )
 
 
+@pytest.mark.timeout(120)  # 40 emails at 5 per 3 s window: 24 s of real time
 async def test_a_sender_over_its_limit_is_parked_and_loses_nothing(
     make_client: Start, settings: Settings, store: Store, tmp_path: Path
 ) -> None:

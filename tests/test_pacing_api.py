@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
-
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .web_session import dev_login
+from .support.app_client import Start
+from .support.helpers import auth, new_token, wait_for
+from .support.web_session import dev_login
 
-Start = Callable[..., Awaitable[TestClient]]
 BASE = {"subject": "s", "body": "b", "recipients": ["a@example.com"]}
 
 
 async def test_bad_limits_are_refused_naming_the_field(make_client: Start, store: Store) -> None:
     client = await make_client()
     headers = auth(await new_token(store))
+    extra: dict[str, Any]
     for extra, field in (
         ({"daily_limit": 0}, "daily_limit"),
         ({"daily_limit": "lots"}, "daily_limit"),

@@ -8,27 +8,25 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, just_after_next_window, new_token, wait_for
-from .processes import Proc
-from .smtp_sink import SmtpSink
+from .support.app_client import AppClient, Start
+from .support.helpers import auth, just_after_next_window, new_token, wait_for
+from .support.processes import Proc
+from .support.smtp_sink import SmtpSink
 
-Start = Callable[..., Awaitable[TestClient]]
 pytestmark = pytest.mark.timeout(180)
 
 
-async def _schedule(client: TestClient, token: str, **payload: Any) -> int:
+async def _schedule(client: AppClient, token: str, **payload: Any) -> int:
     payload.setdefault("subject", "s")
     payload.setdefault("body", "b")
     response = await client.post("/api/emails/schedule", json=payload, headers=auth(token))

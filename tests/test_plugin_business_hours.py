@@ -3,14 +3,12 @@ parks a sender outside its window and sends inside it."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.app import create_app
 from dispatch_engine.config import Settings, SettingsError, load_settings
@@ -18,14 +16,14 @@ from dispatch_engine.store import Store
 from dispatch_engine.testing import appliance
 from dispatch_engine.weekly import parse_weekly_window
 
-from .helpers import auth, new_token, wait_for
+from .support.app_client import Start
+from .support.helpers import auth, new_token, wait_for
 
-Start = Callable[..., Awaitable[TestClient]]
 PACING = ("business_hours", "fixed_window", "min_gap")
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 BERLIN = parse_weekly_window("Mon-Fri 09:00-17:00 Europe/Berlin")

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.plugins import PluginError, get_plugin_manager
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .plugin_dirs import events, plugin_dir
-from .processes import Proc, run_cli
-
-Start = Callable[..., Awaitable[TestClient]]
+from .support.app_client import Start
+from .support.helpers import auth, new_token, wait_for
+from .support.plugin_dirs import events, plugin_dir
+from .support.processes import Proc, run_cli
 
 TYPO = """
 @hookimpl
@@ -108,7 +106,7 @@ raise ImportError("this plugin must never be imported")
 """
 
 
-async def _plugins_json(env: dict[str, str], *args: str) -> dict[str, dict[str, object]]:
+async def _plugins_json(env: dict[str, str], *args: str) -> dict[str, dict[str, Any]]:
     ran = await asyncio.to_thread(run_cli, [*args, "plugins", "--json"], env)
     assert ran.returncode == 0, ran.stderr
     return {p["name"]: p for p in json.loads(ran.stdout)}

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.plugins import builtin_plugins
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .http_receiver import Received, Receiver
+from .support.app_client import Start
+from .support.helpers import auth, new_token, wait_for
+from .support.http_receiver import Received, Receiver
 
 notify: Any = dict(builtin_plugins())["notify"]
-Start = Callable[..., Awaitable[TestClient]]
 
 
 def _texts(receiver: Receiver) -> list[str]:

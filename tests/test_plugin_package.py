@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .helpers import auth, wait_for
-from .processes import Proc, run_cli
+from .support.helpers import auth, wait_for
+from .support.processes import Proc, run_cli
 
 pytestmark = pytest.mark.timeout(600)
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"

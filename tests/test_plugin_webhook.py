@@ -7,13 +7,12 @@ import hashlib
 import hmac
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from email import message_from_bytes, policy
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.config import Settings
 from dispatch_engine.plugins import builtin_plugins
@@ -26,13 +25,13 @@ from dispatch_engine.transport import (
     TransportContext,
 )
 
-from .helpers import auth, new_token, wait_for
-from .http_receiver import Answer, Received, Receiver
-from .smtp_sink import free_port
+from .support.app_client import Start
+from .support.helpers import auth, new_token, wait_for
+from .support.http_receiver import Answer, Received, Receiver
+from .support.smtp_sink import free_port
 
 webhook: Any = dict(builtin_plugins())["webhook"]
 SECRET = "whsec-correct-horse-battery-staple"
-Start = Callable[..., Awaitable[TestClient]]
 
 
 def _recipient(request: Received) -> str:
@@ -190,7 +189,7 @@ async def test_an_unreachable_webhook_is_retried_then_failed(
 
     await wait_for(failed)
     row = await store.pool.fetchrow("SELECT attempts, last_error FROM dispatches")
-    assert row["attempts"] == 3
+    assert row is not None and row["attempts"] == 3
     assert row["last_error"].startswith("gave up after 3 attempts: 127.0.0.1:")
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .processes import Proc, run_cli, without_urls
-from .smtp_sink import SmtpSink, free_port
+from .support.app_client import AppClient
+from .support.helpers import auth, new_token, wait_for
+from .support.processes import Proc, run_cli, without_urls
+from .support.smtp_sink import SmtpSink, free_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(240)
 async def _get(session: aiohttp.ClientSession, url: str, token: str) -> dict:  # type: ignore[type-arg]
     async with session.get(url, headers=auth(token)) as response:
         assert response.status == 200, await response.text()
-        return await response.json()  # type: ignore[no-any-return]
+        return await response.json()
 
 
 async def test_up_killed_mid_campaign_delivers_the_rest_once(
@@ -123,7 +123,7 @@ async def test_two_worker_processes_send_each_email_once(
             for worker in workers:
                 worker.wait_for_output(r"Running worker on")
             api_settings = replace(settings, transport="smtp")
-            client: TestClient = await make_client(api_settings, frozenset({"api"}))  # type: ignore[operator]
+            client: AppClient = await make_client(api_settings, frozenset({"api"}))  # type: ignore[operator]
             token = await new_token(store)
             recipients = [f"w{i}@example.com" for i in range(1000)]
             response = await client.post(

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from functools import partial
+from typing import cast
 
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
-from dispatch_engine.queue import RedisQueue, Waker, dispatch_id_of, member
+from dispatch_engine.queue import Lease, RedisQueue, Waker, dispatch_id_of, member
 from dispatch_engine.redis_client import MAX_CONNECTIONS, connect_redis
 
-from .helpers import wait_for
+from .support.helpers import wait_for
 
 
 async def _now_ms(redis: Redis) -> int:
@@ -187,13 +188,13 @@ async def test_defer_sender_parks_it_and_keeps_order(queue: RedisQueue, redis: R
     await queue.enqueue(8, [(80, now - 1)])
     await queue.defer_sender(8, now + 300)  # a short park: it ends by itself
     assert (await queue.claim(10)).leases == []
-    leases = []
+    leases: list[Lease] = []
     while not leases:
         leases = (await queue.claim(10)).leases
     assert (await _now_ms(redis)) >= now + 300
     assert [x.dispatch_id for x in leases] == [80]
     # the long-parked sender's backlog is intact and in order
-    queued = await redis.zrange("dispatch:{q0}:s:5", 0, -1)
+    queued = cast(list[bytes], await redis.zrange("dispatch:{q0}:s:5", 0, -1))
     assert [dispatch_id_of(m) for m in queued] == [2, 3, 4, 5]
 
 

@@ -12,23 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
 from dispatch_engine.queue import ShardKeys, member
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .smtp_sink import Sink, SmtpSink
-
-Start = Callable[..., Awaitable[TestClient]]
+from .support.app_client import Start
+from .support.helpers import auth, new_token, wait_for
+from .support.smtp_sink import Sink, SmtpSink
 
 REFUSE_SENT = """
 CREATE SEQUENCE record_refusals;
@@ -63,6 +61,7 @@ async def _refusals(store: Store) -> int:
     return int(row["last_value"]) if row["is_called"] else 0
 
 
+@pytest.mark.timeout(120)  # outlasts 8 refusals: 12 s of the recorder's back-off
 async def test_a_send_is_not_acked_until_postgresql_records_it(
     make_client: Start, refusing_store: Store, redis: Redis
 ) -> None:

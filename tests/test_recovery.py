@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
@@ -16,11 +14,10 @@ from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 from dispatch_engine.sweeper import MARKER_KEY, Sweeper
 
-from .helpers import auth, just_after_next_window, new_token, wait_for
-from .processes import Proc
-from .smtp_sink import SmtpSink
-
-Start = Callable[..., Awaitable[TestClient]]
+from .support.app_client import AppClient, Start
+from .support.helpers import auth, just_after_next_window, new_token, wait_for
+from .support.processes import Proc
+from .support.smtp_sink import SmtpSink
 
 
 async def test_emails_only_in_postgresql_are_requeued_at_start(
@@ -140,7 +137,7 @@ async def _held_back(store: Store, campaign: int) -> dict[str, int]:
     return {r["status"]: r["count"] for r in rows}
 
 
-async def _schedule_limited(api: TestClient, store: Store, payload: dict[str, Any]) -> int:
+async def _schedule_limited(api: AppClient, store: Store, payload: dict[str, Any]) -> int:
     headers = auth(await new_token(store))
     response = await api.post("/api/emails/schedule", json=payload, headers=headers)
     assert response.status == 201, await response.text()

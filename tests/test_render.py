@@ -6,7 +6,7 @@ import email
 import email.policy
 import re
 from datetime import UTC, datetime
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -70,7 +70,7 @@ def parse(raw: bytes) -> EmailMessage:
     return message
 
 
-def text_of(part: EmailMessage) -> str:
+def text_of(part: MIMEPart) -> str:
     # The parser keeps the wire's CRLF line ends inside payloads.
     content = part.get_content()
     assert isinstance(content, str)

@@ -16,9 +16,9 @@ import pytest
 
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .processes import Proc
-from .smtp_sink import SmtpSink, free_port
+from .support.helpers import auth, new_token, wait_for
+from .support.processes import Proc
+from .support.smtp_sink import SmtpSink, free_port
 
 pytestmark = pytest.mark.timeout(300)
 NGINX = "/usr/sbin/nginx"

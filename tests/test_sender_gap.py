@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable
-
-from aiohttp.test_utils import TestClient
 
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
+from .support.app_client import Start
+from .support.helpers import auth, new_token, wait_for
 
-Start = Callable[..., Awaitable[TestClient]]
 GAP_MS = 200
 # The gap is enforced when a send is decided; the capture inbox stamps a message a few ms
 # later (ledger row, render, insert), and that delay varies a little from one email to

@@ -5,24 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from email import message_from_bytes
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .helpers import auth, just_after_next_window, new_token, wait_for
-from .processes import run_cli, run_cli_input
-from .smtp_sink import SmtpSink, free_port
+from .support.app_client import Start
+from .support.helpers import auth, just_after_next_window, new_token, wait_for
+from .support.processes import run_cli, run_cli_input
+from .support.smtp_sink import SmtpSink, free_port
 
-Start = Callable[..., Awaitable[TestClient]]
 PASSWORD = "hunter2-correct-horse-battery"
 
 
@@ -204,6 +202,7 @@ async def test_check_reports_the_servers_reply_and_sends_on_request(
 
         await wait_for(parked)
         row = await store.pool.fetchrow("SELECT status, last_error, attempts FROM dispatches")
+        assert row is not None
         assert row["status"] == "scheduled" and "535" in row["last_error"]
         assert row["attempts"] == 0, "a refused login is not an attempt of the email"
 

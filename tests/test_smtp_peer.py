@@ -6,14 +6,13 @@ faults at RCPT or after DATA. Every email goes the real worker path (the app's o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from dispatch_engine.auth import DEV_EMAIL
@@ -22,14 +21,14 @@ from dispatch_engine.queue import RedisQueue
 from dispatch_engine.sender_health import LOGIN_FAILURES_TO_PARK
 from dispatch_engine.store import Store
 
-from .helpers import auth, new_token, wait_for
-from .plugin_dirs import events, plugin_dir
-from .processes import run_cli
-from .smtp_peer import PrivateCa, PrivatePostfix, SmtpPeer
-from .smtp_sink import free_port
-from .web_session import dev_login
+from .support.app_client import AppClient, Start
+from .support.helpers import auth, new_token, wait_for
+from .support.plugin_dirs import events, plugin_dir
+from .support.processes import run_cli
+from .support.smtp_peer import PrivateCa, PrivatePostfix, SmtpPeer
+from .support.smtp_sink import free_port
+from .support.web_session import dev_login
 
-Start = Callable[..., Awaitable[TestClient]]
 PASSWORD = "correct-horse-battery-staple"
 
 RECORD_PARKED = """
@@ -45,7 +44,7 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> PrivateCa:
 
 
 @pytest.fixture
-def tls_peer(ca: PrivateCa) -> AsyncIterator[SmtpPeer]:
+def tls_peer(ca: PrivateCa) -> Iterator[SmtpPeer]:
     with SmtpPeer(ca=ca, users={"ops": PASSWORD}) as peer:
         yield peer
 
@@ -56,7 +55,7 @@ async def _json(response: Any, status: int = 200) -> Any:
 
 
 async def _sender(
-    client: TestClient, headers: dict[str, str], port: int, **settings: Any
+    client: AppClient, headers: dict[str, str], port: int, **settings: Any
 ) -> dict[str, Any]:
     body = {
         "from_address": "ops@example.com",
@@ -67,7 +66,7 @@ async def _sender(
 
 
 async def _schedule(
-    client: TestClient, headers: dict[str, str], sender: int, recipients: list[str]
+    client: AppClient, headers: dict[str, str], sender: int, recipients: list[str]
 ) -> int:
     payload = {"subject": "Hi {{ email }}", "body": "Hello", "sender": sender,
                "recipients": recipients}  # fmt: skip
@@ -131,7 +130,7 @@ async def test_hook_sender_parked(
 
     # Redis loses everything (FLUSHALL): the sweeper re-queues from PostgreSQL, and the first
     # worker to claim an email of the parked sender parks it again without a login.
-    logins = len(tls_peer.logins())
+    login_count = len(tls_peer.logins())
     await redis.flushdb()
 
     async def parked_again() -> bool:
@@ -139,7 +138,7 @@ async def test_hook_sender_parked(
         return bool(state["parked_until_ms"]) and await _no_email_in_flight(store, queue)
 
     await wait_for(parked_again)
-    assert len(tls_peer.logins()) == logins and await _statuses(store) == {"scheduled": 50}
+    assert len(tls_peer.logins()) == login_count and await _statuses(store) == {"scheduled": 50}
 
     # Fixing the password (a sender update) unparks it: all 50 go, each exactly once.
     fixed = await client.patch(
@@ -262,11 +261,11 @@ async def test_a_4xx_or_5xx_to_pipelined_data_is_retried_or_failed_never_sent(
         late = await store.pool.fetchrow(
             "SELECT attempts, message_id FROM dispatches WHERE recipient = 'late@example.com'"
         )
-        assert late["attempts"] == 3 and received[late["message_id"]] == 1
+        assert late is not None and late["attempts"] == 3 and received[late["message_id"]] == 1
         spam = await store.pool.fetchrow(
             "SELECT attempts, last_error FROM dispatches WHERE recipient = 'spam@example.com'"
         )
-        assert spam["attempts"] == 1 and "554 5.7.1 spam" in spam["last_error"]
+        assert spam is not None and spam["attempts"] == 1 and "554 5.7.1 spam" in spam["last_error"]
         sent = await store.pool.fetch("SELECT state FROM ledger WHERE state = 'sent'")
         assert len(sent) == 9
 
@@ -290,6 +289,7 @@ async def test_without_smtputf8_a_unicode_local_part_fails_at_once_and_idn_goes_
         john = await store.pool.fetchrow(
             "SELECT attempts, last_error FROM dispatches WHERE recipient = 'jöhn@example.com'"
         )
+        assert john is not None
         assert john["attempts"] == 1, "a condition no retry can change fails at once"
         assert "SMTPUTF8" in john["last_error"] and "jöhn@example.com" in john["last_error"]
         (message,) = peer.messages()

@@ -18,8 +18,9 @@ from dispatch_engine.transport import (
     TransientError,
     TransportContext,
 )
-from tests.smtp_peer import SmtpPeer
-from tests.smtp_sink import free_port
+
+from .support.smtp_peer import SmtpPeer
+from .support.smtp_sink import free_port
 
 smtp = dict(builtin_plugins())["smtp"]
 

@@ -6,28 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, expect
 
 from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.config import Settings
 from dispatch_engine.store import Store
 
-from .browser import snapshot
-from .helpers import auth, new_token
-from .processes import Proc, run_cli
-from .web_session import csrf_of, dev_login
+from .support.app_client import AppClient, Start
+from .support.browser import snapshot
+from .support.helpers import auth, new_token
+from .support.processes import Proc, run_cli
+from .support.web_session import csrf_of, dev_login
 
-Start = Callable[..., Awaitable[TestClient]]
 API = frozenset({"api"})
 MAX_LIVE_TOKENS = 100  # per user, as docs/operations.md says
 
 
-async def _me(client: TestClient, token: str) -> int:
+async def _me(client: AppClient, token: str) -> int:
     return (await client.get("/api/me", headers=auth(token))).status
 
 

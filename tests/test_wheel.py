@@ -58,7 +58,16 @@ def _clean_env(**extra: str) -> dict[str, str]:
 def install(tmp_path_factory: pytest.TempPathFactory) -> Install:
     """Build the wheel from the checkout and install it alone into a fresh venv."""
     wheel_dir = tmp_path_factory.mktemp("wheel")
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", wheel_dir, ROOT]
+    build: list[str | Path] = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "-w",
+        wheel_dir,
+        ROOT,
+    ]
     if importlib.util.find_spec("hatchling") is not None:
         build.insert(4, "--no-build-isolation")
     _run(build, cwd=wheel_dir)

@@ -1,4 +1,4 @@
-// nodemailer's smtp-server on 127.0.0.1, driven by a test (tests/smtp_peer.py).
+// nodemailer's smtp-server on 127.0.0.1, driven by a test (tests/support/smtp_peer.py).
 //
 // argv[2]: a JSON config {port, key, cert, users: {name: password}, smtputf8, pipelining}.
 // stdin: JSON lines the test sends at any time: {"faults": {...}} replaces the faults,

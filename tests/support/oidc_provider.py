@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,12 +26,13 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from joserfc.jwk import RSAKey
 from yarl import URL
 
 from dispatch_engine.config import Settings
 
+from .app_client import AppClient, Start
 from .web_session import csrf_of
 
 CLIENT_ID = "dispatch-test-client"
@@ -39,7 +40,7 @@ CLIENT_SECRET = "s3cret/with:odd chars"
 OTHER_CLIENT_ID = "another-application"
 OTHER_CLIENT_SECRET = "another-secret"
 OTHER_REDIRECT_URI = "http://127.0.0.1:9/callback"  # never opened: the code is read from it
-PEERS = Path(__file__).parent / "peers"
+PEERS = Path(__file__).parents[1] / "peers"
 LAUNCHER = PEERS / "oidc_provider.mjs"
 KID = "test-key-1"
 _ACTION = re.compile(r'<form[^>]*action="([^"]+)"')
@@ -196,7 +197,7 @@ class TokenInterposer:
 
 
 async def start_app(
-    make_client: Callable[..., Awaitable[TestClient]],
+    make_client: Start,
     settings: Settings,
     peer: OidcPeer,
     *people: Person,
@@ -204,7 +205,7 @@ async def start_app(
     token_endpoint: str | None = None,
     roles: frozenset[str] = frozenset({"api"}),
     **changes: Any,
-) -> TestClient:
+) -> AppClient:
     """The app signed in to through `peer`, which then learns the app's callback URL."""
     oidc = replace(settings, oidc_issuer=peer.issuer, oidc_client_id=CLIENT_ID,
                    oidc_client_secret=CLIENT_SECRET, **changes)  # fmt: skip

@@ -7,7 +7,8 @@ from typing import Any
 
 import orjson
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient
+
+from .app_client import AppClient
 
 _META = re.compile(r'<meta name="csrf-token" content="([0-9a-f]*)">')
 _FIELD = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
@@ -20,7 +21,7 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
-async def dev_login(client: TestClient) -> str:
+async def dev_login(client: AppClient) -> str:
     """Sign in as the dev user like a browser would; returns the session's CSRF token."""
     login = await client.get("/login")
     assert login.status == 200

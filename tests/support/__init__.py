@@ -1,0 +1,1 @@
+"""What the tests share: helpers, in-process fakes of peers, and launchers of real ones."""
