@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +22,7 @@ ONE_URL_ALONE = [
 @pytest.mark.unit
 @pytest.mark.parametrize(("urls", "message"), ONE_URL_ALONE)
 def test_one_url_alone_is_refused_before_anything_starts(
-    tmp_path: Path, urls: dict[str, str], message: str
+    tmp_path: Path, urls: dict[str, Any], message: str
 ) -> None:
     with (
         pytest.raises(SettingsError, match=message),

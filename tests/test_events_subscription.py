@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from dispatch_engine.events import EVENTS_CHANNEL, WAKE_CHANNEL, Subscription, publish
 
-from .helpers import wait_for
+from .support.helpers import wait_for
 
 
 def test_the_channel_names_stay_what_running_processes_use() -> None:
