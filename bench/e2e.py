@@ -33,18 +33,12 @@ dispatch-engine with py-spy (a flame graph per sink: FILE-<sink>.svg when severa
 
 from __future__ import annotations
 
-# Python puts this folder first on sys.path, where bench/queue.py would shadow the standard
-# library's `queue` (imported by concurrent.futures, redis-py, …): move it to the end.
-import os
-import sys
-
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.append(sys.path.pop(0))
-
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
+import sys
 import tempfile
 import time
 from collections import Counter

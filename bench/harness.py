@@ -1,8 +1,7 @@
 """What the end-to-end benchmarks share: servers, SMTP sinks, dispatch-engine processes, CPU.
 
-Imported by `e2e.py`, `scale_out.py`, `pacing.py` and `store.py`. Each of them first moves
-this folder from the front of sys.path to its end (bench/queue.py would shadow the standard
-library's `queue`), so `import harness` still finds this file.
+Imported by every script in this folder (Python puts a script's folder first on sys.path:
+no file here may be named after a module of the standard library or of a dependency).
 
 - `private_servers`: PostgreSQL + Redis from dispatch_engine.embedded (or given URLs);
 - `PostfixSink` (Postfix's C `smtp-sink`, one file per message on tmpfs) and `AiosmtpdSink`

@@ -32,18 +32,12 @@ the sink, processes contend for CPU. Nothing asserts: it prints figures.
 
 from __future__ import annotations
 
-# Python puts this folder first on sys.path, where bench/queue.py would shadow the standard
-# library's `queue` (imported by concurrent.futures, redis-py, …): move it to the end.
-import os
-import sys
-
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.append(sys.path.pop(0))
-
 import argparse
 import asyncio
+import os
 import re
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field

@@ -1,4 +1,4 @@
-// BullMQ's side of the peers harness (bench/queue.py runs it; see docs/performance.md).
+// BullMQ's side of the peers harness (bench/queue_peers.py runs it; see docs/performance.md).
 //
 //   node bench/bullmq/bench.mjs --url redis://127.0.0.1:6379 --mode throughput --n 10000
 //

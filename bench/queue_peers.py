@@ -1,6 +1,6 @@
 """The peers harness: our RedisQueue vs SAQ vs arq vs BullMQ, on one private Redis, one run.
 
-    .venv-bench/bin/python bench/queue.py [--n 10000 100000] [--repeat 3] [--concurrency 10]
+    .venv-bench/bin/python bench/queue_peers.py [--n 10000 100000] [--repeat 3] [--concurrency 10]
 
 (`make bench` runs it, after `npm ci --prefix bench/bullmq`.)
 
@@ -36,22 +36,16 @@ redone (twice at most); the share is printed with every run.
 
 from __future__ import annotations
 
-# Python puts this folder first on sys.path, where this file would shadow the standard
-# library's `queue` (imported by concurrent.futures and SAQ): move it to the end.
-import os
-import sys
-
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.append(sys.path.pop(0))
-
 import argparse
 import asyncio
 import contextlib
 import functools
 import json
 import logging
+import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
