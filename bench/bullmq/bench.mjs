@@ -35,6 +35,9 @@ const connection = {
   host: url.hostname,
   port: Number(url.port || 6379),
   db: Number(url.pathname.slice(1) || 0),
+  // dispatch_engine.embedded's Redis requires a password (requirepass): the URL carries it
+  username: decodeURIComponent(url.username) || undefined,
+  password: decodeURIComponent(url.password) || undefined,
   maxRetriesPerRequest: null, // BullMQ requires it on a Worker's connection
 };
 const nowMs = () => performance.timeOrigin + performance.now();
