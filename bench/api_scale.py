@@ -50,8 +50,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import arguments
 import harness
-from harness import Cpu, CpuMeters, Engine, percentile, span, table
+import machine
+from harness import Engine, percentile, span, table
+from machine import Cpu, CpuMeters
 
 SUBJECT = "Scale {{ email }}"
 BODY = "Hello {{ email }},\n\nthis is one of the scale benchmark's emails.\n"
@@ -138,7 +141,7 @@ async def schedule_part(
     for round_no in range(args.repeat):
         for n in args.sizes:
             for attempt in range(args.retries + 1):
-                harness.wait_until_idle(args.max_others, args.max_wait)
+                machine.wait_until_idle(args.max_others, args.max_wait)
                 depth = await queue_depth(http, api.url, token)
                 p = await post_once(http, db, api.url, token, n, f"r{round_no}a{attempt}n{n}x", cpu)
                 queued = await queue_depth(http, api.url, token) - depth
@@ -364,7 +367,7 @@ async def listing_part(
                 ("GET /emails page (25 + 25)", browser, page_url, {}),
             ):
                 for attempt in range(args.retries + 1):
-                    harness.wait_until_idle(args.max_others, args.max_wait)
+                    machine.wait_until_idle(args.max_others, args.max_wait)
                     lat, used, body = await measure(client, url, headers, args.requests, cpu)
                     if used["others"] / used["wall"] <= args.max_others or attempt == args.retries:
                         break
@@ -523,7 +526,7 @@ async def bench(args: argparse.Namespace, srv: Any, api: Engine, token: str) -> 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments.parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--repeat", type=int, default=3, help="POSTs of each size (3)")
     parser.add_argument("--warmup", type=int, default=1000, help="first, untimed POST (1000)")
@@ -534,13 +537,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--depths", type=int, nargs="+", default=[1_000, 100_000, 400_000],
         help="deep pages: after this many Sent rows (1000 100000 400000)",
     )  # fmt: skip
-    harness.add_quiet_arguments(parser, max_load=1.5, max_wait=300, retries=2)
+    arguments.add_quiet(parser, max_load=1.5, max_wait=300, retries=2)
     parser.add_argument("--profile", type=Path, help="write flame graphs into this folder")
-    parser.add_argument("--database-url", help="use this PostgreSQL (with --redis-url)")
-    parser.add_argument("--redis-url", help="use this Redis (with --database-url)")
-    args = parser.parse_args(argv)
-    if bool(args.database_url) != bool(args.redis_url):
-        parser.error("give both --database-url and --redis-url, or neither")
+    arguments.add_servers(parser)
+    args = arguments.parse(parser, argv)
     return args
 
 
@@ -548,7 +548,7 @@ def main() -> None:
     args = parse_args()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    args.load = harness.wait_for_quiet(args.max_load, args.max_wait)
+    args.load = machine.wait_for_quiet(args.max_load, args.max_wait)
     with tempfile.TemporaryDirectory(prefix="dispatch-api-scale-") as name:
         tmp = Path(name)
         with harness.private_servers(tmp / "servers", args.database_url, args.redis_url) as srv:

@@ -42,9 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import arguments
 import harness
+import machine
 import pacing_budget
-from harness import Cpu, CpuMeters, Engine, span, table
+from harness import Engine, span, table
+from machine import Cpu, CpuMeters
 
 from dispatch_engine.queue import shard_for
 
@@ -381,7 +384,7 @@ def report(args: argparse.Namespace, runs: list[RunResult], load: str, discarded
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments.parser(__doc__)
     parser.add_argument("--n", type=int, default=10_000, help="emails per sender (10000)")
     parser.add_argument(
         "--limits",
@@ -396,7 +399,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--windows", type=int, default=10, help="whole windows to observe (10)")
     parser.add_argument("--repeat", type=int, default=3, help="runs, each on new servers (3)")
-    parser.add_argument("--concurrency", type=int, default=200, help="WORKER_CONCURRENCY (200)")
+    arguments.add_worker_concurrency(parser)
     parser.add_argument(
         "--scenario",
         choices=("limits", "budget"),
@@ -405,13 +408,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "of each window's budget used, and a cap that holds back only its campaign",
     )
     pacing_budget.add_arguments(parser)
-    harness.add_quiet_arguments(parser, max_load=0.8, max_wait=600, retries=3)
-    args = parser.parse_args(argv)
-    if args.n < 1 or args.windows < 1 or args.repeat < 1 or args.window < 1:
-        parser.error("--n, --windows, --repeat and --window must be positive")
-    if min(args.limits) < 1:
-        parser.error("--limits must be positive")
-    return args
+    arguments.add_quiet(parser, max_load=0.8, max_wait=600, retries=3)
+    positive = ("n", "windows", "repeat", "window", "limits", "concurrency")
+    return arguments.parse(parser, argv, positive=positive)
 
 
 def main() -> None:
@@ -419,12 +418,12 @@ def main() -> None:
     if args.scenario == "budget":
         pacing_budget.main(args)
         return
-    load = harness.wait_for_quiet(args.max_load, args.max_wait)
+    load = machine.wait_for_quiet(args.max_load, args.max_wait)
     print(load, file=sys.stderr)
     runs, discarded = [], 0
     for run_no in range(1, args.repeat + 1):
         for attempt in range(args.retries + 1):
-            harness.wait_until_idle(args.max_others, args.max_wait)
+            machine.wait_until_idle(args.max_others, args.max_wait)
             with tempfile.TemporaryDirectory(prefix="dispatch-pacing-") as name:
                 run = asyncio.run(one_run(args, Path(name), run_no))
             share = run.cpu["others"] / run.cpu["wall"]

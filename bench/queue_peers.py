@@ -40,480 +40,24 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import shutil
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import arguments
 import harness
-from harness import Cpu, CpuMeters, percentile
+from harness import percentile
+from machine import Cpu, CpuMeters
+from peer_systems import SYSTEMS
+from peers import LagPlan, Options, Run
 from redis.asyncio import Redis
-
-from dispatch_engine.queue import RedisQueue, Waker
-
-ENQUEUE_IN_FLIGHT = 20  # SAQ's max_concurrent_ops default; used for arq too
-ID_BASE = 10_000_000  # dispatch ids look like a busy database's bigint ids
-HOUR_MS = 3_600_000
-NODE_SCRIPT = Path(__file__).resolve().parent / "bullmq" / "bench.mjs"
-
-
-@dataclass(frozen=True)
-class Options:
-    n: int
-    concurrency: int
-    batch: int
-    senders: int
-
-
-@dataclass(frozen=True)
-class LagPlan:
-    n: int
-    rate: float  # jobs due per second
-    lead_s: float  # the first is due this long after the enqueue starts
-
-    def due_ms(self, base_ms: int, i: int) -> int:
-        return base_ms + round(i * 1000 / self.rate)
-
-
-@dataclass(frozen=True)
-class Stored:
-    enqueue_s: float
-    used_bytes: int  # used_memory delta over the enqueue
-    dataset_bytes: int  # used_memory_dataset delta (leaves out client buffers)
-
-
-@dataclass(frozen=True)
-class Run:
-    stored: Stored
-    process_s: float
-    processed: int
-
-
-async def noop(*_args: Any, **_kwargs: Any) -> None:
-    return None
-
-
-def now_ms() -> float:
-    return time.time() * 1000
-
-
-async def memory(redis: Redis) -> tuple[int, int]:
-    info = await redis.info("memory")
-    return int(info["used_memory"]), int(info["used_memory_dataset"])
-
-
-async def measured(admin: Redis, enqueue: Callable[[], Awaitable[None]]) -> Stored:
-    """Time `enqueue` and the Redis memory it added."""
-    before = await memory(admin)
-    t0 = time.perf_counter()
-    await enqueue()
-    enqueue_s = time.perf_counter() - t0
-    after = await memory(admin)
-    return Stored(enqueue_s, after[0] - before[0], after[1] - before[1])
-
-
-async def gather_bounded(calls: Iterator[Awaitable[Any]], limit: int) -> None:
-    """Await the calls with at most `limit` in flight."""
-    gate = asyncio.Semaphore(limit)
-
-    async def one(call: Awaitable[Any]) -> None:
-        async with gate:
-            await call
-
-    await asyncio.gather(*(one(c) for c in calls))
-
-
-async def until_count(lags: list[float], n: int, within: float) -> None:
-    """Wait until `lags` has `n` entries (the lag scenario's workers append to it)."""
-    deadline = time.monotonic() + within
-    while len(lags) < n:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(lags)} of {n} delayed jobs ran within {within:.0f} s")
-        await asyncio.sleep(0.05)
-
-
-class Peer:
-    """One system under test; `url` is the Redis all of them share."""
-
-    label = ""
-
-    def __init__(self, url: str, admin: Redis) -> None:
-        self.url = url
-        self.admin = admin
-
-    async def throughput(self, opt: Options) -> Run:
-        raise NotImplementedError
-
-    async def delayed(self, opt: Options) -> Stored:
-        raise NotImplementedError
-
-    async def lag(self, plan: LagPlan, opt: Options) -> list[float]:
-        raise NotImplementedError
-
-    def idle(self, opt: Options) -> contextlib.AbstractAsyncContextManager[Any]:
-        raise NotImplementedError
-
-
-class PythonPeer(Peer):
-    """A system in this process: `_running` a worker, `_enqueue_due` jobs due at given times."""
-
-    def _running(
-        self, opt: Options, lags: list[float] | None
-    ) -> contextlib.AbstractAsyncContextManager[Any]:
-        """A waiting worker whose job function appends its lag to `lags`; yields a handle."""
-        raise NotImplementedError
-
-    async def _enqueue_due(self, handle: Any, plan: LagPlan, base_ms: int) -> None:
-        raise NotImplementedError
-
-    async def lag(self, plan: LagPlan, opt: Options) -> list[float]:
-        lags: list[float] = []
-        async with self._running(opt, lags) as handle:
-            await asyncio.sleep(0.2)  # the worker is waiting for work
-            base = int(now_ms() + plan.lead_s * 1000)
-            await self._enqueue_due(handle, plan, base)
-            if now_ms() >= base:
-                raise RuntimeError("the enqueue outlasted --lag-lead: jobs were already due")
-            await until_count(lags, plan.n, plan.lead_s + plan.n / plan.rate + 30)
-        return lags
-
-    def idle(self, opt: Options) -> contextlib.AbstractAsyncContextManager[Any]:
-        return self._running(opt, None)
-
-
-# ---- ours ----
-
-
-class Ours(PythonPeer):
-    label = "ours (RedisQueue)"
-
-    async def _enqueue(self, queue: RedisQueue, opt: Options, due_ms: int) -> None:
-        per_sender = -(-opt.n // opt.senders)
-        for s in range(opt.senders):
-            ids = range(ID_BASE + s * per_sender, ID_BASE + min(opt.n, (s + 1) * per_sender))
-            await queue.enqueue(s + 1, ((i, due_ms + (i - ID_BASE)) for i in ids))
-
-    async def throughput(self, opt: Options) -> Run:
-        redis = Redis.from_url(self.url)
-        queue = RedisQueue(redis)
-        try:
-            # one connection per claimer, opened before the clock starts
-            await asyncio.gather(*(redis.ping() for _ in range(opt.concurrency)))
-            past = int(now_ms()) - HOUR_MS - opt.n  # every id due already (one ms apart)
-            stored = await measured(self.admin, lambda: self._enqueue(queue, opt, past))
-            done = 0
-
-            async def claimer() -> None:
-                nonlocal done
-                while done < opt.n:
-                    result = await queue.claim(opt.batch)
-                    if not result.leases:
-                        await asyncio.sleep(0.001)  # only near the end, while others still ack
-                        continue
-                    for lease in result.leases:
-                        await noop(lease)
-                    await queue.ack(result.leases)
-                    done += len(result.leases)
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(claimer() for _ in range(opt.concurrency)))
-            process_s = time.perf_counter() - t0
-            if left := await redis.zcard("dispatch:{q0}:leases"):
-                raise RuntimeError(f"ours: {left} leases were not acked")
-            return Run(stored, process_s, done)
-        finally:
-            await redis.aclose()
-
-    async def delayed(self, opt: Options) -> Stored:
-        redis = Redis.from_url(self.url)
-        queue = RedisQueue(redis)
-        try:
-            await redis.ping()
-            later = int(now_ms()) + HOUR_MS
-            return await measured(self.admin, lambda: self._enqueue(queue, opt, later))
-        finally:
-            await redis.aclose()
-
-    @contextlib.asynccontextmanager
-    async def _running(self, opt: Options, lags: list[float] | None) -> AsyncIterator[Any]:
-        """dispatch-engine's way to wait for work: one claim loop asleep in a `Waker`."""
-        redis, pubsub = Redis.from_url(self.url), Redis.from_url(self.url)
-        queue = RedisQueue(redis)
-        waker = Waker(pubsub)
-        due: dict[int, int] = {}
-
-        async def claim_loop() -> None:
-            while not waker.stopped:
-                result = await queue.claim(opt.batch)
-                if not result.leases:
-                    await waker.until_due(result)
-                    continue
-                at = now_ms()
-                if lags is not None:
-                    lags.extend(at - due[lease.dispatch_id] for lease in result.leases)
-                await queue.ack(result.leases)
-
-        tasks = [asyncio.create_task(waker.listen()), asyncio.create_task(claim_loop())]
-        try:
-            yield queue, due
-        finally:
-            waker.stop()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await redis.aclose()
-            await pubsub.aclose()
-
-    async def _enqueue_due(self, handle: Any, plan: LagPlan, base_ms: int) -> None:
-        queue, due = handle
-        due.update((ID_BASE + i, plan.due_ms(base_ms, i)) for i in range(plan.n))
-        await queue.enqueue(1, due.items())
-
-
-# ---- SAQ ----
-
-
-class Saq(PythonPeer):
-    label = "SAQ"
-
-    @contextlib.asynccontextmanager
-    async def _queue(self) -> AsyncIterator[Any]:
-        from saq import Queue
-
-        queue: Any = Queue.from_url(self.url, name="bench")  # a saq RedisQueue
-        try:
-            await queue.connect()
-            await gather_bounded((queue.redis.ping() for _ in range(ENQUEUE_IN_FLIGHT)), 100)
-            await queue.version()  # SAQ asks INFO once; keep it out of the timings
-            yield queue
-        finally:
-            await queue.disconnect()
-
-    @contextlib.asynccontextmanager
-    async def _worker(self, queue: Any, opt: Options, fn: Any, **kw: Any) -> AsyncIterator[Any]:
-        from saq import Worker
-
-        worker = Worker(queue, functions=[("noop", fn)], concurrency=opt.concurrency, **kw)
-        task = asyncio.create_task(worker.start())
-        try:
-            yield worker
-        finally:
-            worker.event.set()
-            await task
-
-    async def _enqueue(self, queue: Any, n: int, scheduled: Callable[[int], float]) -> None:
-        calls = (queue.enqueue("noop", scheduled=scheduled(i)) for i in range(n))
-        await gather_bounded(calls, ENQUEUE_IN_FLIGHT)
-
-    async def throughput(self, opt: Options) -> Run:
-        async with self._queue() as queue:
-            stored = await measured(self.admin, lambda: self._enqueue(queue, opt.n, lambda _: 0))
-            finished = asyncio.Event()
-            count = 0
-
-            async def counted(_ctx: Any) -> None:
-                nonlocal count
-                count += 1
-                if count >= opt.n:
-                    finished.set()
-
-            t0 = time.perf_counter()
-            async with self._worker(queue, opt, noop, after_process=counted):
-                await finished.wait()
-                process_s = time.perf_counter() - t0
-            return Run(stored, process_s, count)
-
-    async def delayed(self, opt: Options) -> Stored:
-        later = time.time() + HOUR_MS / 1000
-        async with self._queue() as queue:
-            return await measured(self.admin, lambda: self._enqueue(queue, opt.n, lambda _: later))
-
-    @contextlib.asynccontextmanager
-    async def _running(self, opt: Options, lags: list[float] | None) -> AsyncIterator[Any]:
-        async def started(ctx: Any) -> None:
-            if lags is not None:
-                lags.append(now_ms() - ctx["job"].scheduled * 1000)
-
-        async with self._queue() as queue, self._worker(queue, opt, started):
-            yield queue
-
-    async def _enqueue_due(self, handle: Any, plan: LagPlan, base_ms: int) -> None:
-        await self._enqueue(handle, plan.n, lambda i: plan.due_ms(base_ms, i) / 1000)
-
-
-# ---- arq ----
-
-
-class Arq(PythonPeer):
-    label = "arq (poll 10 ms)"
-    queue_name = "arq:bench"
-
-    async def _pool(self) -> Any:
-        from arq import create_pool
-        from arq.connections import RedisSettings
-
-        pool = await create_pool(
-            RedisSettings.from_dsn(self.url), default_queue_name=self.queue_name
-        )
-        await gather_bounded((pool.ping() for _ in range(ENQUEUE_IN_FLIGHT)), 100)
-        return pool
-
-    def _worker(self, pool: Any, opt: Options, fn: Any, *, burst: bool) -> Any:
-        from arq.worker import Worker, func
-
-        return Worker(
-            functions=[func(fn, name="noop")],
-            redis_pool=pool,
-            queue_name=self.queue_name,
-            burst=burst,  # burst: returns once the queue is empty and every job finished
-            poll_delay=0.01,  # its default 0.5 s would cap it far lower
-            max_jobs=opt.concurrency,
-            handle_signals=False,
-            log_results=False,
-        )
-
-    async def _enqueue(self, pool: Any, n: int, **kw: Any) -> None:
-        await gather_bounded((pool.enqueue_job("noop", **kw) for _ in range(n)), ENQUEUE_IN_FLIGHT)
-
-    async def throughput(self, opt: Options) -> Run:
-        pool = await self._pool()
-        stored = await measured(self.admin, lambda: self._enqueue(pool, opt.n))
-        worker = self._worker(pool, opt, noop, burst=True)
-        t0 = time.perf_counter()
-        await worker.async_run()
-        process_s = time.perf_counter() - t0
-        processed = worker.jobs_complete
-        await worker.close()  # also closes the pool
-        return Run(stored, process_s, processed)
-
-    async def delayed(self, opt: Options) -> Stored:
-        pool = await self._pool()
-        try:
-            later = {"_defer_by": HOUR_MS / 1000}
-            return await measured(self.admin, lambda: self._enqueue(pool, opt.n, **later))
-        finally:
-            await pool.aclose()
-
-    @contextlib.asynccontextmanager
-    async def _running(self, opt: Options, lags: list[float] | None) -> AsyncIterator[Any]:
-        async def started(ctx: Any) -> None:
-            if lags is not None:
-                lags.append(now_ms() - ctx["score"])
-
-        pool = await self._pool()
-        worker = self._worker(pool, opt, started, burst=False)
-        task = asyncio.create_task(worker.async_run())
-        try:
-            yield pool
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await worker.close()
-
-    async def _enqueue_due(self, handle: Any, plan: LagPlan, base_ms: int) -> None:
-        at = (datetime.fromtimestamp(plan.due_ms(base_ms, i) / 1000, UTC) for i in range(plan.n))
-        calls = (handle.enqueue_job("noop", _defer_until=t) for t in at)
-        await gather_bounded(calls, ENQUEUE_IN_FLIGHT)
-
-
-# ---- BullMQ (Node) ----
-
-
-class BullMQ(Peer):
-    label = "BullMQ"
-
-    def _command(self, mode: str, **params: Any) -> list[str]:
-        node = shutil.which("node")
-        if node is None or not (NODE_SCRIPT.parent / "node_modules" / "bullmq").is_dir():
-            raise SystemExit("BullMQ needs node and `npm ci --prefix bench/bullmq` (make bench)")
-        args = [node, str(NODE_SCRIPT), "--url", self.url, "--mode", mode]
-        for name, value in params.items():
-            args += [f"--{name.replace('_', '-')}", str(value)]
-        return args
-
-    async def _node(self, mode: str, **params: Any) -> dict[str, Any]:
-        proc = await asyncio.create_subprocess_exec(
-            *self._command(mode, **params), stdout=asyncio.subprocess.PIPE
-        )
-        out, _ = await proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"bench/bullmq/bench.mjs --mode {mode} exited {proc.returncode}")
-        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-        return result
-
-    @staticmethod
-    def _stored(r: dict[str, Any]) -> Stored:
-        return Stored(float(r["enqueue_s"]), int(r["used_bytes"]), int(r["dataset_bytes"]))
-
-    async def throughput(self, opt: Options) -> Run:
-        r = await self._node("throughput", n=opt.n, concurrency=opt.concurrency)
-        return Run(self._stored(r), float(r["process_s"]), int(r["processed"]))
-
-    async def delayed(self, opt: Options) -> Stored:
-        return self._stored(await self._node("delayed-bytes", n=opt.n))
-
-    async def lag(self, plan: LagPlan, opt: Options) -> list[float]:
-        r = await self._node(
-            "lag",
-            n=plan.n,
-            rate=plan.rate,
-            lead_ms=round(plan.lead_s * 1000),
-            concurrency=opt.concurrency,
-        )
-        return [float(x) for x in r["lags_ms"]]
-
-    def idle(self, opt: Options) -> contextlib.AbstractAsyncContextManager[Any]:
-        @contextlib.asynccontextmanager
-        async def running() -> AsyncIterator[None]:
-            proc = await asyncio.create_subprocess_exec(
-                *self._command("idle", concurrency=opt.concurrency),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-            )
-            assert proc.stdin is not None and proc.stdout is not None
-            try:
-                await proc.stdout.readline()  # {"ready": true}
-                yield
-            finally:
-                proc.stdin.close()
-                await proc.wait()
-
-        return running()
-
-
-SYSTEMS: dict[str, type[Peer]] = {"ours": Ours, "saq": Saq, "arq": Arq, "bullmq": BullMQ}
-
-
-# ---- measuring ----
-
-
-async def client_commands(url: str, seconds: float) -> int:
-    """Commands clients send Redis during `seconds` (MONITOR; scripts' own calls left out)."""
-    redis = Redis.from_url(url)
-    seen = 0
-    try:
-        async with redis.monitor() as monitor:
-
-            async def watch() -> None:
-                nonlocal seen
-                while True:
-                    if (await monitor.next_command())["client_type"] != "lua":
-                        seen += 1
-
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(watch(), seconds)
-    finally:
-        await redis.aclose()
-    return seen
 
 
 class Results:
@@ -612,7 +156,7 @@ class Bench:
         async with self.peers[system].idle(self.opts[0]):
             await asyncio.sleep(self.args.idle_settle)
             seconds = self.args.idle_seconds
-            rate = await client_commands(self.url, seconds) / seconds
+            rate = (await harness.client_commands(self.url, seconds)).total() / seconds
         self.results.add("idle", system, rate)
         print(f"  {system:6} idle: {rate:.3f} commands/s", file=sys.stderr)
 
@@ -636,18 +180,16 @@ async def bench(args: argparse.Namespace, url: str, redis_pid: int | None) -> No
     runner = Bench(args, url, redis_pid)
     await runner.run()
     admin, plan, results = runner.admin, runner.plan, runner.results
-    server = await admin.info("server")
+    redis = harness.redis_version(await admin.info("server"))
     hz = (await admin.config_get("hz")).get("hz", "?")
     appendonly = (await admin.config_get("appendonly")).get("appendonly", "?")
     await admin.flushall()
     await admin.aclose()
-    name = "Valkey" if "valkey_version" in server else "Redis"
-    version = server.get("valkey_version") or server["redis_version"]
     print()
     print(
         f"median of {args.repeat} runs; concurrency {args.concurrency} (ours: batch {args.batch}, "
-        f"{args.senders} sender(s)); {name} {version} on loopback (hz {hz}, appendonly "
-        f"{appendonly}); Python {sys.version.split()[0]} on {harness.loop_name(args.loop)}, "
+        f"{args.senders} sender(s)); {redis} on loopback (hz {hz}, appendonly {appendonly}); "
+        f"Python {sys.version.split()[0]} on {harness.loop_name(args.loop)}, "
         f"Node {node_version()}, {os.cpu_count()} CPUs; dispatch_engine at {harness.revision()}; "
         f"lag: {plan.n:,} jobs due {plan.rate:,.0f}/s; idle: one {args.idle_seconds:.0f} s window "
         f"(MONITOR) after the repeats"
@@ -713,7 +255,7 @@ def redis_server(url: str | None) -> Iterator[tuple[str, int | None]]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser = arguments.parser(__doc__)
     add = parser.add_argument
     add("--n", type=int, nargs="+", default=[10_000, 100_000], help="jobs per run")
     add("--repeat", type=int, default=3, help="runs of everything (the median is shown)")
@@ -738,13 +280,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="what to run (default all)",
     )
     add("--max-others", type=float, default=0.5, help="redo a run when others used more")
-    add(
-        "--loop",
-        choices=["auto", "uvloop", "asyncio"],
-        default="auto",
-        help="event loop of the Python systems (auto: uvloop when installed, like ours)",
+    arguments.add_loop(parser, "the Python systems")
+    arguments.add_servers(
+        parser, database=None, redis="use this Redis instead of starting a private one"
     )
-    add("--redis-url", help="use this Redis instead of starting a private one")
     add(
         "--systems",
         nargs="+",
@@ -752,13 +291,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(SYSTEMS),
         help="which systems to run (default all; the first is the reference: ours)",
     )
-    args = parser.parse_args(argv)
-    if min(args.n) < 1 or args.repeat < 1 or args.concurrency < 1 or args.batch < 1:
-        parser.error("--n, --repeat, --concurrency and --batch must be positive")
+    args = arguments.parse(parser, argv, positive=("n", "repeat", "concurrency", "batch", "lag_n"))
     if args.senders < 1 or args.senders > min(args.n):
         parser.error("--senders must be between 1 and --n")
-    if args.lag_n < 1 or args.lag_rate <= 0 or args.lag_lead <= 0:
-        parser.error("--lag-n, --lag-rate and --lag-lead must be positive")
+    if args.lag_rate <= 0 or args.lag_lead <= 0:
+        parser.error("--lag-rate and --lag-lead must be positive")
     return args
 
 

@@ -44,8 +44,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import arguments
 import harness
-from harness import Cpu, CpuMeters, Engine, Servers, Sink
+import machine
+import sinks
+from harness import Engine, Servers
+from machine import Cpu, CpuMeters
+from sinks import Sink
 
 SENT_METRIC = re.compile(r'^dispatch_emails_total\{status="sent"\}\s+(\S+)', re.MULTILINE)
 SUBJECT = "Scale-out {{ email }}"
@@ -152,7 +157,7 @@ async def one_run(
     finally:
         for w in workers:
             w.stop()
-    got = harness.received_lags(records, rows)
+    got = sinks.received_lags(records, rows)
     # One scheduled_at for all: lags are from the emails' common due time.
     due_ms = min(r["scheduled_at"].timestamp() for r in rows) * 1000
     return Result(
@@ -280,7 +285,7 @@ async def bench(
             order = args.workers if round_no % 2 == 0 else list(reversed(args.workers))
             for k in order:
                 for attempt in range(args.retries + 1):
-                    harness.wait_until_idle(args.max_others, args.max_wait)
+                    machine.wait_until_idle(args.max_others, args.max_wait)
                     r = await one_run(
                         args, k, f"r{round_no}k{k}a{attempt}", env, tmp, srv, api, sweeper, sink,
                         token, db,
@@ -308,38 +313,36 @@ async def bench(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments.parser(__doc__)
     parser.add_argument("--n", type=int, default=10_000, help="emails per run (default 10000)")
     parser.add_argument(
         "--workers", type=int, nargs="+", default=[1, 2, 3], help="worker process counts"
     )
     parser.add_argument("--repeat", type=int, default=3, help="rounds over --workers (3)")
     parser.add_argument("--warmup", type=int, default=200, help="untimed emails per run (200)")
-    parser.add_argument("--concurrency", type=int, default=200, help="WORKER_CONCURRENCY (200)")
+    arguments.add_worker_concurrency(parser)
     parser.add_argument("--pool-size", type=int, help="SMTP_POOL_SIZE (default: the package's)")
     parser.add_argument(
         "--sink",
-        choices=["auto", *harness.SINKS],
+        choices=["auto", *sinks.SINKS],
         default="auto",
-        help=f"auto: {harness.SMTP_SINK} when it exists (apt-get install postfix), else aiosmtpd",
+        help=f"auto: {sinks.SMTP_SINK} when it exists (apt-get install postfix), else aiosmtpd",
     )
-    harness.add_quiet_arguments(parser, max_load=0.8, max_wait=600, retries=3)
-    args = parser.parse_args(argv)
-    if args.n < 1 or args.repeat < 1 or args.concurrency < 1 or min(args.workers) < 1:
-        parser.error("--n, --repeat, --concurrency and --workers must be positive")
-    if args.sink == "smtp-sink" and not harness.SMTP_SINK.exists():
-        parser.error(f"{harness.SMTP_SINK} is missing (Debian: apt-get install postfix)")
+    arguments.add_quiet(parser, max_load=0.8, max_wait=600, retries=3)
+    args = arguments.parse(parser, argv, positive=("n", "repeat", "concurrency", "workers"))
+    if args.sink == "smtp-sink" and not sinks.SMTP_SINK.exists():
+        parser.error(f"{sinks.SMTP_SINK} is missing (Debian: apt-get install postfix)")
     return args
 
 
 def main() -> None:
     args = parse_args()
-    load = harness.wait_for_quiet(args.max_load, args.max_wait)
+    load = machine.wait_for_quiet(args.max_load, args.max_wait)
     print(load, file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="dispatch-scale-") as name:
         tmp = Path(name)
         with harness.private_servers(tmp / "servers") as srv:
-            sink = harness.start_sink(args.sink, tmp)
+            sink = sinks.start_sink(args.sink, tmp)
             started: list[Engine] = []
             try:
                 env = harness.engine_env(
