@@ -179,7 +179,7 @@ async def dev_session(url: str) -> Any:
 
 async def cursors(db: Any, owner_id: int, depths: list[int]) -> dict[str, str | None]:
     """The page cursor the API (and the page) would hand out after `depth` Sent rows."""
-    from dispatch_engine.parsing import encode_cursor
+    from dispatch_engine.web.pages import encode_cursor
 
     found: dict[str, str | None] = {"first page": None}
     for depth in depths:
@@ -259,8 +259,8 @@ class ExplainPool:
 
 
 async def explain(db: Any, dev_id: int, depths: list[int]) -> dict[str, list[str]]:
-    from dispatch_engine.parsing import decode_cursor
     from dispatch_engine.store.listings import ListingQueries
+    from dispatch_engine.web.pages import decode_cursor
 
     await db.execute("SET plan_cache_mode = force_custom_plan")  # as the app's pool does
     queries = ListingQueries(ExplainPool(db))  # type: ignore[arg-type]
