@@ -103,14 +103,14 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[embedded,uvloop,bench]'
 	touch $@
 
-# BullMQ for the peers harness (bench/queue.py), pinned by bench/bullmq/package-lock.json.
+# BullMQ for the peers harness (bench/queue_peers.py), pinned by bench/bullmq/package-lock.json.
 # --ignore-scripts: nothing builds at install (msgpackr's native add-on ships prebuilt).
 BULLMQ := bench/bullmq/node_modules/.package-lock.json
 $(BULLMQ): bench/bullmq/package.json bench/bullmq/package-lock.json
 	npm ci --prefix bench/bullmq --ignore-scripts --no-audit --no-fund
 
 bench: $(BENCH_VENV)/.installed $(BULLMQ)
-	$(BENCH_VENV)/bin/python bench/queue.py
+	$(BENCH_VENV)/bin/python bench/queue_peers.py
 	$(BENCH_VENV)/bin/python bench/e2e.py
 
 # Mutation testing (docs/testing.md): cosmic-ray over the core modules, curated Lua mutants.

@@ -31,26 +31,23 @@ Nothing asserts: it prints figures. Every run stops all it started.
 
 from __future__ import annotations
 
-# Python puts this folder first on sys.path, where bench/queue.py would shadow the standard
-# library's `queue` (imported by concurrent.futures, redis-py, …): move it to the end.
-import os
-import sys
-
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.append(sys.path.pop(0))
-
 import argparse
 import asyncio
-import statistics
+import os
+import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import arguments
 import harness
+import machine
 import pacing_budget
-from harness import Cpu, CpuMeters, Engine, span, table
+from harness import Engine
+from machine import Cpu, CpuMeters
+from pacing_report import RunResult, SenderResult, report
 
 from dispatch_engine.queue import shard_for
 
@@ -63,56 +60,203 @@ SENDER_LIMIT = 1_000_000  # MAX_EMAILS_PER_HOUR: the senders' own limit, above e
 
 
 @dataclass
-class SenderResult:
-    limit: int
-    sender_id: int
-    per_window: list[int]  # received per observed window
-    per_window_counter: list[int]  # the fixed_window counter of the same windows
-    counted: list[int]  # the windows (of per_window) with a backlog at their end
-    received: int  # by the end of the observation
-    max_received: int  # the largest window by received_at, partial first window included
-    max_sent_at: int  # the same by dispatches.sent_at
-    max_counter: int  # the largest fixed_window counter read in Redis
-    duplicates: int
+class Campaigns:
+    """The three POSTed campaigns, in --limits order, and when their POSTs ran."""
 
-    @property
-    def mean(self) -> float:
-        return statistics.mean(self.counted) if self.counted else float("nan")
+    ids: list[int]
+    sender_ids: list[int]
+    posted_from: float  # epoch s, just before the POSTs
+    posted_at: float  # when the last one answered
 
 
 @dataclass
-class RunResult:
-    senders: list[SenderResult]
-    n: int
-    windows: int
-    window_s: float
-    redis_commands: int
-    redis_by_command: dict[str, int]
-    received: int  # all senders, observed windows only
-    cpu: dict[str, float] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
+class Observation:
+    """What the script read during the whole windows first..last."""
+
+    first: int
+    last: int
+    counters: dict[tuple[int, int], int]  # (sender, window) → the campaign's counter
+    by_command: dict[str, int]  # Redis commands over the windows, the script's own left out
+    cpu: dict[str, float]
+
+    @property
+    def windows(self) -> range:
+        return range(self.first, self.last + 1)
+
+
+def engine_environment(args: argparse.Namespace, srv: Any, tmp: Path) -> dict[str, str]:
+    return harness.engine_env(
+        srv,
+        tmp,
+        DISPATCH_TRANSPORT="capture",
+        MAX_EMAILS_PER_HOUR=SENDER_LIMIT,
+        DISPATCH_RATE_WINDOW_SECONDS=args.window,
+        WORKER_CONCURRENCY=args.concurrency,
+        # the defaults: fixed_window + min_gap, every built-in plugin
+        DISPATCH_PACING=None,
+        DISPATCH_PLUGINS=None,
+        DISPATCH_PLUGINS_DIR=None,
+    )
+
+
+async def post_campaigns(
+    args: argparse.Namespace, engine: Engine, tokens: list[str], db: Any
+) -> Campaigns:
+    """The three POSTs at once, one per user: N recipients each at its campaign limit."""
+    import aiohttp
+
+    def payload(i: int) -> dict[str, Any]:
+        return {
+            "subject": SUBJECT,
+            "body": BODY,
+            "recipients": [f"s{i + 1}-{j}@example.com" for j in range(args.n)],
+            "hourly_limit": args.limits[i],
+        }
+
+    t_post = time.time()
+    async with aiohttp.ClientSession() as http:
+        answers = await asyncio.gather(
+            *(harness.schedule(http, engine.url, tokens[i], payload(i)) for i in range(len(tokens)))
+        )
+    t_posted = time.time()
+    ids = [int(answer["campaign"]["id"]) for answer in answers]
+    rows = await db.fetch(
+        "SELECT id, sender_id FROM campaigns WHERE id = ANY($1::bigint[])", list(ids)
+    )
+    by_campaign = {r["id"]: r["sender_id"] for r in rows}
+    sender_ids = [by_campaign[c] for c in ids]
+    if len(set(sender_ids)) != len(sender_ids):
+        raise RuntimeError(f"the campaigns share senders: {sender_ids}")
+    return Campaigns(ids, sender_ids, t_post, t_posted)
+
+
+async def sleep_until_ms(at_ms: int) -> None:
+    await asyncio.sleep(max(0.0, at_ms / 1000 - time.time()))
+
+
+def commands_between(
+    before: dict[str, Any], after: dict[str, Any], own_mgets: int
+) -> dict[str, int]:
+    """Redis calls per command between two INFO commandstats, less the script's own reads."""
+    by_command = {
+        name.removeprefix("cmdstat_"): int(v["calls"]) - int(before.get(name, {}).get("calls", 0))
+        for name, v in after.items()
+    }
+    by_command["info"] = by_command.get("info", 0) - 1  # the first INFO itself
+    by_command["mget"] = by_command.get("mget", 0) - own_mgets
+    return {k: v for k, v in by_command.items() if v > 0}
+
+
+async def observe(
+    args: argparse.Namespace, redis: Any, meters: CpuMeters, campaigns: Campaigns
+) -> Observation:
+    """Read every campaign's fixed_window counter at each window's end, for --windows whole
+    windows, with Redis' commands and the CPU meters over the same span."""
+    window_ms = int(args.window * 1000)
+    first = int(campaigns.posted_at * 1000) // window_ms + 1  # the first whole window
+    last = first + args.windows - 1
+    counters: dict[tuple[int, int], int] = {}
+    own_mgets = 0
+
+    async def read_counters(window: int) -> None:
+        nonlocal own_mgets
+        keys = [
+            f"{shard_for(s, 1).pacing_prefix}{s}:c:{c}:w:{window}"
+            for s, c in zip(campaigns.sender_ids, campaigns.ids, strict=True)
+        ]
+        values = await redis.mget(keys)
+        own_mgets += 1
+        for s, v in zip(campaigns.sender_ids, values, strict=True):
+            counters[(s, window)] = int(v or 0)
+
+    # the windows before the first whole one (the POSTs' own) are read for the maximum
+    for window in range(int(campaigns.posted_from * 1000) // window_ms, first):
+        await read_counters(window)
+    await sleep_until_ms(first * window_ms)
+    stats0 = await redis.info("commandstats")
+    own_mgets = 0
+    meters.start()
+    for window in range(first, last + 1):
+        # a window's counter is final once it ended; it lives two windows
+        await sleep_until_ms((window + 1) * window_ms + 50)
+        await read_counters(window)
+    stats1 = await redis.info("commandstats")
+    cpu = meters.stop()
+    return Observation(first, last, counters, commands_between(stats0, stats1, own_mgets), cpu)
+
+
+async def per_window_counts(
+    db: Any, window_ms: int, campaign_ids: list[int], end_ms: int
+) -> tuple[dict[tuple[int, int], int], dict[int, int], dict[tuple[int, int], int]]:
+    """Up to `end_ms`: emails received per (sender, window), duplicates per sender, and
+    emails recorded sent per (sender, window) by `dispatches.sent_at`."""
+    received_rows = await db.fetch(
+        """SELECT d.sender_id,
+                  floor(extract(epoch FROM m.received_at) * 1000 / $1)::bigint AS w,
+                  count(*) AS n, sum(m.deliveries - 1) AS dup
+           FROM captured_messages m JOIN dispatches d ON d.id = m.dispatch_id
+           WHERE d.campaign_id = ANY($2::bigint[])
+             AND m.received_at < to_timestamp($3::double precision / 1000)
+           GROUP BY 1, 2""",
+        window_ms,
+        campaign_ids,
+        end_ms,
+    )
+    sent_rows = await db.fetch(
+        """SELECT sender_id,
+                  floor(extract(epoch FROM sent_at) * 1000 / $1)::bigint AS w,
+                  count(*) AS n
+           FROM dispatches
+           WHERE campaign_id = ANY($2::bigint[]) AND sent_at IS NOT NULL
+             AND sent_at < to_timestamp($3::double precision / 1000)
+           GROUP BY 1, 2""",
+        window_ms,
+        campaign_ids,
+        end_ms,
+    )
+    received: dict[tuple[int, int], int] = {}
+    duplicates: dict[int, int] = {}
+    for r in received_rows:
+        received[(r["sender_id"], r["w"])] = int(r["n"])
+        duplicates[r["sender_id"]] = duplicates.get(r["sender_id"], 0) + int(r["dup"] or 0)
+    sent_at = {(r["sender_id"], r["w"]): int(r["n"]) for r in sent_rows}
+    return received, duplicates, sent_at
+
+
+def sender_result(
+    args: argparse.Namespace, limit: int, s: int, seen: Observation,
+    received: dict[tuple[int, int], int], duplicates: dict[int, int],
+    sent_at: dict[tuple[int, int], int],
+) -> SenderResult:  # fmt: skip
+    per_window = [received.get((s, w), 0) for w in seen.windows]
+    before = sum(v for (sid, w), v in received.items() if sid == s and w < seen.first)
+    counted, cumulative = [], before
+    for v in per_window:
+        cumulative += v
+        if cumulative < args.n:  # a backlog remained at the window's end
+            counted.append(v)
+    return SenderResult(
+        limit=limit,
+        sender_id=s,
+        per_window=per_window,
+        per_window_counter=[seen.counters.get((s, w), 0) for w in seen.windows],
+        counted=counted,
+        received=cumulative,
+        max_received=max([v for (sid, _), v in received.items() if sid == s] or [0]),
+        max_sent_at=max([v for (sid, _), v in sent_at.items() if sid == s] or [0]),
+        max_counter=max([v for (sid, _), v in seen.counters.items() if sid == s] or [0]),
+        duplicates=duplicates.get(s, 0),
+    )
 
 
 async def one_run(args: argparse.Namespace, tmp: Path, run_no: int) -> RunResult:
-    import aiohttp
+    """New servers and one `dispatch-engine run`; the POSTs; --windows windows observed."""
     import asyncpg
-    import orjson
     from redis.asyncio import Redis
 
     window_ms = int(args.window * 1000)
     with harness.private_servers(tmp / "servers") as srv:
-        env = harness.engine_env(
-            srv,
-            tmp,
-            DISPATCH_TRANSPORT="capture",
-            MAX_EMAILS_PER_HOUR=SENDER_LIMIT,
-            DISPATCH_RATE_WINDOW_SECONDS=args.window,
-            WORKER_CONCURRENCY=args.concurrency,
-            # the defaults: fixed_window + min_gap, every built-in plugin
-            DISPATCH_PACING=None,
-            DISPATCH_PLUGINS=None,
-            DISPATCH_PLUGINS_DIR=None,
-        )
+        env = engine_environment(args, srv, tmp)
         tokens = [
             harness.create_token(env, tmp, f"pacing-{i + 1}@example.com")
             for i in range(len(args.limits))
@@ -130,264 +274,42 @@ async def one_run(args: argparse.Namespace, tmp: Path, run_no: int) -> RunResult
                     "bench script": Cpu([os.getpid()]),
                 }
             )
-
-            async def post(http: Any, i: int) -> int:
-                payload = orjson.dumps(
-                    {
-                        "subject": SUBJECT,
-                        "body": BODY,
-                        "recipients": [f"s{i + 1}-{j}@example.com" for j in range(args.n)],
-                        "hourly_limit": args.limits[i],
-                    }
-                )
-                headers = {
-                    "Authorization": f"Bearer {tokens[i]}",
-                    "Content-Type": "application/json",
-                }
-                url = f"{engine.url}/api/emails/schedule"
-                async with http.post(url, data=payload, headers=headers) as r:
-                    answer = await r.json()
-                    if r.status != 201:
-                        raise RuntimeError(f"POST answered {r.status}: {answer}")
-                return int(answer["campaign"]["id"])
-
-            t_post = time.time()
-            async with aiohttp.ClientSession() as http:
-                campaign_ids = await asyncio.gather(
-                    *(post(http, i) for i in range(len(args.limits)))
-                )
-            t_posted = time.time()
-            by_campaign = {
-                r["id"]: r["sender_id"]
-                for r in await db.fetch(
-                    "SELECT id, sender_id FROM campaigns WHERE id = ANY($1::bigint[])",
-                    list(campaign_ids),
-                )
-            }
-            sender_ids = [by_campaign[c] for c in campaign_ids]
-            if len(set(sender_ids)) != len(sender_ids):
-                raise RuntimeError(f"the campaigns share senders: {sender_ids}")
+            campaigns = await post_campaigns(args, engine, tokens, db)
             print(
-                f"  run {run_no}: 3 POSTs of {args.n:,} took {t_posted - t_post:.2f} s; observing "
+                f"  run {run_no}: 3 POSTs of {args.n:,} took "
+                f"{campaigns.posted_at - campaigns.posted_from:.2f} s; observing "
                 f"{args.windows} windows of {args.window} s…",
                 file=sys.stderr,
             )
-            first = int(t_posted * 1000) // window_ms + 1  # the first whole window
-            last = first + args.windows - 1
-            counters: dict[tuple[int, int], int] = {}
-            own_mgets = 0
-
-            async def sleep_until_ms(at_ms: int) -> None:
-                await asyncio.sleep(max(0.0, at_ms / 1000 - time.time()))
-
-            async def read_counters(window: int) -> None:
-                nonlocal own_mgets
-                keys = [
-                    f"{shard_for(s, 1).pacing_prefix}{s}:c:{c}:w:{window}"
-                    for s, c in zip(sender_ids, campaign_ids, strict=True)
-                ]
-                values = await redis.mget(keys)
-                own_mgets += 1
-                for s, v in zip(sender_ids, values, strict=True):
-                    counters[(s, window)] = int(v or 0)
-
-            # the windows before the first whole one (the POSTs' own) are read for the maximum
-            for window in range(int(t_post * 1000) // window_ms, first):
-                await read_counters(window)
-            await sleep_until_ms(first * window_ms)
-            stats0 = await redis.info("commandstats")
-            own_mgets = 0
-            meters.start()
-            for window in range(first, last + 1):
-                # a window's counter is final once it ended; it lives two windows
-                await sleep_until_ms((window + 1) * window_ms + 50)
-                await read_counters(window)
-            stats1 = await redis.info("commandstats")
-            cpu = meters.stop()
-            end_ms = (last + 1) * window_ms
+            seen = await observe(args, redis, meters, campaigns)
             await asyncio.sleep(0.5)  # let the last window's group commits land (sent_at)
-
-            by_command = {
-                name.removeprefix("cmdstat_"): int(v["calls"])
-                - int(stats0.get(name, {}).get("calls", 0))
-                for name, v in stats1.items()
-            }
-            by_command["info"] = by_command.get("info", 0) - 1  # the first INFO itself
-            by_command["mget"] = by_command.get("mget", 0) - own_mgets
-            by_command = {k: v for k, v in by_command.items() if v > 0}
-
-            received_rows = await db.fetch(
-                """SELECT d.sender_id,
-                          floor(extract(epoch FROM m.received_at) * 1000 / $1)::bigint AS w,
-                          count(*) AS n, sum(m.deliveries - 1) AS dup
-                   FROM captured_messages m JOIN dispatches d ON d.id = m.dispatch_id
-                   WHERE d.campaign_id = ANY($2::bigint[])
-                     AND m.received_at < to_timestamp($3::double precision / 1000)
-                   GROUP BY 1, 2""",
-                window_ms,
-                list(campaign_ids),
-                end_ms,
-            )
-            sent_rows = await db.fetch(
-                """SELECT sender_id,
-                          floor(extract(epoch FROM sent_at) * 1000 / $1)::bigint AS w,
-                          count(*) AS n
-                   FROM dispatches
-                   WHERE campaign_id = ANY($2::bigint[]) AND sent_at IS NOT NULL
-                     AND sent_at < to_timestamp($3::double precision / 1000)
-                   GROUP BY 1, 2""",
-                window_ms,
-                list(campaign_ids),
-                end_ms,
+            end_ms = (seen.last + 1) * window_ms
+            received, duplicates, sent_at = await per_window_counts(
+                db, window_ms, campaigns.ids, end_ms
             )
         finally:
             engine.stop()
             await redis.aclose()
             await db.close()
 
-    received: dict[tuple[int, int], int] = {}
-    duplicates: dict[int, int] = {}
-    for r in received_rows:
-        received[(r["sender_id"], r["w"])] = int(r["n"])
-        duplicates[r["sender_id"]] = duplicates.get(r["sender_id"], 0) + int(r["dup"] or 0)
-    sent_at: dict[tuple[int, int], int] = {(r["sender_id"], r["w"]): int(r["n"]) for r in sent_rows}
-    results = []
-    for limit, s in zip(args.limits, sender_ids, strict=True):
-        per_window = [received.get((s, w), 0) for w in range(first, last + 1)]
-        before = sum(v for (sid, w), v in received.items() if sid == s and w < first)
-        counted, cumulative = [], before
-        for v in per_window:
-            cumulative += v
-            if cumulative < args.n:  # a backlog remained at the window's end
-                counted.append(v)
-        results.append(
-            SenderResult(
-                limit=limit,
-                sender_id=s,
-                per_window=per_window,
-                per_window_counter=[counters.get((s, w), 0) for w in range(first, last + 1)],
-                counted=counted,
-                received=cumulative,
-                max_received=max([v for (sid, _), v in received.items() if sid == s] or [0]),
-                max_sent_at=max([v for (sid, _), v in sent_at.items() if sid == s] or [0]),
-                max_counter=max([v for (sid, _), v in counters.items() if sid == s] or [0]),
-                duplicates=duplicates.get(s, 0),
-            )
-        )
-    in_windows = sum(v for (_, w), v in received.items() if first <= w <= last)
     return RunResult(
-        senders=results,
+        senders=[
+            sender_result(args, limit, s, seen, received, duplicates, sent_at)
+            for limit, s in zip(args.limits, campaigns.sender_ids, strict=True)
+        ],
         n=args.n,
         windows=args.windows,
         window_s=args.window,
-        redis_commands=sum(by_command.values()),
-        redis_by_command=by_command,
-        received=in_windows,
-        cpu=cpu,
+        redis_commands=sum(seen.by_command.values()),
+        redis_by_command=seen.by_command,
+        received=sum(v for (_, w), v in received.items() if seen.first <= w <= seen.last),
+        cpu=seen.cpu,
         problems=engine.problems(),
     )
 
 
-# ---- report ----
-
-
-def report(args: argparse.Namespace, runs: list[RunResult], load: str, discarded: int) -> None:
-    rows = [
-        [
-            "sender",
-            "limit / window",
-            "sent / window: mean",
-            "min",
-            "max",
-            "mean ÷ limit",
-            "windows counted",
-            f"backlog left after {args.windows} windows",
-            "max in any window: received_at",
-            "sent_at",
-            "Redis counter",
-            "over the limit by",
-        ]
-    ]
-    for i, limit in enumerate(args.limits):
-        per = [r.senders[i] for r in runs]
-        over = [
-            name
-            for name, attr in (
-                ("received_at", "max_received"),
-                ("sent_at", "max_sent_at"),
-                ("counter", "max_counter"),
-            )
-            if any(getattr(s, attr) > limit for s in per)
-        ]
-        rows.append(
-            [
-                f"{i + 1}",
-                f"{limit:,}",
-                span([s.mean for s in per]),
-                span([min(s.counted or [0]) for s in per]),
-                span([max(s.counted or [0]) for s in per]),
-                span([s.mean / limit for s in per], ".0%"),
-                span([len(s.counted) for s in per]),
-                span([args.n - s.received for s in per]),
-                span([s.max_received for s in per]),
-                span([s.max_sent_at for s in per]),
-                span([s.max_counter for s in per]),
-                ", ".join(over) or "no",
-            ]
-        )
-    print()
-    print(
-        f"3 senders x {args.n:,} emails due now, limits {', '.join(f'{x:,}' for x in args.limits)} "
-        f"per window of {args.window} s (DISPATCH_RATE_WINDOW_SECONDS), {args.windows} whole "
-        f"windows observed per run, {len(runs)} runs (ranges over runs); capture transport, "
-        f"`dispatch-engine run` (all roles), WORKER_CONCURRENCY={args.concurrency}; Python "
-        f"{sys.version.split()[0]}, {os.cpu_count()} CPUs; dispatch_engine at "
-        f"{harness.revision()}; {load}; other processes used "
-        f"{span([r.cpu['others'] / r.cpu['wall'] for r in runs], '.0%')} of a core during the "
-        f"runs ({discarded} run(s) discarded and redone for more than {args.max_others:.0%})"
-    )
-    print()
-    print(table(rows))
-    print()
-    received = [r.received for r in runs]
-    per_email = [r.redis_commands / max(r.received, 1) for r in runs]
-    scripts = [
-        (r.redis_by_command.get("evalsha", 0) + r.redis_by_command.get("eval", 0))
-        / max(r.received, 1)
-        for r in runs
-    ]
-    top = sorted(runs[0].redis_by_command.items(), key=lambda kv: -kv[1])[:8]
-    print(
-        f"all senders: {span([x / (args.windows * args.window) for x in received])} emails/s "
-        f"received over the observed windows; Redis {span(per_email, '.2f')} commands per "
-        f"email (inside scripts included), {span(scripts, '.3f')} script calls per email; "
-        f"run 1's commands per email: "
-        + ", ".join(f"{k} {v / max(runs[0].received, 1):.2f}" for k, v in top)
-    )
-    for name in ("dispatch-engine", "postgres", "redis", "others"):
-        values = [r.cpu[name] for r in runs]
-        micros = [1e6 * r.cpu[name] / max(r.received, 1) for r in runs]
-        print(
-            f"CPU {name}: {span(values, '.2f')} s over {span([r.cpu['wall'] for r in runs], '.1f')}"
-            f" s ({span(micros, ',.0f')} µs per email)"
-        )
-    dups = sum(s.duplicates for r in runs for s in r.senders)
-    problems = [p for r in runs for p in r.problems]
-    print(f"duplicates received: {dups}; dispatch-engine logged {len(problems)} warnings/errors")
-    for line in problems[:5]:
-        print(f"  {line}")
-    for n, r in enumerate(runs, 1):
-        for i, s in enumerate(r.senders):
-            print(
-                f"run {n} sender {i + 1} per window, received_at (Redis counter): "
-                + " ".join(
-                    f"{v}({c})" for v, c in zip(s.per_window, s.per_window_counter, strict=True)
-                )
-            )
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments.parser(__doc__)
     parser.add_argument("--n", type=int, default=10_000, help="emails per sender (10000)")
     parser.add_argument(
         "--limits",
@@ -402,7 +324,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--windows", type=int, default=10, help="whole windows to observe (10)")
     parser.add_argument("--repeat", type=int, default=3, help="runs, each on new servers (3)")
-    parser.add_argument("--concurrency", type=int, default=200, help="WORKER_CONCURRENCY (200)")
+    arguments.add_worker_concurrency(parser)
     parser.add_argument(
         "--scenario",
         choices=("limits", "budget"),
@@ -411,13 +333,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "of each window's budget used, and a cap that holds back only its campaign",
     )
     pacing_budget.add_arguments(parser)
-    harness.add_quiet_arguments(parser, max_load=0.8, max_wait=600, retries=3)
-    args = parser.parse_args(argv)
-    if args.n < 1 or args.windows < 1 or args.repeat < 1 or args.window < 1:
-        parser.error("--n, --windows, --repeat and --window must be positive")
-    if min(args.limits) < 1:
-        parser.error("--limits must be positive")
-    return args
+    arguments.add_quiet(parser, max_load=0.8, max_wait=600, retries=3)
+    positive = ("n", "windows", "repeat", "window", "limits", "concurrency")
+    return arguments.parse(parser, argv, positive=positive)
 
 
 def main() -> None:
@@ -425,12 +343,12 @@ def main() -> None:
     if args.scenario == "budget":
         pacing_budget.main(args)
         return
-    load = harness.wait_for_quiet(args.max_load, args.max_wait)
+    load = machine.wait_for_quiet(args.max_load, args.max_wait)
     print(load, file=sys.stderr)
     runs, discarded = [], 0
     for run_no in range(1, args.repeat + 1):
         for attempt in range(args.retries + 1):
-            harness.wait_until_idle(args.max_others, args.max_wait)
+            machine.wait_until_idle(args.max_others, args.max_wait)
             with tempfile.TemporaryDirectory(prefix="dispatch-pacing-") as name:
                 run = asyncio.run(one_run(args, Path(name), run_no))
             share = run.cpu["others"] / run.cpu["wall"]

@@ -38,15 +38,9 @@ from harness import Engine, table
 async def _post(engine: Engine, token: str, payload: dict[str, Any]) -> int:
     import aiohttp
 
-    headers = {"Authorization": f"Bearer {token}"}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"{engine.url}/api/emails/schedule", json=payload, headers=headers) as r,
-    ):
-        answer = await r.json()
-        if r.status != 201:
-            raise RuntimeError(f"POST answered {r.status}: {answer}")
-        return int(answer["campaign"]["id"])
+    async with aiohttp.ClientSession() as http:
+        answer = await harness.schedule(http, engine.url, token, payload)
+    return int(answer["campaign"]["id"])
 
 
 async def _sent_times(db: Any, campaign: int) -> list[float]:
@@ -135,7 +129,7 @@ async def window_case(
             poller = asyncio.create_task(_poll_grants(redis, prefix, args.window, seen))
 
             async def all_sent() -> bool:
-                return len(await _sent_times(db, campaign)) >= n
+                return bool(len(await _sent_times(db, campaign)) >= n)
 
             await _until(all_sent, time.time() + args.window * 8 + 30, 0.5)
             times = await _sent_times(db, campaign)

@@ -32,54 +32,29 @@ the sink, processes contend for CPU. Nothing asserts: it prints figures.
 
 from __future__ import annotations
 
-# Python puts this folder first on sys.path, where bench/queue.py would shadow the standard
-# library's `queue` (imported by concurrent.futures, redis-py, …): move it to the end.
-import os
-import sys
-
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.append(sys.path.pop(0))
-
 import argparse
 import asyncio
+import os
 import re
-import statistics
+import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import arguments
 import harness
-from harness import Cpu, CpuMeters, Engine, Servers, Sink
+import machine
+import sinks
+from harness import Engine, Servers
+from machine import Cpu, CpuMeters
+from scale_out_report import Result, report
+from sinks import Sink
 
 SENT_METRIC = re.compile(r'^dispatch_emails_total\{status="sent"\}\s+(\S+)', re.MULTILINE)
 SUBJECT = "Scale-out {{ email }}"
 BODY = "Hello {{ email }},\n\nthis is one of the scale-out benchmark's emails.\n\n-- \nDispatch\n"
-
-
-# ---- one run ----
-
-
-@dataclass
-class Result:
-    workers: int
-    n: int
-    seconds: float  # due → last message received
-    wall: float  # just before the POST → every dispatch recorded `sent`
-    post_s: float
-    lag_min_ms: float  # due → the first message received (mostly the POST itself)
-    lag_p50_ms: float
-    lag_p99_ms: float
-    cpu: dict[str, float]
-    split: list[int]  # emails sent by each worker
-    duplicates: int
-    missing: int
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        return self.n / self.seconds
 
 
 async def sent_counts(http: Any, workers: list[Engine]) -> list[int]:
@@ -108,22 +83,42 @@ async def campaign(
     return campaign_id, post_s
 
 
-async def one_run(
-    args: argparse.Namespace,
-    k: int,
-    tag: str,
-    env: dict[str, str],
-    tmp: Path,
-    srv: Servers,
-    api: Engine,
-    sweeper: Engine,
-    sink: Sink,
-    token: str,
-    db: Any,
-) -> Result:
+@dataclass
+class Cluster:
+    """What stays up for the whole invocation: the servers, the sink, the api and sweeper
+    processes, the environment the workers start with, and the API token."""
+
+    args: argparse.Namespace
+    env: dict[str, str]
+    tmp: Path
+    srv: Servers
+    api: Engine
+    sweeper: Engine
+    sink: Sink
+    token: str
+
+    def meters(self, workers: list[Engine]) -> CpuMeters:
+        return CpuMeters(
+            {
+                "workers": Cpu([w.proc.pid for w in workers]),
+                "api": Cpu([self.api.proc.pid]),
+                "sweeper": Cpu([self.sweeper.proc.pid]),
+                "postgres": Cpu([self.srv.postgres_pid], tree=True),
+                "redis": Cpu([self.srv.redis_pid]),
+                "sink": Cpu([self.sink.proc.pid], tree=True),
+                "bench script": Cpu([os.getpid()]),
+            }
+        )
+
+
+async def one_run(cluster: Cluster, db: Any, k: int, tag: str) -> Result:
+    """k worker processes started for this run: a warm-up, the timed campaign, stopped."""
     import aiohttp
 
-    workers = [Engine(env, tmp, ["--role", "worker", "--no-migrate"]) for _ in range(k)]
+    args, api, token = cluster.args, cluster.api, cluster.token
+    workers = [
+        Engine(cluster.env, cluster.tmp, ["--role", "worker", "--no-migrate"]) for _ in range(k)
+    ]
     try:
         for w in workers:
             w.wait_ready()
@@ -131,18 +126,8 @@ async def one_run(
             if args.warmup:
                 await campaign(http, db, api, token, args.warmup, f"{tag}w", 60)
                 await asyncio.sleep(0.5)
-            sink.take()
-            meters = CpuMeters(
-                {
-                    "workers": Cpu([w.proc.pid for w in workers]),
-                    "api": Cpu([api.proc.pid]),
-                    "sweeper": Cpu([sweeper.proc.pid]),
-                    "postgres": Cpu([srv.postgres_pid], tree=True),
-                    "redis": Cpu([srv.redis_pid]),
-                    "sink": Cpu([sink.proc.pid], tree=True),
-                    "bench script": Cpu([os.getpid()]),
-                }
-            )
+            cluster.sink.take()
+            meters = cluster.meters(workers)
             split0 = await sent_counts(http, workers)
             meters.start()
             campaign_id, post_s = await campaign(
@@ -151,14 +136,14 @@ async def one_run(
             cpu = meters.stop()
             split = [b - a for a, b in zip(split0, await sent_counts(http, workers), strict=True)]
         await asyncio.sleep(0.3)  # a late duplicate would arrive now
-        records = sink.take()
+        records = cluster.sink.take()
         rows = await db.fetch(
             "SELECT message_id, scheduled_at FROM dispatches WHERE campaign_id = $1", campaign_id
         )
     finally:
         for w in workers:
             w.stop()
-    got = harness.received_lags(records, rows)
+    got = sinks.received_lags(records, rows)
     # One scheduled_at for all: lags are from the emails' common due time.
     due_ms = min(r["scheduled_at"].timestamp() for r in rows) * 1000
     return Result(
@@ -178,128 +163,38 @@ async def one_run(
     )
 
 
-# ---- report ----
-
-
-CPU_COLUMNS = ("workers", "api", "sweeper", "postgres", "redis", "sink", "others")
-
-
-def report(
-    args: argparse.Namespace,
-    results: list[Result],
-    sink_name: str,
-    load: str,
-    versions: str,
-    discarded: list[Result],
-) -> None:
-    rows = [
-        [
-            "worker processes",
-            "emails/s (median)",
-            "range",
-            "first email ms",
-            "lag p50 ms",
-            "lag p99 ms",
-            *(f"{c} CPU s" for c in CPU_COLUMNS),
-            "CPU µs / email (all)",
-            "sends per worker",
-        ]
-    ]
-    for k in args.workers:
-        mine = [r for r in results if r.workers == k]
-        med_cpu = {c: statistics.median(r.cpu[c] for r in mine) for c in CPU_COLUMNS}
-        ours = [c for c in CPU_COLUMNS if c != "others"]
-        per_email = statistics.median(
-            1e6 * (sum(r.cpu[c] for c in ours) + r.cpu["bench script"]) / r.n for r in mine
-        )
-        middle = sorted(mine, key=lambda r: r.rate)[len(mine) // 2]
-        rows.append(
-            [
-                str(k),
-                f"{statistics.median(r.rate for r in mine):,.0f}",
-                f"{min(r.rate for r in mine):,.0f}-{max(r.rate for r in mine):,.0f}",
-                f"{statistics.median(r.lag_min_ms for r in mine):,.0f}",
-                f"{statistics.median(r.lag_p50_ms for r in mine):,.0f}",
-                f"{statistics.median(r.lag_p99_ms for r in mine):,.0f}",
-                *(f"{med_cpu[c]:.2f}" for c in CPU_COLUMNS),
-                f"{per_email:,.0f}",
-                " / ".join(f"{x:,}" for x in middle.split),
-            ]
-        )
-    shares = [r.cpu["others"] / r.wall for r in results]
-    print()
-    print(
-        f"N = {args.n:,} emails per run, all due now, scheduled through the API; "
-        f"{len(results) // len(args.workers)} runs per worker count (emails/s median and range); "
-        f"k x `dispatch-engine run --role worker` + 1 `--role api` + 1 `--role sweeper`; "
-        f"WORKER_CONCURRENCY={args.concurrency}, SMTP_POOL_SIZE="
-        f"{args.pool_size or 'default (8)'}, MAX_EMAILS_PER_HOUR=1000000000; sink: {sink_name}; "
-        f"{versions}; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs (3 workers contend "
-        f"with each other and with PostgreSQL, Redis, the API and the sink); warm-up of "
-        f"{args.warmup} emails per run excluded; dispatch_engine at {harness.revision()}; {load}; "
-        f"other processes used {min(shares):.0%}-{max(shares):.0%} of a core during the runs "
-        f"({len(discarded)} run(s) discarded and redone for more than {args.max_others:.0%}"
-        + (f": {', '.join(f'{r.rate:,.0f}/s' for r in discarded)}" if discarded else "")
-        + ")"
-    )
-    print()
-    print(harness.table(rows))
-    print()
-    posts = [r.post_s for r in results]
-    print(
-        f"POST of {args.n:,}: {min(posts):.2f}-{max(posts):.2f} s (included in emails/s and lag); "
-        f"duplicates {sum(r.duplicates for r in results)}, missing "
-        f"{sum(r.missing for r in results)} over all runs; bench script CPU "
-        f"{statistics.median(r.cpu['bench script'] for r in results):.2f} s per run (median)"
-    )
-    for r in results:
+async def kept_run(
+    cluster: Cluster, db: Any, k: int, round_no: int, discarded: list[Result]
+) -> Result:
+    """One run with k workers, redone (--retries) while other processes used too much CPU."""
+    args = cluster.args
+    for attempt in range(args.retries + 1):
+        machine.wait_until_idle(args.max_others, args.max_wait)
+        r = await one_run(cluster, db, k, f"r{round_no}k{k}a{attempt}")
+        share = r.cpu["others"] / r.wall
+        if share <= args.max_others or attempt == args.retries:
+            return r
+        discarded.append(r)
         print(
-            f"  {r.workers} worker(s): {r.rate:,.0f}/s, first email {r.lag_min_ms:,.0f} ms, "
-            f"{r.n / (r.seconds - r.lag_min_ms / 1000):,.0f}/s from the first, lag p50 "
-            f"{r.lag_p50_ms:,.0f} ms p99 {r.lag_p99_ms:,.0f} ms, CPU workers "
-            f"{r.cpu['workers']:.2f} s postgres {r.cpu['postgres']:.2f} s sink "
-            f"{r.cpu['sink']:.2f} s others {r.cpu['others']:.2f} s"
+            f"  {k} worker(s): {r.rate:,.0f} emails/s discarded: other processes "
+            f"used {share:.0%} of a core meanwhile",
+            file=sys.stderr,
         )
-    problems = [p for r in results for p in r.problems]
-    print(f"worker processes logged {len(problems)} warnings/errors")
-    for line in problems[:5]:
-        print(f"  {line}")
+    raise AssertionError("unreachable")
 
 
-async def bench(
-    args: argparse.Namespace,
-    env: dict[str, str],
-    tmp: Path,
-    srv: Servers,
-    api: Engine,
-    sweeper: Engine,
-    sink: Sink,
-    token: str,
-    discarded: list[Result],
-) -> list[Result]:
+async def bench(cluster: Cluster, discarded: list[Result]) -> list[Result]:
+    """--repeat rounds over --workers, k = 1, 2, 3 then 3, 2, 1, …"""
     import asyncpg
 
-    db = await asyncpg.connect(srv.database_url)
+    args = cluster.args
+    db = await asyncpg.connect(cluster.srv.database_url)
     results = []
     try:
         for round_no in range(args.repeat):
             order = args.workers if round_no % 2 == 0 else list(reversed(args.workers))
             for k in order:
-                for attempt in range(args.retries + 1):
-                    harness.wait_until_idle(args.max_others, args.max_wait)
-                    r = await one_run(
-                        args, k, f"r{round_no}k{k}a{attempt}", env, tmp, srv, api, sweeper, sink,
-                        token, db,
-                    )  # fmt: skip
-                    share = r.cpu["others"] / r.wall
-                    if share <= args.max_others or attempt == args.retries:
-                        break
-                    discarded.append(r)
-                    print(
-                        f"  {k} worker(s): {r.rate:,.0f} emails/s discarded: other processes "
-                        f"used {share:.0%} of a core meanwhile",
-                        file=sys.stderr,
-                    )
+                r = await kept_run(cluster, db, k, round_no, discarded)
                 results.append(r)
                 print(
                     f"  round {round_no + 1}/{args.repeat}, {k} worker(s): {r.rate:,.0f} emails/s, "
@@ -314,38 +209,36 @@ async def bench(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments.parser(__doc__)
     parser.add_argument("--n", type=int, default=10_000, help="emails per run (default 10000)")
     parser.add_argument(
         "--workers", type=int, nargs="+", default=[1, 2, 3], help="worker process counts"
     )
     parser.add_argument("--repeat", type=int, default=3, help="rounds over --workers (3)")
     parser.add_argument("--warmup", type=int, default=200, help="untimed emails per run (200)")
-    parser.add_argument("--concurrency", type=int, default=200, help="WORKER_CONCURRENCY (200)")
+    arguments.add_worker_concurrency(parser)
     parser.add_argument("--pool-size", type=int, help="SMTP_POOL_SIZE (default: the package's)")
     parser.add_argument(
         "--sink",
-        choices=["auto", *harness.SINKS],
+        choices=["auto", *sinks.SINKS],
         default="auto",
-        help=f"auto: {harness.SMTP_SINK} when it exists (apt-get install postfix), else aiosmtpd",
+        help=f"auto: {sinks.SMTP_SINK} when it exists (apt-get install postfix), else aiosmtpd",
     )
-    harness.add_quiet_arguments(parser, max_load=0.8, max_wait=600, retries=3)
-    args = parser.parse_args(argv)
-    if args.n < 1 or args.repeat < 1 or args.concurrency < 1 or min(args.workers) < 1:
-        parser.error("--n, --repeat, --concurrency and --workers must be positive")
-    if args.sink == "smtp-sink" and not harness.SMTP_SINK.exists():
-        parser.error(f"{harness.SMTP_SINK} is missing (Debian: apt-get install postfix)")
+    arguments.add_quiet(parser, max_load=0.8, max_wait=600, retries=3)
+    args = arguments.parse(parser, argv, positive=("n", "repeat", "concurrency", "workers"))
+    if args.sink == "smtp-sink" and not sinks.SMTP_SINK.exists():
+        parser.error(f"{sinks.SMTP_SINK} is missing (Debian: apt-get install postfix)")
     return args
 
 
 def main() -> None:
     args = parse_args()
-    load = harness.wait_for_quiet(args.max_load, args.max_wait)
+    load = machine.wait_for_quiet(args.max_load, args.max_wait)
     print(load, file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="dispatch-scale-") as name:
         tmp = Path(name)
         with harness.private_servers(tmp / "servers") as srv:
-            sink = harness.start_sink(args.sink, tmp)
+            sink = sinks.start_sink(args.sink, tmp)
             started: list[Engine] = []
             try:
                 env = harness.engine_env(
@@ -364,9 +257,8 @@ def main() -> None:
                 sweeper.wait_ready()
                 versions = asyncio.run(harness.versions_of(srv))
                 discarded: list[Result] = []
-                results = asyncio.run(
-                    bench(args, env, tmp, srv, api, sweeper, sink, token, discarded)
-                )
+                cluster = Cluster(args, env, tmp, srv, api, sweeper, sink, token)
+                results = asyncio.run(bench(cluster, discarded))
                 problems = [p for e in started for p in e.problems()]
             finally:
                 for engine in started:

@@ -16,17 +16,11 @@ database: `auto` is PostgreSQL's default and what dispatch-engine runs with toda
 
 from __future__ import annotations
 
-# Python puts this folder first on sys.path, where bench/queue.py would shadow the standard
-# library's `queue` (imported by concurrent.futures, redis-py, …): move it to the end.
-import os
-import sys
-
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.append(sys.path.pop(0))
-
 import argparse
 import asyncio
+import os
 import secrets
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -34,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import arguments
 import asyncpg
 import harness
 from harness import table
@@ -197,7 +192,7 @@ async def bench(args: argparse.Namespace, admin_url: str, redis_url: str) -> Non
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments.parser(__doc__)
     parser.add_argument("--n", type=int, default=5000, help="emails per campaign (round)")
     parser.add_argument("--rounds", type=int, default=4, help="campaigns, one after another")
     parser.add_argument("--claim-batch", type=int, default=100, help="ids per claim")
@@ -214,17 +209,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="ANALYZE between rounds (as autovacuum eventually does): invalidates cached plans",
     )
-    parser.add_argument("--database-url", help="PostgreSQL to create scratch databases on")
-    parser.add_argument(
-        "--redis-url",
-        help="Redis for CampaignService (with --database-url; a scratch one: the ids stay queued)",
+    arguments.add_servers(
+        parser,
+        database="PostgreSQL to create scratch databases on",
+        redis="Redis for CampaignService (with --database-url; a scratch one: the ids stay queued)",
     )
-    args = parser.parse_args(argv)
-    if bool(args.database_url) != bool(args.redis_url):
-        parser.error("give both --database-url and --redis-url, or neither")
-    if min(args.n, args.rounds, args.claim_batch, args.record_batch) < 1:
-        parser.error("--n, --rounds, --claim-batch and --record-batch must be positive")
-    return args
+    return arguments.parse(parser, argv, positive=("n", "rounds", "claim_batch", "record_batch"))
 
 
 def main() -> None:

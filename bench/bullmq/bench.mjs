@@ -1,4 +1,4 @@
-// BullMQ's side of the peers harness (bench/queue.py runs it; see docs/performance.md).
+// BullMQ's side of the peers harness (bench/queue_peers.py runs it; see docs/performance.md).
 //
 //   node bench/bullmq/bench.mjs --url redis://127.0.0.1:6379 --mode throughput --n 10000
 //
@@ -35,6 +35,9 @@ const connection = {
   host: url.hostname,
   port: Number(url.port || 6379),
   db: Number(url.pathname.slice(1) || 0),
+  // dispatch_engine.embedded's Redis requires a password (requirepass): the URL carries it
+  username: decodeURIComponent(url.username) || undefined,
+  password: decodeURIComponent(url.password) || undefined,
   maxRetriesPerRequest: null, // BullMQ requires it on a Worker's connection
 };
 const nowMs = () => performance.timeOrigin + performance.now();
