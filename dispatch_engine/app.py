@@ -24,7 +24,6 @@ from .pacing import Pacer, PacingPolicySpec
 from .plugins import call_all, get_plugin_manager, registered
 from .queue import RedisQueue
 from .redis_client import connect_redis
-from .resources import resource_dir
 from .secretbox import secret_box
 from .senders import SenderService
 from .store import Store
@@ -175,7 +174,7 @@ def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Appl
     if "api" in chosen:
         aiohttp_jinja2.setup(
             app,
-            loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
+            loader=jinja2.PackageLoader("dispatch_engine"),  # dispatch_engine/templates/
             autoescape=jinja2.select_autoescape(default=True),
         )
         app.add_routes(api.routes)

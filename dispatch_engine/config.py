@@ -14,12 +14,13 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
-from .weekly import EXAMPLE, WeeklyWindow, parse_weekly_window
+if TYPE_CHECKING:
+    from .builtins.business_hours.weekly import WeeklyWindow
 
 T = TypeVar("T")
 
@@ -51,6 +52,8 @@ def _plugin_filter(raw: str) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
 
 
 def _weekly(name: str, raw: str) -> WeeklyWindow:
+    from .builtins.business_hours.weekly import EXAMPLE, parse_weekly_window
+
     try:
         return parse_weekly_window(raw)
     except ValueError as exc:

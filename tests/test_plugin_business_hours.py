@@ -13,10 +13,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from dispatch_engine.app import create_app
+from dispatch_engine.builtins.business_hours.weekly import parse_weekly_window
 from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.store import Store
 from dispatch_engine.testing import appliance
-from dispatch_engine.weekly import parse_weekly_window
 
 from .helpers import auth, new_token, wait_for
 

@@ -6,19 +6,17 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from dispatch_engine.builtins import notify
 from dispatch_engine.config import Settings, SettingsError, load_settings
-from dispatch_engine.plugins import builtin_plugins
 from dispatch_engine.store import Store
 
 from .helpers import auth, new_token, wait_for
 from .http_receiver import Received, Receiver
 
-notify: Any = dict(builtin_plugins())["notify"]
 Start = Callable[..., Awaitable[TestClient]]
 
 

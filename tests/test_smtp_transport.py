@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from dispatch_engine.builtins import smtp
 from dispatch_engine.config import load_settings
-from dispatch_engine.plugins import builtin_plugins
 from dispatch_engine.transport import (
     OutgoingMessage,
     PermanentError,
@@ -20,8 +20,6 @@ from dispatch_engine.transport import (
 )
 from tests.smtp_peer import SmtpPeer
 from tests.smtp_sink import free_port
-
-smtp = dict(builtin_plugins())["smtp"]
 
 
 @pytest.mark.parametrize(

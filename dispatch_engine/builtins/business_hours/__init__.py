@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 from dispatch_engine import hookimpl
 from dispatch_engine.config import Settings, SettingsError
 from dispatch_engine.pacing import PacingDecision, PacingPolicySpec, PacingRequest
-from dispatch_engine.weekly import EXAMPLE, WeeklyWindow
+
+from .weekly import EXAMPLE, WeeklyWindow
 
 
 class BusinessHours:

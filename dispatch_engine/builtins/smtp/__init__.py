@@ -2,7 +2,7 @@
 
 When the server announces PIPELINING (RFC 2920; a sender's `pipelining: false` turns it
 off), an email's MAIL, RCPT and DATA go in one write: two round trips per email instead of
-four (`dispatch_engine.smtp_pipeline`); otherwise aiosmtplib sends them one at a time.
+four (`dispatch_engine.builtins.smtp.pipeline`); otherwise aiosmtplib sends them one at a time.
 
 The login is ours, not aiosmtplib's: one mechanism is tried, and a refusal of the account
 (535, 534, 530) stops there and raises `SenderAuthError`, which parks the sender after a
@@ -24,7 +24,6 @@ import aiosmtplib
 
 from dispatch_engine import hookimpl, outbound
 from dispatch_engine.config import Settings
-from dispatch_engine.smtp_pipeline import PipelinedSession, ascii_envelope
 from dispatch_engine.transport import (
     OutgoingMessage,
     PermanentError,
@@ -35,6 +34,8 @@ from dispatch_engine.transport import (
     TransportContext,
     TransportSpec,
 )
+
+from .pipeline import PipelinedSession, ascii_envelope
 
 _RATE_WORDS = re.compile(r"rate|too many|throttl|limit|slow down|try again later", re.I)
 # RFC 4954: 535 credentials invalid, 534 mechanism too weak (e.g. "app password required"),
