@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import inspect
@@ -16,6 +17,7 @@ import pluggy
 
 from . import hookspecs
 from .config import Settings, SettingsError
+from .setting import read_settings
 
 log = logging.getLogger(__name__)
 PROJECT = "dispatch_engine"
@@ -148,7 +150,30 @@ def get_plugin_manager(settings: Settings, *, entry_points: bool = True) -> plug
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugin {pm.get_name(exc.plugin)!r}: {_one_line(exc)}") from None
+    for name, plugin in pm.list_name_plugin():
+        if plugin is not None and (declared := plugin_settings(name, plugin)) is not None:
+            read_settings(declared, settings.environ)  # a bad value stops the start, named
     return pm
+
+
+def shipped_settings() -> list[type]:
+    """The core's `Settings` and each built-in plugin's `SETTINGS`: every documented variable."""
+    found: list[type] = [Settings]
+    for name, module in builtin_names().items():
+        declared = plugin_settings(name, importlib.import_module(module))
+        if declared is not None:
+            found.append(declared)
+    return found
+
+
+def plugin_settings(name: str, plugin: object) -> type | None:
+    """The dataclass of `setting(...)` fields a plugin declares as `SETTINGS`, if any."""
+    declared = getattr(plugin, "SETTINGS", None)
+    if declared is None:
+        return None
+    if not (isinstance(declared, type) and dataclasses.is_dataclass(declared)):
+        raise PluginError(f"plugin {name!r}: SETTINGS must be a dataclass of setting() fields")
+    return declared
 
 
 def disabled_plugins(pm: pluggy.PluginManager) -> list[str]:
