@@ -37,7 +37,17 @@ from .setting import (
     whole_number,
 )
 
-__all__ = ["AllowedEmails", "OidcClient", "Settings", "SettingsError", "load_settings"]
+__all__ = [
+    "GOOGLE_ISSUER",
+    "AllowedEmails",
+    "OidcClient",
+    "PluginFilter",
+    "Settings",
+    "SettingsError",
+    "ensure_secret_key",
+    "is_loopback_host",
+    "load_settings",
+]
 TransportName = str
 _PLUGIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -247,6 +257,7 @@ class Settings:
         boolean,
         "the password-less dev login; unset: only in local mode; true: on any bind",
     )  # None: only in local mode; True: opted in on any bind
+    # What these were read from: plugins parse their own settings from it (`settings_of`).
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property

@@ -38,7 +38,7 @@ class Setting(Generic[T]):
     default: T
     parse: Parse[T]
     doc: str
-    secret: bool = False  # never shown (repr), never echoed
+    secret: bool = False  # kept out of repr (a password, a URL whose path is a secret)
 
     def read(self, environ: Mapping[str, str]) -> T:
         raw = environ.get(self.env)
