@@ -122,7 +122,9 @@ def get_plugin_manager(settings: Settings, *, entry_points: bool = True) -> plug
     """Entry points, then the plugins folder, then the built-in plugins (which others override).
 
     DISPATCH_PLUGINS leaves plugins out by name before they are imported. A hook no spec
-    knows (a misspelling) or an argument its spec lacks fails here, naming the plugin.
+    knows (a misspelling) or an argument its spec lacks fails here, naming the plugin; so
+    does a malformed value of a plugin's own settings (`SETTINGS`, read from
+    `settings.environ`), naming the variable.
     """
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
