@@ -87,8 +87,8 @@ system-deps:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check dispatch_engine plugins tests bench tools
-	$(BIN)/ruff format --check dispatch_engine plugins tests bench tools
+	$(BIN)/ruff check dispatch_engine tests bench tools
+	$(BIN)/ruff format --check dispatch_engine tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -358,7 +358,7 @@ def revision() -> str:
         head = subprocess.run(
             [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
-        paths = ["dispatch_engine", "plugins", "migrations"]
+        paths = ["dispatch_engine"]
         clean = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", *paths], check=False)
     except (OSError, subprocess.CalledProcessError):
         return "unknown revision"

@@ -26,7 +26,6 @@ from .pacing import Pacer, PacingPolicySpec
 from .plugins import get_plugin_manager
 from .queue import RedisQueue
 from .redis_client import connect_redis
-from .resources import resource_dir
 from .secretbox import secret_box
 from .senders import SenderService
 from .store import Store
@@ -183,7 +182,7 @@ def create_app(settings: Settings, roles: Iterable[str] = ALL_ROLES) -> web.Appl
     if "api" in chosen:
         aiohttp_jinja2.setup(
             app,
-            loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
+            loader=jinja2.PackageLoader("dispatch_engine"),  # dispatch_engine/templates/
             autoescape=jinja2.select_autoescape(default=True),
         )
         app.add_routes(api.routes)

@@ -134,7 +134,8 @@ def shutdown(settings: Settings, app: web.Application) -> Awaitable[None] | None
 
 # ---- events: called in the worker process after the fact ----
 # They run inline in the worker's send path: keep them quick, and hand slow work (HTTP calls)
-# to a task, as plugins/notify.py does. An exception is logged and never loses an email.
+# to a task, as dispatch_engine/builtins/notify.py does. An exception is logged and never
+# loses an email.
 # Delivery is at least once, so an event may (rarely) repeat after a crash.
 
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .db import Conn
-from .resources import resource_dir
 
 # Any fixed 64-bit number; every process that migrates takes the same lock.
 MIGRATION_LOCK_ID = 0x4469737061746368
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # package data
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
@@ -26,7 +26,7 @@ class Migration:
 
 
 def available_migrations(folder: Path | None = None) -> list[Migration]:
-    folder = folder or resource_dir("migrations")
+    folder = folder or MIGRATIONS
     found = []
     for path in sorted(folder.glob("*.sql")):
         match = _NAME.match(path.name)

@@ -6,10 +6,10 @@ the old helpers, kept as thin wrappers until the worker side takes the facade.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -21,7 +21,7 @@ from . import hookspecs
 from .config import Settings, SettingsError
 from .hooks import PROJECT, call_each, call_impl, collect_specs, notify_each
 from .hooks import PluginError as PluginError  # defined beside the hook calls; still here
-from .resources import resource_dir
+from .setting import read_settings
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,21 @@ REGISTRATIONS = {
     "pacing_policies": "register_pacing_policies",
     "auth_providers": "register_auth_providers",
 }
+
+
+# The plugins that ship with the package, by module (registered in this order, as the
+# plugins folder's were: by name); each one's name is its module's last part.
+DEFAULT_PLUGINS = (
+    "dispatch_engine.builtins.business_hours",
+    "dispatch_engine.builtins.capture",
+    "dispatch_engine.builtins.dev_login",
+    "dispatch_engine.builtins.google_oidc",
+    "dispatch_engine.builtins.notify",
+    "dispatch_engine.builtins.pacing",
+    "dispatch_engine.builtins.smtp",
+    "dispatch_engine.builtins.webhook",
+)
+USER_PACKAGE = "dispatch_engine_user"  # the made-up package of --plugins-dir files
 
 
 def _load_module_from(path: Path, module_name: str) -> ModuleType:
@@ -59,22 +74,18 @@ def _plugin_files(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")}
 
 
-def _module(path: Path, package: str) -> ModuleType:
+def _user_module(path: Path) -> ModuleType:
     """Import a plugin file once; another file of the same name (another folder) is its own."""
-    name = f"{package}.{path.stem}"
+    name = f"{USER_PACKAGE}.{path.stem}"
     module = sys.modules.get(name)
     if module is None or getattr(module, "__file__", None) != str(path):
         module = _load_module_from(path, name)
     return module
 
 
-def _modules_in(folder: Path, package: str) -> Iterable[tuple[str, ModuleType]]:
-    for stem, path in _plugin_files(folder).items():
-        yield stem, _module(path, package)
-
-
-def builtin_plugins() -> list[tuple[str, ModuleType]]:
-    return list(_modules_in(resource_dir("plugins"), "dispatch_engine_plugins"))
+def builtin_names() -> dict[str, str]:
+    """Each built-in plugin's name and module."""
+    return {module.rpartition(".")[2]: module for module in DEFAULT_PLUGINS}
 
 
 def _block_filtered(pm: pluggy.PluginManager, settings: Settings, names: set[str]) -> None:
@@ -108,14 +119,16 @@ def get_plugin_manager(settings: Settings, *, entry_points: bool = True) -> plug
     """Entry points, then the plugins folder, then the built-in plugins (which others override).
 
     DISPATCH_PLUGINS leaves plugins out by name before they are imported. A hook no spec
-    knows (a misspelling) or an argument its spec lacks fails here, naming the plugin.
+    knows (a misspelling) or an argument its spec lacks fails here, naming the plugin; so
+    does a malformed value of a plugin's own settings (`SETTINGS`, read from
+    `settings.environ`), naming the variable.
     """
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
     group = importlib.metadata.entry_points(group=PROJECT) if entry_points else ()
     eps = sorted({ep.name for ep in group})
     user = _plugin_files(settings.plugins_dir.resolve()) if settings.plugins_dir else {}
-    builtin = _plugin_files(resource_dir("plugins"))
+    builtin = builtin_names()
     _block_filtered(pm, settings, {*eps, *user, *builtin})
     for name in eps:
         try:
@@ -128,15 +141,38 @@ def get_plugin_manager(settings: Settings, *, entry_points: bool = True) -> plug
             ) from exc
     for name, path in user.items():
         if not pm.is_blocked(name):
-            _register(pm, _module(path, "dispatch_engine_user"), name, "plugins dir")
-    for name, path in builtin.items():
+            _register(pm, _user_module(path), name, "plugins dir")
+    for name, module in builtin.items():
         if not pm.is_blocked(name) and not pm.has_plugin(name):  # same name: overridden
-            _register(pm, _module(path, "dispatch_engine_plugins"), name, "built-ins")
+            _register(pm, importlib.import_module(module), name, "built-ins")
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugin {pm.get_name(exc.plugin)!r}: {_one_line(exc)}") from None
+    for name, plugin in pm.list_name_plugin():
+        if plugin is not None and (declared := plugin_settings(name, plugin)) is not None:
+            read_settings(declared, settings.environ)  # a bad value stops the start, named
     return pm
+
+
+def shipped_settings() -> list[type]:
+    """The core's `Settings` and each built-in plugin's `SETTINGS`: every documented variable."""
+    found: list[type] = [Settings]
+    for name, module in builtin_names().items():
+        declared = plugin_settings(name, importlib.import_module(module))
+        if declared is not None:
+            found.append(declared)
+    return found
+
+
+def plugin_settings(name: str, plugin: object) -> type | None:
+    """The dataclass of `setting(...)` fields a plugin declares as `SETTINGS`, if any."""
+    declared = getattr(plugin, "SETTINGS", None)
+    if declared is None:
+        return None
+    if not (isinstance(declared, type) and dataclasses.is_dataclass(declared)):
+        raise PluginError(f"plugin {name!r}: SETTINGS must be a dataclass of setting() fields")
+    return declared
 
 
 def disabled_plugins(pm: pluggy.PluginManager) -> list[str]:
@@ -153,9 +189,9 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[LoadedPlugin]:
         location = getattr(plugin, "__file__", None) or repr(plugin)
         if id(plugin) in dists:
             source = f"entry point ({dists[id(plugin)].project_name})"
-        elif getattr(plugin, "__name__", "").startswith("dispatch_engine_plugins."):
+        elif getattr(plugin, "__name__", "") in DEFAULT_PLUGINS:
             source = "built-in"
-        elif getattr(plugin, "__name__", "").startswith("dispatch_engine_user."):
+        elif getattr(plugin, "__name__", "").startswith(f"{USER_PACKAGE}."):
             source = "plugins dir"
         else:
             source = "registered"

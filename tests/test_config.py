@@ -1,5 +1,5 @@
 """Settings: bad values fail at start with a message naming the variable; defaults match the
-design; `.env` is read; `.env.example` documents every variable."""
+design; `.env` is read; `.env.example` and the README document every declared variable."""
 
 from __future__ import annotations
 
@@ -12,18 +12,28 @@ from pathlib import Path
 import pytest
 
 from dispatch_engine import __version__
-from dispatch_engine.config import SettingsError, load_settings
+from dispatch_engine.builtins.smtp.settings import SmtpSettings
+from dispatch_engine.config import Settings, SettingsError, load_settings
+from dispatch_engine.plugin import settings_of
+from dispatch_engine.plugins import get_plugin_manager, shipped_settings
+from dispatch_engine.setting import declared
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_SOURCE = ROOT / "dispatch_engine" / "config.py"
 CLI = str(Path(sys.executable).with_name("dispatch-engine"))
 
 
 def config_variables() -> set[str]:
-    """Every variable config.py reads: the quoted UPPER_CASE names passed to get(...)."""
-    names = set(re.findall(r"\bget\(\s*\"([A-Z][A-Z0-9_]*)\"", CONFIG_SOURCE.read_text()))
-    assert {"DATABASE_URL", "REDIS_URL", "MAX_EMAILS_PER_HOUR"} <= names, names
+    """Every declared variable: the core's settings and the built-in plugins' own."""
+    names = {s.env for cls in shipped_settings() for _, s in declared(cls)}
+    assert {"DATABASE_URL", "REDIS_URL", "MAX_EMAILS_PER_HOUR", "SMTP_HOST"} <= names, names
     return names
+
+
+def start(environ: dict[str, str]) -> Settings:
+    """What a process does at start: read the settings, then load the plugins (and theirs)."""
+    settings = load_settings(environ)
+    get_plugin_manager(settings, entry_points=False)
+    return settings
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -67,7 +77,7 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Compl
 )
 def test_bad_value_raises_settings_error_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as caught:
-        load_settings({name: value})
+        start({name: value})
     assert name in str(caught.value)
 
 
@@ -89,7 +99,7 @@ def test_defaults_are_those_of_the_design() -> None:
 
 
 def test_good_values_are_parsed() -> None:
-    settings = load_settings(
+    settings = start(
         {
             "DATABASE_URL": "postgresql://u:p@db.example:5432/dispatch",
             "REDIS_URL": "redis://cache.example:6379/0",
@@ -104,7 +114,7 @@ def test_good_values_are_parsed() -> None:
     assert settings.redis_url == "redis://cache.example:6379/0"
     assert settings.max_emails_per_hour == 120
     assert settings.rate_window_seconds == 5
-    assert settings.smtp_tls == "tls"
+    assert settings_of(SmtpSettings, settings).tls == "tls"
     assert settings.port == 9090
     assert settings.transport == "smtp"
 
@@ -153,12 +163,41 @@ def test_cli_database_url_without_redis_url_names_redis_url(tmp_path: Path) -> N
         assert "REDIS_URL" in lines[0]
 
 
-def test_env_example_lists_every_variable() -> None:
+def test_env_example_lists_every_variable_and_no_other() -> None:
     example = (ROOT / ".env.example").read_text()
     # `NAME=value` or a commented-out `# NAME=value` both document the variable.
     listed = set(re.findall(r"(?m)^\s*#?\s*([A-Z][A-Z0-9_]*)\s*=", example))
     missing = config_variables() - listed
     assert not missing, f".env.example lacks {sorted(missing)}"
+    unknown = listed - config_variables()
+    assert not unknown, f".env.example lists {sorted(unknown)}, which no setting declares"
+
+
+def test_env_example_values_are_the_declared_defaults() -> None:
+    example = (ROOT / ".env.example").read_text()
+    values = dict(re.findall(r"(?m)^([A-Z][A-Z0-9_]*)=(.*)$", example))
+    for cls in shipped_settings():
+        for _, declaration in declared(cls):
+            raw = values.get(declaration.env, "")
+            parsed = declaration.read({declaration.env: raw}) if raw else declaration.default
+            assert parsed == declaration.default, (declaration.env, raw, declaration.default)
+
+
+def test_readme_configuration_table_lists_every_variable_and_no_other() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Configuration", 1)[1].split("\n## ", 1)[0]
+    first_cells = re.findall(r"(?m)^\| ([^|]*) \|", section)
+    listed = {name for cell in first_cells for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", cell)}
+    missing = config_variables() - listed
+    assert not missing, f"README's configuration table lacks {sorted(missing)}"
+    unknown = listed - config_variables()
+    assert not unknown, f"README's configuration table lists {sorted(unknown)}, not declared"
+
+
+def test_every_declared_setting_has_a_one_line_doc() -> None:
+    for cls in shipped_settings():
+        for name, declaration in declared(cls):
+            assert declaration.doc and "\n" not in declaration.doc, (cls, name)
 
 
 def test_help_and_version_answer_even_with_a_malformed_setting(tmp_path: Path) -> None:
@@ -173,6 +212,17 @@ def test_help_and_version_answer_even_with_a_malformed_setting(tmp_path: Path) -
     )
     refused = run_cli(["plugins"], env, tmp_path)
     assert refused.returncode == 2 and "MAX_EMAILS_PER_HOUR" in refused.stderr
+
+
+def test_a_malformed_plugin_setting_stops_a_command_but_not_help(tmp_path: Path) -> None:
+    """SMTP_PORT is the smtp plugin's: checked when the plugins load, before any command."""
+    env = clean_env(SMTP_PORT="0", DISPATCH_DATA_DIR=str(tmp_path))
+    helped = run_cli(["--help"], env, tmp_path)
+    assert helped.returncode == 0 and "Usage: dispatch-engine" in helped.stdout, helped.stderr
+    refused = run_cli(["plugins"], env, tmp_path)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+    assert "SMTP_PORT must be between 1 and 65535, got 0" in lines[0]
 
 
 def test_python_dash_m_runs_the_same_cli(tmp_path: Path) -> None:

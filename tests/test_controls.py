@@ -112,12 +112,8 @@ async def test_retry_failed_sends_only_the_failed_again(
     with SmtpSink() as smtp:
         smtp.sink.faults["gone@example.com"] = ("550 5.1.1 no such user", 1)
         client = await make_client(
-            replace(
-                settings,
-                transport="smtp",
-                smtp_host="127.0.0.1",
-                smtp_port=smtp.port,
-                smtp_tls="none",
+            replace(settings, transport="smtp").with_environ(
+                SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp.port), SMTP_TLS="none"
             )
         )
         token = await new_token(store)

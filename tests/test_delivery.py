@@ -14,14 +14,8 @@ from .support.smtp_sink import SmtpSink
 
 
 def smtp_settings(settings: Settings, port: int) -> Settings:
-    return replace(
-        settings,
-        transport="smtp",
-        smtp_host="127.0.0.1",
-        smtp_port=port,
-        smtp_tls="none",
-        retry_base_ms=50,
-        max_attempts=3,
+    return replace(settings, transport="smtp", retry_base_ms=50, max_attempts=3).with_environ(
+        SMTP_HOST="127.0.0.1", SMTP_PORT=str(port), SMTP_TLS="none"
     )
 
 

@@ -22,8 +22,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from dispatch_engine import outbound
+from dispatch_engine.builtins import smtp, webhook
 from dispatch_engine.config import Settings
-from dispatch_engine.plugins import builtin_plugins
 from dispatch_engine.store import Store
 from dispatch_engine.transport import TransportContext
 
@@ -33,8 +33,6 @@ from .support.smtp_sink import Sink, free_port
 from .support.tls_certs import tls_server
 
 SECRET_TEXT = "INTERNAL-ONLY-7f3a"  # what a remote says; must never reach the user
-webhook: Any = dict(builtin_plugins())["webhook"]
-smtp: Any = dict(builtin_plugins())["smtp"]
 
 
 class Listener:

@@ -15,10 +15,11 @@ import aiosmtplib
 import pytest
 
 from dispatch_engine import outbound
+from dispatch_engine.builtins import smtp, webhook
 from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.transport import OutgoingMessage, PermanentError, TransportContext
 
-from .test_outbound import SECRET_TEXT, Listener, smtp, webhook
+from .test_outbound import SECRET_TEXT, Listener
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ import pytest
 from aiohttp import web
 
 from dispatch_engine.app import create_app
+from dispatch_engine.builtins.business_hours.weekly import parse_weekly_window
 from dispatch_engine.config import Settings, SettingsError, load_settings
+from dispatch_engine.plugins import get_plugin_manager
 from dispatch_engine.store import Store
 from dispatch_engine.testing import appliance
-from dispatch_engine.weekly import parse_weekly_window
 
 from .support.app_client import Start
 from .support.helpers import auth, new_token, wait_for
@@ -93,8 +94,8 @@ def test_day_lists_ranges_and_whole_days() -> None:
     ],
 )
 def test_dispatch_business_hours_is_validated(raw: str, says: str) -> None:
-    with pytest.raises(SettingsError) as raised:
-        load_settings({"DISPATCH_BUSINESS_HOURS": raw})
+    with pytest.raises(SettingsError) as raised:  # at start, when the plugins load
+        get_plugin_manager(load_settings({"DISPATCH_BUSINESS_HOURS": raw}))
     message = str(raised.value)
     assert message.startswith("DISPATCH_BUSINESS_HOURS must look like 'Mon-Fri 09:00-17:00")
     assert says in message
@@ -127,7 +128,7 @@ async def test_outside_the_window_emails_stay_queued_and_the_sender_is_parked_un
         {"DISPATCH_BUSINESS_HOURS": spec, "DISPATCH_PACING": ",".join(PACING)}
     )
     client = await make_client(
-        replace(settings, business_hours=configured.business_hours, pacing=configured.pacing)
+        replace(settings, pacing=configured.pacing).with_environ(DISPATCH_BUSINESS_HOURS=spec)
     )
     headers = auth(await new_token(store))
     payload = {"subject": "s", "body": "b", "recipients": [f"w{i}@example.com" for i in range(3)]}
@@ -151,8 +152,8 @@ async def test_outside_the_window_emails_stay_queued_and_the_sender_is_parked_un
 
 async def test_inside_the_window_emails_are_sent() -> None:
     # The plugin author's harness: private servers, all roles, the capture inbox, a token.
-    window = parse_weekly_window("Mon-Sun 00:00-24:00 Europe/Berlin")
-    async with appliance(pacing=PACING, business_hours=window) as app:
+    window = {"DISPATCH_BUSINESS_HOURS": "Mon-Sun 00:00-24:00 Europe/Berlin"}
+    async with appliance(pacing=PACING, environ=window) as app:
         recipients = [f"in{i}@example.com" for i in range(3)]
         campaign = await app.schedule(subject="Open", body="Hi", recipients=recipients)
         detail = await app.wait_for_campaign(campaign["id"])

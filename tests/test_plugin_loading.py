@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 from dataclasses import replace
@@ -10,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from dispatch_engine.config import Settings, SettingsError, load_settings
-from dispatch_engine.plugins import PluginError, get_plugin_manager
+from dispatch_engine.config import PluginFilter, Settings, SettingsError, load_settings
+from dispatch_engine.plugins import DEFAULT_PLUGINS, PluginError, get_plugin_manager
 from dispatch_engine.store import Store
 
 from .support.app_client import Start
@@ -140,7 +141,7 @@ async def test_dispatch_plugins_denies_or_allows_by_name(
 async def test_a_denied_builtin_is_not_offered(
     make_client: Start, settings: Settings, store: Store
 ) -> None:
-    client = await make_client(replace(settings, plugins_deny=("webhook",)))
+    client = await make_client(replace(settings, plugins=PluginFilter(deny=("webhook",))))
     made = await client.post(
         "/api/senders",
         headers=auth(await new_token(store)),
@@ -241,3 +242,21 @@ async def test_a_plugin_overrides_a_builtin_transport_of_the_same_name(
     assert events(folder, "send") == [{"hook": "send", "to": ["o@example.com"]}]
     assert await store.pool.fetchval("SELECT count(*) FROM captured_messages") == 0
     assert await store.pool.fetchval("SELECT response FROM ledger") == "250 kept by the override"
+
+
+def test_built_in_plugins_import_only_the_public_plugin_surface() -> None:
+    """The built-ins are written like anyone's plugin: `dispatch_engine.plugin`, or their own
+    package's modules, and nothing else of the core."""
+    builtins = Path(__file__).resolve().parents[1] / "dispatch_engine" / "builtins"
+    for path in sorted(builtins.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                module = node.module or ""
+                assert not module.startswith("dispatch_engine") or module == (
+                    "dispatch_engine.plugin"
+                ), (path, module)
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("dispatch_engine") for a in node.names), path
+    assert {m.rpartition(".")[2] for m in DEFAULT_PLUGINS} == {
+        p.stem for p in builtins.iterdir() if p.stem != "__init__" and p.name != "__pycache__"
+    }

@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import replace
-from typing import Any
 
 import pytest
 
+from dispatch_engine.builtins import notify
 from dispatch_engine.config import Settings, SettingsError, load_settings
-from dispatch_engine.plugins import builtin_plugins
+from dispatch_engine.plugin import settings_of
+from dispatch_engine.plugins import get_plugin_manager
 from dispatch_engine.store import Store
 
 from .support.app_client import Start
 from .support.helpers import auth, new_token, wait_for
 from .support.http_receiver import Received, Receiver
-
-notify: Any = dict(builtin_plugins())["notify"]
 
 
 def _texts(receiver: Receiver) -> list[str]:
@@ -32,11 +31,10 @@ async def test_notify_posts_when_a_sender_is_limited_and_a_campaign_completes(
         url = f"{receiver.url}/services/T000/B000/XXXX"
         configured = replace(
             settings,
-            notify_webhook_url=url,
             max_emails_per_hour=2,
             rate_window_seconds=2,
             base_url="https://dispatch.example.com",
-        )
+        ).with_environ(DISPATCH_NOTIFY_WEBHOOK_URL=url)
         client = await make_client(configured)
         headers = auth(await new_token(store))
         payload = {
@@ -75,7 +73,7 @@ async def test_notify_posts_when_a_sender_is_limited_and_a_campaign_completes(
 
 async def test_a_sender_limited_again_soon_is_announced_once(settings: Settings) -> None:
     async with Receiver() as receiver:
-        configured = replace(settings, notify_webhook_url=f"{receiver.url}/hook")
+        configured = settings.with_environ(DISPATCH_NOTIFY_WEBHOOK_URL=f"{receiver.url}/hook")
         for sender_id in (41, 41, 42):
             notify.sender_limited(
                 sender_id, 1_700_000_000_000, "hourly limit 5 reached", configured
@@ -91,15 +89,18 @@ async def test_a_sender_limited_again_soon_is_announced_once(settings: Settings)
 
 def test_the_notify_url_is_validated_and_kept_out_of_logs() -> None:
     with pytest.raises(SettingsError, match="DISPATCH_NOTIFY_WEBHOOK_URL must be a URL"):
-        load_settings({"DISPATCH_NOTIFY_WEBHOOK_URL": "hooks.slack.com/services/x"})
+        get_plugin_manager(
+            load_settings({"DISPATCH_NOTIFY_WEBHOOK_URL": "hooks.slack.com/services/x"})
+        )  # at start, when the plugins load
     secret = "https://hooks.slack.com/services/T0/B0/secret-part"
     settings = load_settings({"DISPATCH_NOTIFY_WEBHOOK_URL": secret})
-    assert settings.notify_webhook_url == secret and "secret-part" not in repr(settings)
+    own = settings_of(notify.NotifySettings, settings)
+    assert own.webhook_url == secret and "secret-part" not in repr(settings) + repr(own)
 
 
 async def test_notify_posts_a_parked_sender_with_its_reason(settings: Settings) -> None:
     async with Receiver() as receiver:
-        configured = replace(settings, notify_webhook_url=f"{receiver.url}/hook")
+        configured = settings.with_environ(DISPATCH_NOTIFY_WEBHOOK_URL=f"{receiver.url}/hook")
         reason = "the server refused the login of 'ops': 535 5.7.8 Authentication failed"
         notify.sender_parked(7, reason, configured)
         await notify.shutdown(configured, None)  # waits for the post in flight

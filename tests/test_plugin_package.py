@@ -3,6 +3,7 @@ into this venv, found through the entry point, and send real emails from a runni
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib
 import importlib.util
@@ -30,6 +31,22 @@ PACKAGE = "dispatch-file-drop"
 def tutorial_files() -> dict[str, str]:
     """The tutorial's files: code blocks whose first line is `# file: <path>`."""
     return {match[1]: match[2] for match in FILE_BLOCK.finditer(DOCS.read_text())}
+
+
+def dispatch_engine_imports(source: str) -> set[str]:
+    """The dispatch_engine modules a file imports from."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dispatch_engine"):
+            found.add(str(node.module))
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("dispatch_engine")}
+    return found
+
+
+def test_the_tutorial_plugin_imports_only_the_public_plugin_surface() -> None:
+    source = tutorial_files()["dispatch_file_drop/__init__.py"]
+    assert dispatch_engine_imports(source) == {"dispatch_engine.plugin"}
 
 
 def docs_testing_example() -> str:
@@ -79,6 +96,11 @@ async def test_a_pip_installed_plugin_is_found_by_its_entry_point_and_sends(
         assert plugins["file_drop"]["source"] == f"entry point ({PACKAGE})"
         assert plugins["file_drop"]["registers"]["transports"] == ["file_drop"]
         assert "site-packages" in plugins["file_drop"]["location"]
+        # The plugin's own setting is checked at start, like the core's.
+        bad = await asyncio.to_thread(
+            run_cli, ["plugins"], env | {"FILE_DROP_FOLDER": str(tmp_path / "nope")}
+        )
+        assert bad.returncode == 2 and "FILE_DROP_FOLDER must be a folder" in bad.stderr
         await _send_through_a_running_app(env, tmp_path)
         (tmp_path / "docs-example").mkdir()
         await _run_the_docs_testing_example(tmp_path / "docs-example")

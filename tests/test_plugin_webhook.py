@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from dispatch_engine.builtins import webhook
 from dispatch_engine.config import Settings
-from dispatch_engine.plugins import builtin_plugins
 from dispatch_engine.store import Store
 from dispatch_engine.transport import (
     OutgoingMessage,
@@ -30,7 +30,6 @@ from .support.helpers import auth, new_token, wait_for
 from .support.http_receiver import Answer, Received, Receiver
 from .support.smtp_sink import free_port
 
-webhook: Any = dict(builtin_plugins())["webhook"]
 SECRET = "whsec-correct-horse-battery-staple"
 
 

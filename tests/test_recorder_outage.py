@@ -139,12 +139,8 @@ async def test_postgresql_away_while_results_wait_in_the_recorder(
     smtp.controller.handler = smtp.sink
     with smtp:
         client = await make_client(
-            replace(
-                settings,
-                transport="smtp",
-                smtp_host="127.0.0.1",
-                smtp_port=smtp.port,
-                smtp_tls="none",
+            replace(settings, transport="smtp").with_environ(
+                SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp.port), SMTP_TLS="none"
             )
         )
         payload = {

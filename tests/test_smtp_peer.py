@@ -87,8 +87,9 @@ async def test_hook_sender_parked(
     the sender is parked with the server's reason, the hook fires once; after the password is
     fixed every email goes exactly once, with its attempts untouched by the refusals."""
     folder = plugin_dir(tmp_path, recorder=RECORD_PARKED)
-    configured = replace(settings, smtp_ca_file=ca.ca_file, retry_base_ms=50,
-                         plugins_dir=folder)  # fmt: skip
+    configured = replace(settings, retry_base_ms=50, plugins_dir=folder).with_environ(
+        SMTP_CA_FILE=str(ca.ca_file)
+    )
     client = await make_client(configured)
     await make_client(configured, roles=frozenset({"worker"}))  # a second worker pool
     headers = auth(await new_token(store, DEV_EMAIL))  # the dashboard's dev user too
@@ -170,7 +171,7 @@ async def test_a_resumed_sender_tries_its_account_again(
 ) -> None:  # fmt: skip
     """The password was fixed on the server's side: `resume` (API, or `dispatch-engine sender
     resume`) sends the waiting emails without any settings change."""
-    configured = replace(settings, smtp_ca_file=ca.ca_file, retry_base_ms=50)
+    configured = replace(settings, retry_base_ms=50).with_environ(SMTP_CA_FILE=str(ca.ca_file))
     client = await make_client(configured)
     headers = auth(await new_token(store))
     sender = await _sender(client, headers, tls_peer.port, username="ops", password="s3cret-new")
@@ -205,7 +206,7 @@ async def test_starttls_with_the_test_ca_works_and_a_wrong_ca_fails_clearly(
     make_client: Start, settings: Settings, store: Store, tls_peer: SmtpPeer, ca: PrivateCa,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    client = await make_client(replace(settings, smtp_ca_file=ca.ca_file))
+    client = await make_client(settings.with_environ(SMTP_CA_FILE=str(ca.ca_file)))
     headers = auth(await new_token(store))
     sender = await _sender(client, headers, tls_peer.port, username="ops", password=PASSWORD)
     check = await _json(await client.post(f"/api/senders/{sender['id']}/test", headers=headers))
@@ -221,7 +222,9 @@ async def test_starttls_with_the_test_ca_works_and_a_wrong_ca_fails_clearly(
 
     logins = len(tls_peer.logins())
     other = PrivateCa(tmp_path / "other", name="Some other CA")
-    wrong = await make_client(replace(settings, smtp_ca_file=other.ca_file), frozenset({"api"}))
+    wrong = await make_client(
+        settings.with_environ(SMTP_CA_FILE=str(other.ca_file)), frozenset({"api"})
+    )
     check = await _json(await wrong.post(f"/api/senders/{sender['id']}/test", headers=headers))
     assert check["ok"] is False
     assert check["error"] == "tls_error", check  # classified: never the server's own words

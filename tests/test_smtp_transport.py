@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from dispatch_engine.builtins import smtp
 from dispatch_engine.config import load_settings
-from dispatch_engine.plugins import builtin_plugins
 from dispatch_engine.transport import (
     OutgoingMessage,
     PermanentError,
@@ -21,8 +21,6 @@ from dispatch_engine.transport import (
 
 from .support.smtp_peer import SmtpPeer
 from .support.smtp_sink import free_port
-
-smtp = dict(builtin_plugins())["smtp"]
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """`pip install .` into a clean venv gives a working install: the wheel carries the
-templates, migrations and built-in plugins, and the installed code finds them."""
+templates, migrations and built-in plugins (package data and modules of dispatch_engine),
+and the installed code finds them."""
 
 from __future__ import annotations
 
@@ -105,21 +106,22 @@ def test_package_is_imported_from_the_install(install: Install, tmp_path: Path) 
     assert not _inside(out, ROOT), out
 
 
-def test_resource_dirs_are_inside_the_installed_package(install: Install, tmp_path: Path) -> None:
+def test_package_data_is_inside_the_installed_package(install: Install, tmp_path: Path) -> None:
     code = (
-        "import json; from dispatch_engine.resources import resource_dir; "
-        "print(json.dumps({n: str(resource_dir(n)) for n in "
-        "('templates', 'migrations', 'plugins')}))"
+        "import json; from dispatch_engine.migrate import MIGRATIONS; "
+        "from dispatch_engine.web.templating import static_dir; "
+        "print(json.dumps({'migrations': str(MIGRATIONS), 'templates': str(static_dir().parent)}))"
     )
     found = json.loads(_run([install.python, "-c", code], cwd=tmp_path, env=_clean_env()).stdout)
-    bundled = install.site_packages / "dispatch_engine" / "_bundled"
+    installed = install.site_packages / "dispatch_engine"
     for name, path in found.items():
-        assert Path(path).resolve() == bundled / name, (name, path)
-    assert sorted(p.name for p in (bundled / "migrations").glob("*.sql")) == sorted(
-        p.name for p in (ROOT / "migrations").glob("*.sql")
+        assert Path(path).resolve() == installed / name, (name, path)
+    source = ROOT / "dispatch_engine"
+    assert sorted(p.name for p in (installed / "migrations").glob("*.sql")) == sorted(
+        p.name for p in (source / "migrations").glob("*.sql")
     )
-    assert sorted(p.name for p in (bundled / "templates").rglob("*") if p.is_file()) == sorted(
-        p.name for p in (ROOT / "templates").rglob("*") if p.is_file()
+    assert sorted(p.name for p in (installed / "templates").rglob("*") if p.is_file()) == sorted(
+        p.name for p in (source / "templates").rglob("*") if p.is_file()
     )
 
 
@@ -165,7 +167,7 @@ async def test_migrate_from_the_install_creates_the_schema(
     conn = await asyncpg.connect(empty_database)
     try:
         versions = await conn.fetchval("SELECT count(*) FROM schema_migrations")
-        assert versions == len(list((ROOT / "migrations").glob("*.sql")))
+        assert versions == len(list((ROOT / "dispatch_engine" / "migrations").glob("*.sql")))
         for table in ("users", "senders", "campaigns", "dispatches", "ledger"):
             assert await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table), table
     finally:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pluggy
 
 from .. import __version__
 from ..config import Settings, SettingsError, load_settings
@@ -76,6 +77,16 @@ def _settings_for(args: list[str]) -> Settings:
         return Settings()
 
 
+def _plugins_for(settings: Settings, args: list[str]) -> pluggy.PluginManager:
+    """The plugins; for help, with their own settings at their defaults if one is malformed."""
+    try:
+        return get_plugin_manager(settings)
+    except SettingsError:
+        if not HELP_ARGS.intersection(args):
+            raise
+        return get_plugin_manager(replace(settings, environ={}))
+
+
 def main(argv: list[str] | None = None) -> Any:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -84,7 +95,7 @@ def main(argv: list[str] | None = None) -> Any:
         if plugins_dir is not None:
             settings = replace(settings, plugins_dir=plugins_dir)
         setup_logging(settings.log_level, settings.log_format)
-        plugins = get_plugin_manager(settings)
+        plugins = _plugins_for(settings, args)
         asyncio.run(Hooks(plugins, settings).add_commands(cli))
         return cli.main(
             args=argv,

@@ -12,7 +12,6 @@ import aiohttp_jinja2
 from aiohttp import web
 from markupsafe import Markup
 
-from ..resources import resource_dir
 from .app_keys import AUTH_PROVIDERS, SETTINGS
 from .middleware import USER
 from .sessions import CSRF_TOKEN
@@ -22,7 +21,7 @@ PARTIAL_HEADER = "X-Partial"  # the page's JS asks for its live region only
 
 
 def static_dir() -> Path:
-    return resource_dir("templates") / "static"
+    return Path(__file__).resolve().parent.parent / "templates" / "static"
 
 
 def _static_version() -> str:

@@ -44,7 +44,7 @@ class Target:
 TARGETS: dict[str, Target] = {
     "queue": Target(("dispatch_engine/queue.py",), ("tests/test_queue.py",)),
     "pacing": Target(
-        ("dispatch_engine/pacing.py", "plugins/pacing.py"),
+        ("dispatch_engine/pacing.py", "dispatch_engine/builtins/pacing.py"),
         ("tests/test_pacing.py", "tests/test_sender_gap.py"),
     ),
     "worker": Target(
@@ -72,7 +72,7 @@ TARGETS: dict[str, Target] = {
         ("dispatch_engine/web/guard.py",),
         ("tests/test_auth_csrf.py", "tests/test_csrf_multipart.py", "tests/test_guard.py"),
     ),
-    "google_oidc": Target(("plugins/google_oidc.py",), ("tests/test_auth.py",)),
+    "google_oidc": Target(("dispatch_engine/builtins/google_oidc.py",), ("tests/test_auth.py",)),
 }
 LUA_TESTS = ("tests/test_queue.py",)
 

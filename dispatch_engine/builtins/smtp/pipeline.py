@@ -22,7 +22,7 @@ import aiosmtplib
 from aiosmtplib.email import parse_address
 from email_validator import EmailNotValidError, validate_email
 
-from .transport import OutgoingMessage, PermanentError
+from dispatch_engine.plugin import OutgoingMessage, PermanentError
 
 _BARE_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
 

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from dispatch_engine import hookimpl
-from dispatch_engine.auth import DEV_EMAIL, AuthContext, AuthProviderSpec, LoginIdentity
-from dispatch_engine.config import Settings
+from dispatch_engine.plugin import (
+    DEV_EMAIL,
+    AuthContext,
+    AuthProviderSpec,
+    LoginIdentity,
+    Settings,
+    hookimpl,
+)
 
 
 async def _start(request: web.Request, context: AuthContext) -> LoginIdentity:

@@ -12,15 +12,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 
-from dispatch_engine import hookimpl
-from dispatch_engine.config import Settings
+from dispatch_engine.plugin import Settings, hookimpl, setting, settings_of, url
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    webhook_url: str | None = setting(
+        "DISPATCH_NOTIFY_WEBHOOK_URL",
+        None,
+        url("http", "https"),
+        "a Slack-compatible incoming webhook the notify plugin posts to",
+        secret=True,  # its path is the webhook's secret
+    )
+
+
+SETTINGS = NotifySettings  # checked when the process starts
 QUIET_S = 600.0
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 _pending: set[asyncio.Task[None]] = set()
@@ -41,16 +55,17 @@ async def _post(url: str, text: str) -> None:
 
 
 def _post_later(settings: Settings, text: str) -> None:
-    if settings.notify_webhook_url is None:
+    webhook_url = settings_of(NotifySettings, settings).webhook_url
+    if webhook_url is None:
         return
-    task = asyncio.get_running_loop().create_task(_post(settings.notify_webhook_url, text))
+    task = asyncio.get_running_loop().create_task(_post(webhook_url, text))
     _pending.add(task)
     task.add_done_callback(_pending.discard)
 
 
 @hookimpl
 def sender_limited(sender_id: int, resume_at_ms: int, reason: str, settings: Settings) -> None:
-    key = (settings.notify_webhook_url or "", sender_id)
+    key = (settings_of(NotifySettings, settings).webhook_url or "", sender_id)
     now = time.monotonic()
     if key in _last_limited and now - _last_limited[key] < QUIET_S:
         return

@@ -31,17 +31,18 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from dispatch_engine import hookimpl, outbound
-from dispatch_engine.config import Settings
-from dispatch_engine.transport import (
+from dispatch_engine.plugin import (
     OutgoingMessage,
     PermanentError,
     SenderRateLimitedError,
     SendResult,
+    Settings,
     TransientError,
     TransportContext,
     TransportError,
     TransportSpec,
+    hookimpl,
+    outbound,
 )
 
 SIGNATURE_HEADER = "X-Dispatch-Signature"

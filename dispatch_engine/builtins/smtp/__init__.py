@@ -2,7 +2,7 @@
 
 When the server announces PIPELINING (RFC 2920; a sender's `pipelining: false` turns it
 off), an email's MAIL, RCPT and DATA go in one write: two round trips per email instead of
-four (`dispatch_engine.smtp_pipeline`); otherwise aiosmtplib sends them one at a time.
+four (`dispatch_engine.builtins.smtp.pipeline`); otherwise aiosmtplib sends them one at a time.
 
 The login is ours, not aiosmtplib's: one mechanism is tried, and a refusal of the account
 (535, 534, 530) stops there and raises `SenderAuthError`, which parks the sender after a
@@ -22,19 +22,25 @@ from typing import Any
 
 import aiosmtplib
 
-from dispatch_engine import hookimpl, outbound
-from dispatch_engine.config import Settings
-from dispatch_engine.smtp_pipeline import PipelinedSession, ascii_envelope
-from dispatch_engine.transport import (
+from dispatch_engine.plugin import (
     OutgoingMessage,
     PermanentError,
     SenderAuthError,
     SenderRateLimitedError,
     SendResult,
+    Settings,
     TransientError,
     TransportContext,
     TransportSpec,
+    hookimpl,
+    outbound,
+    settings_of,
 )
+
+from .pipeline import PipelinedSession, ascii_envelope
+from .settings import SmtpSettings
+
+SETTINGS = SmtpSettings  # checked when the process starts
 
 _RATE_WORDS = re.compile(r"rate|too many|throttl|limit|slow down|try again later", re.I)
 # RFC 4954: 535 credentials invalid, 534 mechanism too weak (e.g. "app password required"),
@@ -62,6 +68,7 @@ class SmtpTransport:
 
     def __init__(self, context: TransportContext) -> None:
         settings = context.settings
+        account = settings_of(SmtpSettings, settings)
         own: dict[str, Any] = dict(context.sender_settings)
         if "host" in own:  # the sender's own account: never mixed with the global one
             self.host: str = own["host"]
@@ -70,20 +77,20 @@ class SmtpTransport:
             self.password: str | None = own.get("password")
             self.tls: str = own.get("tls", "starttls")
         else:  # the account of SMTP_* settings
-            self.host = settings.smtp_host
-            self.port = settings.smtp_port
-            self.username = settings.smtp_user
-            self.password = settings.smtp_password
-            self.tls = settings.smtp_tls
+            self.host = account.host
+            self.port = account.port
+            self.username = account.user
+            self.password = account.password
+            self.tls = account.tls
         self.timeout = float(own.get("timeout", 30))
-        self.ca_file = settings.smtp_ca_file
+        self.ca_file = account.ca_file
         self._tls_context: ssl.SSLContext | None = None
         self._login_lock = asyncio.Lock()
         self._refused: tuple[float, SenderAuthError] | None = None  # (monotonic time, error)
         # A sender's own host must be public (outbound.py); SMTP_HOST is the operator's.
         self._own_host = "host" in own
         self._allow_private = settings.private_targets_allowed
-        self.pool_size = int(own.get("pool_size", settings.smtp_pool_size))
+        self.pool_size = int(own.get("pool_size", account.pool_size))
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(self.pool_size)
         # None until the first connection says whether the server pipelines

@@ -26,9 +26,16 @@ from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 from yarl import URL
 
-from dispatch_engine import hookimpl
-from dispatch_engine.auth import AuthContext, AuthError, AuthProviderSpec, LoginIdentity
-from dispatch_engine.config import GOOGLE_ISSUER, OidcClient, Settings
+from dispatch_engine.plugin import (
+    GOOGLE_ISSUER,
+    AuthContext,
+    AuthError,
+    AuthProviderSpec,
+    LoginIdentity,
+    OidcClient,
+    Settings,
+    hookimpl,
+)
 
 METADATA_TTL_S = 3600
 LEEWAY_S = 120  # clock skew tolerated with the provider: a token expired 10 minutes ago fails

@@ -5,14 +5,14 @@ Like a careful receiving server, it drops a resend of a Message-ID it already ho
 
 from __future__ import annotations
 
-from dispatch_engine import hookimpl
-from dispatch_engine.config import Settings
-from dispatch_engine.transport import (
+from dispatch_engine.plugin import (
     OutgoingMessage,
     SendResult,
+    Settings,
     TransientError,
     TransportContext,
     TransportSpec,
+    hookimpl,
 )
 
 

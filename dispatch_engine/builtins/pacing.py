@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dispatch_engine import hookimpl
-from dispatch_engine.config import Settings
-from dispatch_engine.pacing import BuiltinLimit, PacingPolicySpec
+from dispatch_engine.plugin import BuiltinLimit, PacingPolicySpec, Settings, hookimpl
 
 
 class FixedWindow(BuiltinLimit):

@@ -9,26 +9,56 @@ order, costing nothing meanwhile).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-from dispatch_engine import hookimpl
-from dispatch_engine.config import Settings, SettingsError
-from dispatch_engine.pacing import PacingDecision, PacingPolicySpec, PacingRequest
-from dispatch_engine.weekly import EXAMPLE, WeeklyWindow
+from dispatch_engine.plugin import (
+    PacingDecision,
+    PacingPolicySpec,
+    PacingRequest,
+    Settings,
+    SettingsError,
+    hookimpl,
+    setting,
+    settings_of,
+)
+
+from .weekly import EXAMPLE, WeeklyWindow, parse_weekly_window
+
+
+def _weekly(name: str, raw: str) -> WeeklyWindow:
+    try:
+        return parse_weekly_window(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must look like {EXAMPLE!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class BusinessHoursSettings:
+    window: WeeklyWindow | None = setting(
+        "DISPATCH_BUSINESS_HOURS",
+        None,
+        _weekly,
+        "the business_hours policy's weekly window, e.g. Mon-Fri 09:00-17:00 Europe/Berlin",
+    )
+
+
+SETTINGS = BusinessHoursSettings  # checked when the process starts
 
 
 class BusinessHours:
     """Allows everything inside the window; outside it, nothing until it next opens."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
-        if settings.business_hours is None:
+        window = settings_of(BusinessHoursSettings, settings).window
+        if window is None:
             raise SettingsError(
                 "DISPATCH_PACING lists business_hours, so DISPATCH_BUSINESS_HOURS must be set "
                 f"(for example {EXAMPLE!r})"
             )
-        self.window: WeeklyWindow = settings.business_hours
+        self.window: WeeklyWindow = window
 
     async def check(self, request: PacingRequest) -> PacingDecision:
         """How many may go now; it keeps no count, so there is nothing to commit."""
