@@ -49,7 +49,7 @@ from .web.keys import (
     WORKERS,
 )
 from .web.middleware import auth_middleware, body_limit_middleware, error_middleware
-from .worker import WorkerPool
+from .worker import WorkerDeps, WorkerPool
 
 log = logging.getLogger(__name__)
 ALL_ROLES = frozenset({"api", "worker", "sweeper"})
@@ -121,15 +121,19 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
     settings, hooks = app[SETTINGS], app[PLUGINS].hook
     transport_specs = await _transport_specs(app)
     pool = WorkerPool(
-        settings,
-        app[STORE],
-        app[QUEUE],
-        app[REDIS],
-        TransportRegistry(transport_specs, settings, app[POOL], secret_box(settings)),
-        app[PACER],
-        hooks,
-        app[METRICS],
-        app[REDIS_PUBSUB],
+        WorkerDeps(
+            settings=settings,
+            store=app[STORE],
+            queue=app[QUEUE],
+            redis=app[REDIS],
+            transports=TransportRegistry(
+                transport_specs, settings, app[POOL], secret_box(settings)
+            ),
+            pacer=app[PACER],
+            hooks=hooks,
+            metrics=app[METRICS],
+            pubsub_redis=app[REDIS_PUBSUB],
+        )
     )
     app[WORKERS] = pool
     await pool.start()

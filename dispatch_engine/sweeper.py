@@ -10,13 +10,12 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import defaultdict
 
 from redis.asyncio import Redis
 
 from .metrics import Metrics
-from .pacing import claim_cap
 from .queue import RedisQueue
+from .requeue import requeue
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -24,7 +23,6 @@ log = logging.getLogger(__name__)
 # One hash slot, so one script reads both (in a cluster too).
 LEADER_KEY = "dispatch:{sweeper}:leader"
 MARKER_KEY = "dispatch:{sweeper}:synced"  # gone after FLUSHALL or a restart without persistence
-REQUEUE_BATCH = 5000
 OUTBOX_GRACE_S = 5.0
 HOUSEKEEPING_EVERY_S = 3600.0  # the scheduling process itself queues within this time
 
@@ -40,30 +38,6 @@ end
 return 2 - redis.call('EXISTS', KEYS[2])
 """
 NOT_LEADER, LEADER, LEADER_DATA_LOST = 0, 1, 2
-
-
-async def requeue(
-    store: Store, queue: RedisQueue, *, campaign_id: int | None = None, batch: int = REQUEUE_BATCH
-) -> int:
-    """Re-add queued dispatches (all, or one campaign's) from PostgreSQL to Redis.
-
-    Idempotent: ids already queued or leased are left alone, so it is safe at any time.
-    """
-    after, added = 0, 0
-    while True:
-        rows = await store.queued_after(after, batch, campaign_id)
-        if not rows:
-            return added
-        by_sender: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        caps: dict[int, int] = {}
-        for r in rows:
-            by_sender[r["sender_id"]].append((r["id"], int(r["scheduled_at"].timestamp() * 1000)))
-            gap = max(r["delay_between_ms"], r["min_gap_ms"])
-            cap = claim_cap(r["sender_limit"], gap)
-            caps[r["sender_id"]] = min(cap, caps.get(r["sender_id"], cap))
-        for sender_id, items in by_sender.items():
-            added += await queue.enqueue(sender_id, items, claim_cap=caps[sender_id])
-        after = rows[-1]["id"]
 
 
 class Sweeper:

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
-from dispatch_engine.recorder import EVENTS_CHANNEL
 from dispatch_engine.store import Store
+from dispatch_engine.worker import EVENTS_CHANNEL
 
 from .helpers import auth, wait_for
 from .oidc_provider import OidcPeer, Person, authorize, launch, start_app, start_login

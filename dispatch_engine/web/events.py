@@ -19,9 +19,9 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
-from ..recorder import EVENTS_CHANNEL
 from ..store import Store
 from ..tasks import cancel_and_wait
+from ..worker import EVENTS_CHANNEL
 from .keys import EVENT_HUB, REDIS_PUBSUB, STORE
 from .middleware import current_user
 

@@ -1,9 +1,10 @@
-"""Group commit of send results: record in PostgreSQL first, then settle the leases in Redis.
+"""Last stage: settle recorded results in Redis and tell the world.
 
-A result is never acknowledged before it is recorded: if PostgreSQL is away the recorder
-keeps it and retries, and if this process dies the lease expires and the email is checked
-again (the ledger says whether it went). Campaign progress is folded in at most twice a
-second, so big campaigns do not pay a progress query per batch.
+The leases of recorded results are acked, or retried at their new due time, in one script
+call (through `Leases`, which then frees their send slots). Then metrics and logs count
+them, dashboards hear of them on EVENTS_CHANNEL, and the `dispatch_sent` /
+`dispatch_failed` hooks fire. Campaign progress is folded in at most twice a second, so big
+campaigns do not pay a progress query per batch; `campaign_completed` fires from there.
 """
 
 from __future__ import annotations
@@ -11,62 +12,66 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
-from .config import Settings
-from .metrics import Metrics
-from .models import CampaignStatus, DispatchStatus
-from .plugins import notify
-from .queue import Lease, RedisQueue, Settlement
-from .store import SendOutcome, Store
+from ..config import Settings
+from ..metrics import Metrics
+from ..models import CampaignStatus, DispatchStatus
+from ..plugins import notify
+from ..queue import Lease, Settlement
+from ..store import SendOutcome, Store
+from .leases import Leases
 
 log = logging.getLogger("dispatch_engine.worker")
 
-RECORD_BATCH = 500
-GATHER_S = 0.002  # a short wait lets a small batch grow: fewer commits, same send speed
 PROGRESS_EVERY_S = 0.5
 EVENTS_CHANNEL = "dispatch:events"  # live updates for dashboards, in any process
 
 
-class Recorder:
+class Settle:
     def __init__(
         self,
         settings: Settings,
         store: Store,
-        queue: RedisQueue,
+        leases: Leases,
         pubsub_redis: Redis,
         hooks: Any,
         metrics: Metrics,
-        on_settled: Callable[[list[Lease]], None],
     ) -> None:
         self.settings = settings
         self.store = store
-        self.queue = queue
+        self.leases = leases
         self.pubsub_redis = pubsub_redis
         self.hooks = hooks
         self.metrics = metrics
-        self.on_settled = on_settled
-        self.results: asyncio.Queue[tuple[SendOutcome, Lease]] = asyncio.Queue()
-        self.stopping = False
         self.sent = 0
         self._touched: set[int] = set()  # campaigns whose progress may have changed
 
-    async def run(self) -> None:
-        while True:
-            batch = [await self.results.get()]
-            if self.results.qsize() < RECORD_BATCH // 10:
-                await asyncio.sleep(GATHER_S)
-            while len(batch) < RECORD_BATCH and not self.results.empty():
-                batch.append(self.results.get_nowait())
-            try:
-                await self._record(batch)
-            finally:
-                for _ in batch:
-                    self.results.task_done()
+    async def recorded(self, batch: list[tuple[SendOutcome, Lease]]) -> None:
+        """Results PostgreSQL has committed: settle their leases, count and announce them."""
+        settlements = [
+            Settlement(lease, "retry", int(o.retry_at.timestamp() * 1000))
+            if o.status == DispatchStatus.SCHEDULED and o.retry_at is not None
+            else Settlement(lease, "ack")
+            for o, lease in batch
+        ]
+        try:
+            refused = await self.leases.settle(settlements)
+            if refused:
+                log.warning("%d leases had expired before their ack", len(refused))
+        except Exception:
+            log.warning("ack failed; the leases will expire and be re-checked", exc_info=True)
+        outcomes = [o for o, _ in batch]
+        self._count(outcomes)
+        await self._announce(outcomes)
+
+    async def announce_failed(self, outcomes: list[SendOutcome]) -> None:
+        """Failures recorded outside the group commit (a campaign that cannot be prepared)."""
+        self._count(outcomes)
+        await self._announce(outcomes)
 
     async def run_progress(self) -> None:
         while True:
@@ -94,41 +99,6 @@ class Recorder:
                     owner_id=owner_id,
                     settings=self.settings,
                 )
-
-    async def announce_failed(self, outcomes: list[SendOutcome]) -> None:
-        """Failures recorded outside the group commit (a campaign that cannot be prepared)."""
-        self._count(outcomes)
-        await self._announce(outcomes)
-
-    async def _record(self, batch: list[tuple[SendOutcome, Lease]]) -> None:
-        outcomes = [o for o, _ in batch]
-        delay = 0.1
-        while True:
-            try:
-                await self.store.record_outcomes(outcomes)
-                break
-            except Exception:  # PostgreSQL away: keep the results, never ack unrecorded sends
-                if self.stopping and delay > 5:
-                    log.error("could not record %d results before stopping", len(batch))
-                    return
-                log.warning("recording %d results failed; retrying", len(batch), exc_info=True)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        settlements = [
-            Settlement(lease, "retry", int(o.retry_at.timestamp() * 1000))
-            if o.status == DispatchStatus.SCHEDULED and o.retry_at is not None
-            else Settlement(lease, "ack")
-            for o, lease in batch
-        ]
-        try:
-            refused = await self.queue.settle(settlements)
-            if refused:
-                log.warning("%d leases had expired before their ack", len(refused))
-        except Exception:
-            log.warning("ack failed; the leases will expire and be re-checked", exc_info=True)
-        self.on_settled([lease for _, lease in batch])
-        self._count(outcomes)
-        await self._announce(outcomes)
 
     def _count(self, outcomes: list[SendOutcome]) -> None:
         sent = 0

@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .config import Settings
-from .models import Sender
-from .plugins import notify
-from .queue import RedisQueue
-from .store import Store
-from .transport import SenderAuthError
+from ..config import Settings
+from ..models import Sender
+from ..plugins import notify
+from ..queue import RedisQueue
+from ..store import Store
+from ..transport import SenderAuthError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,32 @@
+"""What a worker pool is built from: the process's connections, settings and plugins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from ..config import Settings
+from ..metrics import Metrics
+from ..pacing import Pacer
+from ..queue import RedisQueue
+from ..store import Store
+from ..transport import TransportRegistry
+
+
+@dataclass(frozen=True)
+class WorkerDeps:
+    settings: Settings
+    store: Store
+    queue: RedisQueue
+    redis: Redis
+    transports: TransportRegistry
+    pacer: Pacer
+    hooks: Any  # the plugin manager's hook relay
+    metrics: Metrics = field(default_factory=Metrics)
+    pubsub_redis: Redis | None = None  # a connection of its own for pub/sub, when given
+
+    @property
+    def pubsub(self) -> Redis:
+        return self.pubsub_redis or self.redis
