@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 
 from ..models import QUEUED_STATES, CampaignStatus, DispatchJob
 from ..queue import Lease, Waker
@@ -25,28 +26,31 @@ log = logging.getLogger("dispatch_engine.worker")
 SENDABLE = (CampaignStatus.SCHEDULED, CampaignStatus.RUNNING)
 
 
+@dataclass(frozen=True)
+class Downstream:
+    """The stages a claimed batch passes through, in this order."""
+
+    prepare: Prepare
+    share: OwnerShare
+    pace: Pace
+    begin: Begin
+    send: Send
+
+
 class Claim:
     def __init__(
-        self,
-        deps: WorkerDeps,
-        leases: Leases,
-        waker: Waker,
-        share: OwnerShare,
-        prepare: Prepare,
-        pace: Pace,
-        begin: Begin,
-        send: Send,
+        self, deps: WorkerDeps, leases: Leases, waker: Waker, downstream: Downstream
     ) -> None:
         self.settings = deps.settings
         self.store = deps.store
         self.queue = deps.queue
         self.leases = leases
         self.waker = waker
-        self.share = share
-        self.prepare = prepare
-        self.pace = pace
-        self.begin = begin
-        self.send = send
+        self.prepare = downstream.prepare
+        self.share = downstream.share
+        self.pace = downstream.pace
+        self.begin = downstream.begin
+        self.send = downstream.send
         self.stopping = False
 
     async def run(self) -> None:

@@ -12,13 +12,12 @@ import random
 from typing import Any
 
 from ..config import Settings
-from ..metrics import Metrics
 from ..models import DispatchJob
-from ..pacing import Pacer, WaitReason, pacing_request
+from ..pacing import WaitReason, pacing_request
 from ..plugins import notify
-from ..queue import Lease, RedisQueue, Settlement
+from ..queue import Lease, Settlement
 from ..render import CompiledCampaign
-from ..store import Store
+from .deps import WorkerDeps
 from .leases import Leases
 
 
@@ -36,23 +35,14 @@ async def sender_limited(
 
 
 class Pace:
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        queue: RedisQueue,
-        leases: Leases,
-        pacer: Pacer,
-        hooks: Any,
-        metrics: Metrics,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.queue = queue
+    def __init__(self, deps: WorkerDeps, leases: Leases) -> None:
+        self.settings = deps.settings
+        self.store = deps.store
+        self.queue = deps.queue
+        self.pacer = deps.pacer
+        self.hooks = deps.hooks
+        self.metrics = deps.metrics
         self.leases = leases
-        self.pacer = pacer
-        self.hooks = hooks
-        self.metrics = metrics
 
     async def batch(
         self,

@@ -16,7 +16,7 @@ import contextlib
 from ..queue import Waker
 from ..tasks import cancel_and_wait
 from .begin import Begin
-from .claim import Claim
+from .claim import Claim, Downstream
 from .deps import WorkerDeps
 from .leases import Leases
 from .pace import Pace
@@ -34,30 +34,18 @@ class WorkerPool:
         self.concurrency = settings.worker_concurrency
         self._waker = Waker(deps.pubsub)
         self.leases = Leases(deps.queue, settings.worker_concurrency, on_freed=self._waker.set)
-        share = OwnerShare(settings.worker_concurrency)
-        self.settle = Settle(
-            settings, deps.store, self.leases, deps.pubsub, deps.hooks, deps.metrics
-        )
+        self.settle = Settle(deps, self.leases)
         self.recorder = Recorder(deps.store, self.settle)
+        share = OwnerShare(settings.worker_concurrency)
         self.send = Send(deps, self.leases, share, self.recorder.results)
-        self.claim = Claim(
-            deps,
-            self.leases,
-            self._waker,
-            share,
-            Prepare(deps.store, self.settle),
-            Pace(
-                settings,
-                deps.store,
-                deps.queue,
-                self.leases,
-                deps.pacer,
-                deps.hooks,
-                deps.metrics,
-            ),
-            Begin(deps.store, self.leases),
-            self.send,
+        downstream = Downstream(
+            prepare=Prepare(deps.store, self.settle),
+            share=share,
+            pace=Pace(deps, self.leases),
+            begin=Begin(deps.store, self.leases),
+            send=self.send,
         )
+        self.claim = Claim(deps, self.leases, self._waker, downstream)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property

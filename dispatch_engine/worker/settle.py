@@ -15,14 +15,12 @@ import logging
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
-from ..config import Settings
-from ..metrics import Metrics
 from ..models import CampaignStatus, DispatchStatus
 from ..plugins import notify
 from ..queue import Lease, Settlement
-from ..store import SendOutcome, Store
+from ..store import SendOutcome
+from .deps import WorkerDeps
 from .leases import Leases
 
 log = logging.getLogger("dispatch_engine.worker")
@@ -32,21 +30,13 @@ EVENTS_CHANNEL = "dispatch:events"  # live updates for dashboards, in any proces
 
 
 class Settle:
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        leases: Leases,
-        pubsub_redis: Redis,
-        hooks: Any,
-        metrics: Metrics,
-    ) -> None:
-        self.settings = settings
-        self.store = store
+    def __init__(self, deps: WorkerDeps, leases: Leases) -> None:
+        self.settings = deps.settings
+        self.store = deps.store
+        self.pubsub_redis = deps.pubsub
+        self.hooks = deps.hooks
+        self.metrics = deps.metrics
         self.leases = leases
-        self.pubsub_redis = pubsub_redis
-        self.hooks = hooks
-        self.metrics = metrics
         self.sent = 0
         self._touched: set[int] = set()  # campaigns whose progress may have changed
 
