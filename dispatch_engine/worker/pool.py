@@ -52,6 +52,11 @@ class WorkerPool:
     def sent(self) -> int:
         return self.settle.sent
 
+    @property
+    def stopping(self) -> bool:
+        """True from the start of `stop`: nothing more is claimed."""
+        return self.claim.stopping
+
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self.claim.run(), name="dispatch-claim"),
