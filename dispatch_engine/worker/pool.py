@@ -31,7 +31,6 @@ class WorkerPool:
     def __init__(self, deps: WorkerDeps) -> None:
         self.deps = deps
         settings = deps.settings
-        self.concurrency = settings.worker_concurrency
         self._waker = Waker(deps.pubsub)
         self.leases = Leases(deps.queue, settings.worker_concurrency, on_freed=self._waker.set)
         self.settle = Settle(deps, self.leases)
