@@ -3,6 +3,7 @@ claim.py → prepare.py → pace.py → begin.py → send.py → record.py → s
 
 leases.py owns the leases in flight; share.py the fair share of send slots per owner;
 sender_health.py what a refused login does to a sender; pool.py wires the stages up.
+The stages log as `dispatch_engine.worker`, the logger name from before the split.
 """
 
 from .deps import WorkerDeps
