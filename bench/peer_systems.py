@@ -32,6 +32,7 @@ from peers import (
 )
 from redis.asyncio import Redis
 
+from dispatch_engine.events import Subscription
 from dispatch_engine.queue import RedisQueue, Waker
 
 NODE_SCRIPT = Path(__file__).resolve().parent / "bullmq" / "bench.mjs"
@@ -95,7 +96,8 @@ class Ours(PythonPeer):
         """dispatch-engine's way to wait for work: one claim loop asleep in a `Waker`."""
         redis, pubsub = Redis.from_url(self.url), Redis.from_url(self.url)
         queue = RedisQueue(redis)
-        waker = Waker(pubsub)
+        waker, subscription = Waker(), Subscription(pubsub)
+        waker.listen_on(subscription)
         due: dict[int, int] = {}
 
         async def claim_loop() -> None:
@@ -109,11 +111,13 @@ class Ours(PythonPeer):
                     lags.extend(at - due[lease.dispatch_id] for lease in result.leases)
                 await queue.ack(result.leases)
 
-        tasks = [asyncio.create_task(waker.listen()), asyncio.create_task(claim_loop())]
+        subscription.start()
+        tasks = [asyncio.create_task(claim_loop())]
         try:
             yield queue, due
         finally:
             waker.stop()
+            await subscription.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

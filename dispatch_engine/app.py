@@ -53,7 +53,7 @@ from .web.app_keys import (
 from .web.guard import browser_middleware
 from .web.middleware import auth_middleware, body_limit_middleware
 from .web.responses import error_middleware
-from .worker import WorkerPool
+from .worker import WorkerDeps, WorkerPool
 
 log = logging.getLogger(__name__)
 ALL_ROLES = frozenset({"api", "worker", "sweeper"})
@@ -119,15 +119,20 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     transport_specs = await app[HOOKS].transports()
     pool = WorkerPool(
-        settings,
-        app[STORE],
-        app[QUEUE],
-        app[REDIS],
-        TransportRegistry(transport_specs, settings, app[POOL], secret_box(settings)),
-        app[PACER],
-        app[PLUGINS].hook,  # the worker side still calls pluggy's relay until it takes HOOKS
-        app[METRICS],
-        app[REDIS_PUBSUB],
+        WorkerDeps(
+            settings=settings,
+            store=app[STORE],
+            queue=app[QUEUE],
+            redis=app[REDIS],
+            transports=TransportRegistry(
+                transport_specs, settings, app[POOL], secret_box(settings)
+            ),
+            pacer=app[PACER],
+            hooks=app[HOOKS],
+            metrics=app[METRICS],
+            pubsub_redis=app[REDIS_PUBSUB],
+            subscription=app[SUBSCRIPTION],
+        )
     )
     app[WORKERS] = pool
     await pool.start()

@@ -19,8 +19,8 @@ from .parsing import aware_datetime, whole_number
 from .queue import RedisQueue
 from .recipients import Limits, ParsedRecipients, from_request
 from .render import TemplateProblem, check_templates, idempotency_key, one_line
+from .requeue import requeue
 from .store import NewDispatch, Store
-from .sweeper import requeue
 
 MAX_SUBJECT = 998
 MAX_BODY = 1_000_000

@@ -1,7 +1,6 @@
 """Build the plugin manager (never at import) and describe what it loaded.
 
-Hooks are called through `hooks.Hooks`; `call_all`, `registered` and `notify` below are
-the old helpers, kept as thin wrappers until the worker side takes the facade.
+Hooks are called through `hooks.Hooks`, built once per app from this manager.
 """
 
 from __future__ import annotations
@@ -13,13 +12,12 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pluggy
 
 from . import hookspecs
 from .config import Settings, SettingsError
-from .hooks import PROJECT, call_each, call_impl, collect_specs, notify_each
+from .hooks import PROJECT, call_impl
 from .hooks import PluginError as PluginError  # defined beside the hook calls; still here
 from .setting import read_settings
 
@@ -198,21 +196,6 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[LoadedPlugin]:
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or []))
         out.append(LoadedPlugin(name, source, str(location), hooks))
     return out
-
-
-async def call_all(hook: Any, **kwargs: Any) -> list[Any]:
-    """Old helper (use a `Hooks` method): every implementation; an error stops the caller."""
-    return await call_each(hook, kwargs)
-
-
-async def registered(hook: Any, **kwargs: Any) -> list[Any]:
-    """Old helper (use `Hooks.transports()` etc.): a `register_*` hook's specs, first wins."""
-    return await collect_specs(hook, kwargs)
-
-
-async def notify(hook: Any, **kwargs: Any) -> None:
-    """Old helper (use `Hooks.dispatch_sent(...)` etc.): a raising plugin is logged."""
-    await notify_each(hook, kwargs)
 
 
 async def plugin_report(pm: pluggy.PluginManager, settings: Settings) -> list[LoadedPlugin]:

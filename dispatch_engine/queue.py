@@ -19,9 +19,10 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from .events import WAKE_CHANNEL, Subscription
+
 log = logging.getLogger(__name__)
 
-WAKE_CHANNEL = "dispatch:wake"
 ENQUEUE_CHUNK = 1000
 # An idle claim loop asks Redis at most once per this many seconds. Wake-ups travel by
 # pub/sub, and a (re)subscription triggers a claim, so this only bounds a lost PUBLISH.
@@ -305,12 +306,11 @@ class Waker:
 
     A claim that found nothing says when the earliest queued id falls due (on Redis' clock);
     `until_due` sleeps that long, `idle_cap_s` at most. An enqueue, retry or reap that makes
-    work due sooner publishes its time on WAKE_CHANNEL, and `listen` cuts the sleep short
+    work due sooner publishes its time on WAKE_CHANNEL, and `heard` cuts the sleep short
     when that time is earlier than the one the loop sleeps until.
     """
 
-    def __init__(self, pubsub_redis: Redis, *, idle_cap_s: float = IDLE_CAP_S) -> None:
-        self.pubsub_redis = pubsub_redis
+    def __init__(self, *, idle_cap_s: float = IDLE_CAP_S) -> None:
         self.idle_cap_s = idle_cap_s
         self.stopped = False
         self._event = asyncio.Event()
@@ -339,18 +339,11 @@ class Waker:
         self._wake_at_ms = result.now_ms + delay * 1000
         await self.wait(delay)
 
-    async def listen(self) -> None:
-        """Subscribe to WAKE_CHANNEL until stopped or cancelled; reconnects when it drops."""
-        while not self.stopped:
-            try:
-                async with self.pubsub_redis.pubsub() as pubsub:
-                    await pubsub.subscribe(WAKE_CHANNEL)
-                    async for message in pubsub.listen():
-                        kind = message.get("type")
-                        if kind == "subscribe" or (  # a (re)subscription: claim what we missed
-                            kind == "message" and float(message["data"]) < self._wake_at_ms
-                        ):
-                            self._event.set()
-            except Exception:
-                log.warning("wake-up channel lost; reconnecting", exc_info=True)
-                await asyncio.sleep(1.0)
+    def heard(self, raw: bytes) -> None:
+        """A WAKE_CHANNEL message: work falls due at `raw` (ms), maybe before our timer."""
+        if float(raw) < self._wake_at_ms:
+            self._event.set()
+
+    def listen_on(self, subscription: Subscription) -> None:
+        """Hear WAKE_CHANNEL there; each (re)subscription claims what it may have missed."""
+        subscription.listen(WAKE_CHANNEL, self.heard, on_subscribed=self.set)

@@ -10,21 +10,18 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import defaultdict
 
 from redis.asyncio import Redis
 
 from .metrics import Metrics
-from .pacing import claim_cap
 from .queue import RedisQueue
+from .redis_keys import SWEEPER_LEADER_KEY, SWEEPER_MARKER_KEY
+from .requeue import requeue
 from .store import Store
 
 log = logging.getLogger(__name__)
 
 # One hash slot, so one script reads both (in a cluster too).
-LEADER_KEY = "dispatch:{sweeper}:leader"
-MARKER_KEY = "dispatch:{sweeper}:synced"  # gone after FLUSHALL or a restart without persistence
-REQUEUE_BATCH = 5000
 OUTBOX_GRACE_S = 5.0
 HOUSEKEEPING_EVERY_S = 3600.0  # the scheduling process itself queues within this time
 
@@ -40,30 +37,6 @@ end
 return 2 - redis.call('EXISTS', KEYS[2])
 """
 NOT_LEADER, LEADER, LEADER_DATA_LOST = 0, 1, 2
-
-
-async def requeue(
-    store: Store, queue: RedisQueue, *, campaign_id: int | None = None, batch: int = REQUEUE_BATCH
-) -> int:
-    """Re-add queued dispatches (all, or one campaign's) from PostgreSQL to Redis.
-
-    Idempotent: ids already queued or leased are left alone, so it is safe at any time.
-    """
-    after, added = 0, 0
-    while True:
-        rows = await store.queued_after(after, batch, campaign_id)
-        if not rows:
-            return added
-        by_sender: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        caps: dict[int, int] = {}
-        for r in rows:
-            by_sender[r["sender_id"]].append((r["id"], int(r["scheduled_at"].timestamp() * 1000)))
-            gap = max(r["delay_between_ms"], r["min_gap_ms"])
-            cap = claim_cap(r["sender_limit"], gap)
-            caps[r["sender_id"]] = min(cap, caps.get(r["sender_id"], cap))
-        for sender_id, items in by_sender.items():
-            added += await queue.enqueue(sender_id, items, claim_cap=caps[sender_id])
-        after = rows[-1]["id"]
 
 
 class Sweeper:
@@ -90,7 +63,11 @@ class Sweeper:
     async def tick(self) -> int:
         """NOT_LEADER, LEADER or LEADER_DATA_LOST; the lock outlives three missed passes."""
         ttl_ms = int(self.interval_s * 3000)
-        return int(await self._tick(keys=[LEADER_KEY, MARKER_KEY], args=[self.identity, ttl_ms]))
+        return int(
+            await self._tick(
+                keys=[SWEEPER_LEADER_KEY, SWEEPER_MARKER_KEY], args=[self.identity, ttl_ms]
+            )
+        )
 
     async def sweep(self, *, full: bool = False) -> tuple[int, int]:
         """One pass: reap expired leases; `full` re-queues everything (start, Redis lost data)."""
@@ -107,7 +84,7 @@ class Sweeper:
             log.info("queued campaign %d that its process left unqueued", campaign_id)
         if full:
             requeued += await requeue(self.store, self.queue)
-            await self.redis.set(MARKER_KEY, "1")
+            await self.redis.set(SWEEPER_MARKER_KEY, "1")
             if requeued:
                 log.info("recovery re-queued %d dispatches from PostgreSQL", requeued)
         self.metrics.requeued.inc(requeued)
@@ -132,5 +109,5 @@ class Sweeper:
             await asyncio.sleep(self.interval_s)
 
     async def release(self) -> None:
-        if await self.redis.get(LEADER_KEY) == self.identity.encode():
-            await self.redis.delete(LEADER_KEY)
+        if await self.redis.get(SWEEPER_LEADER_KEY) == self.identity.encode():
+            await self.redis.delete(SWEEPER_LEADER_KEY)

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
-from dispatch_engine.recorder import EVENTS_CHANNEL
+from dispatch_engine.events import EVENTS_CHANNEL
 from dispatch_engine.store import Store
 
 from .support.app_client import AppClient, Start

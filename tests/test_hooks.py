@@ -314,7 +314,7 @@ async def startup(settings, app):
 async def shutdown(settings, app):
     workers = app.get(WORKERS)
     record("shutdown", roles=sorted(app[ROLES]), db=await app[STORE].pool.fetchval("SELECT 1"),
-           workers_stopped=workers is None or workers._stopping)
+           workers_stopped=workers is None or workers.stopping)
 """
 
 

@@ -21,7 +21,6 @@ from aiohttp import web
 from dispatch_engine import hookimpl, hookspecs
 from dispatch_engine.config import Settings
 from dispatch_engine.hooks import Hooks, PluginError
-from dispatch_engine.plugins import call_all, notify, registered
 from dispatch_engine.transport import TransportSpec
 
 SETTINGS = Settings()
@@ -252,17 +251,3 @@ async def test_no_plugins_means_empty_registrations_and_silent_events() -> None:
     assert not hooks.has_dispatch_sent
     await hooks.campaign_completed(campaign_id=1, owner_id=1)
     await hooks.startup(web.Application())
-
-
-async def test_the_old_helpers_keep_their_semantics() -> None:
-    heard: list[tuple[str, str, dict[str, Any]]] = []
-    pm = manager(
-        ("a", Offers(spec("x", "a"))), ("b", Offers(spec("x", "b"))), ("bad", Raises()),
-        ("h", Heard("h", heard)),
-    )  # fmt: skip
-    assert [
-        s.description for s in await registered(pm.hook.register_transports, settings=SETTINGS)
-    ] == ["b"]
-    assert len(await call_all(pm.hook.register_transports, settings=SETTINGS)) == 2
-    await notify(pm.hook.campaign_completed, campaign_id=1, owner_id=2, settings=SETTINGS)
-    assert heard == [("h", "campaign_completed", {"c": 1, "o": 2})]

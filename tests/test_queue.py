@@ -10,6 +10,7 @@ from typing import cast
 from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
+from dispatch_engine.events import Subscription
 from dispatch_engine.queue import Lease, RedisQueue, Waker, dispatch_id_of, member
 from dispatch_engine.redis_client import MAX_CONNECTIONS, connect_redis
 
@@ -266,22 +267,25 @@ async def _claim_when_due(queue: RedisQueue, waker: Waker) -> list[int]:
 async def test_waker_is_woken_by_an_enqueue_and_sleeps_until_the_due_time(
     queue: RedisQueue, redis: Redis
 ) -> None:
-    waker = Waker(redis, idle_cap_s=300)  # only a wake-up can end the first sleep in time
-    listener = asyncio.create_task(waker.listen())
+    waker = Waker(idle_cap_s=300)  # only a wake-up can end the first sleep in time
+    subscription = Subscription(redis)
+    waker.listen_on(subscription)
+    subscription.start()
+    await asyncio.wait_for(subscription.ready.wait(), 30)
     claimer = asyncio.create_task(_claim_when_due(queue, waker))
     try:
-        await asyncio.sleep(0.2)  # subscribed, and asleep after an empty claim
+        await asyncio.sleep(0.2)  # asleep after an empty claim
         assert not claimer.done()
         await queue.enqueue(3, [(31, await _now_ms(redis) + 300)])
         assert await asyncio.wait_for(claimer, 30) == [31]
     finally:
         waker.stop()
-        listener.cancel()
-        await asyncio.gather(listener, claimer, return_exceptions=True)
+        await subscription.stop()
+        await asyncio.gather(claimer, return_exceptions=True)
 
 
 async def test_waker_stop_ends_a_sleep_and_later_waits(redis: Redis) -> None:
-    waker = Waker(redis, idle_cap_s=300)
+    waker = Waker(idle_cap_s=300)
     sleeper = asyncio.create_task(waker.wait(300))
     await asyncio.sleep(0)
     assert not sleeper.done(), "a wait sleeps until it is ended"

@@ -11,8 +11,9 @@ from redis.asyncio import Redis
 
 from dispatch_engine.config import Settings
 from dispatch_engine.queue import RedisQueue
+from dispatch_engine.redis_keys import SWEEPER_MARKER_KEY
 from dispatch_engine.store import Store
-from dispatch_engine.sweeper import MARKER_KEY, Sweeper
+from dispatch_engine.sweeper import Sweeper
 
 from .support.app_client import AppClient, Start
 from .support.helpers import auth, just_after_next_window, new_token, wait_for
@@ -101,7 +102,7 @@ async def test_a_campaign_its_process_never_queued_is_queued_by_the_next_sweep(
     await store.pool.execute(
         "UPDATE campaigns SET enqueued_at = NULL, updated_at = now() - interval '1 minute'"
     )
-    await redis.set(MARKER_KEY, "1")  # Redis itself lost nothing: no full re-queue
+    await redis.set(SWEEPER_MARKER_KEY, "1")  # Redis itself lost nothing: no full re-queue
     sweeper = Sweeper(store, queue, redis, interval_s=1, max_stalls=5)
     assert await sweeper.sweep() == (0, 25)
     assert await queue.depth(sender) == 25

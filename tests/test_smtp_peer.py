@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.config import Settings
 from dispatch_engine.queue import RedisQueue
-from dispatch_engine.sender_health import LOGIN_FAILURES_TO_PARK
 from dispatch_engine.store import Store
+from dispatch_engine.worker.sender_health import LOGIN_FAILURES_TO_PARK
 
 from .support.app_client import AppClient, Start
 from .support.helpers import auth, new_token, wait_for

@@ -13,14 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
-from .config import Settings
-from .models import Sender
-from .plugins import notify
-from .queue import RedisQueue
-from .store import Store
-from .transport import SenderAuthError
+from ..config import Settings
+from ..hooks import Hooks
+from ..models import Sender
+from ..queue import RedisQueue
+from ..store import Store
+from ..transport import SenderAuthError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ class SenderHealth:
         settings: Settings,
         store: Store,
         queue: RedisQueue,
-        hooks: Any,
+        hooks: Hooks,
         backoff_s: Callable[[int], float],
     ) -> None:
         self.settings = settings
@@ -86,10 +85,7 @@ class SenderHealth:
                 log.warning("sender %d parked: %s", sender.id, reason)
                 await self._park_in_queue(sender.id)
                 await self.store.mark_sender_waiting(sender.id, reason)
-                await notify(
-                    self.hooks.sender_parked, sender_id=sender.id, reason=reason,
-                    settings=self.settings,
-                )  # fmt: skip
+                await self.hooks.sender_parked(sender_id=sender.id, reason=reason)
                 return 0.0
         wait_s = self.backoff_s(failures)
         self._held_until[sender.id] = max(

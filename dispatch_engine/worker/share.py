@@ -1,10 +1,6 @@
-"""Isolation between tenants inside one worker process.
-
-- `prepare_campaign`: compile one campaign's templates; a failure is that campaign's alone
-  (`fail_unprepared` fails its emails with the reason; the rest of the batch goes on).
-- `OwnerShare`: no owner holds more than a fair share of the process's send slots while
-  other owners have emails waiting (a slow SMTP server of one owner cannot starve another).
-"""
+"""Send slots per owner: no owner holds more than a fair share of the process's send slots
+while other owners have emails waiting (a slow SMTP server of one owner cannot starve
+another)."""
 
 from __future__ import annotations
 
@@ -13,54 +9,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from .models import CampaignContent, DispatchJob, DispatchStatus, Sender
-from .recorder import Recorder
-from .render import CompiledCampaign, TemplateProblem
-from .store import SendOutcome, Store
+from ..models import DispatchJob
 
 SHARE_WINDOW_S = 2.0  # seen in a claimed batch this recently: active (short: slots stay used)
-
-
-async def prepare_campaign(
-    content: CampaignContent, sender: Sender | None
-) -> CompiledCampaign | str:
-    """The compiled campaign, or why it cannot be sent (one line, kept as the emails' error).
-
-    Compiling runs in a thread: at the template size limit it takes a few hundred ms of
-    CPU, during which the event loop keeps serving the API and renewing leases."""
-    if sender is None:
-        return "the campaign's sender no longer exists"
-    try:
-        return await asyncio.to_thread(CompiledCampaign, content, sender)
-    except TemplateProblem as exc:  # names the field: "body: the template cannot be …"
-        return f"the campaign cannot be prepared: {exc}"[:1000]
-    except Exception as exc:
-        return f"the campaign cannot be prepared: {type(exc).__name__}: {exc}"[:1000]
-
-
-async def fail_unprepared(
-    store: Store, recorder: Recorder, jobs: list[DispatchJob], reasons: dict[int, str]
-) -> None:
-    """Fail the emails of campaigns that cannot be prepared, with the reason (hooks, metrics
-    and progress as for any failure); the caller acks their leases."""
-    by_reason: dict[str, list[int]] = {}
-    for job in jobs:
-        by_reason.setdefault(reasons[job.campaign_id], []).append(job.id)
-    for reason, ids in by_reason.items():
-        await store.fail_dispatches(ids, reason)
-    await recorder.announce_failed(
-        [
-            SendOutcome(
-                j.id,
-                j.idempotency_key,
-                DispatchStatus.FAILED,
-                j.campaign_id,
-                j.recipient,
-                error=reasons[j.campaign_id],
-            )
-            for j in jobs
-        ]
-    )
 
 
 class OwnerShare:

@@ -1,0 +1,49 @@
+"""Stage 4: the ledger says which granted emails start now (`store.begin_sends`).
+
+One statement marks them `sending` and inserts their ledger rows. A row already `sent` means
+a previous attempt went through: the dispatch is repaired and acked, not sent again. What
+was cancelled or paused since the claim is dropped from the queue (its grants go back).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from ..models import DispatchJob
+from ..queue import Lease
+from ..render import CompiledCampaign, message_id_for
+from ..store import Store
+from .leases import Leases
+
+
+class Begin:
+    def __init__(self, store: Store, leases: Leases) -> None:
+        self.store = store
+        self.leases = leases
+
+    async def batch(
+        self,
+        jobs: list[DispatchJob],
+        compiled: dict[int, CompiledCampaign],
+        by_id: dict[int, Lease],
+    ) -> tuple[list[tuple[DispatchJob, str]], list[Lease]]:
+        """(emails to send now with their Message-IDs, leases of emails sent already: to ack)."""
+        if not jobs:
+            return [], []
+        message_ids = [
+            message_id_for(j.idempotency_key, compiled[j.campaign_id].sender.from_address)
+            for j in jobs
+        ]
+        transports = [compiled[j.campaign_id].sender.transport for j in jobs]
+        # One attempt token per batch: the claim's fencing token and a random part.
+        token = f"{by_id[jobs[0].id].token}:{secrets.token_hex(4)}"
+        started, already_sent = await self.store.begin_sends(
+            [j.id for j in jobs], message_ids, transports, token
+        )
+        if already_sent:
+            await self.store.repair_sent(list(already_sent))
+        unsent = [by_id[j.id] for j in jobs if j.id not in started and j.id not in already_sent]
+        if unsent:  # cancelled or paused since the claim: their grants go back
+            await self.leases.drop(unsent)
+        go = [(j, m) for j, m in zip(jobs, message_ids, strict=True) if j.id in started]
+        return go, [by_id[i] for i in already_sent]
