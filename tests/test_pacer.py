@@ -148,6 +148,7 @@ async def test_an_older_policy_is_asked_through_acquire() -> None:
     outcome = await Pacer([("old", old)]).decide(_request(range(1, 5)))
     assert old.asked == [4] and outcome.granted == [1, 2] and outcome.held == [3, 4]
     assert outcome.detail == "old style" and outcome.resume_at_ms == T0 + 5
+    assert outcome.limited, "a decision that does not say otherwise is a limit"
 
 
 async def test_the_built_in_limits_see_only_what_the_policies_let_through(

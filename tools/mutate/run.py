@@ -45,7 +45,7 @@ TARGETS: dict[str, Target] = {
     "queue": Target(("dispatch_engine/queue.py",), ("tests/test_queue.py",)),
     "pacing": Target(
         ("dispatch_engine/pacing.py", "plugins/pacing.py"),
-        ("tests/test_pacing.py", "tests/test_sender_gap.py"),
+        ("tests/test_pacer.py", "tests/test_pacing.py", "tests/test_sender_gap.py"),
     ),
     "worker": Target(
         ("dispatch_engine/worker.py",),
@@ -63,16 +63,29 @@ TARGETS: dict[str, Target] = {
     ),
     "recipients": Target(
         ("dispatch_engine/recipients.py",),
-        ("tests/test_recipients.py", "tests/test_recipients_edges.py"),
+        (
+            "tests/test_recipients.py",
+            "tests/test_recipients_edges.py",
+            "tests/test_recipients_requests.py",
+            "tests/test_recipients_no_dns.py",
+        ),
     ),
     "render": Target(
-        ("dispatch_engine/render.py",), ("tests/test_render.py", "tests/test_render_edges.py")
+        ("dispatch_engine/render.py",),
+        ("tests/test_render.py", "tests/test_render_edges.py", "tests/test_render_preview.py"),
     ),
     "guard": Target(
         ("dispatch_engine/web/guard.py",),
         ("tests/test_auth_csrf.py", "tests/test_csrf_multipart.py", "tests/test_guard.py"),
     ),
-    "google_oidc": Target(("plugins/google_oidc.py",), ("tests/test_auth.py",)),
+    "google_oidc": Target(
+        ("plugins/google_oidc.py",),
+        (
+            "tests/test_auth.py",
+            "tests/test_auth_id_tokens.py",
+            "tests/test_auth_provider_answers.py",
+        ),
+    ),
 }
 LUA_TESTS = ("tests/test_queue.py",)
 
