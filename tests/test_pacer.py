@@ -8,7 +8,7 @@ with a worker are in test_pacing.py and test_pacing_exact.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from datetime import UTC, datetime
 
 import pytest
@@ -24,6 +24,7 @@ from dispatch_engine.pacing import (
     Pacer,
     PacingDecision,
     PacingEmail,
+    PacingPolicySpec,
     PacingRequest,
     WaitReason,
     claim_cap,
@@ -248,3 +249,17 @@ def test_a_campaign_without_its_own_limits_asks_for_the_senders() -> None:
     sender = _sender(hourly_limit=30, min_gap_ms=0, daily_limit=None, delay_jitter_ms=0)
     request = pacing_request(7, [_job(1, 1)], {1: CompiledCampaign(_campaign(1), sender)}, T0)
     assert (request.hourly_limit, request.min_gap_ms, request.daily_limit) == (30, 0, None)
+
+
+def test_what_a_policy_is_given_and_answers_cannot_be_changed() -> None:
+    """The same request goes on to the next policy and the built-in limits: frozen values."""
+    values: list[object] = [
+        _request(range(1, 2)),
+        PacingEmail(1, 1),
+        CampaignLimits(1),
+        PacingDecision(1),
+        PacingPolicySpec("p", HourlyWindow),
+    ]
+    for value in values:
+        with pytest.raises(FrozenInstanceError):
+            value.campaign_id = 2  # type: ignore[attr-defined]

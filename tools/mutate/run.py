@@ -45,7 +45,9 @@ TARGETS: dict[str, Target] = {
     "queue": Target(("dispatch_engine/queue.py",), ("tests/test_queue.py",)),
     "pacing": Target(
         ("dispatch_engine/pacing.py", "plugins/pacing.py"),
-        ("tests/test_pacer.py", "tests/test_pacing.py", "tests/test_sender_gap.py"),
+        # Injected clocks only: the end-to-end pacing tests measure send times, which a
+        # loaded machine stretches (a false kill is no score); they run in `make test`.
+        ("tests/test_pacer.py", "tests/test_limits.py"),
     ),
     "worker": Target(
         ("dispatch_engine/worker.py",),
