@@ -61,7 +61,12 @@ TARGETS: dict[str, Target] = {
     ),
     "recorder": Target(
         ("dispatch_engine/recorder.py",),
-        ("tests/test_recorder_outage.py", "tests/test_delivery.py", "tests/test_hooks_events.py"),
+        (
+            "tests/test_recorder_outage.py",
+            "tests/test_delivery.py",
+            "tests/test_metrics_counts.py",
+            "tests/test_hooks_events.py",
+        ),
     ),
     "recipients": Target(
         ("dispatch_engine/recipients.py",),
