@@ -252,3 +252,26 @@ async def test_an_id_token_for_several_audiences_signs_in_when_it_was_issued_to_
         assert await store.pool.fetchval("SELECT count(*) FROM sessions") == 1
     finally:
         await interposer.server.close()
+
+
+async def test_an_id_token_that_names_nobody_is_refused(
+    make_client: Start, settings: Settings, store: Store, peer: OidcPeer
+) -> None:
+    """`sub` is essential (OIDC Core §2): without it the token identifies no one."""
+    interposer = TokenInterposer(peer)
+    await interposer.server.start_server()
+    try:
+        app = await start_app(make_client, settings, peer, token_endpoint=interposer.url)
+
+        def nobody(real: str) -> str:
+            payload = real.split(".")[1]
+            claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            claims.pop("sub")
+            return jwt.encode({"alg": "RS256", "kid": KID}, claims, peer.key)
+
+        interposer.forge = nobody
+        response = await app.session.get(await _callback(app, peer), allow_redirects=False)
+        assert interposer.swapped == 1
+        await _refused(response, store, "id_token is not valid")
+    finally:
+        await interposer.server.close()
