@@ -275,3 +275,60 @@ async def test_an_id_token_that_names_nobody_is_refused(
         await _refused(response, store, "id_token is not valid")
     finally:
         await interposer.server.close()
+
+
+def _resigned(peer: OidcPeer, token: str, **changes: object) -> str:
+    payload = token.split(".")[1]
+    claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return jwt.encode({"alg": "RS256", "kid": KID}, {**claims, **changes}, peer.key)
+
+
+async def test_a_token_answer_of_exactly_the_size_limit_is_read(
+    make_client: Start, settings: Settings, store: Store, peer: OidcPeer, token_answer: TokenAnswer
+) -> None:
+    def padded(status: int, body: bytes) -> tuple[int, bytes]:
+        answer = orjson.loads(body) | {"pad": ""}
+        answer["pad"] = "x" * (256 * 1024 - len(orjson.dumps(answer)))
+        assert len(orjson.dumps(answer)) == 256 * 1024
+        return status, orjson.dumps(answer)
+
+    app = await start_app(make_client, settings, peer, token_endpoint=token_answer.url)
+    token_answer.rewrite = padded
+    response = await app.session.get(await _callback(app, peer), allow_redirects=False)
+    assert response.status == 303, html.unescape(await response.text())[:2000]
+
+
+async def test_without_an_access_token_the_id_tokens_claims_are_enough(
+    make_client: Start, settings: Settings, store: Store, peer: OidcPeer, token_answer: TokenAnswer
+) -> None:
+    """No access token, so no userinfo to ask: the verified email of the id_token signs in."""
+
+    def id_token_only(status: int, body: bytes) -> tuple[int, bytes]:
+        answer = orjson.loads(body)
+        answer.pop("access_token")
+        answer["id_token"] = _resigned(
+            peer, answer["id_token"], email="ada@example.com", email_verified=True
+        )
+        return status, orjson.dumps(answer)
+
+    app = await start_app(make_client, settings, peer, token_endpoint=token_answer.url)
+    token_answer.rewrite = id_token_only
+    response = await app.session.get(await _callback(app, peer), allow_redirects=False)
+    assert response.status == 303, html.unescape(await response.text())[:2000]
+    row = await store.pool.fetchrow("SELECT email, name FROM users")
+    assert row is not None and (row["email"], row["name"]) == ("ada@example.com", "")
+
+
+async def test_an_avatar_address_of_2000_characters_or_more_is_not_kept(
+    make_client: Start, settings: Settings, store: Store, peer: OidcPeer
+) -> None:
+    base = "https://avatars.example.com/"
+    app = await start_app(make_client, settings, peer)
+    for length, kept in ((2000, False), (1999, True)):
+        picture = base + "a" * (length - len(base))
+        await peer.set_people(Person(picture=picture))
+        app.session.cookie_jar.clear()
+        response = await app.session.get(await _callback(app, peer), allow_redirects=False)
+        assert response.status == 303, html.unescape(await response.text())[:2000]
+        avatar = await store.pool.fetchval("SELECT avatar_url FROM users")
+        assert avatar == (picture if kept else None), length
