@@ -56,6 +56,7 @@ class TokenAnswer:
     def __init__(self, peer: OidcPeer) -> None:
         self.peer = peer
         self.rewrite: Rewrite = lambda status, body: (status, body)
+        self.requests: list[tuple[dict[str, str], bytes]] = []  # (headers, form) as sent
         self.server = TestServer(self._app(), host="127.0.0.1")
 
     def _app(self) -> web.Application:
@@ -68,6 +69,7 @@ class TokenAnswer:
         return str(self.server.make_url("/token"))
 
     async def _token(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() in ("authorization", "content-type")}  # fmt: skip
         async with (
@@ -214,7 +216,7 @@ async def test_a_long_name_is_cut_and_an_address_too_long_to_be_one_is_not_taken
 
 
 async def test_a_provider_that_takes_the_client_secret_only_in_the_form_signs_in(
-    make_client: Start, settings: Settings, store: Store, peer: OidcPeer
+    make_client: Start, settings: Settings, store: Store, peer: OidcPeer, token_answer: TokenAnswer
 ) -> None:
     """Discovery offers only `client_secret_post`: the secret goes in the token request's form."""
     post = "client_secret_post"
@@ -222,12 +224,17 @@ async def test_a_provider_that_takes_the_client_secret_only_in_the_form_signs_in
         "clientAuthMethods": [post],
         "clientDefaults": {"token_endpoint_auth_method": post},
     }
-    app = await start_app(make_client, settings, peer, options=post_only)
+    app = await start_app(
+        make_client, settings, peer, options=post_only, token_endpoint=token_answer.url
+    )
     meta = await (await app.session.get(peer.issuer + "/.well-known/openid-configuration")).json()
     assert meta["token_endpoint_auth_methods_supported"] == ["client_secret_post"]
     response = await app.session.get(await _callback(app, peer), allow_redirects=False)
     assert response.status == 303, html.unescape(await response.text())[:2000]
     assert await store.pool.fetchval("SELECT count(*) FROM sessions") == 1
+    ((headers, form),) = token_answer.requests
+    assert "Authorization" not in headers
+    assert b"client_secret=" in form and b"client_id=" in form
 
 
 async def test_an_id_token_for_several_audiences_signs_in_when_it_was_issued_to_us(
