@@ -339,3 +339,43 @@ async def test_an_avatar_address_of_2000_characters_or_more_is_not_kept(
         assert response.status == 303, html.unescape(await response.text())[:2000]
         avatar = await store.pool.fetchval("SELECT avatar_url FROM users")
         assert avatar == (picture if kept else None), length
+
+
+@pytest.mark.parametrize(
+    "key_set",
+    [
+        {"keys": [{"kty": "RSA", "kid": KID}]},  # no modulus
+        {"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]},  # off the curve
+        {"no": "keys"},
+    ],
+)
+async def test_a_key_set_that_cannot_be_used_is_refused_with_its_reason(
+    make_client: Start, settings: Settings, store: Store, peer: OidcPeer, key_set: object
+) -> None:
+    """A proxy serves the provider's discovery document (naming itself the issuer) with a
+    key set of its own; every other endpoint is the provider's."""
+    proxy_app = web.Application()
+    proxy = TestServer(proxy_app, host="127.0.0.1")
+
+    async def discovery(request: web.Request) -> web.Response:
+        async with aiohttp.ClientSession() as http, http.get(peer.issuer + request.path) as got:
+            doc = await got.json()
+        here = str(proxy.make_url("")).rstrip("/")
+        return web.json_response(doc | {"issuer": here, "jwks_uri": here + "/jwks"})
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response(key_set)
+
+    proxy_app.router.add_get("/.well-known/openid-configuration", discovery)
+    proxy_app.router.add_get("/jwks", jwks)
+    await proxy.start_server()
+    try:
+        issuer = str(proxy.make_url("")).rstrip("/")
+        oidc = replace(settings, oidc_issuer=issuer, oidc_client_id=CLIENT_ID,
+                       oidc_client_secret=CLIENT_SECRET)  # fmt: skip
+        app = await make_client(oidc, roles=frozenset({"api"}))
+        await peer.configure(str(app.make_url("/auth/oidc/callback")))
+        response = await app.session.get(await _callback(app, peer), allow_redirects=False)
+        await _refused(response, store, "the sign-in provider's key set is unusable")
+    finally:
+        await proxy.close()
