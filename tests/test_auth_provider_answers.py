@@ -379,3 +379,24 @@ async def test_a_key_set_that_cannot_be_used_is_refused_with_its_reason(
         await _refused(response, store, "the sign-in provider's key set is unusable")
     finally:
         await proxy.close()
+
+
+async def test_the_id_tokens_stated_email_wins_and_userinfo_adds_the_missing_name(
+    make_client: Start, settings: Settings, store: Store, peer: OidcPeer, token_answer: TokenAnswer
+) -> None:
+    """The id_token states a verified email but no name: userinfo is asked for the name, and
+    its own (other) email does not replace the one the id_token stated."""
+
+    def email_only(status: int, body: bytes) -> tuple[int, bytes]:
+        answer = orjson.loads(body)
+        answer["id_token"] = _resigned(
+            peer, answer["id_token"], email="ada@id.example.com", email_verified=True
+        )
+        return status, orjson.dumps(answer)
+
+    app = await start_app(make_client, settings, peer, token_endpoint=token_answer.url)
+    token_answer.rewrite = email_only
+    response = await app.session.get(await _callback(app, peer), allow_redirects=False)
+    assert response.status == 303, html.unescape(await response.text())[:2000]
+    row = await store.pool.fetchrow("SELECT email, name FROM users")
+    assert row is not None and (row["email"], row["name"]) == ("ada@id.example.com", "Ada Lovelace")
