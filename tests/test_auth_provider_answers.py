@@ -347,6 +347,7 @@ async def test_an_avatar_address_of_2000_characters_or_more_is_not_kept(
         {"keys": [{"kty": "RSA", "kid": KID}]},  # no modulus
         {"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]},  # off the curve
         {"no": "keys"},
+        {"keys": None},
     ],
 )
 async def test_a_key_set_that_cannot_be_used_is_refused_with_its_reason(
@@ -400,3 +401,50 @@ async def test_the_id_tokens_stated_email_wins_and_userinfo_adds_the_missing_nam
     assert response.status == 303, html.unescape(await response.text())[:2000]
     row = await store.pool.fetchrow("SELECT email, name FROM users")
     assert row is not None and (row["email"], row["name"]) == ("ada@id.example.com", "Ada Lovelace")
+
+
+async def test_an_id_token_naming_google_from_another_provider_is_refused(
+    make_client: Start, settings: Settings, store: Store, peer: OidcPeer
+) -> None:
+    """Only Google's own tokens may name the issuer `accounts.google.com` (without scheme)."""
+    interposer = TokenInterposer(peer)
+    await interposer.server.start_server()
+    try:
+        app = await start_app(make_client, settings, peer, token_endpoint=interposer.url)
+        interposer.forge = lambda real: _resigned(peer, real, iss="accounts.google.com")
+        response = await app.session.get(await _callback(app, peer), allow_redirects=False)
+        assert interposer.swapped == 1
+        await _refused(response, store, "id_token is not valid")
+    finally:
+        await interposer.server.close()
+
+
+@pytest.mark.parametrize("missing", ["authorization_endpoint", "token_endpoint", "jwks_uri"])
+async def test_a_discovery_document_without_an_endpoint_is_refused(
+    make_client: Start, settings: Settings, peer: OidcPeer, missing: str
+) -> None:
+    proxy_app = web.Application()
+    proxy = TestServer(proxy_app, host="127.0.0.1")
+
+    async def discovery(request: web.Request) -> web.Response:
+        async with aiohttp.ClientSession() as http, http.get(peer.issuer + request.path) as got:
+            doc = await got.json()
+        doc.pop(missing)
+        return web.json_response(doc | {"issuer": str(proxy.make_url("")).rstrip("/")})
+
+    proxy_app.router.add_get("/.well-known/openid-configuration", discovery)
+    await proxy.start_server()
+    try:
+        issuer = str(proxy.make_url("")).rstrip("/")
+        oidc = replace(settings, oidc_issuer=issuer, oidc_client_id=CLIENT_ID,
+                       oidc_client_secret=CLIENT_SECRET)  # fmt: skip
+        app = await make_client(oidc, roles=frozenset({"api"}))
+        await peer.configure(str(app.make_url("/auth/oidc/callback")))
+        page = await (await app.get("/login")).text()
+        start = await app.post("/auth/oidc/start", data={"csrf_token": csrf_of(page)},
+                               allow_redirects=False)  # fmt: skip
+        text = html.unescape(await start.text())
+        assert start.status == 400, text[:2000]
+        assert f"discovery document lacks {missing}" in text
+    finally:
+        await proxy.close()
