@@ -196,7 +196,14 @@ def render_preview(templates: Mapping[str, str], context: Mapping[str, Any]) -> 
                 raise TemplateProblem(field, message) from None
             except SecurityError as exc:
                 raise _problem(field, exc) from None
-            except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            # A filter's bad argument (FilterArgumentError) is a TemplateError, like the rest.
+            except (
+                TypeError,
+                ValueError,
+                ArithmeticError,
+                LookupError,
+                jinja2.TemplateError,
+            ) as exc:
                 raise TemplateProblem(field, f"{field}: cannot be rendered: {exc}") from None
     return out
 

@@ -49,7 +49,8 @@ async def test_the_preview_renders_the_first_recipient_sandboxed(make_client: St
     cases = [({"body": "{{ name }"}, "body", "template error on line 1"),
              ({"subject": "{{ missing }}"}, "subject", "'missing' is undefined"),
              ({"body": "{{ ''.__class__.__mro__ }}"}, "body", "not allowed"),
-             ({"html": "{{ 1/0 }}"}, "html", "cannot be rendered")]  # fmt: skip
+             ({"html": "{{ 1/0 }}"}, "html", "cannot be rendered"),
+             ({"body": "{{ {'a': 1}|dictsort(by=1) }}"}, "body", "cannot be rendered")]  # fmt: skip
     for change, field, message in cases:
         response = await client.post(
             "/api/compose/preview", json={**payload, **change}, headers=csrf
