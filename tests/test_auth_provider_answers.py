@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from .support.oidc_provider import (
     KID,
     OidcPeer,
     Person,
+    TokenAnswer,
     TokenInterposer,
     authorize,
     launch,
@@ -41,45 +42,11 @@ from .support.oidc_provider import (
 )
 from .support.web_session import csrf_of
 
-Rewrite = Callable[[int, bytes], tuple[int, bytes]]
-
 
 @pytest.fixture
 async def peer(tmp_path: Path) -> AsyncIterator[OidcPeer]:
     async with launch(tmp_path / "oidc-provider.log") as started:
         yield started
-
-
-class TokenAnswer:
-    """In front of the provider's token endpoint: forwards the request, rewrites the answer."""
-
-    def __init__(self, peer: OidcPeer) -> None:
-        self.peer = peer
-        self.rewrite: Rewrite = lambda status, body: (status, body)
-        self.requests: list[tuple[dict[str, str], bytes]] = []  # (headers, form) as sent
-        self.server = TestServer(self._app(), host="127.0.0.1")
-
-    def _app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/token", self._token)
-        return app
-
-    @property
-    def url(self) -> str:
-        return str(self.server.make_url("/token"))
-
-    async def _token(self, request: web.Request) -> web.Response:
-        self.requests.append((dict(request.headers), await request.read()))
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() in ("authorization", "content-type")}  # fmt: skip
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(
-                self.peer.issuer + "/token", data=await request.read(), headers=headers
-            ) as answer,
-        ):
-            status, body = self.rewrite(answer.status, await answer.read())
-        return web.Response(status=status, body=body, content_type="application/json")
 
 
 @pytest.fixture
@@ -284,6 +251,15 @@ async def test_an_id_token_that_names_nobody_is_refused(
         await interposer.server.close()
 
 
+async def _signed_in_as(app: AppClient, peer: OidcPeer, store: Store) -> tuple[str, str]:
+    """Complete the sign-in; the (email, name) of the user it made."""
+    response = await app.session.get(await _callback(app, peer), allow_redirects=False)
+    assert response.status == 303, html.unescape(await response.text())[:2000]
+    row = await store.pool.fetchrow("SELECT email, name FROM users")
+    assert row is not None
+    return row["email"], row["name"]
+
+
 def _resigned(peer: OidcPeer, token: str, **changes: object) -> str:
     payload = token.split(".")[1]
     claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -320,10 +296,7 @@ async def test_without_an_access_token_the_id_tokens_claims_are_enough(
 
     app = await start_app(make_client, settings, peer, token_endpoint=token_answer.url)
     token_answer.rewrite = id_token_only
-    response = await app.session.get(await _callback(app, peer), allow_redirects=False)
-    assert response.status == 303, html.unescape(await response.text())[:2000]
-    row = await store.pool.fetchrow("SELECT email, name FROM users")
-    assert row is not None and (row["email"], row["name"]) == ("ada@example.com", "")
+    assert await _signed_in_as(app, peer, store) == ("ada@example.com", "")
 
 
 async def test_an_avatar_address_of_2000_characters_or_more_is_not_kept(
@@ -397,10 +370,7 @@ async def test_the_id_tokens_stated_email_wins_and_userinfo_adds_the_missing_nam
 
     app = await start_app(make_client, settings, peer, token_endpoint=token_answer.url)
     token_answer.rewrite = email_only
-    response = await app.session.get(await _callback(app, peer), allow_redirects=False)
-    assert response.status == 303, html.unescape(await response.text())[:2000]
-    row = await store.pool.fetchrow("SELECT email, name FROM users")
-    assert row is not None and (row["email"], row["name"]) == ("ada@id.example.com", "Ada Lovelace")
+    assert await _signed_in_as(app, peer, store) == ("ada@id.example.com", "Ada Lovelace")
 
 
 async def test_an_id_token_naming_google_from_another_provider_is_refused(

@@ -6,7 +6,6 @@ import asyncio
 import shutil
 import socket
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -21,7 +20,7 @@ from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
 from .support.app_client import Start
-from .support.helpers import auth, new_token, wait_for
+from .support.helpers import auth, new_token, poll_until, wait_for
 from .support.smtp_sink import free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -121,10 +120,7 @@ def _node_of(cluster: RedisCluster, key: str) -> str:
 
 
 def _wait(check: Callable[[], bool], within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "the cluster did not come up"
-        time.sleep(0.1)
+    poll_until(check, within, lambda: "the cluster did not come up")
 
 
 async def test_sharded_queue_claims_each_id_once_across_masters(cluster_url: str) -> None:

@@ -6,8 +6,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from dispatch_engine.store import Store
+
+T = TypeVar("T")
+POLL_S = 0.05  # how often a wait looks again: a condition, never a fixed pause
 
 
 def auth(token: str) -> dict[str, str]:
@@ -25,7 +29,18 @@ async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 30.0) -
     while not await check():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not reached within {within} s")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(POLL_S)
+
+
+def poll_until(check: Callable[[], T | None], within: float, failure: Callable[[], str]) -> T:
+    """The synchronous `wait_for`, for a process or a server outside the event loop: poll
+    `check` until it answers; fail after `within` seconds with `failure()` (a hang)."""
+    deadline = time.monotonic() + within
+    while not (found := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(failure())
+        time.sleep(POLL_S)
+    return found
 
 
 def just_after_next_window(window_s: float) -> str:

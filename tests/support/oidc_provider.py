@@ -161,16 +161,17 @@ async def authorize(
     raise AssertionError("the provider never redirected back to the app")
 
 
+Rewrite = Callable[[int, bytes], tuple[int, bytes]]  # (status, body) -> (status, body)
 Forge = Callable[[str], str]
 
 
-class TokenInterposer:
-    """Forwards the app's token request to the provider and swaps in a forged id_token."""
+class TokenAnswer:
+    """In front of the provider's token endpoint: forwards the request, rewrites the answer."""
 
     def __init__(self, peer: OidcPeer) -> None:
         self.peer = peer
-        self.forge: Forge | None = None
-        self.swapped = 0
+        self.rewrite: Rewrite = lambda status, body: (status, body)
+        self.requests: list[tuple[dict[str, str], bytes]] = []  # (headers, form) as sent
         self.server = TestServer(self._app(), host="127.0.0.1")
 
     def _app(self) -> web.Application:
@@ -183,17 +184,35 @@ class TokenInterposer:
         return str(self.server.make_url("/token"))
 
     async def _token(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() in ("authorization", "content-type")}  # fmt: skip
-        async with aiohttp.ClientSession() as http:
-            answer = await http.post(
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
                 self.peer.issuer + "/token", data=await request.read(), headers=headers
-            )
-            body = await answer.json()
-        if answer.status == 200 and self.forge is not None:
-            body["id_token"] = self.forge(body["id_token"])
-            self.swapped += 1
-        return web.json_response(body, status=answer.status)
+            ) as answer,
+        ):
+            status, body = self.rewrite(answer.status, await answer.read())
+        return web.Response(status=status, body=body, content_type="application/json")
+
+
+class TokenInterposer(TokenAnswer):
+    """A `TokenAnswer` that swaps in a forged id_token (when `forge` is set) on a 200."""
+
+    def __init__(self, peer: OidcPeer) -> None:
+        super().__init__(peer)
+        self.forge: Forge | None = None
+        self.swapped = 0
+        self.rewrite = self._swap
+
+    def _swap(self, status: int, body: bytes) -> tuple[int, bytes]:
+        if status != 200 or self.forge is None:
+            return status, body
+        answer = orjson.loads(body)
+        answer["id_token"] = self.forge(answer["id_token"])
+        self.swapped += 1
+        return status, orjson.dumps(answer)
 
 
 async def start_app(

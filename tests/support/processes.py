@@ -7,9 +7,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
+
+from .helpers import poll_until
 
 BIN = Path(sys.executable).parent / "dispatch-engine"
 _RUNNING: set[Proc] = set()  # started and not yet stopped or killed by their test
@@ -42,15 +43,15 @@ class Proc:
         return self.log.read_text(errors="replace")
 
     def wait_for_output(self, pattern: str, within: float = 60.0) -> re.Match[str]:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
+        def printed() -> re.Match[str] | None:
             match = re.search(pattern, self.output())
-            if match:
-                return match
-            if self.proc.poll() is not None:
+            if match is None and self.proc.poll() is not None:
                 raise AssertionError(f"process exited {self.proc.returncode}:\n{self.output()}")
-            time.sleep(0.05)
-        raise AssertionError(f"{pattern!r} not printed within {within} s:\n{self.output()}")
+            return match
+
+        return poll_until(
+            printed, within, lambda: f"{pattern!r} not printed within {within} s:\n{self.output()}"
+        )
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
