@@ -38,6 +38,7 @@ from .setting import (
 from .transport import (
     OutgoingMessage,
     PermanentError,
+    PermanentReply,
     SenderAuthError,
     SenderRateLimitedError,
     SendResult,
@@ -69,6 +70,7 @@ __all__ = [
     "PacingPolicySpec",
     "PacingRequest",
     "PermanentError",
+    "PermanentReply",
     "SendResult",
     "SenderAuthError",
     "SenderRateLimitedError",

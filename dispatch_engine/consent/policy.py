@@ -1,0 +1,103 @@
+"""What follows new feedback, after `Feedback.handle` committed it: the hooks, and a campaign
+that pauses itself when its hard-bounce or complaint rate passes its threshold.
+
+Rates are a campaign's bounced (or complained) emails over its emails sent so far (sent +
+bounced + complained), counted from its `rates_since` (a user's resume of a campaign that
+paused itself starts a fresh count). They are looked at after each handled batch that holds
+a hard bounce or a complaint of the campaign, and only from DISPATCH_PAUSE_MIN_SENT sends
+on. The pause is a user's pause (the same guarded transition, the queue emptied of the
+campaign's emails) with its reason kept in `campaigns.paused_reason`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .feedback import Applied, FeedbackKind
+from .settings import ConsentSettings
+
+if TYPE_CHECKING:
+    from ..campaigns import CampaignService
+    from ..hooks import Hooks
+    from ..store import Store
+    from ..store.policy import CampaignRates
+
+log = logging.getLogger("dispatch_engine.feedback")
+
+Publish = Callable[[dict[str, Any]], Awaitable[None]]
+_RATED = frozenset({FeedbackKind.HARD_BOUNCE, FeedbackKind.COMPLAINT})
+_SENDING = frozenset({"scheduled", "running"})
+
+
+def pause_reason(rates: CampaignRates, settings: ConsentSettings) -> str | None:
+    """Why the campaign must pause now (the line users read), or None."""
+    if rates.status not in _SENDING or rates.sent < settings.pause_min_sent:
+        return None
+    for count, limit, what, variable in (
+        (rates.bounced, settings.pause_bounce_percent, "hard-bounce", "BOUNCE"),
+        (rates.complained, settings.pause_complaint_percent, "complaint", "COMPLAINT"),
+    ):
+        if count * 100 > limit * rates.sent:  # exact: no float rounding at the threshold
+            return (
+                f"{what} rate {100 * count / rates.sent:.1f} % ({count} of {rates.sent} sent) "
+                f"is over {limit:g} % (DISPATCH_PAUSE_{variable}_PERCENT)"
+            )
+    return None
+
+
+class FeedbackPolicy:
+    """`Feedback`'s aftermath: fires `dispatch_bounced` / `dispatch_complained` for each new
+    event and `campaign_paused` for each pause. Never raises: the events are committed, and
+    a failure here is logged (the next event of the campaign looks at its rates again)."""
+
+    def __init__(
+        self,
+        store: Store,
+        campaigns: CampaignService,
+        hooks: Hooks,
+        settings: ConsentSettings,
+        publish: Publish | None = None,
+    ) -> None:
+        self.store = store
+        self.campaigns = campaigns
+        self.hooks = hooks
+        self.settings = settings
+        self.publish = publish  # live pages hear of a pause
+
+    async def applied(self, applied: Sequence[Applied]) -> None:
+        for one in applied:
+            await self._announce(one)
+        rated = {a.target.campaign_id: a.target.owner_id for a in applied if a.event.kind in _RATED}
+        for campaign_id, owner_id in rated.items():
+            try:
+                await self.check(campaign_id, owner_id)
+            except Exception:
+                log.exception("could not check the rates of campaign %d", campaign_id)
+
+    async def _announce(self, one: Applied) -> None:
+        target, event = one.target, one.event
+        ids = {"dispatch_id": target.dispatch_id, "campaign_id": target.campaign_id}
+        if event.kind in (FeedbackKind.HARD_BOUNCE, FeedbackKind.SOFT_BOUNCE):
+            kind = "hard" if event.kind == FeedbackKind.HARD_BOUNCE else "soft"
+            await self.hooks.dispatch_bounced(
+                **ids, recipient=target.recipient, kind=kind, detail=event.detail
+            )
+        elif event.kind == FeedbackKind.COMPLAINT:
+            await self.hooks.dispatch_complained(
+                **ids, recipient=target.recipient, detail=event.detail
+            )
+
+    async def check(self, campaign_id: int, owner_id: int) -> str | None:
+        """Pause the campaign if its rates are over; the reason when this call paused it."""
+        rates = await self.store.campaign_rates(campaign_id)
+        reason = None if rates is None else pause_reason(rates, self.settings)
+        if reason is None or not await self.campaigns.pause_itself(owner_id, campaign_id, reason):
+            return None
+        log.warning("campaign %d paused itself: %s", campaign_id, reason,
+                    extra={"campaign_id": campaign_id})  # fmt: skip
+        await self.hooks.campaign_paused(campaign_id=campaign_id, owner_id=owner_id, reason=reason)
+        if self.publish is not None:
+            await self.publish({"type": "campaign", "id": campaign_id, "owner_id": owner_id})
+        return reason
