@@ -224,8 +224,8 @@ def dispatch_complained(
     """A recipient reported an email as spam (an ARF report or a provider's complaint event).
 
     The email is `complained` and the address suppressed. Returns nothing. Called in the
-    process that read the report (api for provider webhooks, the IMAP reader's process for
-    ARF), after the commit.
+    process that read the report (the api process for provider webhooks, the IMAP reader's
+    for ARF), after the commit.
     """
 
 
