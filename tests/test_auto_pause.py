@@ -12,7 +12,7 @@ from typing import Any, cast
 from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.config import Settings
 from dispatch_engine.consent.feedback import FeedbackEvent, FeedbackKind
-from dispatch_engine.consent.policy import pause_reason
+from dispatch_engine.consent.policy import FeedbackPolicy, pause_reason
 from dispatch_engine.consent.settings import ConsentSettings
 from dispatch_engine.queue import RedisQueue, dispatch_id_of
 from dispatch_engine.store import Store
@@ -247,3 +247,54 @@ async def test_a_complaint_rate_over_its_threshold_pauses_the_campaign_and_empti
     await _json(await client.post(f"/api/campaigns/{late}/pause", headers=headers))
     user_paused = await _json(await client.get(f"/api/campaigns/{late}", headers=headers))
     assert user_paused["status"] == "paused" and user_paused["paused_reason"] is None
+
+
+async def test_a_big_campaign_is_counted_again_only_when_its_new_bounces_could_pass(
+    make_client: Start, settings: Settings, store: Store
+) -> None:
+    """Counting a campaign's emails scans its rows, so between two counts the policy adds
+    the bounces it applied itself, and counts again only once they could pass 5 %."""
+    from collections import Counter
+
+    from dispatch_engine.hooks import Hooks
+    from dispatch_engine.web.app_keys import CAMPAIGNS
+
+    class CountingStore(Store):
+        counts = 0
+
+        async def campaign_rates(self, campaign_id: int) -> CampaignRates | None:
+            CountingStore.counts += 1
+            return await super().campaign_rates(campaign_id)
+
+    client = await make_client(settings, {"api"})
+    headers = auth(await new_token(store))
+    campaign = await _scheduled_later(client, headers, 300)
+    await store.pool.execute(
+        """UPDATE dispatches SET status = CASE WHEN id % 50 = 0 THEN 'bounced' ELSE 'sent' END,
+                  sent_at = now(), finished_at = now()
+           WHERE id IN (SELECT id FROM dispatches WHERE campaign_id = $1 ORDER BY id LIMIT 200)""",
+        campaign,
+    )  # 4 of 200 bounced: 2 %
+    await store.pool.execute("UPDATE campaigns SET status = 'running' WHERE id = $1", campaign)
+    policy = FeedbackPolicy(CountingStore(store.pool), client.app[CAMPAIGNS], Hooks.none(),
+                            ConsentSettings())  # fmt: skip
+    owner = int(await store.pool.fetchval("SELECT owner_id FROM campaigns WHERE id = $1", campaign))
+    hard = FeedbackKind.HARD_BOUNCE
+    assert await policy.check(campaign, owner, Counter({hard: 1})) is None
+    assert CountingStore.counts == 1
+    for _ in range(6):  # 4 + 6 = 10 of 200: not over 5 % yet, whatever the sends since
+        assert await policy.check(campaign, owner, Counter({hard: 1})) is None
+    assert CountingStore.counts == 1, "no count while the new bounces cannot pass"
+    assert await policy.check(campaign, owner, Counter({hard: 1})) is None  # 11: could pass
+    assert CountingStore.counts == 2  # counted: only 4 are (the test added none)
+    await store.pool.execute(
+        """UPDATE dispatches SET status = 'bounced' WHERE campaign_id = $1 AND status = 'sent'
+             AND id IN (SELECT id FROM dispatches WHERE campaign_id = $1 AND status = 'sent'
+                        ORDER BY id LIMIT 10)""",
+        campaign,
+    )
+    reason = await policy.check(campaign, owner, Counter({hard: 10}))
+    assert reason == (
+        "hard-bounce rate 7.0 % (14 of 200 sent) is over 5 % (DISPATCH_PAUSE_BOUNCE_PERCENT)"
+    )
+    assert await _status(store, campaign) == "paused" and CountingStore.counts == 3

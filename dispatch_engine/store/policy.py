@@ -35,6 +35,13 @@ async def campaign_feedback(pool: asyncpg.Pool, campaign_id: int) -> dict[str, i
 
 
 class PolicyQueries(Queries):
+    async def campaign_head(self, campaign_id: int) -> tuple[str, datetime | None] | None:
+        """(status, rates_since) of a campaign: one primary-key read."""
+        row = await self.pool.fetchrow(
+            "SELECT status, rates_since FROM campaigns WHERE id = $1", campaign_id
+        )
+        return None if row is None else (row["status"], row["rates_since"])
+
     async def campaign_rates(self, campaign_id: int) -> CampaignRates | None:
         """Counted from the dispatches (the campaign_status index), not from the events: a
         bounce of an email sent before a resume is not counted after it."""
