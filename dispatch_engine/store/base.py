@@ -41,6 +41,10 @@ def sender_from(row: asyncpg.Record) -> Sender:
         row.get("parked_at"),
         row.get("daily_limit"),
         row.get("delay_jitter_ms") or 0,
+        row.get("dkim_selector"),
+        row.get("dkim_domain"),
+        row.get("dkim_private_key"),
+        row.get("dkim_public_key"),
     )
 
 
