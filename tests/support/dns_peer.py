@@ -99,6 +99,6 @@ def dkim_dnsfunc(peer: DnsPeer) -> Callable[..., bytes | None]:
             answer = resolver.resolve(name.decode(), "TXT", lifetime=timeout)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return None
-        return b"".join(answer[0].strings)  # type: ignore[attr-defined]
+        return b"".join(answer[0].strings)
 
     return txt
