@@ -53,6 +53,16 @@ class User:
 
 
 @dataclass(frozen=True)
+class Warmup:
+    """A new mailbox's ramp: `start` a day, `step` more each day, at most `max` (warmup.py)."""
+
+    start: int
+    step: int
+    max: int
+    started_at: datetime
+
+
+@dataclass(frozen=True)
 class Sender:
     id: int
     owner_id: int
@@ -71,6 +81,7 @@ class Sender:
     daily_limit: int | None = None
     delay_jitter_ms: int = 0  # a random extra gap in [0, delay_jitter_ms] after min_gap_ms
     transactional: bool = False  # may leave out the unsubscribe footer (never the headers)
+    warmup: Warmup | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from ..models import (
     DispatchStatus,
     Sender,
     User,
+    Warmup,
 )
 
 # A connection a caller holds (its transaction), straight or from the pool.
@@ -46,6 +47,15 @@ def sender_from(row: asyncpg.Record) -> Sender:
         row.get("daily_limit"),
         row.get("delay_jitter_ms") or 0,
         row.get("transactional") or False,
+        warmup_from(row),
+    )
+
+
+def warmup_from(row: asyncpg.Record) -> Warmup | None:
+    if row.get("warmup_start") is None:
+        return None
+    return Warmup(
+        row["warmup_start"], row["warmup_step"], row["warmup_max"], row["warmup_started_at"]
     )
 
 
