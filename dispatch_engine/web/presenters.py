@@ -8,6 +8,7 @@ UTC with a `Z`; secrets never appear (a sender's password shows only as `passwor
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -21,6 +22,7 @@ from ..dkim.keys import sender_dns_record
 from ..models import DispatchStatus, Sender, User
 from ..store.accounts import ApiToken
 from ..waiting import CampaignWait, wait_of
+from ..warmup import daily_limit_now, warmup_json
 
 _FINISHED = ("sent", "failed", "cancelled")
 
@@ -218,6 +220,14 @@ def sender_json(sender: Sender) -> dict[str, Any]:
         "min_gap_ms": sender.min_gap_ms,
         "daily_limit": sender.daily_limit,
         "delay_jitter_ms": sender.delay_jitter_ms,
+        "warmup": None
+        if sender.warmup is None
+        else {
+            "start": sender.warmup.start,
+            "step": sender.warmup.step,
+            "max": sender.warmup.max,
+            "started_at": sender.warmup.started_at.isoformat(),
+        },
         "is_default": sender.is_default,
         # The private key is never shown: only what to publish in DNS (docs/senders.md).
         "dkim": _dkim_json(sender),
@@ -247,7 +257,7 @@ def sender_stats_json(
 
     `state` is the queue's view of it (`RedisQueue.sender_state`).
     """
-    now_ms = state["now_ms"] or 0
+    now_ms = state["now_ms"] or int(time.time() * 1000)
     next_due = state["next_due_ms"]
     return {
         "id": sender.id,
@@ -256,6 +266,9 @@ def sender_stats_json(
         "min_gap_ms": sender.min_gap_ms,
         "delay_jitter_ms": sender.delay_jitter_ms,
         "daily_limit": sender.daily_limit,
+        # Today's: its own daily limit or its warm-up ramp's, whichever is lower.
+        "effective_daily_limit": daily_limit_now(sender, now_ms, settings.day_seconds * 1000),
+        "warmup": warmup_json(sender, now_ms, settings.day_seconds * 1000),
         "window_seconds": settings.rate_window_seconds,
         "day_seconds": settings.day_seconds,
         "sent_this_window": window,
