@@ -137,3 +137,31 @@ async def test_the_worker_signs_what_it_sends_and_the_published_record_verifies_
         for raw in received:
             assert dkim.verify(raw, dnsfunc=dkim_dnsfunc(dns)), raw[:300]
             assert not dkim.verify(raw.replace(b"bye", b"BYE"), dnsfunc=dkim_dnsfunc(dns))
+
+
+async def test_keygen_keeps_a_selectors_key_unless_told_to_replace_it(
+    store: Store, env: dict[str, str]
+) -> None:
+    """A new key under the selector receivers already know would fail the mail in flight:
+    rotation is a new selector; replacing takes --replace."""
+    sender_id = await default_sender_id(store)
+    query = "SELECT dkim_selector, dkim_public_key FROM senders WHERE id = $1"
+    first = await asyncio.to_thread(run_cli, ["sender", "dkim-keygen", str(sender_id)], env)
+    assert first.returncode == 0, first.stderr
+    kept = await store.pool.fetchrow(query, sender_id)
+    assert kept is not None
+    again = await asyncio.to_thread(run_cli, ["sender", "dkim-keygen", str(sender_id)], env)
+    assert again.returncode != 0 and "already signs with selector 'dispatch'" in again.stderr
+    assert await store.pool.fetchrow(query, sender_id) == kept
+    rotated = await asyncio.to_thread(
+        run_cli, ["sender", "dkim-keygen", "--selector", "dispatch2", str(sender_id)], env
+    )
+    assert rotated.returncode == 0 and "dispatch2._domainkey.example.com." in rotated.stdout
+    replaced = await asyncio.to_thread(
+        run_cli, ["sender", "dkim-keygen", "--selector", "dispatch2", "--replace", str(sender_id)],
+        env,
+    )  # fmt: skip
+    assert replaced.returncode == 0
+    now = await store.pool.fetchrow(query, sender_id)
+    assert now is not None
+    assert now["dkim_selector"] == "dispatch2" and now["dkim_public_key"] != kept["dkim_public_key"]

@@ -15,7 +15,7 @@ import orjson
 from ..bootstrap import command_pool, servers_for
 from ..config import Settings, ensure_secret_key
 from ..dkim import dns_check, keys
-from ..errors import DomainError
+from ..errors import DomainError, ValidationError
 from ..hooks import Hooks
 from ..queue import RedisQueue
 from ..redis_client import connect_redis
@@ -212,10 +212,20 @@ def _run_db(obj: CommandContext, work: Callable[[asyncpg.Pool, Settings], Awaita
 @click.option("--domain", help="The d= domain (default: the sender's From domain).")
 @click.option("--bits", type=click.Choice([str(b) for b in keys.KEY_BITS]), default="2048",
               show_default=True, help="RSA key size.")  # fmt: skip
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace the key of the same selector (mail in flight then fails DKIM).",
+)
 @click.argument("sender_id", type=int)
 @click.pass_obj
 def dkim_keygen(
-    obj: CommandContext, selector: str, domain: str | None, bits: str, sender_id: int
+    obj: CommandContext,
+    selector: str,
+    domain: str | None,
+    bits: str,
+    replace: bool,
+    sender_id: int,
 ) -> None:
     """Make a DKIM key for SENDER_ID, store it sealed, print the DNS TXT record to publish.
 
@@ -224,6 +234,12 @@ def dkim_keygen(
 
     async def work(pool: asyncpg.Pool, settings: Settings) -> str:
         sender = await keys.sender_by_id(pool, sender_id)
+        if sender.dkim_selector == keys.check_selector(selector) and not replace:
+            raise ValidationError(
+                "selector",
+                f"sender {sender.id} already signs with selector {selector!r}: give a new "
+                "--selector (publish it beside the old record), or pass --replace",
+            )
         pair = keys.generate_key(
             selector, domain or sender.from_address.rpartition("@")[2], int(bits)
         )
