@@ -274,9 +274,13 @@ def check_dns(
 ) -> None:
     """Report SPF, DKIM and DMARC for SENDER_ID's domain; exit 1 if any is missing or wrong."""
 
+    try:  # a bad --nameserver is said before anything connects
+        lookup = dns_check.Lookup(nameserver, dns_port, timeout)
+    except DomainError as exc:
+        raise click.BadParameter(exc.message, param_hint="--nameserver") from None
+
     async def work(pool: asyncpg.Pool, settings: Settings) -> list[dns_check.Check]:
         sender = await keys.sender_by_id(pool, sender_id)
-        lookup = dns_check.Lookup(nameserver, dns_port, timeout)
         return await dns_check.check_sender(lookup, sender)
 
     checks = _run_db(obj, work)

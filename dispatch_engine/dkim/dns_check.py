@@ -13,6 +13,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from ..errors import ValidationError
 from ..models import Sender
 from .keys import dns_record, record_name
 
@@ -36,7 +37,10 @@ class Lookup:
     def __init__(self, nameserver: str | None, port: int = 53, timeout: float = 5.0) -> None:
         if nameserver:
             self.resolver = dns.asyncresolver.Resolver(configure=False)
-            self.resolver.nameservers = [nameserver]
+            try:
+                self.resolver.nameservers = [nameserver]
+            except ValueError:
+                raise ValidationError("nameserver", "must be an IP address") from None
             self.resolver.port = port
         else:
             self.resolver = dns.asyncresolver.Resolver()
