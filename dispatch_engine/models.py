@@ -7,6 +7,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from .weekly import WeeklyWindow
+
 
 class DispatchStatus(StrEnum):
     SCHEDULED = "scheduled"
@@ -103,6 +105,7 @@ class CampaignContent:
     hourly_limit: int | None
     daily_limit: int | None = None
     delay_jitter_ms: int = 0
+    send_window: WeeklyWindow | None = None  # applied in each recipient's own time zone
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class WaitReason(StrEnum):
     DAILY_LIMIT = "daily_limit"  # the sender's or the campaign's daily limit
     MIN_GAP = "min_gap"  # the delay between two emails of the sender
     BUSINESS_HOURS = "business_hours"
+    RECIPIENT_HOURS = "recipient_hours"  # outside the campaign's window in the recipient's zone
     POLICY = "policy"  # another pacing plugin
     PAUSED = "paused"  # the campaign is paused
     AUTH_FAILURE = "auth_failure"  # the sender's account refused the login

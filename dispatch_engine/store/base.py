@@ -5,20 +5,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
+from ..db import Conn as Conn  # the one alias (db.py), importable beside Queries
 from ..models import (
     DispatchStatus,
     Sender,
     User,
     Warmup,
 )
-
-# A connection a caller holds (its transaction), straight or from the pool.
-Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
 
 def hash_token(token: str) -> bytes:

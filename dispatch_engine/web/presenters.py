@@ -62,6 +62,14 @@ def campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
         "delay_jitter_ms": detail.get("delay_jitter_ms", 0),
         "hourly_limit": detail["hourly_limit"],
         "daily_limit": detail.get("daily_limit"),
+        # In each recipient's own zone (its `timezone` variable, else this one).
+        "send_window": None
+        if not detail.get("send_window")
+        else {
+            "days_and_hours": detail["send_window"],
+            "timezone": detail["timezone"],
+            "holidays": [d.isoformat() for d in detail.get("holidays") or ()],
+        },
         "total": total,
         "counts": counts,
         "progress": round(done / total, 4) if total else 1.0,
