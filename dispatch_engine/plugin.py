@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import outbound
+from . import outbound, weekly
 from .auth import DEV_EMAIL, AuthContext, AuthError, AuthProviderSpec, LoginIdentity
 from .config import Settings
 from .consent.feedback import Feedback, FeedbackEvent, FeedbackKind, FeedbackResult
@@ -48,6 +48,7 @@ from .transport import (
     TransportError,
     TransportSpec,
 )
+from .weekly import WeeklyWindow
 
 __all__ = [
     "DEV_EMAIL",
@@ -81,6 +82,7 @@ __all__ = [
     "TransportContext",
     "TransportError",
     "TransportSpec",
+    "WeeklyWindow",
     "boolean",
     "ca_file",
     "choice",
@@ -92,6 +94,7 @@ __all__ = [
     "settings_of",
     "text",
     "url",
+    "weekly",
     "whole_number",
 ]
 

@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
+from ..db import Conn
 from ..models import DispatchStatus
 from ..store import Store
-from ..store.base import Conn
 from ..store.feedback import FeedbackTarget
 from .addresses import AddressError, normalize_address
 from .settings import ConsentSettings
