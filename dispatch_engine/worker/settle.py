@@ -104,7 +104,7 @@ class Settle:
                 continue
             self.metrics.emails.labels(o.status.value).inc()
             self._touched.add(o.campaign_id)
-            log.warning("dispatch %d failed: %s", o.dispatch_id, o.error, extra=ids)
+            log.warning("dispatch %d %s: %s", o.dispatch_id, o.status.value, o.error, extra=ids)
         if sent:
             self.sent += sent
             self.metrics.emails.labels(DispatchStatus.SENT.value).inc(sent)
