@@ -218,6 +218,7 @@ def sender_json(sender: Sender) -> dict[str, Any]:
         "daily_limit": sender.daily_limit,
         "delay_jitter_ms": sender.delay_jitter_ms,
         "is_default": sender.is_default,
+        "transactional": sender.transactional,  # its bodies may go without the unsubscribe footer
         # Set when its server kept refusing its account: every email of it waits.
         "parked": {"reason": sender.parked_reason, "since": sender.parked_at.isoformat()}
         if sender.parked_reason is not None and sender.parked_at is not None
