@@ -191,18 +191,18 @@ def _compile_field(source: str, field: str) -> Renderer:
         raise _problem(field, exc) from None
 
 
-def render_preview(templates: Mapping[str, str], context: Mapping[str, Any]) -> dict[str, str]:
+def render_preview(templates: Mapping[str, str], recipient: Mapping[str, Any]) -> dict[str, str]:
     """What one recipient would get: compiled and rendered as the worker does (the same
     sandbox, one message's budget); TemplateProblem names the field. CPU work: off the loop."""
     renderers = {field: _compile_field(source, field) for field, source in templates.items()}
-    context = {**context, UNSUBSCRIBE_VARIABLE: SAMPLE_UNSUBSCRIBE_URL}
+    context = {**recipient, UNSUBSCRIBE_VARIABLE: SAMPLE_UNSUBSCRIBE_URL}
     out = {}
     with budget():
         for field, renderer in renderers.items():
             try:
                 out[field] = _render_capped(renderer, context, field)
             except jinja2.UndefinedError as exc:
-                known = ", ".join(sorted(context))
+                known = ", ".join(sorted(recipient))
                 message = f"{field}: {exc.message} (this recipient has: {known})"
                 raise TemplateProblem(field, message) from None
             except SecurityError as exc:

@@ -8,6 +8,7 @@ folder, `config.ensure_secret_key`), so api and worker processes agree on every 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -18,6 +19,7 @@ from ..setting import settings_of
 from .settings import ConsentSettings
 from .tokens import DispatchTokens, Purpose
 
+log = logging.getLogger("dispatch_engine.unsubscribe")
 PATH = "/u/"  # + the token: the one-click URL's path (web/unsubscribe.py serves it)
 VARIABLE = "unsubscribe_url"  # what templates call the link
 ONE_CLICK_FIELD, ONE_CLICK_VALUE = "List-Unsubscribe", "One-Click"  # the RFC 8058 POST body
@@ -53,6 +55,8 @@ class UnsubscribeLinks:
         self.tokens = DispatchTokens(keyed.secret_key, Purpose.UNSUBSCRIBE, keyed.old_secret_keys)
         consent = settings_of(ConsentSettings, settings)
         self._base = quote(settings.public_url.rstrip("/"), safe=_URL_SAFE) + PATH
+        if settings.base_url is None and not settings.loopback_bind:
+            log.warning("DISPATCH_BASE_URL is not set: unsubscribe links start %s", self._base)
         mailto = consent.unsubscribe_mailto
         self._mailto = None if mailto is None else quote(mailto, safe=_MAILTO_SAFE)
         footer = consent.unsubscribe_footer
