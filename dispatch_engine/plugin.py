@@ -6,9 +6,13 @@ shows how. Anything else in the package may change without notice.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import outbound
 from .auth import DEV_EMAIL, AuthContext, AuthError, AuthProviderSpec, LoginIdentity
 from .config import Settings
+from .consent.addresses import AddressError, normalize_address
+from .consent.feedback import Feedback, FeedbackEvent, FeedbackKind, FeedbackResult
 from .hookspecs import hookimpl
 from .login_config import GOOGLE_ISSUER, OidcClient
 from .pacing import (
@@ -25,6 +29,7 @@ from .setting import (
     boolean,
     ca_file,
     choice,
+    names,
     read_settings,
     setting,
     settings_of,
@@ -44,15 +49,26 @@ from .transport import (
     TransportError,
     TransportSpec,
 )
+from .web.responses import HttpError
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from redis.asyncio import Redis
 
 __all__ = [
     "DEV_EMAIL",
     "GOOGLE_ISSUER",
+    "AddressError",
     "AuthContext",
     "AuthError",
     "AuthProviderSpec",
     "BuiltinLimit",
     "CampaignLimits",
+    "Feedback",
+    "FeedbackEvent",
+    "FeedbackKind",
+    "FeedbackResult",
+    "HttpError",
     "LoginIdentity",
     "OidcClient",
     "OutgoingMessage",
@@ -73,14 +89,50 @@ __all__ = [
     "TransportError",
     "TransportSpec",
     "boolean",
+    "bounce_token_dispatch",
     "ca_file",
     "choice",
+    "feedback_of",
     "hookimpl",
+    "names",
+    "normalize_address",
     "outbound",
     "read_settings",
+    "redis_of",
     "setting",
     "settings_of",
     "text",
     "url",
     "whole_number",
 ]
+
+
+# ---- for a route's handler (`request.app`): the api process's shared objects ----
+
+
+def feedback_of(app: web.Application) -> Feedback:
+    """The core feedback handler: `await feedback_of(app).handle([FeedbackEvent(…)])`."""
+    from .consent.settings import ConsentSettings
+    from .setting import settings_of as _settings_of
+    from .web.app_keys import SETTINGS, STORE
+
+    return Feedback(app[STORE], _settings_of(ConsentSettings, app[SETTINGS]))
+
+
+def bounce_token_dispatch(app: web.Application, token: str) -> int | None:
+    """The dispatch a genuine bounce token (VERP, a provider's custom argument) names."""
+    from .consent.tokens import DispatchTokens, Purpose
+    from .web.app_keys import SETTINGS
+
+    settings = app[SETTINGS]
+    if not settings.secret_key:
+        return None
+    tokens = DispatchTokens(settings.secret_key, Purpose.BOUNCE, settings.old_secret_keys)
+    return tokens.read(token.strip())
+
+
+def redis_of(app: web.Application) -> Redis:
+    """The process's Redis client (keys a plugin writes start with its own name)."""
+    from .web.app_keys import REDIS
+
+    return app[REDIS]

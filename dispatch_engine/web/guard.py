@@ -28,6 +28,10 @@ from .templating import render
 log = logging.getLogger(__name__)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 UNGUARDED_PREFIXES = ("/static/", "/healthz", "/readyz", "/metrics")
+# Provider feedback webhooks (builtins/provider_webhooks): the provider signs, no session.
+UNGUARDED_PATHS = frozenset(
+    f"/hooks/feedback/{p}" for p in ("ses", "sendgrid", "mailgun", "postmark")
+)
 PUBLIC_PREFIXES = ("/login", "/auth/", *UNGUARDED_PREFIXES)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # Pages run no inline script; an email preview is sandboxed and may load its images.
@@ -76,7 +80,7 @@ async def browser_middleware(request: web.Request, handler: Handler) -> web.Stre
     api = request.path.startswith("/api/")
     if manager is None or (api and "Authorization" in request.headers):
         return await handler(request)
-    if request.path.startswith(UNGUARDED_PREFIXES):  # no session look-up for these
+    if request.path.startswith(UNGUARDED_PREFIXES) or request.path in UNGUARDED_PATHS:
         return await handler(request)
     session = await manager.find(request)
     if session is not None:
