@@ -88,7 +88,9 @@ class SnsCertServer:
     def cert_url(self) -> str:
         return f"{self.base}/SimpleNotificationService-test.pem"
 
-    def message(self, kind: str = "Notification", *, version: str = "2", **fields: Any) -> dict[str, Any]:
+    def message(
+        self, kind: str = "Notification", *, version: str = "2", **fields: Any
+    ) -> dict[str, Any]:
         """An SNS message of `kind`, as SNS posts it ("HTTP/HTTPS notification JSON format",
         https://docs.aws.amazon.com/sns/latest/dg/http-notification-json.html), signed."""
         message: dict[str, Any] = {
