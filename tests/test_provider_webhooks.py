@@ -160,7 +160,7 @@ def test_sns_signatures_of_both_versions_verify_and_any_change_breaks_them() -> 
 def test_sns_certificate_urls_must_be_https_on_an_sns_host() -> None:
     hosts = re.compile(SNS_CERT_HOSTS, re.IGNORECASE)
     good = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem"
-    assert sns.check_url(good, hosts, "SigningCertURL") == good
+    assert sns.check_url(good, hosts, "SigningCertURL", pem=True) == good
     for bad in (
         good.replace("https", "http"),
         "https://sns.eu-west-1.amazonaws.com.evil.example/c.pem",
@@ -168,10 +168,11 @@ def test_sns_certificate_urls_must_be_https_on_an_sns_host() -> None:
         "https://sns.eu-west-1.amazonaws.com@evil.example/c.pem",
         "https://user@sns.eu-west-1.amazonaws.com/c.pem",
         "https://s3.amazonaws.com/c.pem",
+        "https://sns.eu-west-1.amazonaws.com/?Action=Publish",
         None,
     ):
         with pytest.raises(sns.SnsRefused):
-            sns.check_url(bad, hosts, "SigningCertURL")
+            sns.check_url(bad, hosts, "SigningCertURL", pem=True)
 
 
 def test_sns_refuses_a_stale_timestamp() -> None:

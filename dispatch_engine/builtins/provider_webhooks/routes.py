@@ -102,10 +102,10 @@ def ses_route(conf: ProviderWebhookSettings, allow_private: bool) -> Handler:
             raise refused("topic_not_allowed", "TopicArn is not in DISPATCH_SES_TOPIC_ARNS")
         try:
             url = sns.check_url(message.get("SigningCertURL"), conf.sns_cert_hosts,
-                                "SigningCertURL")  # fmt: skip
+                                "SigningCertURL", pem=True)  # fmt: skip
             sns.canonical(message)  # the shape, before any fetch
-            sns.verify_signature(message, await certificates.get(url))
             sns.check_fresh(message, conf.max_age_s)
+            sns.verify_signature(message, await certificates.get(url))
             if message["Type"] == "SubscriptionConfirmation":
                 subscribe = sns.check_url(message.get("SubscribeURL"), conf.sns_cert_hosts,
                                           "SubscribeURL")  # fmt: skip

@@ -25,7 +25,8 @@ def _message_ids(mail: Mapping[str, Any]) -> tuple[str, ...]:
     common = mail.get("commonHeaders")
     if isinstance(common, Mapping) and isinstance(common.get("messageId"), str):
         found.append(angle(common["messageId"]))
-    for header in mail.get("headers") or []:
+    headers = mail.get("headers")
+    for header in headers if isinstance(headers, list) else []:
         if (
             isinstance(header, Mapping)
             and str(header.get("name", "")).lower() == "message-id"

@@ -67,8 +67,8 @@ def canonical(message: Mapping[str, Any]) -> bytes:
     return "".join(out).encode()
 
 
-def check_url(url: object, hosts: re.Pattern[str], what: str) -> str:
-    """`url` when it is https on an allowed SNS host; SnsRefused otherwise."""
+def check_url(url: object, hosts: re.Pattern[str], what: str, *, pem: bool = False) -> str:
+    """`url` when it is https on an allowed SNS host (and names a .pem file when `pem`)."""
     if not isinstance(url, str) or len(url) > 2048:
         raise SnsRefused(f"{what} must be a URL")
     parts = urlsplit(url)
@@ -76,6 +76,8 @@ def check_url(url: object, hosts: re.Pattern[str], what: str) -> str:
         raise SnsRefused(f"{what} must be an https URL")
     if not parts.hostname or not hosts.fullmatch(parts.hostname):
         raise SnsRefused(f"{what} is not on an Amazon SNS host")
+    if pem and not parts.path.endswith(".pem"):
+        raise SnsRefused(f"{what} must name a .pem certificate")
     return url
 
 
