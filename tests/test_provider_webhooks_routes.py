@@ -293,3 +293,34 @@ async def test_an_unconfigured_provider_is_not_mounted_and_bodies_are_capped(
     huge = b'{"x": "' + b"x" * 8192 + b'"}'
     status, answer = await post(client, "mailgun", huge)
     assert status == 413 and answer["error"]["code"] == "too_large"
+
+
+async def test_the_certificate_fetch_obeys_the_outbound_target_checks(
+    make_client: Start, store: Store, settings: Settings, sns_server: SnsCertServer
+) -> None:
+    client = await make_client(replace(configured(settings), allow_private_targets=False))
+    (bob,) = await sent(client, store, "ada@example.com", ["bob@example.com"])
+    notification = sns_server.message(Message=ses_bounce(bob["message_id"], "bob@example.com"))
+    status, answer = await post(client, "ses", notification)
+    assert status == 403 and "cannot be fetched" in answer["error"]["message"]
+    assert sns_server.hits == []  # loopback is not a public address: never connected
+    assert await state(store, bob) == ("sent", None, 0)
+
+
+async def test_postmark_ip_allow_list_and_the_exemption_covers_only_the_four_paths(
+    make_client: Start, store: Store, settings: Settings
+) -> None:
+    record = {"RecordType": "SpamComplaint", "ID": 7, "Email": "bob@example.com"}
+    elsewhere = configured(settings).with_environ(DISPATCH_POSTMARK_ALLOWED_IPS="10.0.0.0/8")
+    client = await make_client(elsewhere)
+    status, _ = await post(client, "postmark", record, Authorization=POSTMARK)
+    assert status == 401  # the test posts from 127.0.0.1
+    loopback = configured(settings).with_environ(DISPATCH_POSTMARK_ALLOWED_IPS="127.0.0.1")
+    client = await make_client(loopback)
+    assert await post(client, "postmark", record, Authorization=POSTMARK) == (
+        200,
+        {"applied": 0, "duplicates": 0, "unmatched": 1},
+    )
+    for path in ("/hooks/feedback/postmark/x", "/hooks/feedback/other", "/hooks/feedback/"):
+        response = await client.post(path, data=b"{}", headers={"Authorization": POSTMARK})
+        assert response.status == 403, path  # still the dashboard's: sign in first
