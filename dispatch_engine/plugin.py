@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import outbound
+from aiohttp import web
+
+from . import outbound, weekly
 from .auth import DEV_EMAIL, AuthContext, AuthError, AuthProviderSpec, LoginIdentity
 from .config import Settings
 from .consent.addresses import AddressError, normalize_address
@@ -50,9 +52,9 @@ from .transport import (
     TransportSpec,
 )
 from .web.responses import HttpError
+from .weekly import WeeklyWindow
 
 if TYPE_CHECKING:
-    from aiohttp import web
     from redis.asyncio import Redis
 
 __all__ = [
@@ -88,6 +90,7 @@ __all__ = [
     "TransportContext",
     "TransportError",
     "TransportSpec",
+    "WeeklyWindow",
     "boolean",
     "bounce_token_dispatch",
     "ca_file",
@@ -103,20 +106,16 @@ __all__ = [
     "settings_of",
     "text",
     "url",
+    "weekly",
     "whole_number",
 ]
 
 
-# ---- for a route's handler (`request.app`): the api process's shared objects ----
-
-
 def feedback_of(app: web.Application) -> Feedback:
-    """The core feedback handler: `await feedback_of(app).handle([FeedbackEvent(…)])`."""
-    from .consent.settings import ConsentSettings
-    from .setting import settings_of as _settings_of
-    from .web.app_keys import SETTINGS, STORE
+    """The core's one feedback handler, for a plugin's routes and readers (started apps)."""
+    from .web.app_keys import FEEDBACK  # the app's keys import most of the core
 
-    return Feedback(app[STORE], _settings_of(ConsentSettings, app[SETTINGS]))
+    return app[FEEDBACK]
 
 
 def bounce_token_dispatch(app: web.Application, token: str) -> int | None:
