@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import pytest
 
 from dispatch_engine.builtins.provider_webhooks import mailgun, postmark, sendgrid, ses, sns
+from dispatch_engine.builtins.provider_webhooks.reported import verp_token
 from dispatch_engine.builtins.provider_webhooks.settings import (
     SNS_CERT_HOSTS,
     ProviderWebhookSettings,
@@ -277,3 +278,11 @@ def test_bad_settings_stop_the_start_naming_the_variable() -> None:
         with pytest.raises(SettingsError, match=variable):
             settings_of(ProviderWebhookSettings, Settings().with_environ(**{variable: value}))
     assert settings_of(ProviderWebhookSettings, Settings()).mounted() == ()
+
+
+def test_a_verp_envelope_sender_carries_the_bounce_token() -> None:
+    token = "abcdefghijklmnopqrstuvwxyz234"
+    assert verp_token(f"bounce+{token}@bounces.example.com") == token
+    assert verp_token(f"<BOUNCE+{token.upper()}@bounces.example.com>") == token.upper()
+    for other in ("ada@example.com", f"bounce+{token}x@b.example", f"x+{token}@b.example", None):
+        assert verp_token(other) is None

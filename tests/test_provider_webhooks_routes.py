@@ -324,3 +324,22 @@ async def test_postmark_ip_allow_list_and_the_exemption_covers_only_the_four_pat
     for path in ("/hooks/feedback/postmark/x", "/hooks/feedback/other", "/hooks/feedback/"):
         response = await client.post(path, data=b"{}", headers={"Authorization": POSTMARK})
         assert response.status == 403, path  # still the dashboard's: sign in first
+
+
+async def test_ses_replaces_our_message_id_so_the_verp_sender_names_the_dispatch(
+    make_client: Start, store: Store, settings: Settings, sns_server: SnsCertServer
+) -> None:
+    client = await make_client(configured(settings))
+    (bob,) = await sent(client, store, "ada@example.com", ["bob@example.com"])
+    token = DispatchTokens(settings.secret_key, Purpose.BOUNCE).make(bob["id"])
+    # "Amazon SES header fields": SES overrides a Message-ID it is given with its own.
+    notification = orjson.loads(ses_bounce("<0100018c-ses@email.amazonses.com>", "bob@ex.com"))
+    notification["bounce"]["bouncedRecipients"][0]["emailAddress"] = "bob@example.com"
+    notification["mail"]["source"] = f"bounce+{token}@bounces.example.com"
+    forged = {**notification, "mail": {**notification["mail"], "source": "bounce+" + "a" * 29 +
+              "@bounces.example.com"}}  # fmt: skip
+    message = sns_server.message(Message=orjson.dumps(forged).decode())
+    assert (await post(client, "ses", message))[1]["unmatched"] == 1  # not a genuine token
+    message = sns_server.message(Message=orjson.dumps(notification).decode())
+    assert (await post(client, "ses", message))[1]["applied"] == 1
+    assert await state(store, bob) == ("bounced", "hard_bounce", 1)

@@ -7,7 +7,8 @@ the body's `signature` object holds `timestamp`, `token` (50 random characters) 
 signing key; a receiver should refuse a token it has seen and a stale timestamp. The
 `event-data` ("Events" reference) reports `failed` (`severity` permanent: hard, temporary:
 soft), `complained` and `unsubscribed`; `message.headers.message-id` is our Message-ID
-without its brackets; a user variable `dispatch_token` carries our token; `id` is the event's.
+without its brackets; a user variable `dispatch_token`, or the VERP envelope sender
+(`envelope.sender`, `bounce+<token>@…`), carries our token; `id` is the event's.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .reported import Kind, Reported, angle, short
+from .reported import Kind, Reported, angle, short, verp_token
 
 TOKEN_VARIABLE = "dispatch_token"
 EVENTS: dict[str, Kind] = {"complained": "complaint", "unsubscribed": "unsubscribe"}
@@ -67,6 +68,9 @@ def reported(body: Mapping[str, Any]) -> list[Reported]:
     header = headers.get("message-id") if isinstance(headers, Mapping) else None
     variables = data.get("user-variables")
     token = variables.get(TOKEN_VARIABLE) if isinstance(variables, Mapping) else None
+    envelope = data.get("envelope")
+    if not isinstance(token, str) and isinstance(envelope, Mapping):
+        token = verp_token(envelope.get("sender"))  # the VERP return path, when set
     status = data.get("delivery-status")
     detail = status.get("description") or status.get("message") if isinstance(
         status, Mapping) else data.get("reason")  # fmt: skip

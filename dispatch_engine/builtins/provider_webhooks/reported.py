@@ -6,12 +6,15 @@ each to its dispatch and hands it to the core feedback handler.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["hard_bounce", "soft_bounce", "complaint", "unsubscribe"]
 MAX_DETAIL_CHARS = 500  # of a provider's diagnostic, kept with the event
 MAX_EVENTS = 1000  # per request (SendGrid batches; the others post one event)
+# The VERP envelope sender of consent/verp.py: `bounce+<29-character base32 token>@domain`.
+_VERP = re.compile(r"(?i)^bounce\+([a-z2-7]{29})@[^@\s<>]+$")
 
 
 @dataclass(frozen=True)
@@ -35,3 +38,11 @@ def angle(message_id: str) -> str:
 
 def short(text: object) -> str:
     return str(text or "")[:MAX_DETAIL_CHARS]
+
+
+def verp_token(envelope_sender: object) -> str | None:
+    """The bounce token in a VERP envelope sender (`bounce+<token>@…`), if it is one."""
+    if not isinstance(envelope_sender, str):
+        return None
+    found = _VERP.match(envelope_sender.strip().strip("<>"))
+    return found.group(1) if found else None

@@ -6,7 +6,9 @@ publishing records, which say `eventType` where notifications say `notificationT
 a `Bounce` of `bounceType` Permanent is a hard bounce, Transient a soft one (Undetermined
 too: nothing proves the address dead); a `Complaint` is a complaint. The original
 Message-ID is in `mail.commonHeaders.messageId` or `mail.headers` (SES includes headers
-unless the identity turns that off); a `dispatch_token` tag (`mail.tags`) carries our token.
+unless the identity turns that off), but SES replaces a Message-ID it is given ("Amazon SES
+header fields"), so the match is mostly the token: a `dispatch_token` tag (`mail.tags`, event
+publishing) or the VERP envelope sender `mail.source` (`bounce+<token>@…`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .reported import Kind, Reported, angle, short
+from .reported import Kind, Reported, angle, short, verp_token
 
 BOUNCE_KINDS: dict[str, Kind] = {"Permanent": "hard_bounce"}  # else soft_bounce
 TOKEN_TAG = "dispatch_token"
@@ -41,7 +43,7 @@ def _token(mail: Mapping[str, Any]) -> str | None:
     values = tags.get(TOKEN_TAG) if isinstance(tags, Mapping) else None
     if isinstance(values, list) and values and isinstance(values[0], str):
         return values[0]
-    return None
+    return verp_token(mail.get("source"))
 
 
 def _recipients(block: Mapping[str, Any], key: str) -> list[str]:
