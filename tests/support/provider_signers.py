@@ -27,8 +27,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from dispatch_engine.builtins.provider_webhooks.sns import canonical
-
 from .tls_certs import tls_server
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:ses-feedback"
@@ -113,9 +111,19 @@ class SnsCertServer:
         return sign_sns(message, self.key)
 
 
+def string_to_sign(message: dict[str, Any]) -> bytes:
+    """Written here from AWS's steps, not imported, so the verifier is checked against it:
+    "Name\nValue\n" per field, in this order; Subject only when the message has one."""
+    if message["Type"] == "Notification":
+        names = ["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"]
+    else:
+        names = ["Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"]
+    return "".join(f"{n}\n{message[n]}\n" for n in names if n in message).encode()
+
+
 def sign_sns(message: dict[str, Any], key: rsa.RSAPrivateKey) -> dict[str, Any]:
     digest = hashes.SHA1() if message["SignatureVersion"] == "1" else hashes.SHA256()
-    signature = key.sign(canonical(message), padding.PKCS1v15(), digest)
+    signature = key.sign(string_to_sign(message), padding.PKCS1v15(), digest)
     return {**message, "Signature": base64.b64encode(signature).decode()}
 
 
