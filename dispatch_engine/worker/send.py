@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..consent.unsubscribe import UnsubscribeLinks
+from ..dkim import DkimSigner
 from ..models import DispatchJob, DispatchStatus
 from ..pacing import WaitReason
 from ..queue import Lease
@@ -72,6 +73,7 @@ class Send:
         self._slots = asyncio.Semaphore(deps.settings.worker_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._latency: dict[str, Any] = {}  # transport_latency's child per transport
+        self.dkim = DkimSigner(deps.transports.box)  # signs before any transport (docs/senders.md)
 
     async def start(
         self, job: DispatchJob, compiled: CompiledCampaign, message_id: str, lease: Lease
@@ -138,6 +140,7 @@ class Send:
         try:
             unsubscribe = self.unsubscribe.for_dispatch(job.id)
             subject, raw = compiled.render(job.recipient, job.vars, message_id, unsubscribe)
+            raw = self.dkim.sign(sender, raw)
             transport = await self.transports.for_sender(sender)
             message = OutgoingMessage(
                 job.id,
