@@ -13,10 +13,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import dkim
 import pytest
 
 from dispatch_engine.config import Settings, ensure_secret_key
 from dispatch_engine.consent.tokens import DispatchTokens, Purpose
+from dispatch_engine.dkim.keys import generate_key, record_value
+from dispatch_engine.secretbox import SecretBox
 from dispatch_engine.store import Store
 
 from .support.app_client import AppClient, Start
@@ -287,3 +290,38 @@ async def test_list_unsubscribe_names_a_mailto_when_one_is_configured(
     expected = f"<{url}>" + (f", <mailto:{mailto}?subject=unsubscribe-{token}>" if mailto else "")
     assert str(message["List-Unsubscribe"]) == expected
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+async def test_the_dkim_signature_covers_both_unsubscribe_headers_of_a_sent_email(
+    make_client: Start, settings: Settings, store: Store
+) -> None:
+    """RFC 8058 asks that the DKIM signature cover List-Unsubscribe and List-Unsubscribe-Post:
+    the worker signs after rendering, so an email as sent verifies with dkimpy, names both in
+    `h=`, and fails once its link is changed."""
+    pair = generate_key("s2026", "news.example")
+    client = await make_client()
+    headers = auth(await new_token(store, "owner@news.example"))
+    made = await client.post("/api/senders", headers=headers, json={
+        "from_address": "news@news.example", "transport": "capture"})  # fmt: skip
+    sender = (await made.json())["id"]
+    await store.pool.execute(
+        """UPDATE senders SET dkim_selector = $2, dkim_domain = $3, dkim_private_key = $4,
+                              dkim_public_key = $5 WHERE id = $1""",
+        sender, pair.selector, pair.domain,
+        SecretBox(settings.secret_key).seal(pair.private_pem), pair.public_b64,
+    )  # fmt: skip
+    campaign = await _schedule(client, headers, ["reader@example.com"], sender=sender)
+    await _all_sent(store, campaign)
+    raw = await store.pool.fetchval("SELECT raw FROM captured_messages")
+    record = f"{pair.selector}._domainkey.{pair.domain}.".encode()
+
+    def txt(query: bytes, timeout: float = 5) -> bytes | None:
+        return record_value(pair.public_b64).encode() if query == record else None
+
+    assert dkim.verify(raw, dnsfunc=txt), raw[:600]
+    signature = email.message_from_bytes(raw, policy=email.policy.default)["DKIM-Signature"]
+    signed = re.search(r"h=([^;]*);", re.sub(r"\s", "", str(signature)))
+    assert signed is not None
+    assert {"list-unsubscribe", "list-unsubscribe-post"} <= set(signed.group(1).split(":"))
+    url = _link(email.message_from_bytes(raw, policy=email.policy.default))
+    assert not dkim.verify(raw.replace(url.encode(), url.encode()[:-1] + b"x"), dnsfunc=txt)
