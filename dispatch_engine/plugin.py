@@ -7,10 +7,12 @@ shows how. Anything else in the package may change without notice.
 from __future__ import annotations
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from . import outbound
 from .auth import DEV_EMAIL, AuthContext, AuthError, AuthProviderSpec, LoginIdentity
 from .config import Settings
+from .consent import arf, dsn, verp  # bounce and complaint reports, VERP return paths
 from .consent.feedback import Feedback, FeedbackEvent, FeedbackKind, FeedbackResult
 from .hookspecs import hookimpl
 from .login_config import GOOGLE_ISSUER, OidcClient
@@ -79,17 +81,22 @@ __all__ = [
     "TransportContext",
     "TransportError",
     "TransportSpec",
+    "arf",
     "boolean",
     "ca_file",
     "choice",
+    "dsn",
     "feedback_of",
     "hookimpl",
     "outbound",
     "read_settings",
+    "redis_of",
+    "roles_of",
     "setting",
     "settings_of",
     "text",
     "url",
+    "verp",
     "whole_number",
 ]
 
@@ -99,3 +106,17 @@ def feedback_of(app: web.Application) -> Feedback:
     from .web.app_keys import FEEDBACK  # the app's keys import most of the core
 
     return app[FEEDBACK]
+
+
+def roles_of(app: web.Application) -> frozenset[str]:
+    """The roles this process runs (`api`, `worker`, `sweeper`)."""
+    from .web.app_keys import ROLES
+
+    return app[ROLES]
+
+
+def redis_of(app: web.Application) -> Redis:
+    """The process's Redis client (started apps), e.g. for a lock one process holds."""
+    from .web.app_keys import REDIS
+
+    return app[REDIS]

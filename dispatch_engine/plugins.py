@@ -46,6 +46,7 @@ DEFAULT_PLUGINS = (
     "dispatch_engine.builtins.capture",
     "dispatch_engine.builtins.dev_login",
     "dispatch_engine.builtins.google_oidc",
+    "dispatch_engine.builtins.imap_feedback",
     "dispatch_engine.builtins.notify",
     "dispatch_engine.builtins.pacing",
     "dispatch_engine.builtins.smtp",

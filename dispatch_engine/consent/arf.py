@@ -18,6 +18,7 @@ from email.message import EmailMessage, Message
 from .dsn import (
     MAX_RECIPIENTS,
     MalformedReport,
+    bare_address,
     delivered_to,
     field,
     message_id,
@@ -66,15 +67,17 @@ def _parse_arf(message: EmailMessage) -> ComplaintReport:
     if not feedback_type:
         raise MalformedReport("a feedback report without Feedback-Type")
     original = original_headers(message)
-    return_paths = [a for a in (_bare(field(fields, "Original-Mail-From")),) if a]
+    return_paths = [a for a in (bare_address(field(fields, "Original-Mail-From")),) if a]
     if original is not None:
-        return_paths += [a for a in (_bare(field(original, "Return-Path")),) if a]
+        return_paths += [a for a in (bare_address(field(original, "Return-Path")),) if a]
     recipients = fields.get_all("Original-Rcpt-To", [])[:MAX_RECIPIENTS]
     return ComplaintReport(
         feedback_type=feedback_type,
         report_message_id=message_id(message),
         original_message_id=message_id(original) if original is not None else None,
-        original_rcpt_to=tuple(a for r in recipients if (a := _bare(" ".join(str(r).split())))),
+        original_rcpt_to=tuple(
+            a for r in recipients if (a := bare_address(" ".join(str(r).split())))
+        ),
         return_paths=tuple(dict.fromkeys(return_paths)),
         addressed_to=delivered_to(message),
         user_agent=field(fields, "User-Agent"),
@@ -92,11 +95,3 @@ def _fields(part: Message) -> Message:
     if not isinstance(raw, bytes):
         raise MalformedReport("an unreadable message/feedback-report part")
     return email.message_from_bytes(raw, policy=email.policy.default)
-
-
-def _bare(value: str | None) -> str | None:
-    """`<ann@example.com>` → `ann@example.com`; None for `<>` or no address."""
-    if not value:
-        return None
-    address = value.strip().strip("<>").strip()
-    return address if "@" in address and len(address) <= 320 else None

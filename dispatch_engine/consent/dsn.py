@@ -69,6 +69,7 @@ class DeliveryReport:
     original_message_id: str | None  # from the returned message or its headers
     original_envelope_id: str | None  # ENVID, if the sender gave one
     addressed_to: tuple[str, ...]  # where the DSN was delivered (the VERP return path)
+    return_paths: tuple[str, ...]  # the returned message's Return-Path (VERP, if kept)
     recipients: tuple[DsnRecipient, ...]
 
     def bounces(self) -> Iterator[tuple[DsnRecipient, BounceKind]]:
@@ -125,6 +126,9 @@ def _parse_dsn(message: EmailMessage) -> DeliveryReport:
         original_message_id=message_id(original) if original is not None else None,
         original_envelope_id=field(per_message, "Original-Envelope-Id"),
         addressed_to=delivered_to(message),
+        return_paths=tuple(a for a in (bare_address(field(original, "Return-Path")),) if a)
+        if original is not None
+        else (),
         recipients=recipients,
     )
 
@@ -163,6 +167,14 @@ def typed_address(value: str | None) -> str | None:
     elif kind.strip().lower() not in ("rfc822", "utf-8"):
         return None  # an X.400 or other non-email address: not one of ours
     address = address.strip().strip("<>").strip()
+    return address if "@" in address and len(address) <= 320 else None
+
+
+def bare_address(value: str | None) -> str | None:
+    """`<ann@example.com>` → `ann@example.com`; None for `<>` or no address."""
+    if not value:
+        return None
+    address = value.strip().strip("<>").strip()
     return address if "@" in address and len(address) <= 320 else None
 
 

@@ -89,6 +89,10 @@ class ReturnPaths:
             return from_address
         return make_return_path(self.tokens, dispatch_id, domain)
 
+    def dispatch_in(self, addresses: Iterable[str]) -> int | None:
+        """The dispatch a genuine VERP address among `addresses` names (a report's)."""
+        return dispatch_of(self.tokens, addresses)
+
 
 def make_return_path(tokens: DispatchTokens, dispatch_id: int, domain: str) -> str:
     return f"{LOCAL_PREFIX}{tokens.make(dispatch_id)}@{domain}"

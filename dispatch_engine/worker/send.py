@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..consent.verp import ReturnPaths
 from ..models import DispatchJob, DispatchStatus
 from ..pacing import WaitReason
 from ..queue import Lease
@@ -68,6 +69,7 @@ class Send:
             lambda n: retry_delay_s(n, deps.settings.retry_base_ms),
         )
         self._slots = asyncio.Semaphore(deps.settings.worker_concurrency)
+        self.return_paths = ReturnPaths.of(deps.settings, deps.settings.secret_key)  # VERP
         self._tasks: set[asyncio.Task[None]] = set()
         self._latency: dict[str, Any] = {}  # transport_latency's child per transport
 
@@ -139,7 +141,7 @@ class Send:
             message = OutgoingMessage(
                 job.id,
                 job.owner_id,
-                sender.from_address,
+                self.return_paths.for_dispatch(job.id, sender.from_address),
                 (job.recipient,),
                 message_id,
                 subject,

@@ -5,7 +5,7 @@ It listens on 127.0.0.1:`port`, accepts any recipient of `LOCAL_DOMAIN` at SMTP 
 (`local_recipient_maps =` empty, so nothing is refused at RCPT) and hands it to its `local`
 delivery agent, which bounces a user the machine does not have: Postfix's `bounce` daemon
 then writes a real RFC 3464 DSN to the envelope sender. Mail for `BOUNCE_DOMAIN` (the
-VERP return path, `bounce+<token>@bounce.test`; `recipient_delimiter = +`) goes through the
+VERP return path, `bounce+<token>@bounce.example.net`; `recipient_delimiter = +`) goes through the
 `virtual` delivery agent into `maildir`, the Maildir a `Dovecot` (tests/support/dovecot.py)
 serves over IMAP. Its config, queue and data live in a temporary folder of their own, not
 under pytest's tmp_path: the daemons run as `postfix`/`nobody`, and that path is 0700.
@@ -25,9 +25,9 @@ import pytest
 from .helpers import poll_until
 
 POSTFIX = Path("/usr/sbin/postfix")
-LOCAL_DOMAIN = "dest.test"  # its local recipients: none exists, so each one bounces
-BOUNCE_DOMAIN = "bounce.test"  # the return path's domain, delivered to the bounce Maildir
-BOUNCE_MAILBOX = "bounce"  # bounce+anything@bounce.test lands here
+LOCAL_DOMAIN = "dest.example.net"  # its local recipients: none exists, so each one bounces
+BOUNCE_DOMAIN = "bounce.example.net"  # the return path's domain, delivered to the bounce Maildir
+BOUNCE_MAILBOX = "bounce"  # bounce+anything@bounce.example.net lands here
 MAIL_USER = "nobody"  # owns the Maildir, for Postfix's virtual agent and Dovecot alike
 
 _SERVICES = """\
@@ -63,8 +63,8 @@ def mail_ids() -> tuple[int, int]:
 
 
 class BouncingPostfix:
-    """Postfix on 127.0.0.1:`port` that bounces `<anyone>@dest.test` to the sender and
-    delivers the DSNs for `@bounce.test` into `maildir` (created here, owned by `nobody`)."""
+    """Postfix on 127.0.0.1:`port` that bounces `<anyone>@dest.example.net` to the sender and
+    delivers the DSNs for `@bounce.example.net` into `maildir` (created here, owned by `nobody`)."""
 
     def __init__(self, port: int) -> None:
         if not POSTFIX.exists():
