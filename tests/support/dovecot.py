@@ -117,11 +117,20 @@ class Dovecot:
     def flags(self, folder: str = "INBOX") -> list[str]:
         """Each message's flags, in order (e.g. `\\Seen` once the reader processed it)."""
         with self.client() as imap:
-            imap.select(folder, readonly=True)
-            status, data = imap.fetch("1:*", "(FLAGS)")
-            if status != "OK" or data == [None]:
+            if not _count(imap, folder):
                 return []
+            status, data = imap.fetch("1:*", "(FLAGS)")
+            assert status == "OK", data
             return [d.decode() if isinstance(d, bytes) else str(d) for d in data]
+
+    def messages(self, folder: str = "INBOX") -> list[bytes]:
+        """Each message's bytes, in order, read without flagging it \\Seen."""
+        with self.client() as imap:
+            if not _count(imap, folder):
+                return []
+            status, data = imap.fetch("1:*", "(BODY.PEEK[])")
+            assert status == "OK", data
+            return [part[1] for part in data if isinstance(part, tuple)]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -138,3 +147,10 @@ class Dovecot:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _count(imap: imaplib.IMAP4, folder: str) -> int:
+    """Select `folder` read-only; how many messages it holds."""
+    status, data = imap.select(folder, readonly=True)
+    assert status == "OK", data
+    return int(data[0] or 0)
