@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from dispatch_engine.builtins.imap_feedback import READER, reader_for
 from dispatch_engine.builtins.imap_feedback.mailbox import MailboxSession
@@ -73,7 +72,9 @@ async def send_one(
         return await store.pool.fetchval("SELECT status FROM dispatches") == "sent"
 
     await wait_for(sent, within=60)
-    return dict(await store.pool.fetchrow("SELECT * FROM dispatches"))
+    row = await store.pool.fetchrow("SELECT * FROM dispatches")
+    assert row is not None
+    return dict(row)
 
 
 def through(mta: BouncingPostfix) -> dict[str, Any]:
@@ -99,7 +100,7 @@ async def one_pass(reader: MailboxReader) -> PassResult:
 
 
 async def test_a_real_postfix_bounce_read_through_dovecot_marks_the_dispatch_bounced_and_suppresses(
-    make_client: Start, settings: Settings, store: Store, peers: tuple[BouncingPostfix, Dovecot]
+    peers: tuple[BouncingPostfix, Dovecot], make_client: Start, settings: Settings, store: Store
 ) -> None:
     mta, mailbox = peers
     client = await make_client(reading(settings, mailbox))  # api, worker and sweeper roles
@@ -107,10 +108,11 @@ async def test_a_real_postfix_bounce_read_through_dovecot_marks_the_dispatch_bou
     await asyncio.to_thread(mta.wait_for_delivery, 1)
 
     async def bounced() -> bool:
-        row = await store.pool.fetchrow("SELECT status FROM dispatches")
-        return row["status"] == "bounced" and await store.suppression(
-            dispatch["owner_id"], UNKNOWN
-        ) is not None
+        status = await store.pool.fetchval("SELECT status FROM dispatches")
+        return (
+            status == "bounced"
+            and await store.suppression(dispatch["owner_id"], UNKNOWN) is not None
+        )
 
     await wait_for(bounced, within=POLL_S)  # from the DSN's arrival: within one poll interval
     suppression = await store.suppression(dispatch["owner_id"], UNKNOWN)
@@ -126,7 +128,7 @@ async def test_a_real_postfix_bounce_read_through_dovecot_marks_the_dispatch_bou
 
 
 async def test_the_same_report_read_twice_changes_nothing(
-    make_client: Start, settings: Settings, store: Store, peers: tuple[BouncingPostfix, Dovecot]
+    peers: tuple[BouncingPostfix, Dovecot], make_client: Start, settings: Settings, store: Store
 ) -> None:
     mta, mailbox = peers
     app_settings = reading(settings, mailbox)
@@ -148,7 +150,7 @@ async def test_the_same_report_read_twice_changes_nothing(
 
 
 async def test_an_arf_complaint_marks_the_dispatch_complained_and_suppresses(
-    make_client: Start, settings: Settings, store: Store, peers: tuple[BouncingPostfix, Dovecot]
+    peers: tuple[BouncingPostfix, Dovecot], make_client: Start, settings: Settings, store: Store
 ) -> None:
     _, mailbox = peers
     app_settings = reading(settings, mailbox)
@@ -170,7 +172,7 @@ async def test_an_arf_complaint_marks_the_dispatch_complained_and_suppresses(
 
 
 async def test_malformed_oversized_and_plain_messages_are_skipped_once_and_moved(
-    make_client: Start, settings: Settings, store: Store, peers: tuple[BouncingPostfix, Dovecot]
+    peers: tuple[BouncingPostfix, Dovecot], make_client: Start, settings: Settings, store: Store
 ) -> None:
     _, mailbox = peers
     app_settings = reading(
@@ -201,7 +203,7 @@ async def test_malformed_oversized_and_plain_messages_are_skipped_once_and_moved
 
 
 async def test_one_process_at_a_time_reads_a_mailbox(
-    make_client: Start, settings: Settings, redis: Redis, peers: tuple[BouncingPostfix, Dovecot]
+    peers: tuple[BouncingPostfix, Dovecot], make_client: Start, settings: Settings
 ) -> None:
     _, mailbox = peers
     app_settings = reading(settings, mailbox)

@@ -11,7 +11,6 @@ its dispatch (VERP, dispatch_engine/consent/verp.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from aiohttp import web
@@ -59,9 +58,5 @@ def startup(settings: Settings, app: web.Application) -> None:
 @hookimpl(trylast=True)
 async def shutdown(settings: Settings, app: web.Application) -> None:
     task = app.get(TASK)
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await app[READER].release()
+    if task is not None:
+        await app[READER].stop(task)

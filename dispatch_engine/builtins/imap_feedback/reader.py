@@ -14,10 +14,14 @@ at all is skipped and logged, never retried.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from redis.asyncio import Redis
 
@@ -27,6 +31,7 @@ from .mailbox import MailboxSession
 from .reports import interpret
 from .settings import ImapFeedbackSettings
 
+T = TypeVar("T")
 log = logging.getLogger("dispatch_engine.feedback.imap")
 LOCK_PREFIX = "dispatch:{feedback}:imap:"  # + a digest of the mailbox: its reader's identity
 
@@ -78,6 +83,12 @@ class MailboxReader:
         self._release = redis.register_script(_RELEASE)
         self.poll_s = float(settings.poll_seconds)
         self.lock_ms = int(max(30.0, 3 * self.poll_s) * 1000)  # outlives two missed renewals
+        # One thread per mailbox: its calls run in order, so a close queued by a cancelled
+        # task still comes after the open it interrupted (no connection left behind).
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="imap-feedback")
+
+    async def _call(self, call: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call, *args)
 
     async def run(self) -> None:
         """Until cancelled: hold the lock, then read; on any failure wait a poll interval."""
@@ -95,31 +106,40 @@ class MailboxReader:
         return bool(await self._hold(keys=[self.key], args=[self.identity, self.lock_ms]))
 
     async def release(self) -> None:
+        """Give the mailbox up: another process may read it at once."""
         await self._release(keys=[self.key], args=[self.identity])
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """Stop `task` (its `run`), give the mailbox up, end the thread."""
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await self.release()
+        self._thread.shutdown(wait=False)
 
     async def _session(self) -> None:
         session = MailboxSession(self.settings)
-        await asyncio.to_thread(session.open)
         try:
+            await self._call(session.open)
             while True:
                 await self.read_pass(session)
                 if not await self.hold():
                     return  # another process took the mailbox over
                 try:
-                    woken = await asyncio.to_thread(session.wait, self.poll_s)
+                    woken = await self._call(session.wait, self.poll_s)
                 except asyncio.CancelledError:
                     session.abort()  # the thread's IDLE returns at once
                     raise
                 if not woken and not session.idle_supported:
                     await asyncio.sleep(self.poll_s)
         finally:
-            await asyncio.to_thread(session.close)
+            await self._call(session.close)
 
     async def read_pass(self, session: MailboxSession) -> PassResult:
         """Read what is unread, hand the events over, mark what was handled."""
         result = PassResult()
         done: list[int] = []
-        for fetched in await asyncio.to_thread(session.unread):
+        for fetched in await self._call(session.unread):
             result.read += 1
             event = self._event_of(fetched.uid, fetched.raw, fetched.size)
             if event is None:
@@ -130,7 +150,7 @@ class MailboxReader:
                 result.duplicates += handled.duplicates
                 result.unmatched += handled.unmatched
             done.append(fetched.uid)
-        await asyncio.to_thread(session.done, done)
+        await self._call(session.done, done)
         if result.read:
             log.info("bounce mailbox: %s", result)
         return result
