@@ -156,7 +156,9 @@ def get_plugin_manager(settings: Settings, *, entry_points: bool = True) -> plug
 
 def shipped_settings() -> list[type]:
     """The core's `Settings` and each built-in plugin's `SETTINGS`: every documented variable."""
-    found: list[type] = [Settings]
+    from .consent.verp import VerpSettings  # the worker's return paths, beside the core's
+
+    found: list[type] = [Settings, VerpSettings]
     for name, module in builtin_names().items():
         declared = plugin_settings(name, importlib.import_module(module))
         if declared is not None:

@@ -201,7 +201,14 @@ def test_a_malformed_bounce_domain_is_refused_naming_its_variable(
 
 def test_the_worker_settings_carry_the_bounce_domain() -> None:
     settings = Settings(secret_key=KEY).with_environ(DISPATCH_BOUNCE_DOMAIN="bounces.example.com")
-    assert ReturnPaths.of(settings, KEY).for_dispatch(3, "a@example.com").startswith("bounce+")
+    assert ReturnPaths.of(settings).for_dispatch(3, "a@example.com").startswith("bounce+")
+
+
+def test_a_return_path_signed_before_a_key_rotation_still_names_its_dispatch() -> None:
+    before = paths(DISPATCH_BOUNCE_DOMAIN="bounces.example.com").for_dispatch(9, "a@example.com")
+    rotated = Settings(secret_key="n" * 32, old_secret_keys=(KEY,))
+    assert ReturnPaths.of(rotated).dispatch_in([before]) == 9
+    assert ReturnPaths.of(Settings(secret_key="n" * 32)).dispatch_in([before]) is None
 
 
 # ---- a mailbox message → its event ----

@@ -17,11 +17,12 @@ DMARC's SPF alignment. Neither set: the return path stays the sender's From addr
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from ..setting import HasEnviron, SettingsError, setting, settings_of
+from ..config import Settings
+from ..setting import SettingsError, setting, settings_of
 from .tokens import TOKEN_LENGTH, DispatchTokens, Purpose
 
 LOCAL_PREFIX = "bounce+"
@@ -71,17 +72,22 @@ class VerpSettings:
 class ReturnPaths:
     """The envelope sender of each email: VERP where a bounce domain applies."""
 
-    def __init__(self, settings: VerpSettings, secret: str) -> None:
+    def __init__(
+        self, settings: VerpSettings, secret: str, old_secrets: Sequence[str] = ()
+    ) -> None:
         self.settings = settings
-        self._secret = secret
+        self._secrets = (secret, tuple(old_secrets))
 
     @classmethod
-    def of(cls, settings: HasEnviron, secret: str) -> ReturnPaths:
-        return cls(settings_of(VerpSettings, settings), secret)
+    def of(cls, settings: Settings) -> ReturnPaths:
+        """From the process's settings: DISPATCH_SECRET_KEY signs, the old keys still read."""
+        verp = settings_of(VerpSettings, settings)
+        return cls(verp, settings.secret_key, settings.old_secret_keys)
 
     @cached_property
     def tokens(self) -> DispatchTokens:  # made at the first VERP address: no key needed before
-        return DispatchTokens(self._secret, Purpose.BOUNCE)
+        secret, old = self._secrets
+        return DispatchTokens(secret, Purpose.BOUNCE, old)
 
     def for_dispatch(self, dispatch_id: int, from_address: str) -> str:
         domain = self.settings.domain_for(from_address)

@@ -69,7 +69,7 @@ class Send:
             lambda n: retry_delay_s(n, deps.settings.retry_base_ms),
         )
         self._slots = asyncio.Semaphore(deps.settings.worker_concurrency)
-        self.return_paths = ReturnPaths.of(deps.settings, deps.settings.secret_key)  # VERP
+        self.return_paths = ReturnPaths.of(deps.settings)  # VERP: bounce+<token>@…
         self._tasks: set[asyncio.Task[None]] = set()
         self._latency: dict[str, Any] = {}  # transport_latency's child per transport
 

@@ -39,7 +39,7 @@ def reader_for(settings: Settings, app: web.Application) -> MailboxReader | None
     mailbox = settings_of(ImapFeedbackSettings, settings)
     if not mailbox.enabled:
         return None
-    paths = verp.ReturnPaths.of(settings, settings.secret_key)
+    paths = verp.ReturnPaths.of(settings)
     return MailboxReader(mailbox, feedback_of(app), redis_of(app), paths)
 
 
