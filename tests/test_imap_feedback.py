@@ -9,7 +9,9 @@ this machine produces ARF) put into the same mailbox over IMAP.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +27,7 @@ from .support.app_client import AppClient, Start
 from .support.dovecot import PASSWORD, USER, Dovecot
 from .support.helpers import auth, new_token, wait_for
 from .support.postfix import BOUNCE_DOMAIN, LOCAL_DOMAIN, BouncingPostfix
+from .support.smtp_peer import PrivateCa
 from .support.smtp_sink import free_port
 from .test_dsn import ARF
 
@@ -41,14 +44,16 @@ def peers() -> Iterator[tuple[BouncingPostfix, Dovecot]]:
 def reading(settings: Settings, mailbox: Dovecot, **extra: str) -> Settings:
     """The test's settings with VERP on and the reader pointed at `mailbox`."""
     return settings.with_environ(
-        DISPATCH_BOUNCE_DOMAIN=BOUNCE_DOMAIN,
-        DISPATCH_FEEDBACK_IMAP_HOST="127.0.0.1",
-        DISPATCH_FEEDBACK_IMAP_PORT=str(mailbox.port),
-        DISPATCH_FEEDBACK_IMAP_TLS="none",
-        DISPATCH_FEEDBACK_IMAP_USER=USER,
-        DISPATCH_FEEDBACK_IMAP_PASSWORD=PASSWORD,
-        DISPATCH_FEEDBACK_IMAP_POLL_SECONDS=str(POLL_S),
-        **extra,
+        **{
+            "DISPATCH_BOUNCE_DOMAIN": BOUNCE_DOMAIN,
+            "DISPATCH_FEEDBACK_IMAP_HOST": "127.0.0.1",
+            "DISPATCH_FEEDBACK_IMAP_PORT": str(mailbox.port),
+            "DISPATCH_FEEDBACK_IMAP_TLS": "none",
+            "DISPATCH_FEEDBACK_IMAP_USER": USER,
+            "DISPATCH_FEEDBACK_IMAP_PASSWORD": PASSWORD,
+            "DISPATCH_FEEDBACK_IMAP_POLL_SECONDS": str(POLL_S),
+            **extra,
+        }
     )
 
 
@@ -156,12 +161,7 @@ async def test_an_arf_complaint_marks_the_dispatch_complained_and_suppresses(
     app_settings = reading(settings, mailbox)
     client = await make_client(app_settings, roles={"api", "worker"})
     dispatch = await send_one(client, store, "ann@receiver.example", {"transport": "capture"})
-    token = DispatchTokens(settings.secret_key, Purpose.BOUNCE).make(dispatch["id"])
-    report = ARF.replace(
-        b"<0123456789abcdef0123456789abcdef01234567@example.com>",
-        dispatch["message_id"].encode(),
-    ).replace(b"aaaaaaaaaaacvpazrgsqwjo2rhwto", token.encode())
-    await asyncio.to_thread(mailbox.append, report)
+    await asyncio.to_thread(mailbox.append, complaint_about(dispatch, settings.secret_key))
     reader = reader_for(app_settings, client.app)
     assert reader is not None
     result = await one_pass(reader)
@@ -215,3 +215,105 @@ async def test_one_process_at_a_time_reads_a_mailbox(
     assert not await second.hold()
     await started.release()
     assert await second.hold()
+
+
+def complaint_about(dispatch: dict[str, Any], secret_key: str) -> bytes:
+    """The hand-written ARF fixture, about `dispatch` (its Message-ID and VERP token)."""
+    token = DispatchTokens(secret_key, Purpose.BOUNCE).make(dispatch["id"])
+    return ARF.replace(
+        b"<0123456789abcdef0123456789abcdef01234567@example.com>",
+        dispatch["message_id"].encode(),
+    ).replace(b"aaaaaaaaaaacvpazrgsqwjo2rhwto", token.encode())
+
+
+async def test_idle_reads_new_mail_at_once_without_waiting_for_the_poll(
+    peers: tuple[BouncingPostfix, Dovecot], make_client: Start, settings: Settings, store: Store
+) -> None:
+    _, mailbox = peers
+    app_settings = reading(settings, mailbox, DISPATCH_FEEDBACK_IMAP_POLL_SECONDS="3600")
+    client = await make_client(app_settings)
+    dispatch = await send_one(client, store, "ann@receiver.example", {"transport": "capture"})
+    reader = client.app[READER]
+
+    async def idle() -> bool:
+        return reader.passes >= 1  # the first pass is over: the reader waits in IDLE now
+
+    await wait_for(idle)
+    await asyncio.to_thread(mailbox.append, complaint_about(dispatch, settings.secret_key))
+
+    async def complained() -> bool:
+        return await store.pool.fetchval("SELECT status FROM dispatches") == "complained"
+
+    await wait_for(complained)  # the next poll is an hour away: only IDLE's push reads it
+
+
+class FailingOnce:
+    """The feedback handler with PostgreSQL away for one call (a fault no peer injects
+    mid-test: the session's PostgreSQL serves every other test)."""
+
+    def __init__(self, handler: Any) -> None:
+        self.handler, self.failed = handler, False
+
+    async def handle(self, events: Any) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("PostgreSQL is away")
+        return await self.handler.handle(events)
+
+
+async def test_a_report_whose_result_was_not_recorded_is_read_again(
+    peers: tuple[BouncingPostfix, Dovecot], make_client: Start, settings: Settings, store: Store
+) -> None:
+    _, mailbox = peers
+    app_settings = reading(settings, mailbox)
+    client = await make_client(app_settings, roles={"api", "worker"})
+    dispatch = await send_one(client, store, "ann@receiver.example", {"transport": "capture"})
+    await asyncio.to_thread(mailbox.append, complaint_about(dispatch, settings.secret_key))
+    reader = reader_for(app_settings, client.app)
+    assert reader is not None
+    reader.feedback = FailingOnce(reader.feedback)  # type: ignore[assignment]
+    with pytest.raises(ConnectionError):
+        await one_pass(reader)
+    assert await asyncio.to_thread(mailbox.flags) == ["1 (FLAGS ())"]  # still unread
+    result = await one_pass(reader)
+    assert (result.read, result.applied) == (1, 1), result
+    assert await store.pool.fetchval("SELECT status FROM dispatches") == "complained"
+
+
+@pytest.mark.parametrize("tls", ["tls", "starttls"])
+async def test_the_mailbox_is_read_over_implicit_tls_and_starttls(
+    tls: str,
+    ca: PrivateCa,
+    tmp_path: Path,
+    make_client: Start,
+    settings: Settings,
+    store: Store,
+) -> None:
+    with Dovecot(free_port(), _maildir(tmp_path), ca=ca, tls_port=free_port()) as mailbox:
+        port = mailbox.tls_port if tls == "tls" else mailbox.port
+        app_settings = reading(
+            settings,
+            mailbox,
+            DISPATCH_FEEDBACK_IMAP_TLS=tls,
+            DISPATCH_FEEDBACK_IMAP_PORT=str(port),
+            DISPATCH_FEEDBACK_IMAP_CA_FILE=str(ca.ca_file),
+        )
+        client = await make_client(app_settings, roles={"api", "worker"})
+        dispatch = await send_one(client, store, "ann@receiver.example", {"transport": "capture"})
+        await asyncio.to_thread(mailbox.append, complaint_about(dispatch, settings.secret_key))
+        reader = reader_for(app_settings, client.app)
+        assert reader is not None
+        result = await one_pass(reader)
+        assert (result.read, result.applied) == (1, 1), result
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> PrivateCa:
+    return PrivateCa(tmp_path_factory.mktemp("ca"))
+
+
+def _maildir(tmp_path: Path) -> Path:
+    """A Maildir `nobody` can reach (pytest's tmp_path is 0700): under a folder of its own."""
+    folder = Path(tempfile.mkdtemp(prefix="dispatch-maildir-"))
+    folder.chmod(0o755)
+    return folder / "bounce"

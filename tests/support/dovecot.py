@@ -23,6 +23,7 @@ import pytest
 
 from .helpers import poll_until
 from .postfix import mail_ids
+from .smtp_peer import PrivateCa
 
 DOVECOT = Path("/usr/sbin/dovecot")
 USER, PASSWORD = "bounce", "bounce-secret"
@@ -33,7 +34,7 @@ state_dir = {folder}/state
 log_path = {folder}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 default_internal_user = dovecot
@@ -54,16 +55,21 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {tls_port}
   }}
 }}
 """
 
 
 class Dovecot:
-    """Dovecot on 127.0.0.1:`port`; user `USER` (password `PASSWORD`) reads `maildir`."""
+    """Dovecot on 127.0.0.1:`port`; user `USER` (password `PASSWORD`) reads `maildir`.
+    Given `ca` (tests/support/smtp_peer.py's PrivateCa), it offers STARTTLS on `port` and
+    implicit TLS on `tls_port` with the CA's certificate for 127.0.0.1."""
 
-    def __init__(self, port: int, maildir: Path) -> None:
+    def __init__(
+        self, port: int, maildir: Path, ca: PrivateCa | None = None, tls_port: int = 0
+    ) -> None:
         if not DOVECOT.exists():
             pytest.skip("Dovecot is not installed (make system-deps installs dovecot-imapd)")
         if os.geteuid() != 0:
@@ -76,7 +82,11 @@ class Dovecot:
         self.maildir, self.port = maildir, port
         (folder / "users").write_text(f"{USER}:{{PLAIN}}{PASSWORD}:{uid}:{gid}::{maildir}::\n")
         self.conf = folder / "dovecot.conf"
-        self.conf.write_text(_CONFIG.format(folder=folder, port=port))
+        ssl = "ssl = no"
+        if ca is not None:
+            ssl = f"ssl = yes\nssl_cert = <{ca.cert_file}\nssl_key = <{ca.key_file}"
+        self.tls_port = tls_port
+        self.conf.write_text(_CONFIG.format(folder=folder, port=port, ssl=ssl, tls_port=tls_port))
         self.log = folder / "dovecot.log"
         self.proc = subprocess.Popen(
             [str(DOVECOT), "-F", "-c", str(self.conf)],

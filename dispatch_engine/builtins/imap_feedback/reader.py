@@ -82,6 +82,7 @@ class MailboxReader:
         self._hold = redis.register_script(_HOLD)
         self._release = redis.register_script(_RELEASE)
         self.poll_s = float(settings.poll_seconds)
+        self.passes = 0  # passes done over the mailbox (what a test waits on)
         self.lock_ms = int(max(30.0, 3 * self.poll_s) * 1000)  # outlives two missed renewals
         # One thread per mailbox: its calls run in order, so a close queued by a cancelled
         # task still comes after the open it interrupted (no connection left behind).
@@ -151,6 +152,7 @@ class MailboxReader:
                 result.unmatched += handled.unmatched
             done.append(fetched.uid)
         await self._call(session.done, done)
+        self.passes += 1
         if result.read:
             log.info("bounce mailbox: %s", result)
         return result
