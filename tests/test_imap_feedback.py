@@ -305,6 +305,8 @@ async def test_the_mailbox_is_read_over_implicit_tls_and_starttls(
         assert reader is not None
         result = await one_pass(reader)
         assert (result.read, result.applied) == (1, 1), result
+        readers_login = mailbox.logins()[-1]  # the test's own appends come before it
+        assert ", TLS" in readers_login, readers_login
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,7 @@ class Dovecot:
         self.conf = folder / "dovecot.conf"
         ssl = "ssl = no"
         if ca is not None:
-            ssl = f"ssl = yes\nssl_cert = <{ca.cert_file}\nssl_key = <{ca.key_file}"
+            ssl = f"ssl = required\nssl_cert = <{ca.cert_file}\nssl_key = <{ca.key_file}"
         self.tls_port = tls_port
         self.conf.write_text(_CONFIG.format(folder=folder, port=port, ssl=ssl, tls_port=tls_port))
         self.log = folder / "dovecot.log"
@@ -141,6 +141,11 @@ class Dovecot:
             status, data = imap.fetch("1:*", "(BODY.PEEK[])")
             assert status == "OK", data
             return [part[1] for part in data if isinstance(part, tuple)]
+
+    def logins(self) -> list[str]:
+        """Dovecot's log lines of the logins so far (`…, TLS, …` when over TLS)."""
+        log = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return [line for line in log.splitlines() if "imap-login: Info: Login:" in line]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
