@@ -33,6 +33,7 @@ from .settings import ImapFeedbackSettings
 
 T = TypeVar("T")
 log = logging.getLogger("dispatch_engine.feedback.imap")
+IDLE_MAX_S = 25 * 60.0  # RFC 2177: a server may drop an IDLE after 30 minutes
 LOCK_PREFIX = "dispatch:{feedback}:imap:"  # + a digest of the mailbox: its reader's identity
 
 # Take or renew the lock: 1 if this process holds it now.
@@ -127,7 +128,7 @@ class MailboxReader:
                 if not await self.hold():
                     return  # another process took the mailbox over
                 try:
-                    woken = await self._call(session.wait, self.poll_s)
+                    woken = await self._call(session.wait, min(self.poll_s, IDLE_MAX_S))
                 except asyncio.CancelledError:
                     session.abort()  # the thread's IDLE returns at once
                     raise
