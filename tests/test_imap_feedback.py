@@ -210,7 +210,9 @@ async def test_one_process_at_a_time_reads_a_mailbox(
     first = await make_client(app_settings)  # its sweeper role starts the reader
     started = first.app[READER]
     assert await started.hold()
-    second = reader_for(app_settings, (await make_client(app_settings, roles={"api"})).app)
+    api_only = await make_client(app_settings, roles={"api", "worker"})
+    assert READER not in api_only.app  # only sweeper-role processes read
+    second = reader_for(app_settings, api_only.app)
     assert second is not None and second.key == started.key
     assert not await second.hold()
     await started.release()
