@@ -75,10 +75,11 @@ $(PEERS): tests/peers/package.json tests/peers/package-lock.json
 # Tools the tests drive as real peers, from Debian's packages: chromium (dashboard), nginx (a
 # load balancer in front of API processes), docker-compose (validates docker-compose.yml),
 # postfix (a private relay instance the SMTP tests send through, and the MTA whose DSNs the
-# bounce tests read), dovecot-imapd (the bounce mailbox the IMAP feedback reader reads).
+# bounce tests read), dnsmasq (a DNS server for `sender check-dns`), dovecot-imapd (the bounce
+# mailbox the IMAP feedback reader reads).
 # Installed when missing and we may (root with apt-get); otherwise those tests skip locally.
 SYSTEM_TOOLS := $(CHROMIUM):chromium /usr/sbin/nginx:nginx /usr/bin/docker-compose:docker-compose \
-	/usr/sbin/postfix:postfix /usr/sbin/dovecot:dovecot-imapd
+	/usr/sbin/postfix:postfix /usr/sbin/dnsmasq:dnsmasq-base /usr/sbin/dovecot:dovecot-imapd
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 		[ -x "$${pair%%:*}" ] || missing="$$missing $${pair##*:}"; done; \
@@ -110,7 +111,7 @@ BULLMQ := bench/bullmq/node_modules/.package-lock.json
 $(BULLMQ): bench/bullmq/package.json bench/bullmq/package-lock.json
 	npm ci --prefix bench/bullmq --ignore-scripts --no-audit --no-fund
 
-bench: $(BENCH_VENV)/.installed $(BULLMQ)
+bench: $(BENCH_VENV)/.installed $(BULLMQ) system-deps
 	$(BENCH_VENV)/bin/python bench/queue_peers.py
 	$(BENCH_VENV)/bin/python bench/e2e.py
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 from redis.asyncio import Redis
 
-from . import outbound
+from . import outbound, weekly
 from .auth import DEV_EMAIL, AuthContext, AuthError, AuthProviderSpec, LoginIdentity
 from .config import Settings
 from .consent import arf, dsn, verp  # bounce and complaint reports, VERP return paths
@@ -49,6 +49,7 @@ from .transport import (
     TransportError,
     TransportSpec,
 )
+from .weekly import WeeklyWindow
 
 __all__ = [
     "DEV_EMAIL",
@@ -81,6 +82,7 @@ __all__ = [
     "TransportContext",
     "TransportError",
     "TransportSpec",
+    "WeeklyWindow",
     "arf",
     "boolean",
     "ca_file",
@@ -97,6 +99,7 @@ __all__ = [
     "text",
     "url",
     "verp",
+    "weekly",
     "whole_number",
 ]
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..consent.verp import ReturnPaths
+from ..dkim import DkimSigner
 from ..models import DispatchJob, DispatchStatus
 from ..pacing import WaitReason
 from ..queue import Lease
@@ -72,6 +73,7 @@ class Send:
         self.return_paths = ReturnPaths.of(deps.settings)  # VERP: bounce+<token>@…
         self._tasks: set[asyncio.Task[None]] = set()
         self._latency: dict[str, Any] = {}  # transport_latency's child per transport
+        self.dkim = DkimSigner(deps.transports.box)  # signs before any transport (docs/senders.md)
 
     async def start(
         self, job: DispatchJob, compiled: CompiledCampaign, message_id: str, lease: Lease
@@ -137,6 +139,7 @@ class Send:
             return waiting(held, await self.health.wait(sender, job.id, held))
         try:
             subject, raw = compiled.render(job.recipient, job.vars, message_id)
+            raw = self.dkim.sign(sender, raw)
             transport = await self.transports.for_sender(sender)
             message = OutgoingMessage(
                 job.id,
