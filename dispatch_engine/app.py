@@ -17,6 +17,8 @@ from aiohttp import web
 
 from .campaigns import CampaignService
 from .config import Settings, SettingsError
+from .consent.feedback import Feedback
+from .consent.settings import ConsentSettings
 from .db import create_pool
 from .events import Subscription
 from .hooks import Hooks
@@ -28,6 +30,7 @@ from .queue import RedisQueue
 from .redis_client import connect_redis
 from .secretbox import secret_box
 from .senders import SenderService
+from .setting import settings_of
 from .store import Store
 from .sweeper import Sweeper
 from .tasks import cancel_and_wait
@@ -35,6 +38,7 @@ from .transport import TransportRegistry
 from .web import api, dashboard, health
 from .web.app_keys import (
     CAMPAIGNS,
+    FEEDBACK,
     HOOKS,
     METRICS,
     PACER,
@@ -79,6 +83,7 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
         )
         app[CAMPAIGNS] = CampaignService(app[STORE], app[QUEUE], app[HOOKS], settings)
         app[PACER] = await _pacer(app)
+        app[FEEDBACK] = Feedback(app[STORE], settings_of(ConsentSettings, settings))
         app[SENDERS] = SenderService(
             app[STORE],
             app[QUEUE],

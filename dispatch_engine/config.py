@@ -32,6 +32,7 @@ from .setting import (
     path,
     read_settings,
     setting,
+    settings_of,
     text,
     url,
     whole_number,
@@ -335,6 +336,9 @@ def load_settings(
     env = read_environ(read_dotenv) if environ is None else dict(environ)
     settings = replace(read_settings(Settings, env), environ=env)
     check_login(settings)
+    from .consent.settings import ConsentSettings  # checked at start like the core's own
+
+    settings_of(ConsentSettings, settings)
     return settings
 
 

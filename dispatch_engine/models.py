@@ -15,13 +15,25 @@ class DispatchStatus(StrEnum):
     FAILED = "failed"
     RATE_LIMITED = "rate_limited"
     CANCELLED = "cancelled"
+    SUPPRESSED = "suppressed"  # never sent: its address was suppressed before its send
+    BOUNCED = "bounced"  # sent, then a hard bounce came back (or refused for good at RCPT/DATA)
+    COMPLAINED = "complained"  # sent, then the recipient reported it as spam
 
 
 # A dispatch in one of these should be in Redis (queued or leased).
 QUEUED_STATES = frozenset(
     {DispatchStatus.SCHEDULED, DispatchStatus.SENDING, DispatchStatus.RATE_LIMITED}
 )
-TERMINAL_STATES = frozenset({DispatchStatus.SENT, DispatchStatus.FAILED, DispatchStatus.CANCELLED})
+TERMINAL_STATES = frozenset(
+    {
+        DispatchStatus.SENT,
+        DispatchStatus.FAILED,
+        DispatchStatus.CANCELLED,
+        DispatchStatus.SUPPRESSED,
+        DispatchStatus.BOUNCED,
+        DispatchStatus.COMPLAINED,
+    }
+)
 
 
 class CampaignStatus(StrEnum):
@@ -58,6 +70,7 @@ class Sender:
     parked_at: datetime | None = None
     daily_limit: int | None = None
     delay_jitter_ms: int = 0  # a random extra gap in [0, delay_jitter_ms] after min_gap_ms
+    transactional: bool = False  # may leave out the unsubscribe footer (never the headers)
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,12 @@ shows how. Anything else in the package may change without notice.
 
 from __future__ import annotations
 
+from aiohttp import web
+
 from . import outbound
 from .auth import DEV_EMAIL, AuthContext, AuthError, AuthProviderSpec, LoginIdentity
 from .config import Settings
+from .consent.feedback import Feedback, FeedbackEvent, FeedbackKind, FeedbackResult
 from .hookspecs import hookimpl
 from .login_config import GOOGLE_ISSUER, OidcClient
 from .pacing import (
@@ -53,6 +56,10 @@ __all__ = [
     "AuthProviderSpec",
     "BuiltinLimit",
     "CampaignLimits",
+    "Feedback",
+    "FeedbackEvent",
+    "FeedbackKind",
+    "FeedbackResult",
     "LoginIdentity",
     "OidcClient",
     "OutgoingMessage",
@@ -75,6 +82,7 @@ __all__ = [
     "boolean",
     "ca_file",
     "choice",
+    "feedback_of",
     "hookimpl",
     "outbound",
     "read_settings",
@@ -84,3 +92,10 @@ __all__ = [
     "url",
     "whole_number",
 ]
+
+
+def feedback_of(app: web.Application) -> Feedback:
+    """The core's one feedback handler, for a plugin's routes and readers (started apps)."""
+    from .web.app_keys import FEEDBACK  # the app's keys import most of the core
+
+    return app[FEEDBACK]

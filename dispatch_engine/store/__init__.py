@@ -8,11 +8,21 @@ from .accounts import AccountQueries
 from .base import NewDispatch, SendOutcome, hash_token
 from .campaigns import CampaignQueries
 from .delivery import DeliveryQueries
+from .feedback import FeedbackQueries
 from .listings import ListingQueries
 from .senders import SenderQueries
+from .suppressions import SuppressionQueries
 
 
-class Store(AccountQueries, SenderQueries, CampaignQueries, ListingQueries, DeliveryQueries):
+class Store(
+    AccountQueries,
+    SenderQueries,
+    CampaignQueries,
+    ListingQueries,
+    DeliveryQueries,
+    SuppressionQueries,
+    FeedbackQueries,
+):
     """The queries of every module, on one asyncpg pool."""
 
 

@@ -5,15 +5,19 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from ..models import (
     DispatchStatus,
     Sender,
     User,
 )
+
+# A connection a caller holds (its transaction), straight or from the pool.
+Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
 
 def hash_token(token: str) -> bytes:
@@ -41,6 +45,7 @@ def sender_from(row: asyncpg.Record) -> Sender:
         row.get("parked_at"),
         row.get("daily_limit"),
         row.get("delay_jitter_ms") or 0,
+        row.get("transactional") or False,
     )
 
 

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from ..campaigns import CampaignService
 from ..config import Settings
+from ..consent.feedback import Feedback
 from ..events import Subscription
 from ..hooks import Hooks
 from ..metrics import Metrics
@@ -44,6 +45,7 @@ WORKERS = web.AppKey("workers", WorkerPool)
 PACER = web.AppKey("pacer", Pacer)
 METRICS = web.AppKey("metrics", Metrics)
 SENDERS = web.AppKey("senders", SenderService)
+FEEDBACK = web.AppKey("feedback", Feedback)  # the one handler of bounces, complaints, unsubscribes
 # The dashboard's (api role): sessions, login providers by name, their HTTP client.
 SESSIONS: web.AppKey[SessionManager] = web.AppKey("sessions")
 AUTH_PROVIDERS: web.AppKey[dict[str, AuthProviderSpec]] = web.AppKey("auth_providers")
