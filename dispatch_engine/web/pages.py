@@ -13,7 +13,7 @@ from aiohttp import web
 
 from ..errors import ValidationError
 from ..models import Sender
-from ..waiting import campaign_wait
+from ..waiting import campaign_pace, campaign_wait
 from .app_keys import QUEUE, SETTINGS, STORE
 from .middleware import current_user
 from .paging import decode_cursor, decode_id_cursor, id_cursor_after, lenient, time_cursor_after
@@ -21,6 +21,7 @@ from .params import path_id
 from .presenters import (
     campaign_row_view,
     message_parts,
+    pace_view,
     pacing_view,
     progress,
     sanitize_html,
@@ -99,7 +100,7 @@ async def campaign(request: web.Request) -> web.Response:
     if detail is None:
         raise web.HTTPNotFound()
     sender = await store.find_sender(user.id, detail["sender_id"])
-    limit = detail["hourly_limit"]
+    limit, settings = detail["hourly_limit"], request.app[SETTINGS]
     context = {
         "title": detail["subject"],
         "campaign": detail,
@@ -108,8 +109,9 @@ async def campaign(request: web.Request) -> web.Response:
         "pacing": await _pacing(request, sender) if sender else None,
         "hourly_limit": min(limit, sender.hourly_limit) if limit and sender else limit,
         "gap_ms": max(detail["delay_between_ms"], sender.min_gap_ms if sender else 0),
+        "pace": pace_view(campaign_pace(detail, sender, settings), settings),
         "wait": wait_json(
-            await campaign_wait(store, request.app[QUEUE], request.app[SETTINGS], user.id, detail)
+            await campaign_wait(store, request.app[QUEUE], settings, user.id, detail)
         ),
     }
     return render(request, "campaign.html", context, partial="_campaign_live.html")

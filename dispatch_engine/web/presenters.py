@@ -7,6 +7,7 @@ UTC with a `Z`; secrets never appear (a sender's password shows only as `passwor
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,11 +18,11 @@ from typing import Any
 import nh3
 
 from ..config import Settings
-from ..models import DispatchStatus, Sender, User
+from ..models import TERMINAL_STATES, DispatchStatus, Sender, User
 from ..store.accounts import ApiToken
-from ..waiting import CampaignWait, wait_of
+from ..waiting import CampaignWait, Pace, wait_of
 
-_FINISHED = ("sent", "failed", "cancelled")
+_FINISHED = tuple(s.value for s in TERMINAL_STATES)  # every way an email ends
 
 
 def iso(value: datetime | None) -> str | None:
@@ -91,10 +92,47 @@ def wait_json(wait: CampaignWait) -> dict[str, Any]:
     }
 
 
+# ---- the dashboard's progress bar and pace (view models) ----
+
+# The bar's parts, in this order: how each email ended. What is still to go is the empty rest.
+BAR_PARTS: tuple[tuple[DispatchStatus, str], ...] = (
+    (DispatchStatus.SENT, "sent"),
+    (DispatchStatus.BOUNCED, "bounced"),
+    (DispatchStatus.COMPLAINED, "complained"),
+    (DispatchStatus.FAILED, "failed"),
+    (DispatchStatus.SUPPRESSED, "suppressed"),
+    (DispatchStatus.CANCELLED, "cancelled"),
+)
+
+
 def progress(counts: dict[str, int], total: int) -> dict[str, Any]:
-    """A campaign's progress bar on the dashboard: done of total, in percent."""
-    done = sum(counts.get(s, 0) for s in _FINISHED)
-    return {"done": done, "total": total, "percent": round(100 * done / total) if total else 100}
+    """A campaign's progress bar: done of total, and one labelled part per way an email
+    ended (so an all-failed or cancelled campaign is not a full green bar)."""
+    ended = [
+        (s.value, label, n) for s, label in BAR_PARTS if total and (n := counts.get(s.value, 0))
+    ]
+    parts = [
+        {"status": status, "label": label, "count": n, "width": round(100 * n / total, 2)}
+        for status, label, n in ended
+    ]
+    done = sum(n for _, _, n in ended)
+    summary = ", ".join(f"{n:,} {label}" for _, label, n in ended)
+    return {
+        "done": done,
+        "total": total,
+        "percent": round(100 * done / total) if total else 100,
+        "parts": parts,
+        "summary": summary or "none yet",
+    }
+
+
+def pace_view(pace: Pace, settings: Settings) -> dict[str, Any]:
+    """The most a campaign may send an hour and a day under every limit (None: no limit)."""
+    per_hour = pace.per_window * 3600 / settings.rate_window_seconds
+    return {
+        "per_hour": None if math.isinf(per_hour) else math.floor(per_hour),
+        "per_day": None if math.isinf(pace.per_day) else int(pace.per_day),
+    }
 
 
 def campaign_row_view(row: Any) -> dict[str, Any]:
