@@ -198,7 +198,7 @@ async def test_campaign_buttons_pause_resume_retry_and_cancel(
 
     await page.get_by_role("link", name="Campaigns", exact=True).click()
     await snapshot(page, "campaigns")
-    await page.get_by_role("link", name="Launch {{ email }}").click()
+    await page.get_by_role("link", name="Launch a@example.com").click()
     await page.wait_for_url(f"**/campaigns/{campaign_id}")
     counts = page.get_by_role("list", name="Emails by status")
     await expect(counts.locator('[data-count="scheduled"]')).to_have_text("2")

@@ -20,7 +20,7 @@ class ListingQueries(Queries):
         return await self.pool.fetch(
             """SELECT d.id, d.recipient, c.subject, d.scheduled_at, d.status, d.campaign_id,
                       d.last_error, d.attempts, d.wait_reason, d.wait_until,
-                      c.status AS campaign_status
+                      c.status AS campaign_status, d.vars, c.name AS campaign_name
                FROM dispatches d JOIN campaigns c ON c.id = d.campaign_id
                WHERE d.owner_id = $1 AND d.status IN ('scheduled', 'sending', 'rate_limited')
                  AND ($3::timestamptz IS NULL OR (d.scheduled_at, d.id) > ($3, $4))
@@ -37,7 +37,7 @@ class ListingQueries(Queries):
         return await self.pool.fetch(
             """SELECT d.id, d.recipient, c.subject, d.scheduled_at, d.sent_at, d.finished_at,
                       d.status, d.campaign_id, d.last_error, d.message_id, d.attempts,
-                      l.response
+                      l.response, d.vars, c.name AS campaign_name
                FROM dispatches d JOIN campaigns c ON c.id = d.campaign_id
                LEFT JOIN ledger l ON l.idempotency_key = d.idempotency_key
                WHERE d.owner_id = $1 AND d.status IN ('sent', 'failed')

@@ -92,7 +92,7 @@ async def compose_submit(request: web.Request) -> web.StreamResponse:
     try:
         data: dict[str, Any] = {
             k: form.get(k)
-            for k in ("subject", "body", "html", "hourly_limit", "daily_limit", "sender")
+            for k in ("name", "subject", "body", "html", "hourly_limit", "daily_limit", "sender")
         }
         data["start_at"] = _start_at(form)
         data["delay_between_ms"] = _delay_ms(form)

@@ -15,15 +15,15 @@ from ..errors import ValidationError
 from ..models import Sender
 from ..waiting import campaign_pace, campaign_wait
 from .app_keys import QUEUE, SETTINGS, STORE
+from .bodies import off_loop
 from .middleware import current_user
+from .page_views import pace_view, progress, shown_subjects
 from .paging import decode_cursor, decode_id_cursor, id_cursor_after, lenient, time_cursor_after
 from .params import path_id
 from .presenters import (
     campaign_row_view,
     message_parts,
-    pace_view,
     pacing_view,
-    progress,
     sanitize_html,
     wait_json,
 )
@@ -57,8 +57,10 @@ async def emails(request: web.Request) -> web.Response:
     scheduled_id = lenient(decode_id_cursor, q.get("scheduled"))  # the campaign just scheduled
     if scheduled_id is not None:
         flash = await store.campaign_detail(user.id, scheduled_id)
+    subjects = await off_loop(shown_subjects, [*scheduled[:PAGE_SIZE], *finished[:PAGE_SIZE]])
     context = {
         "title": "Emails",
+        "subjects": subjects,
         "scheduled": scheduled[:PAGE_SIZE],
         "sent": finished[:PAGE_SIZE],
         "scheduled_next": time_cursor_after(scheduled, PAGE_SIZE, "scheduled_at"),
@@ -102,7 +104,7 @@ async def campaign(request: web.Request) -> web.Response:
     sender = await store.find_sender(user.id, detail["sender_id"])
     limit, settings = detail["hourly_limit"], request.app[SETTINGS]
     context = {
-        "title": detail["subject"],
+        "title": detail["name"] or detail["first_subject"] or detail["subject"],
         "campaign": detail,
         "progress": progress(detail["counts"], detail["total"]),
         "sender": sender,

@@ -7,7 +7,6 @@ UTC with a `Z`; secrets never appear (a sender's password shows only as `passwor
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +19,8 @@ import nh3
 from ..config import Settings
 from ..models import TERMINAL_STATES, DispatchStatus, Sender, User
 from ..store.accounts import ApiToken
-from ..waiting import CampaignWait, Pace, wait_of
+from ..waiting import CampaignWait, wait_of
+from .page_views import progress
 
 _FINISHED = tuple(s.value for s in TERMINAL_STATES)  # every way an email ends
 
@@ -64,6 +64,7 @@ def campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
         "counts": counts,
         "progress": round(done / total, 4) if total else 1.0,
         "created_at": iso(detail["created_at"]),
+        **campaign_naming(detail),
     }
 
 
@@ -79,7 +80,14 @@ def campaign_item_json(row: Any) -> dict[str, Any]:
         "start_at": iso(row["start_at"]),
         "created_at": iso(row["created_at"]),
         "counts": {status.value: counts.get(status.value, 0) for status in DispatchStatus},
+        **campaign_naming(row),
     }
+
+
+def campaign_naming(row: Any) -> dict[str, Any]:
+    """A campaign's name (null when it has none) and its subject as its first recipient got
+    it (null for campaigns scheduled before it was kept); `subject` stays the template."""
+    return {"name": row["name"], "first_subject": row["first_subject"]}
 
 
 def wait_json(wait: CampaignWait) -> dict[str, Any]:
@@ -89,49 +97,6 @@ def wait_json(wait: CampaignWait) -> dict[str, Any]:
         "waiting": [
             {"reason": w.reason, "count": w.count, "until": iso(w.until)} for w in wait.waiting
         ],
-    }
-
-
-# ---- the dashboard's progress bar and pace (view models) ----
-
-# The bar's parts, in this order: how each email ended. What is still to go is the empty rest.
-BAR_PARTS: tuple[tuple[DispatchStatus, str], ...] = (
-    (DispatchStatus.SENT, "sent"),
-    (DispatchStatus.BOUNCED, "bounced"),
-    (DispatchStatus.COMPLAINED, "complained"),
-    (DispatchStatus.FAILED, "failed"),
-    (DispatchStatus.SUPPRESSED, "suppressed"),
-    (DispatchStatus.CANCELLED, "cancelled"),
-)
-
-
-def progress(counts: dict[str, int], total: int) -> dict[str, Any]:
-    """A campaign's progress bar: done of total, and one labelled part per way an email
-    ended (so an all-failed or cancelled campaign is not a full green bar)."""
-    ended = [
-        (s.value, label, n) for s, label in BAR_PARTS if total and (n := counts.get(s.value, 0))
-    ]
-    parts = [
-        {"status": status, "label": label, "count": n, "width": round(100 * n / total, 2)}
-        for status, label, n in ended
-    ]
-    done = sum(n for _, _, n in ended)
-    summary = ", ".join(f"{n:,} {label}" for _, label, n in ended)
-    return {
-        "done": done,
-        "total": total,
-        "percent": round(100 * done / total) if total else 100,
-        "parts": parts,
-        "summary": summary or "none yet",
-    }
-
-
-def pace_view(pace: Pace, settings: Settings) -> dict[str, Any]:
-    """The most a campaign may send an hour and a day under every limit (None: no limit)."""
-    per_hour = pace.per_window * 3600 / settings.rate_window_seconds
-    return {
-        "per_hour": None if math.isinf(per_hour) else math.floor(per_hour),
-        "per_day": None if math.isinf(pace.per_day) else int(pace.per_day),
     }
 
 

@@ -220,7 +220,7 @@ function startCompose() {
     clearFieldErrors(form);
     const button = form.querySelector("[data-schedule]");
     const data = new FormData();
-    for (const name of ["subject", "body", "html", "hourly_limit", "daily_limit", "sender"]) {
+    for (const name of ["name", "subject", "body", "html", "hourly_limit", "daily_limit", "sender"]) {
       if (field(name).value !== "") data.append(name, field(name).value);
     }
     const start = field("start_local").value;
