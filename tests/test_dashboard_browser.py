@@ -136,11 +136,15 @@ async def test_compose_schedule_and_watch_emails_go_out_live(
 
     await page.evaluate("window.stillTheSamePage = true")
     await make_client(roles=frozenset({"worker"}))
+    await expect(page.locator("#scheduled")).to_contain_text("Nothing is waiting to be sent")
+    await expect(page.locator('[data-tab-count="sent"]')).to_have_text("3")
+    assert await page.evaluate("window.stillTheSamePage") is True, "the page was reloaded"
+    await (
+        page.get_by_role("navigation", name="Email lists").get_by_role("link", name="Sent").click()
+    )
     sent = page.locator("#sent tbody tr")
     await expect(sent).to_have_count(3)
-    await expect(page.locator("#scheduled")).to_contain_text("Nothing is waiting to be sent")
     await expect(sent.filter(has_text="grace@example.com")).to_contain_text("sent")
-    assert await page.evaluate("window.stillTheSamePage") is True, "the page was reloaded"
     await snapshot(page, "emails-sent")
 
     await page.get_by_role("link", name="Inbox", exact=True).click()
@@ -192,6 +196,9 @@ async def test_campaign_buttons_pause_resume_retry_and_cancel(
     assert await queue.remove(failed["sender_id"], [failed["id"]]) == 1
     page = await context(str(client.make_url("")))
     await _dev_login(page)
+    await (
+        page.get_by_role("navigation", name="Email lists").get_by_role("link", name="Sent").click()
+    )
     failed_row = page.locator("#sent tbody tr")
     await expect(failed_row).to_contain_text(failed["recipient"])
     await expect(failed_row).to_contain_text("550 5.1.1 mailbox unavailable")

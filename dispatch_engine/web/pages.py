@@ -1,4 +1,4 @@
-"""The dashboard's pages: emails (Scheduled and Sent), campaigns, the capture inbox.
+"""The dashboard's pages: campaigns, the capture inbox (the Emails page is email_pages.py).
 
 Server-rendered and complete without JavaScript (pagination is links, times are UTC); the
 page script adds local times and live refreshes of each page's live region. Every query is
@@ -15,10 +15,9 @@ from ..errors import ValidationError
 from ..models import Sender
 from ..waiting import campaign_pace, campaign_wait
 from .app_keys import QUEUE, SETTINGS, STORE
-from .bodies import off_loop
 from .middleware import current_user
-from .page_views import pace_view, progress, shown_subjects
-from .paging import decode_cursor, decode_id_cursor, id_cursor_after, lenient, time_cursor_after
+from .page_views import pace_view, progress
+from .paging import decode_id_cursor, id_cursor_after, lenient
 from .params import path_id
 from .presenters import (
     campaign_row_view,
@@ -43,33 +42,6 @@ def _path_id(request: web.Request) -> int:
 @routes.get("/")
 async def home(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/emails")
-
-
-@routes.get("/emails")
-async def emails(request: web.Request) -> web.Response:
-    user, store = current_user(request), request.app[STORE]
-    q = request.query
-    after = lenient(decode_cursor, q.get("scheduled_cursor"))
-    before = lenient(decode_cursor, q.get("sent_cursor"))
-    scheduled = await store.list_scheduled(user.id, PAGE_SIZE + 1, after)
-    finished = await store.list_finished(user.id, PAGE_SIZE + 1, before)
-    flash = None
-    scheduled_id = lenient(decode_id_cursor, q.get("scheduled"))  # the campaign just scheduled
-    if scheduled_id is not None:
-        flash = await store.campaign_detail(user.id, scheduled_id)
-    subjects = await off_loop(shown_subjects, [*scheduled[:PAGE_SIZE], *finished[:PAGE_SIZE]])
-    context = {
-        "title": "Emails",
-        "subjects": subjects,
-        "scheduled": scheduled[:PAGE_SIZE],
-        "sent": finished[:PAGE_SIZE],
-        "scheduled_next": time_cursor_after(scheduled, PAGE_SIZE, "scheduled_at"),
-        "sent_next": time_cursor_after(finished, PAGE_SIZE, "finished_at"),
-        "paged": bool(after or before),
-        "query": dict(q),
-        "flash": flash,
-    }
-    return render(request, "emails.html", context, partial="_emails_live.html")
 
 
 @routes.get("/campaigns")
