@@ -35,8 +35,12 @@ function localizeTimes(root = document) {
 function startLive() {
   const region = document.querySelector("[data-live]");
   const status = document.querySelector("[data-live-status]");
+  const announce = document.querySelector("[data-live-announce]");
   if (!region || !window.EventSource) return;
   let busy = false, again = false;
+  // Screen readers hear one short line when a refresh changed it, never the region itself.
+  const summaryOf = () => region.querySelector("[data-summary]")?.dataset.summary || "";
+  let said = summaryOf();
 
   async function refresh() {
     if (busy) { again = true; return; }
@@ -47,6 +51,9 @@ function startLive() {
       if (response.ok && response.headers.get("Content-Type")?.startsWith("text/html")) {
         const focused = document.activeElement?.id;
         region.innerHTML = await response.text();
+        const summary = summaryOf();
+        if (announce && summary && summary !== said) announce.textContent = summary;
+        said = summary;
         localizeTimes(region);
         wireApiForms(region);
         if (focused) document.getElementById(focused)?.focus();
