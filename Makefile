@@ -109,7 +109,7 @@ BULLMQ := bench/bullmq/node_modules/.package-lock.json
 $(BULLMQ): bench/bullmq/package.json bench/bullmq/package-lock.json
 	npm ci --prefix bench/bullmq --ignore-scripts --no-audit --no-fund
 
-bench: $(BENCH_VENV)/.installed $(BULLMQ)
+bench: $(BENCH_VENV)/.installed $(BULLMQ) system-deps
 	$(BENCH_VENV)/bin/python bench/queue_peers.py
 	$(BENCH_VENV)/bin/python bench/e2e.py
 

@@ -17,6 +17,7 @@ from .models import CampaignStatus, Sender, User
 from .pacing import claim_cap
 from .parsing import aware_datetime, whole_number
 from .queue import RedisQueue
+from .recipient_hours import SendWindow, parse_send_window, reject_unknown_zones
 from .recipients import Limits, ParsedRecipients, from_request
 from .render import TemplateProblem, check_templates, idempotency_key, one_line, render_preview
 from .requeue import requeue
@@ -40,6 +41,7 @@ class ScheduleRequest:
     daily_limit: int | None = None
     delay_jitter_ms: int = 0  # a random extra delay in [0, delay_jitter_ms] per email
     name: str | None = None  # shown in the lists; the subject stands in when there is none
+    send_window: SendWindow | None = None  # in each recipient's own time zone
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,10 @@ def parse_schedule_request(
     jitter = _int(data, "delay_jitter_ms", minimum=0, maximum=86_400_000) or 0
     sender = _sender_ref(data.get("sender"))
     name = _campaign_name(data.get("name"))
+    send_window = parse_send_window(data)
     recipients = from_request(data, limits)
+    if send_window is not None:
+        reject_unknown_zones(recipients)
     if not recipients.accepted:
         raise ValidationError(
             "recipients",
@@ -148,6 +153,7 @@ def parse_schedule_request(
         daily_limit=daily_limit,
         delay_jitter_ms=jitter,
         name=name,
+        send_window=send_window,
     )
 
 
@@ -270,6 +276,7 @@ class CampaignService:
                     delay_jitter_ms=request.delay_jitter_ms,
                     name=request.name,
                     first_subject=shown_subject,
+                    send_window=request.send_window,
                 )
                 rows = [
                     NewDispatch(

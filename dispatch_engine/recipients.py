@@ -138,6 +138,10 @@ class ParsedRecipients:
         self._seen[key] = line
         self.accepted.append(Recipient(address, variables))
 
+    def line_of(self, address: str) -> int:
+        """The line an accepted address came from."""
+        return self._seen.get(address.lower(), 0)
+
     def check_lines(self, line: int) -> None:
         if line > self.limits.max_lines:
             raise ValidationError(

@@ -14,6 +14,7 @@ from typing import Any
 from .config import Settings
 from .models import Sender
 from .pacing import WaitReason
+from .warmup import daily_limit_now
 
 
 def wait_of(row: Any, now: datetime) -> tuple[WaitReason | None, datetime | None]:
@@ -47,8 +48,11 @@ class Pace:
     per_day: float
 
 
-def campaign_pace(detail: dict[str, Any], sender: Sender | None, settings: Settings) -> Pace:
-    """The campaign's pace: its own limits, its sender's and the gap between emails."""
+def campaign_pace(
+    detail: dict[str, Any], sender: Sender | None, settings: Settings, now: datetime
+) -> Pace:
+    """The campaign's pace at `now`: its own limits, its sender's (its warm-up day's) and
+    the gap between emails."""
     window_ms, day_ms = settings.rate_window_seconds * 1000, settings.day_seconds * 1000
     gap = max(detail["delay_between_ms"], sender.min_gap_ms if sender else 0)
     per_window = min(
@@ -62,7 +66,9 @@ def campaign_pace(detail: dict[str, Any], sender: Sender | None, settings: Setti
     per_day = min(
         x
         for x in (
-            sender.daily_limit if sender and sender.daily_limit else math.inf,
+            (daily_limit_now(sender, int(now.timestamp() * 1000), day_ms) or math.inf)
+            if sender
+            else math.inf,
             detail.get("daily_limit") or math.inf,
             per_window * max(1, day_ms // window_ms),
         )
@@ -88,7 +94,7 @@ def campaign_eta(
     if backlog == 0 or detail["status"] in ("cancelled", "completed"):
         return None
     window_ms, day_ms = settings.rate_window_seconds * 1000, settings.day_seconds * 1000
-    pace = campaign_pace(detail, sender, settings)
+    pace = campaign_pace(detail, sender, settings, now)
     gap, per_window, per_day = pace.gap_ms, pace.per_window, pace.per_day
     start = max(now, detail["start_at"], not_before or now)
     ms = 0.0

@@ -7,6 +7,7 @@ scoped to the signed-in user.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -83,7 +84,7 @@ async def campaign(request: web.Request) -> web.Response:
         "pacing": await _pacing(request, sender) if sender else None,
         "hourly_limit": min(limit, sender.hourly_limit) if limit and sender else limit,
         "gap_ms": max(detail["delay_between_ms"], sender.min_gap_ms if sender else 0),
-        "pace": pace_view(campaign_pace(detail, sender, settings), settings),
+        "pace": pace_view(campaign_pace(detail, sender, settings, datetime.now(UTC)), settings),
         "wait": wait_json(
             await campaign_wait(store, request.app[QUEUE], settings, user.id, detail)
         ),
