@@ -84,6 +84,11 @@ class Sender:
     delay_jitter_ms: int = 0  # a random extra gap in [0, delay_jitter_ms] after min_gap_ms
     transactional: bool = False  # may leave out the unsubscribe footer (never the headers)
     warmup: Warmup | None = None
+    # DKIM (dispatch_engine/dkim): selector, d= domain, the sealed private key, its public key
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+    dkim_private_key: str | None = None  # sealed (secretbox.py); never shown
+    dkim_public_key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,14 @@ shows how. Anything else in the package may change without notice.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from . import outbound, weekly
 from .auth import DEV_EMAIL, AuthContext, AuthError, AuthProviderSpec, LoginIdentity
 from .config import Settings
+from .consent.addresses import AddressError, normalize_address
 from .consent.feedback import Feedback, FeedbackEvent, FeedbackKind, FeedbackResult
 from .hookspecs import hookimpl
 from .login_config import GOOGLE_ISSUER, OidcClient
@@ -28,6 +31,7 @@ from .setting import (
     boolean,
     ca_file,
     choice,
+    names,
     read_settings,
     setting,
     settings_of,
@@ -47,11 +51,16 @@ from .transport import (
     TransportError,
     TransportSpec,
 )
+from .web.responses import HttpError
 from .weekly import WeeklyWindow
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 __all__ = [
     "DEV_EMAIL",
     "GOOGLE_ISSUER",
+    "AddressError",
     "AuthContext",
     "AuthError",
     "AuthProviderSpec",
@@ -61,6 +70,7 @@ __all__ = [
     "FeedbackEvent",
     "FeedbackKind",
     "FeedbackResult",
+    "HttpError",
     "LoginIdentity",
     "OidcClient",
     "OutgoingMessage",
@@ -82,12 +92,16 @@ __all__ = [
     "TransportSpec",
     "WeeklyWindow",
     "boolean",
+    "bounce_token_dispatch",
     "ca_file",
     "choice",
     "feedback_of",
     "hookimpl",
+    "names",
+    "normalize_address",
     "outbound",
     "read_settings",
+    "redis_of",
     "setting",
     "settings_of",
     "text",
@@ -102,3 +116,22 @@ def feedback_of(app: web.Application) -> Feedback:
     from .web.app_keys import FEEDBACK  # the app's keys import most of the core
 
     return app[FEEDBACK]
+
+
+def bounce_token_dispatch(app: web.Application, token: str) -> int | None:
+    """The dispatch a genuine bounce token (VERP, a provider's custom argument) names."""
+    from .consent.tokens import DispatchTokens, Purpose
+    from .web.app_keys import SETTINGS
+
+    settings = app[SETTINGS]
+    if not settings.secret_key:
+        return None
+    tokens = DispatchTokens(settings.secret_key, Purpose.BOUNCE, settings.old_secret_keys)
+    return tokens.read(token.strip())
+
+
+def redis_of(app: web.Application) -> Redis:
+    """The process's Redis client (keys a plugin writes start with its own name)."""
+    from .web.app_keys import REDIS
+
+    return app[REDIS]

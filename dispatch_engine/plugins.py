@@ -48,6 +48,7 @@ DEFAULT_PLUGINS = (
     "dispatch_engine.builtins.google_oidc",
     "dispatch_engine.builtins.notify",
     "dispatch_engine.builtins.pacing",
+    "dispatch_engine.builtins.provider_webhooks",
     "dispatch_engine.builtins.smtp",
     "dispatch_engine.builtins.webhook",
 )

@@ -29,6 +29,7 @@ from dispatch_engine.store import Store
 from .conftest import fast
 from .support.app_client import AppClient, Start
 from .support.helpers import auth, wait_for
+from .support.provider_signers import sendgrid_key
 from .support.web_session import dev_login
 
 MARKER = "zqxB7marker"  # in B's subjects, bodies, addresses and sender names
@@ -39,8 +40,17 @@ FIELDS = [
     "hourly_limit", "sender", "recipient", "from_address", "display_name", "reply_to",
     "transport", "min_gap_ms", "settings", "send_test_message", "start_local", "tz_offset",
     "delay_seconds", "next", "csrf_token", "daily_limit", "delay_jitter_ms", "name",
-    "expires_in",
+    "expires_in", "transactional", "List-Unsubscribe",
 ]  # fmt: skip
+FORGED = "a" * 29  # an unsubscribe token of the right shape (/u/{token}) whose MAC is wrong
+# Every provider webhook mounted (builtins/provider_webhooks), so the fuzz reaches them too.
+PROVIDER_WEBHOOKS = {
+    "DISPATCH_SES_TOPIC_ARNS": "arn:aws:sns:us-east-1:123456789012:fuzz",
+    "DISPATCH_SENDGRID_PUBLIC_KEY": sendgrid_key()[1],
+    "DISPATCH_MAILGUN_SIGNING_KEY": "fuzz-key",
+    "DISPATCH_POSTMARK_CREDENTIALS": "fuzz:fuzz",
+}
+JSON_ERROR_PREFIXES = ("/api/", "/hooks/")
 MODES = ["token", "session", "form"]  # A's API token; A's session (+ CSRF header); form only
 QUERY_KEYS = ["limit", "cursor", "scheduled_cursor", "sent_cursor", "scheduled", "cancel_queued",
               "tab", "status", "campaign_id", "sender_id", "q", "after", "before"]  # fmt: skip
@@ -124,7 +134,7 @@ def requests(draw: st.DrawFn, routes: list[Route], b_ids: list[str]) -> tuple[An
     route = draw(st.sampled_from(routes))
     path = route.path
     for name in re.findall(r"{(\w+)}", path):
-        value = draw(st.sampled_from([*HOSTILE[:24], *b_ids, "dev", "google", "oidc"]))
+        value = draw(st.sampled_from([*HOSTILE[:24], *b_ids, "dev", "google", "oidc", FORGED]))
         path = path.replace("{" + name + "}", value.replace("/", "%2F") or "0")
     short = [v for v in HOSTILE if len(v) < 1000]  # a longer URL is refused by aiohttp itself
     query = draw(st.dictionaries(st.sampled_from(QUERY_KEYS), st.sampled_from(short), max_size=3))
@@ -159,7 +169,7 @@ async def send(fuzz: Fuzz, req: tuple[Any, ...]) -> None:
         fuzz.problems.append(f"5xx: {where} {raw[:300]!r}")
     if MARKER.encode() in raw or MARKER.lower().encode() in raw.lower():
         fuzz.problems.append(f"tenant B's data in: {where}")
-    if path.startswith("/api/") and response.status >= 400:
+    if path.startswith(JSON_ERROR_PREFIXES) and response.status >= 400:
         try:
             error = orjson.loads(raw)["error"]
             assert isinstance(error["code"], str) and isinstance(error["message"], str)
@@ -216,7 +226,9 @@ async def _tenants(client: AppClient, store: Store) -> tuple[dict[str, str], str
 async def test_malformed_requests_to_every_route(
     make_client: Start, store: Store, settings: Settings
 ) -> None:
-    small = fast(settings, max_body_bytes=64 * 1024, max_upload_bytes=1024**2)
+    small = fast(settings, max_body_bytes=64 * 1024, max_upload_bytes=1024**2).with_environ(
+        **PROVIDER_WEBHOOKS
+    )
     client = await make_client(small)
     a_headers, csrf, b_ids = await _tenants(client, store)
     routes = app_routes(client)

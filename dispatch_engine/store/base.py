@@ -45,6 +45,10 @@ def sender_from(row: asyncpg.Record) -> Sender:
         row.get("delay_jitter_ms") or 0,
         row.get("transactional") or False,
         warmup_from(row),
+        dkim_selector=row.get("dkim_selector"),
+        dkim_domain=row.get("dkim_domain"),
+        dkim_private_key=row.get("dkim_private_key"),
+        dkim_public_key=row.get("dkim_public_key"),
     )
 
 

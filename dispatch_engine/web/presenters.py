@@ -18,6 +18,7 @@ from typing import Any
 import nh3
 
 from ..config import Settings
+from ..dkim.keys import sender_dns_record
 from ..models import TERMINAL_STATES, DispatchStatus, Sender, User
 from ..store.accounts import ApiToken
 from ..waiting import CampaignWait, wait_of
@@ -239,11 +240,21 @@ def sender_json(sender: Sender) -> dict[str, Any]:
             "started_at": sender.warmup.started_at.isoformat(),
         },
         "is_default": sender.is_default,
+        "transactional": sender.transactional,  # its bodies may go without the unsubscribe footer
+        # The private key is never shown: only what to publish in DNS (docs/senders.md).
+        "dkim": _dkim_json(sender),
         # Set when its server kept refusing its account: every email of it waits.
         "parked": {"reason": sender.parked_reason, "since": sender.parked_at.isoformat()}
         if sender.parked_reason is not None and sender.parked_at is not None
         else None,
     }
+
+
+def _dkim_json(sender: Sender) -> dict[str, Any] | None:
+    if sender.dkim_selector is None:
+        return None
+    record = sender_dns_record(sender)
+    return {"selector": sender.dkim_selector, "domain": sender.dkim_domain, "dns_record": record}
 
 
 def sender_stats_json(

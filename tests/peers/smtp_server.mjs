@@ -115,6 +115,7 @@ const server = new SMTPServer({
                 user: session.user || null,
                 auth_attempts: totalAuth,
                 header,
+                raw: Buffer.concat(chunks).toString('base64'), // the bytes as received (DKIM checks)
             });
             callback(null, '2.0.0 queued');
         });
