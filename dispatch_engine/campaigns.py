@@ -21,6 +21,7 @@ from .recipients import Limits, ParsedRecipients, from_request
 from .render import TemplateProblem, check_templates, idempotency_key, one_line
 from .requeue import requeue
 from .store import NewDispatch, Store
+from .suppressions import leave_out_suppressed
 
 MAX_SUBJECT = 998
 MAX_BODY = 1_000_000
@@ -47,6 +48,7 @@ class ScheduleResult:
     rejected: list[dict[str, Any]]
     rejected_total: int = 0
     replayed: bool = False
+    suppressed: int = 0  # of rejected_total: suppressed addresses left out
 
 
 def _text(data: dict[str, Any], name: str, *, required: bool, limit: int) -> str | None:
@@ -89,6 +91,16 @@ def _sender_ref(value: Any) -> str | int | None:
     return value
 
 
+def _some_left(recipients: ParsedRecipients) -> None:
+    if not recipients.accepted:
+        raise ValidationError(
+            "recipients",
+            "no valid address found",
+            code="no_valid_recipients",
+            details={"rejected": recipients.rejected, "rejected_total": recipients.rejected_total},
+        )
+
+
 def parse_schedule_request(
     data: dict[str, Any], *, now: datetime, limits: Limits | None = None
 ) -> ScheduleRequest:
@@ -109,13 +121,7 @@ def parse_schedule_request(
     jitter = _int(data, "delay_jitter_ms", minimum=0, maximum=86_400_000) or 0
     sender = _sender_ref(data.get("sender"))
     recipients = from_request(data, limits)
-    if not recipients.accepted:
-        raise ValidationError(
-            "recipients",
-            "no valid address found",
-            code="no_valid_recipients",
-            details={"rejected": recipients.rejected, "rejected_total": recipients.rejected_total},
-        )
+    _some_left(recipients)
     try:  # the last email must still be a date PostgreSQL and Python can hold
         last = start_at + timedelta(milliseconds=delay + jitter) * len(recipients.accepted)
     except OverflowError:
@@ -223,6 +229,9 @@ class CampaignService:
             if found is None:
                 raise ValidationError("sender", f"no sender {request.sender!r} belongs to you")
             sender = found
+        # The owner's suppressed addresses are left out, reported as rejected lines.
+        if await leave_out_suppressed(self.store, user.id, request.recipients):
+            _some_left(request.recipients)
         await check_campaign_templates(request)
 
         people = request.recipients.accepted
@@ -277,9 +286,11 @@ class CampaignService:
             claim_cap=claim_cap(sender.hourly_limit, gap),
         )
         await self.store.mark_enqueued(campaign_id, True)
+        parsed = request.recipients
         return ScheduleResult(
-            campaign_id, len(rows), request.recipients.rejected, request.recipients.rejected_total
-        )
+            campaign_id, len(rows), parsed.rejected, parsed.rejected_total,
+            suppressed=parsed.suppressed,
+        )  # fmt: skip
 
     # ---- controls: each is one guarded state change, then Redis is brought in line ----
 

@@ -65,6 +65,32 @@ class SuppressionQueries(Queries):
         )
         return int(status.rsplit(" ", 1)[1])
 
+    async def suppress_rows(
+        self,
+        owner_id: int,
+        emails: Sequence[str],
+        reasons: Sequence[str],
+        details: Sequence[str],
+        source: str,
+    ) -> int:
+        """Suppress normalized addresses, each with its own reason and detail (a CSV
+        import), in one statement; one already suppressed keeps its first reason. Returns
+        how many were new."""
+        if not emails:
+            return 0
+        status = await self.pool.execute(
+            """INSERT INTO suppressions (owner_id, email_normalized, reason, source, detail)
+               SELECT $1, e, r, $5, d
+               FROM unnest($2::text[], $3::text[], $4::text[]) AS t(e, r, d)
+               ON CONFLICT (owner_id, email_normalized) DO NOTHING""",
+            owner_id,
+            list(emails),
+            list(reasons),
+            [d[:1000] for d in details],
+            source,
+        )
+        return int(status.rsplit(" ", 1)[1])
+
     async def unsuppress(self, owner_id: int, email: str) -> bool:
         status = await self.pool.execute(
             "DELETE FROM suppressions WHERE owner_id = $1 AND email_normalized = $2",

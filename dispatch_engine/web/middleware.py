@@ -18,7 +18,14 @@ from .responses import HttpError, too_large
 USER = web.RequestKey("user", User)
 # Routes that take CSV uploads or whole templates; every other route takes small bodies.
 UPLOAD_ROUTES = frozenset(
-    {"/api/emails/schedule", "/api/compose/recipients", "/api/compose/preview", "/compose"}
+    {
+        "/api/emails/schedule",
+        "/api/compose/recipients",
+        "/api/compose/preview",
+        "/compose",
+        "/api/suppressions/import",
+        "/suppressions/import",
+    }
 )
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 API_TOKEN_ID = web.RequestKey("api_token_id", int)  # set when a bearer token named the user

@@ -91,6 +91,7 @@ async def schedule(request: web.Request) -> web.Response:
         "accepted": detail["total"] if result.replayed else result.accepted,
         "rejected": result.rejected,
         "rejected_total": result.rejected_total,
+        "suppressed_total": result.suppressed,
     }
     return json_response(body, 200 if result.replayed else 201)
 
