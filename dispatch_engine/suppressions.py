@@ -10,12 +10,13 @@ kept by another tool).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Any
+from typing import Any, TypeVar
 
 from email_validator import EmailNotValidError
 
@@ -32,6 +33,8 @@ EXPORT_PAGE = 5000  # rows per query while an export streams
 EXPORT_COLUMNS = ("email", "reason", "source", "detail", "created_at")
 REASONS = frozenset(r.value for r in SuppressionReason)
 USER_REASONS = frozenset({SuppressionReason.MANUAL.value})  # what POST /api/suppressions takes
+IN_THREAD = 20_000  # recipients past which the check's CPU work leaves the event loop
+T = TypeVar("T")
 
 
 def address_key(email: str) -> str:
@@ -63,26 +66,38 @@ async def _suppressed_among(store: Store, owner_id: int, keys: list[str]) -> dic
     longer list is joined with the array."""
     listed = await store.suppressed_emails(owner_id, len(keys))
     if len(listed) < len(keys):  # that was the whole list
-        hits = set(listed).intersection(keys)
+        hits = await _cpu(len(keys), set(listed).intersection, keys)
         return await store.suppressions_among(owner_id, hits) if hits else {}
     return await store.suppressions_among(owner_id, keys)
 
 
-async def leave_out_suppressed(store: Store, owner_id: int, parsed: ParsedRecipients) -> int:
-    """Drop the owner's suppressed addresses from parsed recipients, reported as rejected
-    lines with reason and date; one query (an array) whatever the size. Returns how many."""
-    if not parsed.accepted:
-        return 0
-    keys = [address_key(person.email) for person in parsed.accepted]
-    found = await _suppressed_among(store, owner_id, keys)
-    if not found:
-        return 0
+async def _cpu(size: int, fn: Callable[..., T], /, *args: Any) -> T:
+    """Work over a big upload in a thread (the event loop keeps serving), a small one here."""
+    return await asyncio.to_thread(fn, *args) if size > IN_THREAD else fn(*args)
+
+
+def _keys(parsed: ParsedRecipients) -> list[str]:
+    return [address_key(person.email) for person in parsed.accepted]
+
+
+def _leave_out(parsed: ParsedRecipients, keys: list[str], found: dict[str, Suppression]) -> int:
     reasons = {
         person.email: why_suppressed(found[key])
         for person, key in zip(parsed.accepted, keys, strict=True)
         if key in found
     }
     return parsed.leave_out(reasons)
+
+
+async def leave_out_suppressed(store: Store, owner_id: int, parsed: ParsedRecipients) -> int:
+    """Drop the owner's suppressed addresses from parsed recipients, reported as rejected
+    lines with reason and date; at most two queries whatever the size. Returns how many."""
+    size = len(parsed.accepted)
+    if not size:
+        return 0
+    keys = await _cpu(size, _keys, parsed)
+    found = await _suppressed_among(store, owner_id, keys)
+    return await _cpu(size, _leave_out, parsed, keys, found) if found else 0
 
 
 def _reason(value: Any, allowed: frozenset[str], field: str = "reason") -> str:

@@ -11,7 +11,9 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
+from dispatch_engine.recipients import from_json
 from dispatch_engine.store import Store
+from dispatch_engine.suppressions import IN_THREAD, leave_out_suppressed
 
 from .support.app_client import AppClient, Start
 from .support.helpers import auth, new_token, wait_for
@@ -148,3 +150,16 @@ async def test_an_email_queued_before_its_address_was_suppressed_is_never_sent(
         return bool(status == "completed")
 
     await wait_for(completed)
+
+
+async def test_a_big_upload_is_checked_the_same_way(store: Store) -> None:
+    """Past IN_THREAD recipients the check works in a thread; its verdicts are the same."""
+    ada = await store.ensure_user("ada@example.com", "Ada")
+    people = [f"person{n}@example.com" for n in range(IN_THREAD + 5)]
+    await store.suppress(
+        ada.id, ["person7@example.com", "person20003@example.com"], "manual", "api"
+    )
+    parsed = from_json(people)
+    assert await leave_out_suppressed(store, ada.id, parsed) == 2
+    assert [r["line"] for r in parsed.rejected] == [8, 20004]
+    assert len(parsed.accepted) == len(people) - 2 and parsed.suppressed == 2
