@@ -17,6 +17,7 @@ from .models import CampaignStatus, Sender, User
 from .pacing import claim_cap
 from .parsing import aware_datetime, whole_number
 from .queue import RedisQueue
+from .recipient_hours import SendWindow, parse_send_window, reject_unknown_zones
 from .recipients import Limits, ParsedRecipients, from_request
 from .render import TemplateProblem, check_templates, idempotency_key, one_line
 from .requeue import requeue
@@ -39,6 +40,7 @@ class ScheduleRequest:
     sender: str | int | None
     daily_limit: int | None = None
     delay_jitter_ms: int = 0  # a random extra delay in [0, delay_jitter_ms] per email
+    send_window: SendWindow | None = None  # in each recipient's own time zone
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,10 @@ def parse_schedule_request(
     daily_limit = _int(data, "daily_limit", minimum=1, maximum=1_000_000_000)
     jitter = _int(data, "delay_jitter_ms", minimum=0, maximum=86_400_000) or 0
     sender = _sender_ref(data.get("sender"))
+    send_window = parse_send_window(data)
     recipients = from_request(data, limits)
+    if send_window is not None:
+        reject_unknown_zones(recipients)
     _some_left(recipients)
     try:  # the last email must still be a date PostgreSQL and Python can hold
         last = start_at + timedelta(milliseconds=delay + jitter) * len(recipients.accepted)
@@ -139,6 +144,7 @@ def parse_schedule_request(
         sender=sender,
         daily_limit=daily_limit,
         delay_jitter_ms=jitter,
+        send_window=send_window,
     )
 
 
@@ -253,6 +259,7 @@ class CampaignService:
                     idempotency_key=idempotency_header,
                     daily_limit=request.daily_limit,
                     delay_jitter_ms=request.delay_jitter_ms,
+                    send_window=request.send_window,
                 )
                 rows = [
                     NewDispatch(

@@ -7,6 +7,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from .weekly import WeeklyWindow
+
 
 class DispatchStatus(StrEnum):
     SCHEDULED = "scheduled"
@@ -53,6 +55,16 @@ class User:
 
 
 @dataclass(frozen=True)
+class Warmup:
+    """A new mailbox's ramp: `start` a day, `step` more each day, at most `max` (warmup.py)."""
+
+    start: int
+    step: int
+    max: int
+    started_at: datetime
+
+
+@dataclass(frozen=True)
 class Sender:
     id: int
     owner_id: int
@@ -71,6 +83,7 @@ class Sender:
     daily_limit: int | None = None
     delay_jitter_ms: int = 0  # a random extra gap in [0, delay_jitter_ms] after min_gap_ms
     transactional: bool = False  # may leave out the unsubscribe footer (never the headers)
+    warmup: Warmup | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,7 @@ class CampaignContent:
     hourly_limit: int | None
     daily_limit: int | None = None
     delay_jitter_ms: int = 0
+    send_window: WeeklyWindow | None = None  # applied in each recipient's own time zone
 
 
 @dataclass(frozen=True)

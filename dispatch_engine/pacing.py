@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from redis.asyncio import Redis
 
 from .config import Settings
+from .warmup import daily_limit_now
 
 if TYPE_CHECKING:
     from .limits import SenderLimits
@@ -34,6 +35,7 @@ class WaitReason(StrEnum):
     DAILY_LIMIT = "daily_limit"  # the sender's or the campaign's daily limit
     MIN_GAP = "min_gap"  # the delay between two emails of the sender
     BUSINESS_HOURS = "business_hours"
+    RECIPIENT_HOURS = "recipient_hours"  # outside the campaign's window in the recipient's zone
     POLICY = "policy"  # another pacing plugin
     PAUSED = "paused"  # the campaign is paused
     AUTH_FAILURE = "auth_failure"  # the sender's account refused the login
@@ -205,6 +207,7 @@ def pacing_request(
     group: Sequence[DispatchJob],
     compiled: dict[int, CompiledCampaign],
     now_ms: int,
+    day_ms: int,
 ) -> PacingRequest:
     """The request for one sender's claimed emails (in queue order), with its campaigns."""
     sender = compiled[group[0].campaign_id].sender
@@ -225,7 +228,7 @@ def pacing_request(
         max(c.gap_ms for c in campaigns.values()),
         len(group),
         now_ms,
-        daily_limit=sender.daily_limit,
+        daily_limit=daily_limit_now(sender, now_ms, day_ms),  # its own, or its warm-up's
         sender_hourly_limit=sender.hourly_limit,
         emails=tuple(PacingEmail(j.id, j.campaign_id) for j in group),
         campaigns=tuple(campaigns.values()),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import outbound
+from . import outbound, weekly
 from .auth import DEV_EMAIL, AuthContext, AuthError, AuthProviderSpec, LoginIdentity
 from .config import Settings
 from .consent.feedback import Feedback, FeedbackEvent, FeedbackKind, FeedbackResult
@@ -47,6 +47,7 @@ from .transport import (
     TransportError,
     TransportSpec,
 )
+from .weekly import WeeklyWindow
 
 __all__ = [
     "DEV_EMAIL",
@@ -79,6 +80,7 @@ __all__ = [
     "TransportContext",
     "TransportError",
     "TransportSpec",
+    "WeeklyWindow",
     "boolean",
     "ca_file",
     "choice",
@@ -90,6 +92,7 @@ __all__ = [
     "settings_of",
     "text",
     "url",
+    "weekly",
     "whole_number",
 ]
 

@@ -139,9 +139,9 @@ class ParsedRecipients:
         self._seen[key] = line
         self.accepted.append(Recipient(address, variables))
 
-    def line_of(self, email: str) -> int:
+    def line_of(self, address: str) -> int:
         """The line an accepted address came from."""
-        return self._seen[email.lower()]
+        return self._seen.get(address.lower(), 0)
 
     def leave_out(self, reasons: Mapping[str, str]) -> int:
         """Drop the accepted addresses named in `reasons` (address -> why), reported as

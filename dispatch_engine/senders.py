@@ -16,10 +16,11 @@ from .render import one_line
 from .secretbox import SecretBox
 from .store import Store
 from .transport import TransportRegistry, TransportSpec
+from .warmup import parse_warmup
 
 FIELDS = {
     "from_address", "display_name", "reply_to", "transport", "settings", "hourly_limit",
-    "min_gap_ms", "is_default", "daily_limit", "delay_jitter_ms",
+    "min_gap_ms", "is_default", "daily_limit", "delay_jitter_ms", "warmup",
 }  # fmt: skip
 SMTP_TLS = ("none", "starttls", "tls")
 WEBHOOK_KEYS = ("url", "password", "timeout")
@@ -217,6 +218,8 @@ class SenderService:
         if "daily_limit" in data:  # null: no daily limit
             limit = data["daily_limit"]
             fields["daily_limit"] = None if limit is None else _int("daily_limit", limit, 1, 10**9)
+        if "warmup" in data:
+            fields.update(parse_warmup(data["warmup"], current.warmup if current else None))
         if "delay_jitter_ms" in data:
             fields["delay_jitter_ms"] = _int(
                 "delay_jitter_ms", data["delay_jitter_ms"], 0, 86_400_000

@@ -14,6 +14,7 @@ from typing import Any
 from .config import Settings
 from .models import Sender
 from .pacing import WaitReason
+from .warmup import daily_limit_now
 
 
 def wait_of(row: Any, now: datetime) -> tuple[WaitReason | None, datetime | None]:
@@ -68,7 +69,9 @@ def campaign_eta(
     per_day = min(
         x
         for x in (
-            sender.daily_limit if sender and sender.daily_limit else math.inf,
+            (daily_limit_now(sender, int(now.timestamp() * 1000), day_ms) or math.inf)
+            if sender
+            else math.inf,
             detail.get("daily_limit") or math.inf,
             per_window * max(1, day_ms // window_ms),
         )

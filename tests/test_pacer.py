@@ -34,6 +34,7 @@ from dispatch_engine.render import CompiledCampaign
 
 HOUR = 3_600_000
 T0 = 1_800_000_000_000 // HOUR * HOUR  # a window's start
+DAY_MS = 86_400_000
 
 
 def _request(ids: range, *, hourly: int = 100, gap: int = 0) -> PacingRequest:
@@ -233,7 +234,7 @@ def test_a_batch_of_several_campaigns_asks_for_the_strictest_of_their_limits() -
         3: CompiledCampaign(_campaign(3, hourly=60), sender),
     }
     jobs = [_job(10, 2), _job(11, 1), _job(12, 2), _job(13, 3)]
-    request = pacing_request(7, jobs, compiled, T0)
+    request = pacing_request(7, jobs, compiled, T0, DAY_MS)
     assert (request.sender_id, request.count, request.now_ms) == (7, 4, T0)
     assert request.hourly_limit == 40 and request.sender_hourly_limit == 100
     assert request.min_gap_ms == 700 and request.daily_limit == 900
@@ -247,7 +248,9 @@ def test_a_batch_of_several_campaigns_asks_for_the_strictest_of_their_limits() -
 
 def test_a_campaign_without_its_own_limits_asks_for_the_senders() -> None:
     sender = _sender(hourly_limit=30, min_gap_ms=0, daily_limit=None, delay_jitter_ms=0)
-    request = pacing_request(7, [_job(1, 1)], {1: CompiledCampaign(_campaign(1), sender)}, T0)
+    request = pacing_request(
+        7, [_job(1, 1)], {1: CompiledCampaign(_campaign(1), sender)}, T0, DAY_MS
+    )
     assert (request.hourly_limit, request.min_gap_ms, request.daily_limit) == (30, 0, None)
 
 

@@ -11,11 +11,11 @@ import pytest
 from aiohttp import web
 
 from dispatch_engine.app import create_app
-from dispatch_engine.builtins.business_hours.weekly import parse_weekly_window
 from dispatch_engine.config import Settings, SettingsError, load_settings
 from dispatch_engine.plugins import get_plugin_manager
 from dispatch_engine.store import Store
 from dispatch_engine.testing import appliance
+from dispatch_engine.weekly import parse_weekly_window
 
 from .support.app_client import Start
 from .support.helpers import auth, new_token, wait_for

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from ..db import Conn
 from ..models import DispatchStatus
 from ..store import Store
-from ..store.base import Conn
 from ..store.feedback import FeedbackTarget
 from .addresses import AddressError, normalize_address
 from .settings import ConsentSettings

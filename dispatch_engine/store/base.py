@@ -5,19 +5,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
+from ..db import Conn as Conn  # the one alias (db.py), importable beside Queries
 from ..models import (
     DispatchStatus,
     Sender,
     User,
+    Warmup,
 )
-
-# A connection a caller holds (its transaction), straight or from the pool.
-Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
 
 def hash_token(token: str) -> bytes:
@@ -46,6 +44,15 @@ def sender_from(row: asyncpg.Record) -> Sender:
         row.get("daily_limit"),
         row.get("delay_jitter_ms") or 0,
         row.get("transactional") or False,
+        warmup_from(row),
+    )
+
+
+def warmup_from(row: asyncpg.Record) -> Warmup | None:
+    if row.get("warmup_start") is None:
+        return None
+    return Warmup(
+        row["warmup_start"], row["warmup_step"], row["warmup_max"], row["warmup_started_at"]
     )
 
 

@@ -14,7 +14,15 @@ from ..models import (
     CampaignStatus,
     DispatchStatus,
 )
+from ..recipient_hours import SendWindow
 from .base import NewDispatch, Queries
+
+
+def content_from(row: asyncpg.Record) -> CampaignContent:
+    fields = dict(row)
+    text, zone, holidays = fields.pop("send_window"), fields.pop("timezone"), fields.pop("holidays")
+    window = SendWindow(text, zone, tuple(holidays)).window() if text else None
+    return CampaignContent(**fields, send_window=window)
 
 
 class CampaignQueries(Queries):
@@ -47,13 +55,16 @@ class CampaignQueries(Queries):
         idempotency_key: str | None,
         daily_limit: int | None = None,
         delay_jitter_ms: int = 0,
+        send_window: SendWindow | None = None,
     ) -> int:
         """Insert the campaign row (inside the caller's transaction); None when the key exists."""
         value = await conn.fetchval(
             """INSERT INTO campaigns (owner_id, sender_id, subject, body_text, body_html,
                    start_at, delay_between_ms, hourly_limit, total, idempotency_key,
-                   daily_limit, delay_jitter_ms)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id""",
+                   daily_limit, delay_jitter_ms, send_window, timezone, holidays)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                       coalesce($15, '{}'::date[]))
+               RETURNING id""",
             owner_id,
             sender_id,
             subject,
@@ -66,6 +77,9 @@ class CampaignQueries(Queries):
             idempotency_key,
             daily_limit,
             delay_jitter_ms,
+            send_window.text if send_window else None,
+            send_window.timezone if send_window else None,
+            list(send_window.holidays) if send_window else None,
         )
         return int(value)
 
@@ -141,11 +155,12 @@ class CampaignQueries(Queries):
     async def campaign_contents(self, ids: Sequence[int]) -> dict[int, CampaignContent]:
         rows = await self.pool.fetch(
             """SELECT id, owner_id, sender_id, subject, body_text, body_html, delay_between_ms,
-                      hourly_limit, daily_limit, delay_jitter_ms
+                      hourly_limit, daily_limit, delay_jitter_ms, send_window, timezone,
+                      holidays
                FROM campaigns WHERE id = ANY($1::bigint[])""",
             ids,
         )
-        return {r["id"]: CampaignContent(**dict(r)) for r in rows}
+        return {r["id"]: content_from(r) for r in rows}
 
     async def list_campaigns(
         self, owner_id: int, limit: int, before_id: int | None

@@ -6,7 +6,8 @@ import re
 from datetime import datetime
 from typing import NamedTuple
 
-from .base import Conn, Queries
+from ..db import Conn
+from .base import Queries
 
 # render.message_id_for: `<40 hex digits of the idempotency key@domain>`.
 _OUR_MESSAGE_ID = re.compile(r"<?([0-9a-f]{40})@[^>\s]+>?")

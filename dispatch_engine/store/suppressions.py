@@ -8,7 +8,8 @@ from typing import NamedTuple
 
 import asyncpg
 
-from .base import Conn, Queries
+from ..db import Conn
+from .base import Queries
 
 
 class Suppression(NamedTuple):

@@ -8,6 +8,7 @@ UTC with a `Z`; secrets never appear (a sender's password shows only as `passwor
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -21,6 +22,7 @@ from ..models import DispatchStatus, Sender, User
 from ..store.accounts import ApiToken
 from ..store.suppressions import Suppression
 from ..waiting import CampaignWait, wait_of
+from ..warmup import daily_limit_now, warmup_json
 
 _FINISHED = ("sent", "failed", "cancelled")
 
@@ -60,6 +62,14 @@ def campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
         "delay_jitter_ms": detail.get("delay_jitter_ms", 0),
         "hourly_limit": detail["hourly_limit"],
         "daily_limit": detail.get("daily_limit"),
+        # In each recipient's own zone (its `timezone` variable, else this one).
+        "send_window": None
+        if not detail.get("send_window")
+        else {
+            "days_and_hours": detail["send_window"],
+            "timezone": detail["timezone"],
+            "holidays": [d.isoformat() for d in detail.get("holidays") or ()],
+        },
         "total": total,
         "counts": counts,
         "progress": round(done / total, 4) if total else 1.0,
@@ -218,6 +228,14 @@ def sender_json(sender: Sender) -> dict[str, Any]:
         "min_gap_ms": sender.min_gap_ms,
         "daily_limit": sender.daily_limit,
         "delay_jitter_ms": sender.delay_jitter_ms,
+        "warmup": None
+        if sender.warmup is None
+        else {
+            "start": sender.warmup.start,
+            "step": sender.warmup.step,
+            "max": sender.warmup.max,
+            "started_at": sender.warmup.started_at.isoformat(),
+        },
         "is_default": sender.is_default,
         # Set when its server kept refusing its account: every email of it waits.
         "parked": {"reason": sender.parked_reason, "since": sender.parked_at.isoformat()}
@@ -238,7 +256,7 @@ def sender_stats_json(
 
     `state` is the queue's view of it (`RedisQueue.sender_state`).
     """
-    now_ms = state["now_ms"] or 0
+    now_ms = state["now_ms"] or int(time.time() * 1000)
     next_due = state["next_due_ms"]
     return {
         "id": sender.id,
@@ -247,6 +265,9 @@ def sender_stats_json(
         "min_gap_ms": sender.min_gap_ms,
         "delay_jitter_ms": sender.delay_jitter_ms,
         "daily_limit": sender.daily_limit,
+        # Today's: its own daily limit or its warm-up ramp's, whichever is lower.
+        "effective_daily_limit": daily_limit_now(sender, now_ms, settings.day_seconds * 1000),
+        "warmup": warmup_json(sender, now_ms, settings.day_seconds * 1000),
         "window_seconds": settings.rate_window_seconds,
         "day_seconds": settings.day_seconds,
         "sent_this_window": window,

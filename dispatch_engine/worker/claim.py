@@ -15,6 +15,7 @@ from ..models import QUEUED_STATES, CampaignStatus, DispatchJob
 from ..queue import Lease, Waker
 from .begin import Begin
 from .deps import WorkerDeps
+from .hours import RecipientHours
 from .leases import Leases
 from .pace import Pace
 from .prepare import Prepare
@@ -31,6 +32,7 @@ class Downstream:
     """The stages a claimed batch passes through, in this order."""
 
     prepare: Prepare
+    hours: RecipientHours
     share: OwnerShare
     pace: Pace
     begin: Begin
@@ -47,6 +49,7 @@ class Claim:
         self.leases = leases
         self.waker = waker
         self.prepare = downstream.prepare
+        self.hours = downstream.hours
         self.share = downstream.share
         self.pace = downstream.pace
         self.begin = downstream.begin
@@ -94,6 +97,7 @@ class Claim:
                 done.append(by_id[job.id])
         runnable, compiled, failed = await self.prepare.batch(runnable)
         done += [by_id[j.id] for j in failed]
+        runnable = await self.hours.batch(runnable, compiled, by_id, now_ms)
         runnable, held = self.share.admit(runnable)
         if held:  # over their owner's fair share of the send slots: back to the queue
             await self.leases.release([by_id[j.id] for j in held])

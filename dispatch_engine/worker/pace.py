@@ -58,7 +58,9 @@ class Pace:
         by_id: dict[int, Lease],
         now_ms: int,
     ) -> list[DispatchJob]:
-        outcome = await self.pacer.decide(pacing_request(sender_id, group, compiled, now_ms))
+        day_ms = self.settings.day_seconds * 1000
+        request = pacing_request(sender_id, group, compiled, now_ms, day_ms)
+        outcome = await self.pacer.decide(request)
         if outcome.deferred:
             await self.leases.settle(
                 [Settlement(by_id[i], "retry", due) for i, due, _ in outcome.deferred]

@@ -19,6 +19,7 @@ from ..tasks import cancel_and_wait
 from .begin import Begin
 from .claim import Claim, Downstream
 from .deps import WorkerDeps
+from .hours import RecipientHours
 from .leases import Leases
 from .pace import Pace
 from .prepare import Prepare
@@ -46,6 +47,7 @@ class WorkerPool:
         self.send = Send(deps, self.leases, share, self.recorder.results)
         downstream = Downstream(
             prepare=Prepare(deps.store, self.settle),
+            hours=RecipientHours(deps.store, self.leases),
             share=share,
             pace=Pace(deps, self.leases),
             begin=Begin(deps.store, self.leases),

@@ -20,17 +20,19 @@ from dispatch_engine.plugin import (
     PacingRequest,
     Settings,
     SettingsError,
+    WeeklyWindow,
     hookimpl,
     setting,
     settings_of,
+    weekly,
 )
 
-from .weekly import EXAMPLE, WeeklyWindow, parse_weekly_window
+EXAMPLE = weekly.EXAMPLE
 
 
 def _weekly(name: str, raw: str) -> WeeklyWindow:
     try:
-        return parse_weekly_window(raw)
+        return weekly.parse_weekly_window(raw)
     except ValueError as exc:
         raise SettingsError(f"{name} must look like {EXAMPLE!r}: {exc}") from None
 

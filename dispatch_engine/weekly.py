@@ -1,5 +1,8 @@
 """A weekly window in a time zone, such as "Mon-Fri 09:00-17:00 Europe/Berlin".
 
+The business_hours policy holds a sender to one; a campaign's sending window holds each
+email to the window in its recipient's own zone (`worker/hours.py`), with holiday dates.
+
 Days and hours are the zone's wall-clock time, so a window keeps its local hours across
 daylight-saving changes. A start the clocks skip (spring forward) opens the window when the
 clocks jump past it; a repeated time (fall back) counts from its first occurrence.
@@ -9,14 +12,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 EXAMPLE = "Mon-Fri 09:00-17:00 Europe/Berlin"
 _SPEC = re.compile(
-    r"(?P<days>\S+)\s+(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})\s+(?P<zone>\S+)"
+    r"(?P<days>\S+)\s+(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})(?:\s+(?P<zone>\S+))?"
 )
 
 
@@ -27,16 +30,22 @@ class WeeklyWindow:
     end_minute: int  # after local midnight, more than start; 1440 is the next midnight
     zone: ZoneInfo
     text: str
+    holidays: frozenset[date] = frozenset()  # local dates on which the window stays shut
 
     def __str__(self) -> str:
         return self.text
 
+    def in_zone(self, zone: ZoneInfo) -> WeeklyWindow:
+        """The same days and hours on another zone's clock (a recipient's)."""
+        return self if zone == self.zone else replace(self, zone=zone)
+
     def _intervals(self, now: datetime) -> Iterator[tuple[datetime, datetime]]:
-        """[open, close) of each window day from today (local), in order, for eight days."""
+        """[open, close) of each window day from today (local), in order: a week's worth
+        plus one day per holiday, so a window of at least one day always opens."""
         today = now.astimezone(self.zone).date()
-        for offset in range(8):
+        for offset in range(8 + len(self.holidays)):
             day = today + timedelta(days=offset)
-            if day.weekday() in self.days:
+            if day.weekday() in self.days and day not in self.holidays:
                 yield (
                     _instant(day, self.start_minute, self.zone),
                     _instant(day, self.end_minute, self.zone),
@@ -47,7 +56,7 @@ class WeeklyWindow:
         for opens, closes in self._intervals(now):
             if now < closes:
                 return max(opens, now.astimezone(UTC))
-        raise AssertionError("a window with at least one day opens within eight days")
+        raise AssertionError("a window with at least one day opens within a week and its holidays")
 
     def is_open(self, now: datetime) -> bool:
         return self.next_opening(now) <= now
@@ -100,8 +109,19 @@ def _minute(text: str, *, end: bool) -> int:
     return hours * 60 + minutes
 
 
-def parse_weekly_window(text: str) -> WeeklyWindow:
-    """Parse "DAYS HH:MM-HH:MM ZONE"; DAYS like `Mon-Fri`, `Sat,Sun` or `Mon,Wed-Fri`.
+def parse_zone(name: str) -> ZoneInfo:
+    """An IANA time zone; ValueError saying what is wrong."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{name[:64]!r} is not a time zone (use an IANA name like Europe/Berlin or UTC)"
+        ) from None
+
+
+def parse_weekly_window(text: str, default_zone: ZoneInfo | None = None) -> WeeklyWindow:
+    """Parse "DAYS HH:MM-HH:MM ZONE"; DAYS like `Mon-Fri`, `Sat,Sun` or `Mon,Wed-Fri`. The
+    zone may be left out when `default_zone` is given.
 
     Raises ValueError saying what is wrong.
     """
@@ -115,10 +135,8 @@ def parse_weekly_window(text: str) -> WeeklyWindow:
             f"the window must end after it starts the same day, got {match['start']}-"
             f"{match['end']} (windows over midnight are not supported)"
         )
-    try:
-        zone = ZoneInfo(match["zone"])
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"{match['zone']!r} is not a time zone (use an IANA name like Europe/Berlin or UTC)"
-        ) from None
+    if match["zone"] is None and default_zone is None:
+        raise ValueError(f"expected days, hours and a time zone, as in {EXAMPLE!r}")
+    zone = parse_zone(match["zone"]) if match["zone"] else default_zone
+    assert zone is not None
     return WeeklyWindow(_days(match["days"]), start, end, zone, " ".join(text.split()))
