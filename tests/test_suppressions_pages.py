@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 
 import aiohttp
+from playwright.async_api import Browser, FilePayload, expect
 
 from dispatch_engine.store import Store
 
 from .support.app_client import Start
+from .support.browser import snapshot
 from .support.web_session import dev_login
 
 API = frozenset({"api"})
@@ -87,3 +89,50 @@ async def test_the_forms_refuse_a_missing_csrf_token_and_show_only_ones_own_entr
     assert removal.status == 404
     assert (await store.suppression(eve.id, "eves-secret@example.com")) is not None
     assert "eves-secret" not in await (await client.get("/suppressions/export")).text()
+
+
+async def test_the_page_and_the_compose_check_in_a_real_browser(
+    make_client: Start, browser: Browser
+) -> None:
+    """Chromium: the nav link, add by the form, import a file, then the compose page's
+    recipients check lists the suppressed address as a rejected line; remove."""
+    client = await make_client(roles=API)
+    ctx = await browser.new_context(base_url=str(client.make_url("/")).rstrip("/"))
+    try:
+        page = await ctx.new_page()
+        await page.goto("/login")
+        await page.get_by_role("button", name="Continue as dev user").click()
+        await page.wait_for_url("**/emails")
+        await page.get_by_role("link", name="Suppressions").click()
+        await page.wait_for_url("**/suppressions")
+        await page.get_by_label("Addresses, one a line").fill("Bob@BÜCHER.example")
+        await page.get_by_role("button", name="Suppress").click()
+        await expect(page.locator("[data-suppression-result]")).to_contain_text("1 address added")
+        await page.get_by_label("CSV file").set_input_files(
+            files=[FilePayload(name="old.csv", mimeType="text/csv",
+                               buffer=b"email,reason\ncarol@example.com,unsubscribed\n")]
+        )  # fmt: skip
+        await page.get_by_role("button", name="Import").click()
+        rows = page.locator("tr[data-suppression]")
+        await expect(rows).to_have_count(2)
+        await expect(rows.nth(1)).to_contain_text("bob@xn--bcher-kva.example")
+        await snapshot(page, "suppressions")
+
+        await page.get_by_role("link", name="Compose", exact=True).click()
+        await page.get_by_label("…or paste addresses").fill(
+            "ann@example.com\nbob@xn--bcher-kva.example\ncarol@example.com\n"
+        )
+        report = page.locator("[data-recipients-report]")
+        await expect(report.locator("[data-valid-count]")).to_have_text(
+            "1 valid address found, 2 lines rejected."
+        )
+        rejected = report.get_by_role("table", name="Rejected lines").locator("tbody tr")
+        await expect(rejected.nth(0)).to_contain_text("suppressed: manual on")
+        await expect(rejected.nth(1)).to_contain_text("suppressed: unsubscribed on")
+
+        await page.goto("/suppressions")
+        await page.get_by_role("button", name="Remove carol@example.com").click()
+        await expect(page.get_by_text("was removed")).to_be_visible()
+        await expect(rows).to_have_count(1)
+    finally:
+        await ctx.close()
