@@ -116,6 +116,10 @@ async def test_an_email_queued_before_its_address_was_suppressed_is_never_sent(
     made = await _json(await api.post("/api/emails/schedule", json=payload, headers=ada), 201)
     assert made["accepted"] == 2  # nobody was suppressed when it was scheduled
     campaign = made["campaign"]["id"]
+    # Another owner's email to the same address, in the same batches: not Ada's to stop.
+    eve = auth(await new_token(store, "eve@example.com"))
+    theirs = {**payload, "recipients": ["BOB@xn--bcher-kva.example"]}
+    eves = await _json(await api.post("/api/emails/schedule", json=theirs, headers=eve), 201)
     body = {"emails": ["Bob@BÜCHER.example"], "detail": "asked us by phone"}
     await _json(await api.post("/api/suppressions", json=body, headers=ada), 201)
 
@@ -128,6 +132,14 @@ async def test_an_email_queued_before_its_address_was_suppressed_is_never_sent(
         return all(r["status"] in ("sent", "suppressed") for r in statuses)
 
     await wait_for(both_finished)
+
+    async def eves_sent() -> bool:
+        status = await store.pool.fetchval(
+            "SELECT status FROM dispatches WHERE campaign_id = $1", eves["campaign"]["id"]
+        )
+        return bool(status == "sent")
+
+    await wait_for(eves_sent)
     rows = {
         r["recipient"]: r
         for r in await store.pool.fetch(
@@ -140,7 +152,10 @@ async def test_an_email_queued_before_its_address_was_suppressed_is_never_sent(
     assert kept["status"] == "sent"
     assert bob["status"] == "suppressed" and bob["finished_at"] is not None
     assert bob["last_error"] == f"suppressed: manual on {TODAY}"
-    captured = await store.pool.fetch("SELECT recipients, dispatch_id FROM captured_messages")
+    captured = await store.pool.fetch(
+        "SELECT recipients, dispatch_id FROM captured_messages WHERE owner_id = $1",
+        await store.pool.fetchval("SELECT owner_id FROM campaigns WHERE id = $1", campaign),
+    )
     assert [c["dispatch_id"] for c in captured] == [kept["id"]]  # never handed to a transport
     assert all("bücher" not in r and "xn--" not in r for c in captured for r in c["recipients"])
     assert not await _queued_anywhere(redis, bob["id"])  # acked, not left to its lease
