@@ -113,6 +113,8 @@ def _detail(value: Any, field: str = "detail") -> str:
         return ""
     if not isinstance(value, str) or len(value) > MAX_DETAIL:
         raise ValidationError(field, f"must be text of at most {MAX_DETAIL} characters")
+    if "\x00" in value:  # PostgreSQL text cannot hold it
+        raise ValidationError(field, "must not contain NUL characters")
     return value.strip()
 
 

@@ -25,6 +25,8 @@ def normalize_address(address: str) -> str:
     value = address.strip()
     if len(value) > MAX_ADDRESS_LENGTH:
         raise AddressError(f"an address is at most {MAX_ADDRESS_LENGTH} characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):  # NUL, CR, LF…: never an address
+        raise AddressError(f"{value[:80]!r} holds a control character")
     local, at, domain = value.rpartition("@")
     if not at or not local or not domain:
         raise AddressError(f"{value[:80]!r} is not an email address")
