@@ -7,10 +7,14 @@ from typing import Any
 
 import aiohttp
 
+from dispatch_engine.config import Settings
+from dispatch_engine.consent.feedback import Feedback, FeedbackEvent, FeedbackKind
+from dispatch_engine.consent.settings import ConsentSettings
+from dispatch_engine.setting import settings_of
 from dispatch_engine.store import Store
 
 from .support.app_client import Start
-from .support.helpers import auth, new_token
+from .support.helpers import auth, new_token, wait_for
 
 API = frozenset({"api"})
 
@@ -42,3 +46,33 @@ async def test_a_nul_byte_in_a_detail_or_address_is_a_422_naming_the_field(
     delete = await client.delete("/api/suppressions/a%00b@example.com", headers=ada)
     assert (await _json(delete, 422))["error"]["field"] == "email"
 
+
+async def test_a_report_whose_detail_and_id_hold_nul_bytes_is_still_applied(
+    make_client: Start, store: Store, settings: Settings
+) -> None:
+    """A remote MTA writes a DSN's diagnostic and a provider its event id: a NUL byte in
+    either must not make the report fail for ever (a webhook retried, a mailbox re-read)."""
+    client = await make_client()
+    headers = auth(await new_token(store, "ada@example.com"))
+    payload = {"subject": "Hi", "body": "Hello", "recipients": ["bob@example.com"]}
+    response = await client.post("/api/emails/schedule", json=payload, headers=headers)
+    assert response.status == 201, await response.text()
+    campaign = (await response.json())["campaign"]["id"]
+
+    query = "SELECT id, owner_id FROM dispatches WHERE campaign_id = $1 AND status = 'sent'"
+
+    async def sent() -> bool:
+        return await store.pool.fetchrow(query, campaign) is not None
+
+    await wait_for(sent)
+    row = await store.pool.fetchrow(query, campaign)
+    feedback = Feedback(store, settings_of(ConsentSettings, settings))
+    event = FeedbackEvent(
+        FeedbackKind.HARD_BOUNCE, "imap", "dsn\x00-1", dispatch_id=row["id"],
+        detail="550 5.1.1 no\x00 such user",
+    )  # fmt: skip
+    result = await feedback.handle([event])
+    assert len(result.applied) == 1
+    found = await store.suppression(row["owner_id"], "bob@example.com")
+    assert found is not None and found.detail == "550 5.1.1 no such user"
+    assert (await feedback.handle([event])).duplicates == 1

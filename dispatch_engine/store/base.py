@@ -18,6 +18,12 @@ from ..models import (
 )
 
 
+def db_text(value: str, limit: int) -> str:
+    """Outside text (a remote MTA's diagnostic, a provider's event id) as PostgreSQL `text`
+    can hold it: without NUL characters, which it refuses, cut at `limit` characters."""
+    return value.replace("\x00", "")[:limit]
+
+
 def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 

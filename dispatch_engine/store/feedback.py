@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from ..db import Conn
-from .base import Queries
+from .base import Queries, db_text
 
 # render.message_id_for: `<40 hex digits of the idempotency key@domain>`.
 _OUR_MESSAGE_ID = re.compile(r"<?([0-9a-f]{40})@[^>\s]+>?")
@@ -70,7 +70,7 @@ class FeedbackQueries(Queries):
                                             occurred_at)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, now()))
                ON CONFLICT (fingerprint) DO NOTHING RETURNING id""",
-            fingerprint[:500],
+            db_text(fingerprint, 500),
             target.owner_id,
             target.dispatch_id,
             target.campaign_id,
@@ -78,7 +78,7 @@ class FeedbackQueries(Queries):
             kind,
             source,
             email,
-            detail[:1000],
+            db_text(detail, 1000),
             occurred_at,
         )
         return row is not None
@@ -95,7 +95,7 @@ class FeedbackQueries(Queries):
                WHERE id = $1 AND status = ANY($4::text[])""",
             dispatch_id,
             status,
-            detail[:1000],
+            db_text(detail, 1000),
             list(allowed),
         )
         return bool(result.endswith(" 1"))

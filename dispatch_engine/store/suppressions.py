@@ -9,7 +9,7 @@ from typing import NamedTuple
 import asyncpg
 
 from ..db import Conn
-from .base import Queries
+from .base import Queries, db_text
 
 
 class Suppression(NamedTuple):
@@ -61,7 +61,7 @@ class SuppressionQueries(Queries):
             list(dict.fromkeys(emails)),
             reason,
             source,
-            detail[:1000],
+            db_text(detail, 1000),
             dispatch_id,
         )
         return int(status.rsplit(" ", 1)[1])
