@@ -33,6 +33,8 @@ EXPORT_PAGE = 5000  # rows per query while an export streams
 EXPORT_COLUMNS = ("email", "reason", "source", "detail", "created_at")
 REASONS = frozenset(r.value for r in SuppressionReason)
 USER_REASONS = frozenset({SuppressionReason.MANUAL.value})  # what POST /api/suppressions takes
+# A cell a spreadsheet reads as a formula (OWASP "CSV Injection"): the export prefixes `'`.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 IN_THREAD = 20_000  # recipients past which the check's CPU work leaves the event loop
 T = TypeVar("T")
 
@@ -179,7 +181,7 @@ def parse_import(source: bytes, max_lines: int, field: str = "file") -> Entries:
     for person in parsed.accepted:
         try:
             reason = _reason(person.vars.get("reason"), REASONS)
-            detail = _detail(person.vars.get("detail"))
+            detail = _detail(_uncell(person.vars.get("detail")))
         except ValidationError as exc:
             entries.reject({"line": parsed.line_of(person.email)}, person.email, exc.message)
             continue
@@ -213,12 +215,26 @@ async def save(store: Store, owner_id: int, entries: Entries, source: str) -> di
     }
 
 
+def _cell(text: str) -> str:
+    """A detail (outside text: a remote MTA's diagnostic) that no spreadsheet runs. Addresses
+    are left as they are: `'` is a valid local-part character, so a prefix would change
+    them, and an unquoted address cannot hold the parentheses a formula's call needs."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def _uncell(value: Any) -> Any:
+    """An exported detail read back by an import: without the prefix `_cell` added."""
+    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(FORMULA_START):
+        return value[1:]
+    return value
+
+
 def _csv_chunk(rows: list[Suppression]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     for row in rows:
         at = row.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-        writer.writerow((row.email, row.reason, row.source, row.detail, at))
+        writer.writerow((row.email, row.reason, row.source, _cell(row.detail), at))
     return out.getvalue()
 
 

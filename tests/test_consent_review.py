@@ -3,6 +3,8 @@ the suppression API and its CSV import and export."""
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 
 import aiohttp
@@ -66,6 +68,7 @@ async def test_a_report_whose_detail_and_id_hold_nul_bytes_is_still_applied(
 
     await wait_for(sent)
     row = await store.pool.fetchrow(query, campaign)
+    assert row is not None
     feedback = Feedback(store, settings_of(ConsentSettings, settings))
     event = FeedbackEvent(
         FeedbackKind.HARD_BOUNCE, "imap", "dsn\x00-1", dispatch_id=row["id"],
@@ -76,3 +79,32 @@ async def test_a_report_whose_detail_and_id_hold_nul_bytes_is_still_applied(
     found = await store.suppression(row["owner_id"], "bob@example.com")
     assert found is not None and found.detail == "550 5.1.1 no such user"
     assert (await feedback.handle([event])).duplicates == 1
+
+
+async def test_an_export_neutralises_formulas_and_reads_back_the_same(
+    make_client: Start, store: Store
+) -> None:
+    """A detail is outside text (a remote MTA's diagnostic): a spreadsheet opening the export
+    must not run `=HYPERLINK(…)` (OWASP CSV injection: a leading `'`), and the export read
+    back by an import gives the original detail."""
+    client = await make_client(roles=API)
+    ada = auth(await new_token(store))
+    formulas = ["=HYPERLINK(\"http://evil.example\",\"x\")", "+1+2", "-2+3", "@SUM(A1)",
+                "\tx", "\rx", "plain"]  # fmt: skip
+    for n, detail in enumerate(formulas):
+        body = {"emails": [f"user{n}@example.com"], "detail": detail}
+        await _json(await client.post("/api/suppressions", json=body, headers=ada), 201)
+    export = await client.get("/api/suppressions/export", headers=ada)
+    text = await export.text()
+    cells = [r["detail"] for r in csv.DictReader(io.StringIO(text))]
+    assert cells and all(cell[:1] not in ("=", "+", "-", "@", "\t", "\r") for cell in cells)
+    assert "'=HYPERLINK" in text and "plain" in cells
+    eve = auth(await new_token(store, "eve@example.com"))
+    reimport = await client.post(
+        "/api/suppressions/import", data=text.encode(), headers={**eve, "Content-Type": "text/csv"}
+    )
+    assert (await _json(reimport, 201))["added"] == len(formulas)
+    got = {s["email"]: s["detail"] for s in (await _json(
+        await client.get("/api/suppressions", headers=eve), 200))["items"]}  # fmt: skip
+    want = {f"user{n}@example.com": d.strip() for n, d in enumerate(formulas)}
+    assert got == want
