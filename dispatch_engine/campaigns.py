@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -287,13 +288,14 @@ class CampaignService:
                     first_subject=shown_subject,
                     send_window=request.send_window,
                 )
+                salt = secrets.token_bytes(16)  # unguessable Message-IDs (render.idempotency_key)
                 rows = [
                     NewDispatch(
                         dispatch_id,
                         person.email,
                         person.vars,
                         at,
-                        idempotency_key(campaign_id, person.email, due_ms * 1000),
+                        idempotency_key(campaign_id, person.email, due_ms * 1000, salt),
                     )
                     for dispatch_id, person, (at, due_ms) in zip(ids, people, times, strict=True)
                 ]

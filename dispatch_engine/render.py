@@ -237,8 +237,14 @@ def message_id_for(idempotency_key: bytes, from_address: str) -> str:
     return f"<{idempotency_key.hex()[:40]}@{domain}>"
 
 
-def idempotency_key(campaign_id: int, recipient: str, scheduled_at_us: int) -> bytes:
-    return hashlib.sha256(f"{campaign_id}\x00{recipient}\x00{scheduled_at_us}".encode()).digest()
+def idempotency_key(
+    campaign_id: int, recipient: str, scheduled_at_us: int, salt: bytes = b""
+) -> bytes:
+    """`salt`: the campaign's random bytes. The Message-ID is made of this key and a DSN in
+    the bounce mailbox (which anyone can mail) is matched by it, so it must not be computable
+    from a campaign id, a recipient and a start time an outsider can guess."""
+    seed = f"{campaign_id}\x00{recipient}\x00{scheduled_at_us}".encode()
+    return hashlib.sha256(salt + seed).digest()
 
 
 _LINE_BREAKS = str.maketrans({c: " " for c in "\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -12,6 +13,7 @@ import aiohttp
 from dispatch_engine.config import Settings
 from dispatch_engine.consent.feedback import Feedback, FeedbackEvent, FeedbackKind
 from dispatch_engine.consent.settings import ConsentSettings
+from dispatch_engine.render import idempotency_key, message_id_for
 from dispatch_engine.setting import settings_of
 from dispatch_engine.store import Store
 
@@ -108,3 +110,29 @@ async def test_an_export_neutralises_formulas_and_reads_back_the_same(
         await client.get("/api/suppressions", headers=eve), 200))["items"]}  # fmt: skip
     want = {f"user{n}@example.com": d.strip() for n, d in enumerate(formulas)}
     assert got == want
+
+
+async def test_a_forged_dsn_cannot_name_another_tenants_email_by_computing_its_message_id(
+    make_client: Start, store: Store, settings: Settings
+) -> None:
+    """Anyone on the Internet can mail the bounce mailbox, and a DSN matches by Message-ID.
+    The Message-ID must not be computable from what an outsider knows or guesses (the
+    campaign id is a sequence, the recipient and the start time are the victim's plans):
+    else a forged DSN suppresses another tenant's recipient and pauses its campaign."""
+    client = await make_client()
+    victim = auth(await new_token(store, "victim@example.com"))
+    start_at = "2031-01-01T09:00:00Z"
+    payload = {"subject": "Hi", "body": "Hello", "recipients": ["bob@example.com"],
+               "start_at": start_at}  # fmt: skip
+    response = await client.post("/api/emails/schedule", json=payload, headers=victim)
+    assert response.status == 201, await response.text()
+    campaign = (await response.json())["campaign"]["id"]
+    due_us = int(datetime.fromisoformat(start_at).timestamp() * 1000) * 1000
+    guessed = message_id_for(idempotency_key(campaign, "bob@example.com", due_us), "x@x.example")
+    forged = FeedbackEvent(FeedbackKind.HARD_BOUNCE, "imap", "forged-1", message_id=guessed,
+                           detail="550 5.1.1 forged")  # fmt: skip
+    feedback = Feedback(store, settings_of(ConsentSettings, settings))
+    result = await feedback.handle([forged])
+    assert result.unmatched == 1 and not result.applied
+    owner = await store.pool.fetchval("SELECT owner_id FROM campaigns WHERE id = $1", campaign)
+    assert await store.suppression(owner, "bob@example.com") is None
