@@ -1,5 +1,6 @@
-"""A reviewer's attacks on the consent routes: hostile details (NUL bytes, CSV formulas) in
-the suppression API and its CSV import and export."""
+"""A reviewer's attacks on consent and feedback through the real app: NUL bytes in what users
+and remote servers send, formulas in the CSV export, Message-IDs an outsider can compute,
+and the work one webhook request can cause."""
 
 from __future__ import annotations
 
@@ -9,16 +10,20 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+import pytest
 
+from dispatch_engine.builtins.provider_webhooks.reported import MAX_MESSAGE_IDS
 from dispatch_engine.config import Settings
 from dispatch_engine.consent.feedback import Feedback, FeedbackEvent, FeedbackKind
 from dispatch_engine.consent.settings import ConsentSettings
 from dispatch_engine.render import idempotency_key, message_id_for
 from dispatch_engine.setting import settings_of
 from dispatch_engine.store import Store
+from dispatch_engine.store.feedback import FeedbackQueries
 
 from .support.app_client import Start
 from .support.helpers import auth, new_token, wait_for
+from .test_provider_webhooks_routes import POSTMARK, configured, post
 
 API = frozenset({"api"})
 
@@ -136,3 +141,26 @@ async def test_a_forged_dsn_cannot_name_another_tenants_email_by_computing_its_m
     assert result.unmatched == 1 and not result.applied
     owner = await store.pool.fetchval("SELECT owner_id FROM campaigns WHERE id = $1", campaign)
     assert await store.suppression(owner, "bob@example.com") is None
+
+
+async def test_a_webhook_report_is_looked_up_a_bounded_number_of_times(
+    make_client: Start, store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Postmark bounce's `Content` (the returned message) may hold any number of
+    Message-ID lines: each was one PostgreSQL look-up, ~50,000 for one 1 MB request."""
+    client = await make_client(configured(settings))
+    lookups = 0
+    real = FeedbackQueries.feedback_target
+
+    async def counted(self: Any, dispatch_id: int | None, message_id: str | None) -> Any:
+        nonlocal lookups
+        lookups += 1
+        return await real(self, dispatch_id, message_id)
+
+    monkeypatch.setattr(FeedbackQueries, "feedback_target", counted)
+    content = "".join(f"Message-ID: <{n:040x}@x.example>\r\n" for n in range(2000))
+    record = {"RecordType": "Bounce", "ID": 43, "Type": "HardBounce", "Email": "bob@example.com",
+              "Content": content}  # fmt: skip
+    status, answer = await post(client, "postmark", record, Authorization=POSTMARK)
+    assert status == 200 and answer["unmatched"] == 1
+    assert lookups <= 1 + MAX_MESSAGE_IDS

@@ -14,6 +14,7 @@ from dispatch_engine.plugin import verp
 Kind = Literal["hard_bounce", "soft_bounce", "complaint", "unsubscribe"]
 MAX_DETAIL_CHARS = 500  # of a provider's diagnostic, kept with the event
 MAX_EVENTS = 1000  # per request (SendGrid batches; the others post one event)
+MAX_MESSAGE_IDS = 10  # looked up per event: a returned message can repeat the header at will
 
 
 @dataclass(frozen=True)

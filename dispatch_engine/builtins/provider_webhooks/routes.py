@@ -32,7 +32,7 @@ from dispatch_engine.plugin import (
 )
 
 from . import mailgun, postmark, sendgrid, ses, sns
-from .reported import MAX_EVENTS, Reported
+from .reported import MAX_EVENTS, MAX_MESSAGE_IDS, Reported
 from .settings import ProviderWebhookSettings
 
 PREFIX = "/hooks/feedback/"
@@ -71,7 +71,7 @@ async def _event(app: web.Application, report: Reported) -> FeedbackEvent | None
         if target is not None and _same_address(target.recipient, report.recipient):
             return FeedbackEvent(kind, report.provider, report.fingerprint,
                                  dispatch_id=dispatch_id, detail=report.detail)  # fmt: skip
-    for message_id in report.message_ids:
+    for message_id in report.message_ids[:MAX_MESSAGE_IDS]:  # bounded work per event
         target = await feedback.store.feedback_target(None, message_id)
         if target is not None and _same_address(target.recipient, report.recipient):
             return FeedbackEvent(kind, report.provider, report.fingerprint,
