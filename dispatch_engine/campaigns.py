@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -288,14 +287,13 @@ class CampaignService:
                     first_subject=shown_subject,
                     send_window=request.send_window,
                 )
-                salt = secrets.token_bytes(16)  # unguessable Message-IDs (render.idempotency_key)
                 rows = [
                     NewDispatch(
                         dispatch_id,
                         person.email,
                         person.vars,
                         at,
-                        idempotency_key(campaign_id, person.email, due_ms * 1000, salt),
+                        idempotency_key(campaign_id, person.email, due_ms * 1000),
                     )
                     for dispatch_id, person, (at, due_ms) in zip(ids, people, times, strict=True)
                 ]

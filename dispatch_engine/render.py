@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -231,20 +232,22 @@ def _date_header() -> str:
     return _date[1]
 
 
+_KEY_SALT = secrets.token_bytes(16)  # in memory only: keys are stored, never recomputed
+
+
 def message_id_for(idempotency_key: bytes, from_address: str) -> str:
     """Stable per email: a resend carries the same Message-ID, so receivers can drop it."""
     domain = from_address.rpartition("@")[2] or "dispatch-engine.local"
     return f"<{idempotency_key.hex()[:40]}@{domain}>"
 
 
-def idempotency_key(
-    campaign_id: int, recipient: str, scheduled_at_us: int, salt: bytes = b""
-) -> bytes:
-    """`salt`: the campaign's random bytes. The Message-ID is made of this key and a DSN in
-    the bounce mailbox (which anyone can mail) is matched by it, so it must not be computable
-    from a campaign id, a recipient and a start time an outsider can guess."""
+def idempotency_key(campaign_id: int, recipient: str, scheduled_at_us: int) -> bytes:
+    """Made once per email at schedule time and kept with it. The Message-ID is made of it
+    and a DSN in the bounce mailbox (which anyone can mail) is matched by it, so it holds
+    this process's random salt: else it could be computed from a campaign id (a sequence), a
+    recipient and a start time an outsider can guess, and a forged DSN would name the email."""
     seed = f"{campaign_id}\x00{recipient}\x00{scheduled_at_us}".encode()
-    return hashlib.sha256(salt + seed).digest()
+    return hashlib.sha256(_KEY_SALT + seed).digest()
 
 
 _LINE_BREAKS = str.maketrans({c: " " for c in "\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
