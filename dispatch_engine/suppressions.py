@@ -135,6 +135,16 @@ class Entries:
         if len(self.rejected) < self.listed:
             self.rejected.append({**where, "value": value[:200], "reason": reason})
 
+    def some_valid(self, field: str) -> None:
+        """A 422 naming `field`, with what was refused, when no address was valid."""
+        if not self.rows:
+            raise ValidationError(
+                field,
+                "no valid address found",
+                code="no_valid_addresses",
+                details={"rejected": self.rejected, "rejected_total": self.rejected_total},
+            )
+
 
 def parse_add(body: dict[str, Any]) -> tuple[Entries, str, str]:
     """`{"emails": [...], "reason": "manual", "detail": ...}` (or one `"email"`): the
@@ -163,13 +173,7 @@ def parse_add(body: dict[str, Any]) -> tuple[Entries, str, str]:
             entries.reject({"index": index}, value, str(exc))
             continue
         entries.rows.setdefault(key, (reason, detail))
-    if not entries.rows:
-        raise ValidationError(
-            "emails",
-            "no valid address found",
-            code="no_valid_addresses",
-            details={"rejected": entries.rejected, "rejected_total": entries.rejected_total},
-        )
+    entries.some_valid("emails")
     return entries, reason, detail
 
 
@@ -187,13 +191,7 @@ def parse_import(source: bytes, max_lines: int, field: str = "file") -> Entries:
             continue
         entries.rows.setdefault(address_key(person.email), (reason, detail))
     entries.rejected.sort(key=lambda row: int(row["line"]))
-    if not entries.rows:
-        raise ValidationError(
-            field,
-            "no valid address found",
-            code="no_valid_addresses",
-            details={"rejected": entries.rejected, "rejected_total": entries.rejected_total},
-        )
+    entries.some_valid(field)
     return entries
 
 

@@ -19,10 +19,10 @@ from urllib.parse import parse_qs
 import aiohttp_jinja2
 from aiohttp import web
 
-from ..consent.addresses import AddressError, normalize_address
 from ..consent.feedback import FeedbackEvent, FeedbackKind, SuppressionReason
 from ..consent.unsubscribe import ONE_CLICK_FIELD, ONE_CLICK_VALUE, PATH, UnsubscribeLinks
 from ..store.feedback import FeedbackTarget
+from ..suppressions import address_key
 from .app_keys import FEEDBACK, SETTINGS, STORE
 from .bodies import form
 from .responses import too_large
@@ -50,13 +50,6 @@ def _page(request: web.Request, state: str, status: int = 200, **context: Any) -
     headers["Referrer-Policy"] = "no-referrer"  # the URL is the capability: never pass it on
     headers["X-Robots-Tag"] = "noindex"
     return response
-
-
-def _email(target: FeedbackTarget) -> str:
-    try:
-        return normalize_address(target.recipient)
-    except AddressError:  # schedule-time validation makes this unreachable for new rows
-        return target.recipient.strip().lower()
 
 
 async def _target(request: web.Request) -> FeedbackTarget | None:
@@ -96,7 +89,7 @@ async def confirm_page(request: web.Request) -> web.Response:
     target = await _target(request)
     if target is None:
         return _page(request, "invalid", 404)
-    email = _email(target)
+    email = address_key(target.recipient)
     done = await request.app[STORE].suppression(target.owner_id, email) is not None
     return _page(
         request,
@@ -127,7 +120,7 @@ async def one_click(request: web.Request) -> web.Response:
     if not result.applied:  # clicked before; if the owner lifted it since, this asks again
         await request.app[STORE].suppress(
             target.owner_id,
-            [_email(target)],
+            [address_key(target.recipient)],
             SuppressionReason.UNSUBSCRIBED.value,
             SOURCE,
             event.detail,
