@@ -16,6 +16,7 @@ from .hooks import Hooks
 from .models import CampaignStatus, Sender, User
 from .pacing import claim_cap
 from .parsing import aware_datetime, whole_number
+from .pools.request import by_sender, parse_senders, pool_for
 from .queue import RedisQueue
 from .recipient_hours import SendWindow, parse_send_window, reject_unknown_zones
 from .recipients import Limits, ParsedRecipients, from_request
@@ -40,6 +41,7 @@ class ScheduleRequest:
     daily_limit: int | None = None
     delay_jitter_ms: int = 0  # a random extra delay in [0, delay_jitter_ms] per email
     send_window: SendWindow | None = None  # in each recipient's own time zone
+    senders: tuple[str | int, ...] = ()  # a pool instead of `sender` (pools/, docs/pools.md)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,9 @@ def parse_schedule_request(
     daily_limit = _int(data, "daily_limit", minimum=1, maximum=1_000_000_000)
     jitter = _int(data, "delay_jitter_ms", minimum=0, maximum=86_400_000) or 0
     sender = _sender_ref(data.get("sender"))
+    pool = parse_senders(data.get("senders"))
+    if pool and sender is not None:
+        raise ValidationError("senders", "give either sender or senders, not both")
     send_window = parse_send_window(data)
     recipients = from_request(data, limits)
     if send_window is not None:
@@ -139,6 +144,7 @@ def parse_schedule_request(
         daily_limit=daily_limit,
         delay_jitter_ms=jitter,
         send_window=send_window,
+        senders=pool,
     )
 
 
@@ -229,6 +235,9 @@ class CampaignService:
             if found is None:
                 raise ValidationError("sender", f"no sender {request.sender!r} belongs to you")
             sender = found
+        pool = await pool_for(self.store, self.queue, self.settings, user.id, request)
+        if pool is not None:
+            sender = pool.senders[0]
         await check_campaign_templates(request)
 
         people = request.recipients.accepted
@@ -252,6 +261,10 @@ class CampaignService:
                     delay_jitter_ms=request.delay_jitter_ms,
                     send_window=request.send_window,
                 )
+                if pool is not None:
+                    await self.store.add_pool(
+                        conn, campaign_id, [s.id for s in pool.senders], pool.counts
+                    )
                 rows = [
                     NewDispatch(
                         dispatch_id,
@@ -268,6 +281,7 @@ class CampaignService:
                     owner_id=user.id,
                     sender_id=sender.id,
                     rows=rows,
+                    senders=None if pool is None else pool.of_row,
                 )
         except asyncpg.UniqueViolationError:
             # A concurrent request with the same Idempotency-Key won the race.
@@ -277,12 +291,9 @@ class CampaignService:
                     return ScheduleResult(existing, 0, [], replayed=True)
             raise
         # After the commit: if this process dies here, recovery re-adds the rows from PostgreSQL.
-        gap = max(sender.min_gap_ms, request.delay_between_ms)
-        await self.queue.enqueue(
-            sender.id,
-            zip(ids, (due_ms for _, due_ms in times), strict=True),
-            claim_cap=claim_cap(sender.hourly_limit, gap),
-        )
+        for one, items in by_sender(sender, pool, ids, [due for _, due in times]):
+            gap = max(one.min_gap_ms, request.delay_between_ms)
+            await self.queue.enqueue(one.id, items, claim_cap=claim_cap(one.hourly_limit, gap))
         await self.store.mark_enqueued(campaign_id, True)
         return ScheduleResult(
             campaign_id, len(rows), request.recipients.rejected, request.recipients.rejected_total

@@ -210,7 +210,7 @@ def pacing_request(
     day_ms: int,
 ) -> PacingRequest:
     """The request for one sender's claimed emails (in queue order), with its campaigns."""
-    sender = compiled[group[0].campaign_id].sender
+    sender = compiled[group[0].campaign_id].for_job(group[0]).sender  # a pool's own
     campaigns = {}
     for job in group:
         c = compiled[job.campaign_id].campaign

@@ -12,6 +12,7 @@ head of a message, whatever a sender's settings or a recipient's variables hold.
 from __future__ import annotations
 
 import binascii
+import copy
 import hashlib
 import time
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 from markupsafe import escape
 
-from .models import CampaignContent, Sender
+from .models import CampaignContent, DispatchJob, Sender
 from .sandbox import MAX_RENDERED, LimitedEnvironment, TemplateLimitError, budget, render_limited
 
 _ENV = LimitedEnvironment(autoescape=False)
@@ -264,6 +265,14 @@ def _body_part(text: str) -> bytes:
     return b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + qp.replace(b"\n", b"\r\n")
 
 
+def _sender_head(sender: Sender) -> bytes:
+    head = [f"From: {from_header(sender.display_name, sender.from_address)}"]
+    if sender.reply_to:
+        head.append(f"Reply-To: {from_header('', sender.reply_to)}")
+    head.append("MIME-Version: 1.0")
+    return ("\r\n".join(head) + "\r\n").encode()
+
+
 @dataclass
 class CompiledCampaign:
     """One campaign's templates and constant headers, compiled once per worker process."""
@@ -282,14 +291,29 @@ class CompiledCampaign:
         )
         self.broken: str | None = None  # set after STRIKES work-limit failures
         self._strikes = 0
-        sender = self.sender
-        head = [f"From: {from_header(sender.display_name, sender.from_address)}"]
-        if sender.reply_to:
-            head.append(f"Reply-To: {from_header('', sender.reply_to)}")
-        head.append("MIME-Version: 1.0")
-        self._constant = ("\r\n".join(head) + "\r\n").encode()
+        self._constant = _sender_head(self.sender)
+        self.variants: dict[int, CompiledCampaign] = {}  # by sender id: a pool's other senders
         digest = hashlib.sha256(self.campaign.body_text.encode()).hexdigest()[:16]
         self._boundary = f"=_dispatch_{self.campaign.id}_{digest}"
+
+    def for_sender(self, sender: Sender) -> CompiledCampaign:
+        """These templates as another sender of the campaign's pool sends them (its From,
+        Reply-To and transport); not compiled again, kept until that sender changes."""
+        if sender == self.sender:
+            return self
+        variant = self.variants.get(sender.id)
+        if variant is None or variant.sender != sender:
+            variant = copy.copy(self)
+            variant.sender, variant.variants = sender, {}
+            variant._constant = _sender_head(sender)
+            self.variants[sender.id] = variant
+        return variant
+
+    def for_job(self, job: DispatchJob) -> CompiledCampaign:
+        """What this email is sent with: its own sender's (a pool's), set by `for_sender`."""
+        if job.sender_id == self.sender.id:
+            return self
+        return self.variants[job.sender_id]
 
     def render(
         self, recipient: str, variables: Mapping[str, Any], message_id: str
