@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ..errors import ValidationError
 from ..models import Sender
+from ..pools.present import pool_json
 from ..waiting import campaign_wait
 from .app_keys import QUEUE, SETTINGS, STORE
 from .middleware import current_user
@@ -105,6 +106,7 @@ async def campaign(request: web.Request) -> web.Response:
         "campaign": detail,
         "progress": progress(detail["counts"], detail["total"]),
         "sender": sender,
+        "pool": pool_json(detail.get("pool") or []),  # its senders, if several (pools/)
         "pacing": await _pacing(request, sender) if sender else None,
         "hourly_limit": min(limit, sender.hourly_limit) if limit and sender else limit,
         "gap_ms": max(detail["delay_between_ms"], sender.min_gap_ms if sender else 0),

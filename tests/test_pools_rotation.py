@@ -1,0 +1,134 @@
+"""Leaving the rotation: a pool's sender whose password breaks is parked (worker/
+sender_health.py), leaves the rotation, and its queued recipients are sent by the others,
+none twice, none lost; another owner's campaigns are never touched. nodemailer's
+`smtp-server` is the SMTP peer (tests/support/smtp_peer.py), AUTH required."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from dispatch_engine.auth import DEV_EMAIL
+from dispatch_engine.config import Settings
+from dispatch_engine.store import Store
+
+from .support.app_client import AppClient, Start
+from .support.helpers import auth, new_token, wait_for
+from .support.smtp_peer import PrivateCa, SmtpPeer
+from .support.web_session import dev_login
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> PrivateCa:
+    return PrivateCa(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture
+def peer(ca: PrivateCa) -> Iterator[SmtpPeer]:
+    with SmtpPeer(ca=ca, users={"ann": PASSWORD, "ben": PASSWORD, "cat": PASSWORD}) as p:
+        yield p
+
+
+async def _json(response: Any, status: int = 200) -> Any:
+    assert response.status == status, await response.text()
+    return await response.json()
+
+
+async def _smtp_sender(
+    client: AppClient, headers: dict[str, str], port: int, user: str, password: str
+) -> int:
+    body = {
+        "from_address": f"{user}@example.com",
+        "transport": "smtp",
+        "settings": {"host": "127.0.0.1", "port": port, "tls": "starttls", "username": user,
+                     "password": password},
+    }  # fmt: skip
+    return int(
+        (await _json(await client.post("/api/senders", json=body, headers=headers), 201))["id"]
+    )
+
+
+async def test_a_parked_sender_leaves_the_pool_and_the_others_send_its_recipients(
+    make_client: Start, settings: Settings, store: Store, peer: SmtpPeer, ca: PrivateCa
+) -> None:
+    configured = replace(settings, retry_base_ms=50).with_environ(SMTP_CA_FILE=str(ca.ca_file))
+    client = await make_client(configured)
+    headers = auth(await new_token(store, DEV_EMAIL))  # the dashboard's dev user
+    broken = await _smtp_sender(client, headers, peer.port, "ann", "wrong")
+    ben = await _smtp_sender(client, headers, peer.port, "ben", PASSWORD)
+    cat = await _smtp_sender(client, headers, peer.port, "cat", PASSWORD)
+    # Another owner's campaign on its own pool: the move must leave it as it is.
+    other = auth(await new_token(store, "other@example.com"))
+    o1 = await _smtp_sender(client, other, peer.port, "ben", PASSWORD)
+    o2 = await _smtp_sender(client, other, peer.port, "cat", PASSWORD)
+    theirs = {"subject": "Theirs", "body": "b", "senders": [o1, o2],
+              "recipients": [f"o{i}@example.com" for i in range(6)],
+              "start_at": "2099-01-01T00:00:00Z"}  # fmt: skip
+    their_id = (
+        await _json(await client.post("/api/emails/schedule", json=theirs, headers=other), 201)
+    )["campaign"]["id"]
+    before = await store.pool.fetch(
+        "SELECT id, sender_id FROM dispatches WHERE campaign_id = $1 ORDER BY id", their_id
+    )
+
+    recipients = [f"r{i}@example.com" for i in range(30)]
+    payload = {"subject": "Hi {{ email }}", "body": "Hello", "senders": [broken, ben, cat],
+               "recipients": recipients}  # fmt: skip
+    created = await _json(
+        await client.post("/api/emails/schedule", json=payload, headers=headers), 201
+    )
+    campaign_id = created["campaign"]["id"]
+    assigned = {p["id"]: p["assigned"] for p in created["campaign"]["pool"]}
+    assert assigned == {broken: 10, ben: 10, cat: 10}
+
+    async def all_sent() -> bool:
+        n = await store.pool.fetchval(
+            "SELECT count(*) FROM dispatches WHERE campaign_id = $1 AND status = 'sent'",
+            campaign_id,
+        )
+        return int(n) == 30
+
+    await wait_for(all_sent, within=60)
+    received = peer.message_ids()
+    assert len(received) == 30 and set(received.values()) == {1}, "each email exactly once"
+    assert sorted(r for m in peer.messages() for r in m["rcpt_to"]) == sorted(recipients)
+    assert {m["user"] for m in peer.messages()} == {"ben", "cat"}
+    assert not any(e["ok"] for e in peer.logins() if e.get("username", e.get("user")) == "ann")
+    rows = await store.pool.fetch(
+        "SELECT sender_id FROM dispatches WHERE campaign_id = $1", campaign_id
+    )
+    assert broken not in {r["sender_id"] for r in rows}
+
+    detail = await _json(await client.get(f"/api/campaigns/{campaign_id}", headers=headers))
+    by_id = {p["id"]: p for p in detail["pool"]}
+    left = by_id[broken]["left"]
+    assert by_id[broken]["in_rotation"] is False and left is not None
+    assert left["reason"].startswith("parked: ") and "535" in left["reason"]
+    assert left["moved"] == 10
+    assert left["message"] == (
+        f"sender ann@example.com left the rotation: {left['reason']}; 10 recipients moved"
+    )
+    assert by_id[broken]["sent"] == 0 and by_id[broken]["queued"] == 0
+    assert by_id[ben]["sent"] + by_id[cat]["sent"] == 30
+    assert Counter(r["sender_id"] for r in rows) == {
+        ben: by_id[ben]["sent"],
+        cat: by_id[cat]["sent"],
+    }
+    # The other owner's campaign: untouched (same rows, same senders, nothing left).
+    after = await store.pool.fetch(
+        "SELECT id, sender_id FROM dispatches WHERE campaign_id = $1 ORDER BY id", their_id
+    )
+    assert after == before
+    theirs_now = await _json(await client.get(f"/api/campaigns/{their_id}", headers=other))
+    assert all(p["left"] is None for p in theirs_now["pool"])
+    # The campaign page says so too.
+    await dev_login(client)
+    page = await client.get(f"/campaigns/{campaign_id}")
+    assert page.status == 200
+    assert left["message"].replace("'", "&#39;") in await page.text()
