@@ -10,7 +10,9 @@ from typing import Any
 
 import asyncpg
 import pytest
+from multidict import MultiDict
 
+from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.campaigns import parse_schedule_request
 from dispatch_engine.config import Settings
 from dispatch_engine.errors import ValidationError
@@ -20,6 +22,7 @@ from dispatch_engine.store import Store
 
 from .support.app_client import AppClient, Start
 from .support.helpers import auth, just_after_next_window, new_token, wait_for
+from .support.web_session import dev_login
 
 DAY_MS = 86_400_000
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
@@ -224,3 +227,35 @@ async def test_the_database_keeps_a_pool_to_its_owner_and_its_dispatches_to_the_
         else:
             with pytest.raises(asyncpg.ForeignKeyViolationError):
                 await insert
+
+
+async def test_the_compose_form_picks_a_pool_of_senders(
+    make_client: Start, settings: Settings, store: Store
+) -> None:
+    """The form's multiple select (no script: the form's own POST) schedules one campaign
+    over the chosen senders; a sender not the user's is shown as the pool's error."""
+    client = await make_client(settings)
+    csrf = await dev_login(client)
+    headers = auth(await new_token(store, DEV_EMAIL))
+    a = await _new_sender(client, headers, from_address="pa@example.com")
+    b = await _new_sender(client, headers, from_address="pb@example.com")
+    page = await (await client.get("/compose")).text()
+    assert 'name="senders" multiple' in page and f'<option value="{b}"' in page
+    form = MultiDict(
+        [("csrf_token", csrf), ("subject", "s"), ("body", "b"), ("sender", str(a)),
+         ("recipients_csv", "email\nx@example.com\ny@example.com\n"),
+         ("senders", str(a)), ("senders", str(b))]
+    )  # fmt: skip
+    done = await client.post("/compose", data=form, allow_redirects=False)
+    assert done.status == 303, await done.text()
+    campaign_id = int(done.headers["Location"].rsplit("=", 1)[1])
+    got = await _json(await client.get(f"/api/campaigns/{campaign_id}", headers=headers))
+    assert [p["id"] for p in got["pool"]] == [a, b]
+    assert sum(p["assigned"] for p in got["pool"]) == 2
+    stranger = await _new_sender(
+        client, auth(await new_token(store, "eve@example.com")), from_address="e@example.com"
+    )
+    form.update({"senders": str(stranger)})
+    refused = await client.post("/compose", data=form, allow_redirects=False)
+    assert refused.status == 422
+    assert "no sender" in await refused.text()

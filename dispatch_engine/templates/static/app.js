@@ -223,6 +223,8 @@ function startCompose() {
     for (const name of ["subject", "body", "html", "hourly_limit", "daily_limit", "sender"]) {
       if (field(name).value !== "") data.append(name, field(name).value);
     }
+    const pool = [...(form.querySelector("#senders")?.selectedOptions || [])].map((o) => o.value);
+    if (pool.length) { data.delete("sender"); data.append("senders", pool.join(",")); }  // a pool
     const start = field("start_local").value;
     if (start) {
       const at = new Date(start);  // read as local time, DST included
@@ -243,7 +245,8 @@ function startCompose() {
       const result = await api("/api/emails/schedule", { method: "POST", body: data });
       location.assign(`/emails?scheduled=${result.campaign.id}`);
     } catch (err) {
-      showFieldError(form, err.error?.field, err.message).focus();
+      const where = err.error?.field?.startsWith("senders[") ? "senders" : err.error?.field;
+      showFieldError(form, where, err.message).focus();
       button.disabled = false;
       button.textContent = "Schedule";
     }
