@@ -7,6 +7,10 @@ users, not trusted code. A template made only of text and `{{ name }}` (most are
 rendered by joining its parts, without Jinja's per-call runtime (~13 µs a template);
 anything else goes through Jinja. Every header value is encoded here: no CR/LF reaches the
 head of a message, whatever a sender's settings or a recipient's variables hold.
+
+Each email carries its opt-out (`consent/unsubscribe.py`): the List-Unsubscribe headers,
+`{{ unsubscribe_url }}` for the templates, and a footer with the link on a body that does not
+show it (a transactional sender's bodies go without).
 """
 
 from __future__ import annotations
@@ -26,12 +30,16 @@ from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 from markupsafe import escape
 
-from .models import CampaignContent, DispatchJob, Sender
+from .consent.unsubscribe import VARIABLE as UNSUBSCRIBE_VARIABLE
+from .consent.unsubscribe import Unsubscribe
+from .models import CampaignContent, Sender
 from .sandbox import MAX_RENDERED, LimitedEnvironment, TemplateLimitError, budget, render_limited
 
 _ENV = LimitedEnvironment(autoescape=False)
 _HTML_ENV = LimitedEnvironment(autoescape=True)
 STRIKES = 3  # work-limit failures after which a campaign's other emails fail at once
+# The link a schedule-time check and a preview render with: as long as a real one.
+SAMPLE_UNSUBSCRIBE_URL = "https://unsubscribe.invalid/u/" + "a" * 29
 
 
 class TemplateProblem(ValueError):
@@ -75,7 +83,7 @@ def check_templates(
     uses an unknown variable, or (rendered for `sample`, one recipient) exceeds a limit.
 
     Returns the variables the subject uses (they become a header: no line breaks allowed)."""
-    known = columns | {"email"}
+    known = columns | {"email", UNSUBSCRIBE_VARIABLE}
     subject_vars: set[str] = set()
     for field, source in (("subject", subject), ("body", body), ("html", html)):
         if source is None:
@@ -98,7 +106,9 @@ def check_templates(
         if sample is not None:
             try:
                 with budget():
-                    _render_capped(renderer, {**sample[1], "email": sample[0]}, field)
+                    context = {**sample[1], "email": sample[0]}
+                    context[UNSUBSCRIBE_VARIABLE] = SAMPLE_UNSUBSCRIBE_URL
+                    _render_capped(renderer, context, field)
             except SecurityError as exc:  # a limit, or what the sandbox never allows
                 raise _problem(field, exc) from None
             except Exception:
@@ -182,17 +192,18 @@ def _compile_field(source: str, field: str) -> Renderer:
         raise _problem(field, exc) from None
 
 
-def render_preview(templates: Mapping[str, str], context: Mapping[str, Any]) -> dict[str, str]:
+def render_preview(templates: Mapping[str, str], recipient: Mapping[str, Any]) -> dict[str, str]:
     """What one recipient would get: compiled and rendered as the worker does (the same
     sandbox, one message's budget); TemplateProblem names the field. CPU work: off the loop."""
     renderers = {field: _compile_field(source, field) for field, source in templates.items()}
+    context = {**recipient, UNSUBSCRIBE_VARIABLE: SAMPLE_UNSUBSCRIBE_URL}
     out = {}
     with budget():
         for field, renderer in renderers.items():
             try:
                 out[field] = _render_capped(renderer, context, field)
             except jinja2.UndefinedError as exc:
-                known = ", ".join(sorted(context))
+                known = ", ".join(sorted(recipient))
                 message = f"{field}: {exc.message} (this recipient has: {known})"
                 raise TemplateProblem(field, message) from None
             except SecurityError as exc:
@@ -289,6 +300,11 @@ class CompiledCampaign:
         self._fast = self._html is None and all(
             isinstance(r, _TextAndNames) for r in (self._subject, self._text)
         )
+        # Footers: never for a transactional sender; else where the rendered body lacks the
+        # link (a template that never names it cannot show it: no search in the body then).
+        self._footers = not self.sender.transactional
+        self._text_names_link = UNSUBSCRIBE_VARIABLE in self.campaign.body_text
+        self._html_names_link = UNSUBSCRIBE_VARIABLE in (self.campaign.body_html or "")
         self.broken: str | None = None  # set after STRIKES work-limit failures
         self._strikes = 0
         self._constant = _sender_head(self.sender)
@@ -296,35 +312,30 @@ class CompiledCampaign:
         digest = hashlib.sha256(self.campaign.body_text.encode()).hexdigest()[:16]
         self._boundary = f"=_dispatch_{self.campaign.id}_{digest}"
 
-    def for_sender(self, sender: Sender) -> CompiledCampaign:
-        """These templates as another sender of the campaign's pool sends them (its From,
-        Reply-To and transport); not compiled again, kept until that sender changes."""
-        if sender == self.sender:
-            return self
-        variant = self.variants.get(sender.id)
-        if variant is None or variant.sender != sender:
-            variant = copy.copy(self)
-            variant.sender, variant.variants = sender, {}
-            variant._constant = _sender_head(sender)
-            self.variants[sender.id] = variant
-        return variant
-
-    def for_job(self, job: DispatchJob) -> CompiledCampaign:
-        """What this email is sent with: its own sender's (a pool's), set by `for_sender`."""
-        if job.sender_id == self.sender.id:
-            return self
-        return self.variants[job.sender_id]
+    def as_sender(self, sender: Sender) -> CompiledCampaign:
+        """The same templates sent by another sender of a pool (pools/compiled.py)."""
+        other = copy.copy(self)
+        other.sender, other.variants, other._footers = sender, {}, not sender.transactional
+        other._constant = _sender_head(sender)
+        return other
 
     def render(
-        self, recipient: str, variables: Mapping[str, Any], message_id: str
+        self,
+        recipient: str,
+        variables: Mapping[str, Any],
+        message_id: str,
+        unsubscribe: Unsubscribe | None = None,
     ) -> tuple[str, bytes]:
-        """Return (subject, raw message bytes) for one recipient.
+        """Return (subject, raw message bytes) for one recipient; with `unsubscribe` (the
+        worker always passes it), its headers, `{{ unsubscribe_url }}` and the footer.
 
         Raises TemplateLimitError when a template goes over a limit; after STRIKES of them the
         campaign's other emails fail at once, without spending the budget again."""
         if self.broken is not None:
             raise TemplateLimitError(self.broken)
         context = {**variables, "email": recipient}
+        if unsubscribe is not None:  # after the variables: a recipient cannot set their link
+            context[UNSUBSCRIBE_VARIABLE] = unsubscribe.url
         try:
             if self._fast:  # no Jinja runtime, nothing to budget: sizes follow the inputs
                 subject = _render_capped(self._subject, context, "subject")
@@ -346,6 +357,10 @@ class CompiledCampaign:
             f"To: {recipient}\r\nSubject: {_header(subject)}\r\n"
             f"Date: {_date_header()}\r\nMessage-ID: {message_id}\r\n"
         ).encode()
+        if unsubscribe is not None:
+            lines += unsubscribe.head
+            if self._footers:
+                text, html = self._with_footers(unsubscribe, text, html)
         if html is None:
             body = b"Content-Type: text/plain; charset=utf-8\r\n" + _body_part(text)
         else:
@@ -367,3 +382,16 @@ class CompiledCampaign:
                 + b"--\r\n"
             )
         return subject, self._constant + lines + body
+
+    def _with_footers(
+        self, unsubscribe: Unsubscribe, text: str, html: str | None
+    ) -> tuple[str, str | None]:
+        """Each body that does not show the link gets the footer (HTML: before </body>)."""
+        url = unsubscribe.url
+        if not (self._text_names_link and url in text):
+            text = f"{text.rstrip()}\n\n{unsubscribe.text_footer()}\n"
+        if html is not None and not (self._html_names_link and str(escape(url)) in html):
+            end = max(html.rfind("</body"), html.rfind("</BODY"))
+            end = len(html) if end < 0 else end
+            html = f"{html[:end]}{unsubscribe.html_footer()}\n{html[end:]}"
+        return text, html

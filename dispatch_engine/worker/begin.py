@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 
 from ..models import DispatchJob
+from ..pools.compiled import for_job
 from ..pools.rotation import rehome
 from ..queue import Lease, RedisQueue
 from ..render import CompiledCampaign, message_id_for
@@ -32,7 +33,7 @@ class Begin:
         """(emails to send now with their Message-IDs, leases of emails sent already: to ack)."""
         if not jobs:
             return [], []
-        senders = [compiled[j.campaign_id].for_job(j).sender for j in jobs]  # a pool's own
+        senders = [for_job(compiled, j).sender for j in jobs]  # a pool's own
         message_ids = [
             message_id_for(j.idempotency_key, s.from_address)
             for j, s in zip(jobs, senders, strict=True)

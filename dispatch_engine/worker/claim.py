@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from ..models import QUEUED_STATES, CampaignStatus, DispatchJob
+from ..pools.compiled import for_job
 from ..pools.rotation import rehome
 from ..queue import Lease, Waker
 from .begin import Begin
@@ -119,7 +120,7 @@ class Claim:
         started, sent_already = await self.begin.batch(go, compiled, by_id)
         done += sent_already
         for job, message_id in started:
-            compiled_job = compiled[job.campaign_id].for_job(job)  # its pool sender's
+            compiled_job = for_job(compiled, job)  # its pool sender's
             await self.send.start(job, compiled_job, message_id, by_id[job.id])
         if done:
             await self.leases.ack(done)

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from ..models import CampaignContent, DispatchJob, DispatchStatus, Sender
+from ..pools.compiled import for_sender
 from ..render import CompiledCampaign, TemplateProblem
 from ..store import SendOutcome, Store
 from .settle import Settle
@@ -121,7 +122,7 @@ class Prepare:
                     failed[job.campaign_id] = "the campaign's sender no longer exists"
                     out.pop(job.campaign_id)
                 else:
-                    compiled.for_sender(other)
+                    for_sender(compiled, other)
         return out, failed
 
     async def _fail(self, jobs: list[DispatchJob], reasons: dict[int, str]) -> None:
