@@ -14,6 +14,8 @@ import pytest
 
 from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.config import Settings
+from dispatch_engine.pools.rotation import Rotation
+from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
 from .support.app_client import AppClient, Start
@@ -132,3 +134,69 @@ async def test_a_parked_sender_leaves_the_pool_and_the_others_send_its_recipient
     page = await client.get(f"/campaigns/{campaign_id}")
     assert page.status == 200
     assert left["message"].replace("'", "&#39;") in await page.text()
+
+
+async def test_a_sender_over_its_bounce_threshold_leaves_and_its_queue_moves_in_redis_too(
+    make_client: Start, settings: Settings, store: Store, queue: RedisQueue
+) -> None:
+    """DISPATCH_PAUSE_BOUNCE_PERCENT over the sender's last 30 days (from
+    DISPATCH_PAUSE_MIN_SENT sends): it leaves the rotation of its live pools; the others'
+    senders, and another owner, are untouched. Run as the sweeper leader runs it, twice
+    (idempotent)."""
+    configured = settings.with_environ(DISPATCH_PAUSE_MIN_SENT="2")
+    client = await make_client(configured, roles=frozenset({"api"}))  # no sweeper, no worker
+    headers = auth(await new_token(store, "owner@example.com"))
+    a = await _capture(client, headers, "a@example.com")
+    b = await _capture(client, headers, "b@example.com")
+    payload = {"subject": "s", "body": "b", "senders": [a, b], "start_at": "2099-01-01T00:00:00Z",
+               "recipients": [f"r{i}@example.com" for i in range(10)]}  # fmt: skip
+    made = await _json(
+        await client.post("/api/emails/schedule", json=payload, headers=headers), 201
+    )
+    campaign_id = made["campaign"]["id"]
+    assert await queue.depth(a) == 5 and await queue.depth(b) == 5
+    # Two of a's emails went out (elsewhere) and one of them bounced hard: 50 % > 5 %.
+    earlier = {"subject": "s", "body": "b", "sender": a, "start_at": "2099-01-01T00:00:00Z",
+               "recipients": ["x@example.com", "y@example.com"]}  # fmt: skip
+    other_id = (
+        await _json(await client.post("/api/emails/schedule", json=earlier, headers=headers), 201)
+    )["campaign"]["id"]
+    sent = await store.pool.fetch(
+        """UPDATE dispatches SET status = 'sent', sent_at = now(), finished_at = now()
+           WHERE campaign_id = $1 RETURNING id, owner_id""",
+        other_id,
+    )
+    await store.pool.execute(
+        """INSERT INTO feedback_events (fingerprint, owner_id, dispatch_id, campaign_id,
+                                        sender_id, kind, source, email_normalized)
+           VALUES ('fp-1', $1, $2, $3, $4, 'hard_bounce', 'test', 'x@example.com')""",
+        sent[0]["owner_id"],
+        sent[0]["id"],
+        other_id,
+        a,
+    )
+    rotation = Rotation(store, queue, configured)
+    assert await rotation.run() == 5
+    assert await rotation.run() == 0  # nothing left to do
+    rows = await store.pool.fetch(
+        "SELECT sender_id, count(*) AS n FROM dispatches WHERE campaign_id = $1 GROUP BY 1",
+        campaign_id,
+    )
+    assert {r["sender_id"]: r["n"] for r in rows} == {b: 10}
+    # Redis follows: a keeps only its other campaign's 2 ids (not of a pool: they stay).
+    assert await queue.depth(a) == 2 and await queue.depth(b) == 10
+    detail = await _json(await client.get(f"/api/campaigns/{campaign_id}", headers=headers))
+    left = {p["id"]: p["left"] for p in detail["pool"]}
+    assert left[b] is None and left[a] is not None
+    assert left[a]["reason"] == (
+        "hard-bounce rate 50.0 % (1 of 2 sent in 30 days) is over 5 % "
+        "(DISPATCH_PAUSE_BOUNCE_PERCENT)"
+    )
+    assert left[a]["moved"] == 5
+
+
+async def _capture(client: AppClient, headers: dict[str, str], address: str) -> int:
+    body = {"from_address": address, "transport": "capture"}
+    return int(
+        (await _json(await client.post("/api/senders", json=body, headers=headers), 201))["id"]
+    )
