@@ -14,7 +14,7 @@ import pytest
 
 from dispatch_engine.auth import DEV_EMAIL
 from dispatch_engine.config import Settings
-from dispatch_engine.pools.rotation import Rotation
+from dispatch_engine.pools.rotation import Rotation, rehome
 from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
@@ -200,3 +200,41 @@ async def _capture(client: AppClient, headers: dict[str, str], address: str) -> 
     return int(
         (await _json(await client.post("/api/senders", json=body, headers=headers), 201))["id"]
     )
+
+
+async def test_a_lease_of_the_old_sender_never_begins_a_moved_email(
+    make_client: Start, settings: Settings, store: Store, queue: RedisQueue
+) -> None:
+    """The race a move can lose: a worker claimed an email of the old sender just before it
+    moved. The ledger's begin refuses it under that lease (no send by the old sender), and
+    `rehome` puts the id in its new sender's queue (no email lost)."""
+    client = await make_client(settings, roles=frozenset({"api"}))
+    headers = auth(await new_token(store, "owner@example.com"))
+    a = await _capture(client, headers, "a@example.com")
+    b = await _capture(client, headers, "b@example.com")
+    payload = {"subject": "s", "body": "b", "senders": [a, b],
+               "recipients": ["x@example.com", "y@example.com"]}  # fmt: skip
+    made = await _json(
+        await client.post("/api/emails/schedule", json=payload, headers=headers), 201
+    )
+    campaign_id = made["campaign"]["id"]
+    on_a = await store.pool.fetchval(
+        "SELECT id FROM dispatches WHERE campaign_id = $1 AND sender_id = $2", campaign_id, a
+    )
+    owner = await store.pool.fetchval("SELECT owner_id FROM campaigns WHERE id = $1", campaign_id)
+    # A move names the campaign's owner and its pool: nothing else is touched.
+    stranger = await _capture(client, auth(await new_token(store, "eve@example.com")), "e@x.io")
+    assert await store.move_dispatches(campaign_id, owner + 1000, a, [on_a], [b]) == []
+    assert await store.move_dispatches(campaign_id, owner, a, [on_a], [stranger]) == []
+    moved = await store.move_dispatches(campaign_id, owner, a, [on_a], [b])
+    assert [r["id"] for r in moved] == [on_a]
+    go, sent = await store.begin_sends([on_a], ["<m@x>"], ["capture"], "t:1", [a])
+    assert go == set() and sent == set(), "not begun under the old sender's lease"
+    assert await store.pool.fetchval("SELECT status FROM dispatches WHERE id = $1", on_a) == (
+        "scheduled"
+    )
+    await queue.remove(a, [on_a])
+    assert await rehome(queue, await store.queued_elsewhere([on_a])) == 1
+    assert await queue.depth(a) == 0 and await queue.depth(b) == 2
+    go, _ = await store.begin_sends([on_a], ["<m@x>"], ["capture"], "t:2", [b])
+    assert go == {on_a}, "its new sender's lease begins it"
