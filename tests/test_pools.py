@@ -53,6 +53,9 @@ def test_recipients_split_by_capacity_a_warming_sender_gets_less() -> None:
     parked = _sender(2, daily_limit=10, parked_reason="535")
     assert split(20, [_sender(1, daily_limit=10), parked], _frame()) == [20, 0]
     assert split(5, [parked], _frame()) is None
+    # Past ten years of days the rest still goes by each one's room (no "parked" refusal).
+    slow = [_sender(1, daily_limit=1), _sender(2, daily_limit=3)]
+    assert split(40_000, slow, _frame()) == [10_000, 30_000]
 
 
 def test_what_a_sender_already_has_to_send_counts_against_its_room() -> None:

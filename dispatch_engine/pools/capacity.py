@@ -76,6 +76,7 @@ def split(
     left = count
     owed = list(taken) or [0] * len(senders)
     counts = [0] * len(senders)
+    room = [0] * len(senders)
     for day in range(MAX_DAYS):
         room = []
         for i, sender in enumerate(senders):
@@ -90,7 +91,9 @@ def split(
             return [c + s for c, s in zip(counts, _shares(left, room), strict=True)]
         counts = [c + r for c, r in zip(counts, room, strict=True)]
         left -= free
-    return None
+    # Years of work: the rest goes as the last day's room would share it.
+    weights = room if sum(room) else [int(s.parked_reason is None) for s in senders]
+    return [c + s for c, s in zip(counts, _shares(left, weights), strict=True)]
 
 
 def interleave(counts: Sequence[int]) -> list[int]:
