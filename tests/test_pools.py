@@ -18,6 +18,8 @@ from dispatch_engine.config import Settings
 from dispatch_engine.errors import ValidationError
 from dispatch_engine.models import Sender, Warmup
 from dispatch_engine.pools.capacity import PacingFrame, interleave, split
+from dispatch_engine.pools.request import plan_pool
+from dispatch_engine.queue import RedisQueue
 from dispatch_engine.store import Store
 
 from .support.app_client import AppClient, Start
@@ -262,3 +264,17 @@ async def test_the_compose_form_picks_a_pool_of_senders(
     refused = await client.post("/compose", data=form, allow_redirects=False)
     assert refused.status == 422
     assert "no sender" in await refused.text()
+
+
+async def test_a_big_pool_split_is_the_same_off_the_event_loop(queue: RedisQueue) -> None:
+    """Past 10,000 recipients the interleaving runs in a thread: the same rows, each sender's
+    share exactly, as on the loop."""
+    pool = [_sender(1, daily_limit=100), _sender(2, daily_limit=300)]
+    frame = {"start_at": T0, "now": T0, "day_seconds": 86_400, "window_seconds": 3600,
+             "campaign": (0, None, None)}  # fmt: skip
+    plan = await plan_pool(queue, pool, 20_000, **frame)  # type: ignore[arg-type]
+    assert plan.counts == [5_000, 15_000]
+    assert Counter(plan.of_row) == {1: 5_000, 2: 15_000}
+    assert plan.of_row[:8].count(1) == 2  # spread: a quarter of every stretch
+    small = await plan_pool(queue, pool, 8, **frame)  # type: ignore[arg-type]
+    assert Counter(small.of_row) == {1: 2, 2: 6}

@@ -3,6 +3,7 @@ recipients split over them (capacity.py) before the COPY writes each row's sende
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,7 @@ from ..store import Store
 from .capacity import PacingFrame, interleave, split
 
 MAX_POOL = 50
+OFF_LOOP = 10_000  # recipients split on the event loop (4.5 ms); more go to a thread
 MAX_REF = 320
 
 
@@ -132,4 +134,9 @@ async def plan_pool(
     counts = split(count, pool, frame, taken)
     if counts is None:
         raise ValidationError("senders", "every sender of the pool is parked: none can send")
-    return PoolPlan(pool, counts, [pool[i].id for i in interleave(counts)])
+    ids = [s.id for s in pool]
+    if count <= OFF_LOOP:
+        return PoolPlan(pool, counts, [ids[i] for i in interleave(counts)])
+    # 100,000 recipients: ~120 ms of sorting, in a thread so the loop keeps serving
+    order = await asyncio.to_thread(interleave, counts)
+    return PoolPlan(pool, counts, [ids[i] for i in order])
