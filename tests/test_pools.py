@@ -170,6 +170,11 @@ async def test_a_pool_of_three_sends_each_share_within_each_senders_own_limits(
         (b, 12, 0, True),
         (c, 6, 0, True),
     ]
+    # Each one's day so far: its effective daily limit (the ramp's for c) and its sends.
+    today = {p["id"]: p["today"] for p in got["pool"]}
+    assert today[a]["daily_limit"] == today[b]["daily_limit"] == 10
+    assert today[c]["daily_limit"] in (5, 10)
+    assert all(0 <= t["sent"] <= t["daily_limit"] for t in today.values())
 
 
 async def test_a_pool_names_only_its_owners_own_senders(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+from ..queue import RedisQueue
+from ..store import Store
+from ..warmup import daily_limit_now
 
 _QUEUED = ("scheduled", "sending", "rate_limited")
 _SENT = ("sent", "bounced", "complained")
@@ -29,6 +34,7 @@ def pool_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "sent": sum(counts.get(s, 0) for s in _SENT),
                 "counts": counts,
                 "in_rotation": left is None and r["parked_reason"] is None,
+                "today": r.get("today"),  # its capacity today (add_today), all campaigns
                 "left": None
                 if left is None
                 else {
@@ -40,3 +46,20 @@ def pool_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+async def add_today(
+    rows: list[dict[str, Any]], store: Store, queue: RedisQueue, day_s: int
+) -> None:
+    """Each pool sender's day so far: its effective daily limit (warm-up included) and what
+    it sent today over all its campaigns (its pacing day counter, lua/pace.lua)."""
+    if not rows:
+        return
+    senders = await store.senders_by_id([r["sender_id"] for r in rows])
+    now_ms, day_ms = int(time.time() * 1000), day_s * 1000
+    for r in rows:
+        sender = senders.get(r["sender_id"])
+        keys = queue.shard_of(r["sender_id"])
+        sent = await queue.redis.get(f"{keys.pacing_prefix}{r['sender_id']}:d:{now_ms // day_ms}")
+        limit = None if sender is None else daily_limit_now(sender, now_ms, day_ms)
+        r["today"] = {"daily_limit": limit, "sent": int(sent or 0)}

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from ..errors import ValidationError
 from ..models import Sender
-from ..pools.present import pool_json
+from ..pools.present import add_today, pool_json
 from ..waiting import campaign_wait
 from .app_keys import QUEUE, SETTINGS, STORE
 from .middleware import current_user
@@ -100,6 +100,7 @@ async def campaign(request: web.Request) -> web.Response:
     if detail is None:
         raise web.HTTPNotFound()
     sender = await store.find_sender(user.id, detail["sender_id"])
+    await add_today(detail["pool"], store, request.app[QUEUE], request.app[SETTINGS].day_seconds)
     limit = detail["hourly_limit"]
     context = {
         "title": detail["subject"],
