@@ -14,17 +14,17 @@ from .config import Settings
 from .errors import InvalidState, NotFound, ValidationError
 from .hooks import Hooks
 from .models import CampaignStatus, Sender, User
-from .pacing import claim_cap
 from .parsing import aware_datetime, whole_number
-from .pools.request import by_sender, parse_senders, pool_for
+from .pools.request import enqueue_all, parse_senders, pool_for
 from .queue import RedisQueue
 from .recipient_hours import SendWindow, parse_send_window, reject_unknown_zones
 from .recipients import Limits, ParsedRecipients, from_request
-from .render import TemplateProblem, check_templates, idempotency_key, one_line
+from .render import TemplateProblem, check_templates, idempotency_key, one_line, render_preview
 from .requeue import requeue
 from .store import NewDispatch, Store
 
 MAX_SUBJECT = 998
+MAX_NAME = 200
 MAX_BODY = 1_000_000
 
 
@@ -40,6 +40,7 @@ class ScheduleRequest:
     sender: str | int | None
     daily_limit: int | None = None
     delay_jitter_ms: int = 0  # a random extra delay in [0, delay_jitter_ms] per email
+    name: str | None = None  # shown in the lists; the subject stands in when there is none
     send_window: SendWindow | None = None  # in each recipient's own time zone
     senders: tuple[str | int, ...] = ()  # a pool instead of `sender` (pools/, docs/pools.md)
 
@@ -93,6 +94,17 @@ def _sender_ref(value: Any) -> str | int | None:
     return value
 
 
+def _campaign_name(value: Any) -> str | None:
+    """An optional name of one line, at most MAX_NAME characters (blank: none)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str) or len(value) > MAX_NAME:
+        raise ValidationError("name", f"must be text of at most {MAX_NAME} characters")
+    if one_line(value) != value:
+        raise ValidationError("name", "must be a single line")
+    return value.strip()
+
+
 def parse_schedule_request(
     data: dict[str, Any], *, now: datetime, limits: Limits | None = None
 ) -> ScheduleRequest:
@@ -112,9 +124,8 @@ def parse_schedule_request(
     daily_limit = _int(data, "daily_limit", minimum=1, maximum=1_000_000_000)
     jitter = _int(data, "delay_jitter_ms", minimum=0, maximum=86_400_000) or 0
     sender = _sender_ref(data.get("sender"))
-    pool = parse_senders(data.get("senders"))
-    if pool and sender is not None:
-        raise ValidationError("senders", "give either sender or senders, not both")
+    pool = parse_senders(data.get("senders"), sender)
+    name = _campaign_name(data.get("name"))
     send_window = parse_send_window(data)
     recipients = from_request(data, limits)
     if send_window is not None:
@@ -143,9 +154,18 @@ def parse_schedule_request(
         sender=sender,
         daily_limit=daily_limit,
         delay_jitter_ms=jitter,
+        name=name,
         send_window=send_window,
         senders=pool,
     )
+
+
+async def first_subject(request: ScheduleRequest) -> str:
+    """The subject as the first recipient gets it (the lists show it beside the template)."""
+    first = request.recipients.accepted[0]
+    context = {**first.vars, "email": first.email}
+    rendered = await asyncio.to_thread(render_preview, {"subject": request.subject}, context)
+    return rendered["subject"]
 
 
 async def check_campaign_templates(request: ScheduleRequest) -> None:
@@ -236,9 +256,9 @@ class CampaignService:
                 raise ValidationError("sender", f"no sender {request.sender!r} belongs to you")
             sender = found
         pool = await pool_for(self.store, self.queue, self.settings, user.id, request)
-        if pool is not None:
-            sender = pool.senders[0]
+        sender = pool.senders[0] if pool is not None else sender
         await check_campaign_templates(request)
+        shown_subject = await first_subject(request)
 
         people = request.recipients.accepted
         ids = await self.store.reserve_dispatch_ids(len(people))
@@ -259,12 +279,12 @@ class CampaignService:
                     idempotency_key=idempotency_header,
                     daily_limit=request.daily_limit,
                     delay_jitter_ms=request.delay_jitter_ms,
+                    name=request.name,
+                    first_subject=shown_subject,
                     send_window=request.send_window,
                 )
                 if pool is not None:
-                    await self.store.add_pool(
-                        conn, campaign_id, [s.id for s in pool.senders], pool.counts
-                    )
+                    await self.store.add_pool(conn, campaign_id, pool.ids, pool.counts)
                 rows = [
                     NewDispatch(
                         dispatch_id,
@@ -291,9 +311,8 @@ class CampaignService:
                     return ScheduleResult(existing, 0, [], replayed=True)
             raise
         # After the commit: if this process dies here, recovery re-adds the rows from PostgreSQL.
-        for one, items in by_sender(sender, pool, ids, [due for _, due in times]):
-            gap = max(one.min_gap_ms, request.delay_between_ms)
-            await self.queue.enqueue(one.id, items, claim_cap=claim_cap(one.hourly_limit, gap))
+        dues = [due for _, due in times]  # each on its sender's queue (a pool's: several)
+        await enqueue_all(self.queue, sender, pool, ids, dues, request.delay_between_ms)
         await self.store.mark_enqueued(campaign_id, True)
         return ScheduleResult(
             campaign_id, len(rows), request.recipients.rejected, request.recipients.rejected_total
@@ -339,6 +358,17 @@ class CampaignService:
         """No new email of the campaign starts; the ones in flight finish."""
         await self._transition(user, campaign_id, CampaignStatus.PAUSED, ("scheduled", "running"))
         await self._unqueue(campaign_id, await self.store.queued_of_campaign(campaign_id))
+
+    async def pause_itself(self, owner_id: int, campaign_id: int, reason: str) -> bool:
+        """The feedback policy's pause (consent/policy.py): a user's, with its `reason`; False
+        when the campaign was not sending (a user paused or cancelled it, or it completed)."""
+        paused = CampaignStatus.PAUSED
+        if not await self.store.set_campaign_status(
+            owner_id, campaign_id, paused, ("scheduled", "running"), paused_reason=reason
+        ):
+            return False
+        await self._unqueue(campaign_id, await self.store.queued_of_campaign(campaign_id))
+        return True
 
     async def resume(self, user: User, campaign_id: int) -> None:
         """Queue again what is still to send; what was sent is never sent again."""

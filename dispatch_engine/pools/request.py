@@ -12,6 +12,7 @@ from typing import Any
 from ..config import Settings
 from ..errors import ValidationError
 from ..models import Sender
+from ..pacing import claim_cap
 from ..parsing import whole_number
 from ..queue import RedisQueue
 from ..store import Store
@@ -22,11 +23,13 @@ OFF_LOOP = 10_000  # recipients split on the event loop (4.5 ms); more go to a t
 MAX_REF = 320
 
 
-def parse_senders(value: Any) -> tuple[str | int, ...]:
+def parse_senders(value: Any, sender: str | int | None = None) -> tuple[str | int, ...]:
     """`senders`: a list (or a comma-separated line, from a form) of ids or from addresses;
-    () when absent. Errors name the item: `senders[2]`."""
+    () when absent; never beside a `sender`. Errors name the item: `senders[2]`."""
     if value is None or value == "" or value == []:
         return ()
+    if sender is not None:
+        raise ValidationError("senders", "give either sender or senders, not both")
     if isinstance(value, str):
         value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, list):
@@ -72,6 +75,10 @@ class PoolPlan:
     counts: list[int]
     of_row: list[int]
 
+    @property
+    def ids(self) -> list[int]:
+        return [s.id for s in self.senders]
+
 
 async def taken_now(queue: RedisQueue, sender: Sender, now_ms: int, day_ms: int) -> int:
     """What a sender already has to send before this campaign: sent today (its pacing day
@@ -91,6 +98,20 @@ def by_sender(
     for i, due, sender_id in zip(ids, dues, pool.of_row, strict=True):
         items[sender_id].append((i, due))
     return [(s, items[s.id]) for s in pool.senders if items[s.id]]
+
+
+async def enqueue_all(
+    queue: RedisQueue,
+    sender: Sender,
+    pool: PoolPlan | None,
+    ids: Sequence[int],
+    dues: Sequence[int],
+    delay_ms: int,
+) -> None:
+    """A new campaign's ids into Redis, each on its sender's queue with that one's claim cap."""
+    for one, items in by_sender(sender, pool, ids, dues):
+        gap = max(one.min_gap_ms, delay_ms)
+        await queue.enqueue(one.id, items, claim_cap=claim_cap(one.hourly_limit, gap))
 
 
 async def pool_for(
