@@ -15,13 +15,14 @@ from .errors import InvalidState, NotFound, ValidationError
 from .hooks import Hooks
 from .models import CampaignStatus, Sender, User
 from .parsing import aware_datetime, whole_number
-from .pools.request import enqueue_all, parse_senders, pool_for
+from .pools.request import enqueue_all, parse_senders, pool_for, sender_ref
 from .queue import RedisQueue
 from .recipient_hours import SendWindow, parse_send_window, reject_unknown_zones
 from .recipients import Limits, ParsedRecipients, from_request
 from .render import TemplateProblem, check_templates, idempotency_key, one_line, render_preview
 from .requeue import requeue
 from .store import NewDispatch, Store
+from .suppressions import leave_out_suppressed
 
 MAX_SUBJECT = 998
 MAX_NAME = 200
@@ -52,6 +53,7 @@ class ScheduleResult:
     rejected: list[dict[str, Any]]
     rejected_total: int = 0
     replayed: bool = False
+    suppressed: int = 0  # of rejected_total: suppressed addresses left out
 
 
 def _text(data: dict[str, Any], name: str, *, required: bool, limit: int) -> str | None:
@@ -83,17 +85,6 @@ def _start_at(value: Any, now: datetime) -> datetime:
     return at
 
 
-def _sender_ref(value: Any) -> str | int | None:
-    """A sender's id (a number) or from address; anything else is a field error."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
-        return whole_number(value, "sender", minimum=1)
-    if not isinstance(value, str) or len(value) > 320:
-        raise ValidationError("sender", "must be a sender's id or from address")
-    return value
-
-
 def _campaign_name(value: Any) -> str | None:
     """An optional name of one line, at most MAX_NAME characters (blank: none)."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -103,6 +94,16 @@ def _campaign_name(value: Any) -> str | None:
     if one_line(value) != value:
         raise ValidationError("name", "must be a single line")
     return value.strip()
+
+
+def _some_left(recipients: ParsedRecipients) -> None:
+    if not recipients.accepted:
+        raise ValidationError(
+            "recipients",
+            "no valid address found",
+            code="no_valid_recipients",
+            details={"rejected": recipients.rejected, "rejected_total": recipients.rejected_total},
+        )
 
 
 def parse_schedule_request(
@@ -123,20 +124,14 @@ def parse_schedule_request(
     hourly_limit = _int(data, "hourly_limit", minimum=1, maximum=1_000_000_000)
     daily_limit = _int(data, "daily_limit", minimum=1, maximum=1_000_000_000)
     jitter = _int(data, "delay_jitter_ms", minimum=0, maximum=86_400_000) or 0
-    sender = _sender_ref(data.get("sender"))
+    sender = sender_ref(data.get("sender"))
     pool = parse_senders(data.get("senders"), sender)
     name = _campaign_name(data.get("name"))
     send_window = parse_send_window(data)
     recipients = from_request(data, limits)
     if send_window is not None:
         reject_unknown_zones(recipients)
-    if not recipients.accepted:
-        raise ValidationError(
-            "recipients",
-            "no valid address found",
-            code="no_valid_recipients",
-            details={"rejected": recipients.rejected, "rejected_total": recipients.rejected_total},
-        )
+    _some_left(recipients)
     try:  # the last email must still be a date PostgreSQL and Python can hold
         last = start_at + timedelta(milliseconds=delay + jitter) * len(recipients.accepted)
     except OverflowError:
@@ -255,6 +250,9 @@ class CampaignService:
             if found is None:
                 raise ValidationError("sender", f"no sender {request.sender!r} belongs to you")
             sender = found
+        # The owner's suppressed addresses are left out, reported as rejected lines.
+        if await leave_out_suppressed(self.store, user.id, request.recipients):
+            _some_left(request.recipients)
         pool = await pool_for(self.store, self.queue, self.settings, user.id, request)
         sender = pool.senders[0] if pool is not None else sender
         await check_campaign_templates(request)
@@ -314,9 +312,11 @@ class CampaignService:
         dues = [due for _, due in times]  # each on its sender's queue (a pool's: several)
         await enqueue_all(self.queue, sender, pool, ids, dues, request.delay_between_ms)
         await self.store.mark_enqueued(campaign_id, True)
+        parsed = request.recipients
         return ScheduleResult(
-            campaign_id, len(rows), request.recipients.rejected, request.recipients.rejected_total
-        )
+            campaign_id, len(rows), parsed.rejected, parsed.rejected_total,
+            suppressed=parsed.suppressed,
+        )  # fmt: skip
 
     # ---- controls: each is one guarded state change, then Redis is brought in line ----
 

@@ -283,3 +283,30 @@ async def test_a_big_pool_split_is_the_same_off_the_event_loop(queue: RedisQueue
     assert plan.of_row[:8].count(1) == 2  # spread: a quarter of every stretch
     small = await plan_pool(queue, pool, 8, **frame)  # type: ignore[arg-type]
     assert Counter(small.of_row) == {1: 2, 2: 6}
+
+
+async def test_a_pool_splits_only_the_recipients_left_after_suppressions(
+    make_client: Start, settings: Settings, store: Store
+) -> None:
+    """The schedule-time suppression check leaves an address out first; the split is of
+    what is left (each row still gets exactly one sender)."""
+    client = await make_client(settings)
+    headers = auth(await new_token(store, "ada@example.com"))
+    a = await _new_sender(client, headers, from_address="qa@example.com")
+    b = await _new_sender(client, headers, from_address="qb@example.com")
+    owner = await store.pool.fetchval("SELECT id FROM users WHERE email = 'ada@example.com'")
+    await store.pool.execute(
+        """INSERT INTO suppressions (owner_id, email_normalized, reason, source)
+           VALUES ($1, 'r0@example.com', 'manual', 'api')""",
+        owner,
+    )
+    payload = {"subject": "s", "body": "b", "senders": [a, b], "start_at": "2099-01-01T00:00:00Z",
+               "recipients": [f"r{i}@example.com" for i in range(5)]}  # fmt: skip
+    made = await _json(
+        await client.post("/api/emails/schedule", json=payload, headers=headers), 201
+    )
+    assert made["accepted"] == 4
+    assert sorted(p["assigned"] for p in made["campaign"]["pool"]) == [2, 2]
+    rows = await store.pool.fetch("SELECT recipient, sender_id FROM dispatches")
+    assert sorted(r["recipient"] for r in rows) == [f"r{i}@example.com" for i in range(1, 5)]
+    assert Counter(r["sender_id"] for r in rows) == {a: 2, b: 2}

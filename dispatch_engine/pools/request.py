@@ -1,5 +1,6 @@
-"""The `senders` of a schedule request: parsed, resolved to the owner's senders, and the
-recipients split over them (capacity.py) before the COPY writes each row's sender."""
+"""Which sender(s) a schedule request names: `sender` (one), or `senders` (a pool) parsed,
+resolved to the owner's senders, and the recipients split over them (capacity.py) before
+the COPY writes each row's sender."""
 
 from __future__ import annotations
 
@@ -21,6 +22,17 @@ from .capacity import PacingFrame, interleave, split
 MAX_POOL = 50
 OFF_LOOP = 10_000  # recipients split on the event loop (4.5 ms); more go to a thread
 MAX_REF = 320
+
+
+def sender_ref(value: Any) -> str | int | None:
+    """`sender`: a sender's id (a number) or from address; anything else is a field error."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        return whole_number(value, "sender", minimum=1)
+    if not isinstance(value, str) or len(value) > MAX_REF:
+        raise ValidationError("sender", "must be a sender's id or from address")
+    return value
 
 
 def parse_senders(value: Any, sender: str | int | None = None) -> tuple[str | int, ...]:
