@@ -1,0 +1,64 @@
+"""At stop, a recorder that cannot reach PostgreSQL gives up, and acknowledges nothing.
+
+The worker's own stages (Recorder, Settle, Leases) on the suite's real Redis; the store's
+connection pool is closed, so every write fails as when PostgreSQL cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from dispatch_engine.config import Settings
+from dispatch_engine.db import create_pool
+from dispatch_engine.hooks import Hooks
+from dispatch_engine.models import DispatchStatus
+from dispatch_engine.pacing import Pacer
+from dispatch_engine.queue import RedisQueue
+from dispatch_engine.secretbox import secret_box
+from dispatch_engine.store import SendOutcome, Store
+from dispatch_engine.transport import TransportRegistry
+from dispatch_engine.worker import Leases
+from dispatch_engine.worker.deps import WorkerDeps
+from dispatch_engine.worker.record import Recorder
+from dispatch_engine.worker.settle import Settle
+
+
+@pytest.mark.timeout(60)  # the give-up comes after 6.3 s of back-off
+async def test_a_recorder_stopping_during_an_outage_gives_up_without_acking(
+    settings: Settings, queue: RedisQueue, redis: Redis, pool: asyncpg.Pool
+) -> None:
+    assert settings.database_url
+    away = await create_pool(settings.database_url, min_size=1, max_size=1)
+    await away.close()  # PostgreSQL cannot be reached: every write of this store fails
+    store = Store(away)
+    deps = WorkerDeps(
+        settings=settings,
+        store=store,
+        queue=queue,
+        redis=redis,
+        transports=TransportRegistry([], settings, pool, secret_box(settings)),
+        pacer=Pacer([]),
+        hooks=Hooks.none(settings),
+    )
+    leases = Leases(queue, capacity=5)
+    seconds, micros = await redis.time()
+    await queue.enqueue(3, [(41, int(seconds) * 1000 + int(micros) // 1000 - 1)])
+    claimed = (await queue.claim(1)).leases
+    leases.claimed(claimed)
+    recorder = Recorder(store, Settle(deps, leases))
+    recorder.stopping = True  # the process is stopping: a long outage gives up
+    task = asyncio.create_task(recorder.run())
+    sent = SendOutcome(41, bytes(16), DispatchStatus.SENT, 1, "a@example.com", "<m@x>")
+    await recorder.results.put((sent, claimed[0]))
+    try:
+        await asyncio.wait_for(recorder.results.join(), 30)  # given up on: the stop goes on
+    finally:
+        task.cancel()
+    # Not recorded, so not acked: the lease stays in Redis (it expires, and the email is
+    # checked again by the next worker), and this process still holds it to give back.
+    assert await queue.leased_count() == 1
+    assert claimed[0] in leases
