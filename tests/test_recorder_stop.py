@@ -17,7 +17,7 @@ from dispatch_engine.db import create_pool
 from dispatch_engine.hooks import Hooks
 from dispatch_engine.models import DispatchStatus
 from dispatch_engine.pacing import Pacer
-from dispatch_engine.queue import RedisQueue
+from dispatch_engine.queue import Lease, RedisQueue
 from dispatch_engine.secretbox import secret_box
 from dispatch_engine.store import SendOutcome, Store
 from dispatch_engine.transport import TransportRegistry
@@ -26,11 +26,13 @@ from dispatch_engine.worker.deps import WorkerDeps
 from dispatch_engine.worker.record import Recorder
 from dispatch_engine.worker.settle import Settle
 
+from .support.helpers import wait_for
 
-@pytest.mark.timeout(60)  # the give-up comes after 6.3 s of back-off
-async def test_a_recorder_stopping_during_an_outage_gives_up_without_acking(
+
+async def _stopping_recorder(
     settings: Settings, queue: RedisQueue, redis: Redis, pool: asyncpg.Pool
-) -> None:
+) -> tuple[Recorder, Leases, Lease]:
+    """A stopping recorder of a store that cannot reach PostgreSQL, one sent result in it."""
     assert settings.database_url
     away = await create_pool(settings.database_url, min_size=1, max_size=1)
     await away.close()  # PostgreSQL cannot be reached: every write of this store fails
@@ -51,9 +53,17 @@ async def test_a_recorder_stopping_during_an_outage_gives_up_without_acking(
     leases.claimed(claimed)
     recorder = Recorder(store, Settle(deps, leases))
     recorder.stopping = True  # the process is stopping: a long outage gives up
-    task = asyncio.create_task(recorder.run())
     sent = SendOutcome(41, bytes(16), DispatchStatus.SENT, 1, "a@example.com", "<m@x>")
     await recorder.results.put((sent, claimed[0]))
+    return recorder, leases, claimed[0]
+
+
+@pytest.mark.timeout(60)  # the give-up comes after 6.3 s of back-off
+async def test_a_recorder_stopping_during_an_outage_gives_up_without_acking(
+    settings: Settings, queue: RedisQueue, redis: Redis, pool: asyncpg.Pool
+) -> None:
+    recorder, leases, lease = await _stopping_recorder(settings, queue, redis, pool)
+    task = asyncio.create_task(recorder.run())
     try:
         await asyncio.wait_for(recorder.results.join(), 30)  # given up on: the stop goes on
     finally:
@@ -61,4 +71,29 @@ async def test_a_recorder_stopping_during_an_outage_gives_up_without_acking(
     # Not recorded, so not acked: the lease stays in Redis (it expires, and the email is
     # checked again by the next worker), and this process still holds it to give back.
     assert await queue.leased_count() == 1
-    assert claimed[0] in leases
+    assert lease in leases
+
+
+async def test_a_recorder_stopping_outlasts_a_short_outage_and_records(
+    settings: Settings,
+    queue: RedisQueue,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    recorder, leases, lease = await _stopping_recorder(settings, queue, redis, pool)
+    task = asyncio.create_task(recorder.run())
+    joined = asyncio.create_task(recorder.results.join())
+
+    async def failed_once() -> bool:
+        return joined.done() or "results failed; retrying" in caplog.text
+
+    try:
+        await wait_for(failed_once)
+        recorder.store.pool = pool  # PostgreSQL is back after one failed write
+        await asyncio.wait_for(joined, 30)
+    finally:
+        task.cancel()
+    # A blip while stopping is waited out: the result is recorded, then acked.
+    assert await queue.leased_count() == 0
+    assert lease not in leases

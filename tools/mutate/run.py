@@ -65,6 +65,7 @@ TARGETS: dict[str, Target] = {
             "tests/test_controls.py",
             "tests/test_pacing.py::test_a_small_campaign_is_not_stuck_behind_a_big_one",
             "tests/test_isolation.py::test_a_campaign_that_cannot_compile_fails_alone_and_the_batch_goes_on",
+            "tests/test_lease_renewal.py",
         ),
     ),
     "recorder": Target(
