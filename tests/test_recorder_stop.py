@@ -7,6 +7,7 @@ connection pool is closed, so every write fails as when PostgreSQL cannot be rea
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import asyncpg
 import pytest
@@ -97,3 +98,35 @@ async def test_a_recorder_stopping_outlasts_a_short_outage_and_records(
     # A blip while stopping is waited out: the result is recorded, then acked.
     assert await queue.leased_count() == 0
     assert lease not in leases
+
+
+async def test_an_ack_redis_cannot_take_does_not_stop_the_recorder(
+    settings: Settings, store: Store, redis: Redis, pool: asyncpg.Pool
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on: Redis cannot be reached
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    unreachable = Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    queue = RedisQueue(unreachable)
+    deps = WorkerDeps(
+        settings=settings,
+        store=store,
+        queue=queue,
+        redis=redis,
+        transports=TransportRegistry([], settings, pool, secret_box(settings)),
+        pacer=Pacer([]),
+        hooks=Hooks.none(settings),
+    )
+    recorder = Recorder(store, Settle(deps, Leases(queue, capacity=5)))
+    task = asyncio.create_task(recorder.run())
+    try:
+        for dispatch_id in (51, 52):  # one batch each: the second comes after a failed ack
+            sent = SendOutcome(dispatch_id, bytes(16), DispatchStatus.SENT, 1, "a@example.com")
+            await recorder.results.put((sent, Lease(dispatch_id, 3, "1", 0)))
+            await asyncio.wait_for(recorder.results.join(), 10)
+        # Both recorded and counted; their leases expire in Redis and are checked again.
+        assert recorder.settle.sent == 2
+        assert not task.done(), "the recorder stopped after an ack failed"
+    finally:
+        task.cancel()
+        await unreachable.aclose()
