@@ -130,3 +130,24 @@ async def test_an_ack_redis_cannot_take_does_not_stop_the_recorder(
     finally:
         task.cancel()
         await unreachable.aclose()
+
+
+async def test_progress_that_postgresql_cannot_fold_now_is_folded_next_time(
+    settings: Settings, queue: RedisQueue, redis: Redis, pool: asyncpg.Pool
+) -> None:
+    away = await create_pool(settings.database_url or "", min_size=1, max_size=1)
+    await away.close()  # PostgreSQL cannot be reached
+    deps = WorkerDeps(
+        settings=settings,
+        store=Store(away),
+        queue=queue,
+        redis=redis,
+        transports=TransportRegistry([], settings, pool, secret_box(settings)),
+        pacer=Pacer([]),
+        hooks=Hooks.none(settings),
+    )
+    settle = Settle(deps, Leases(queue, capacity=5))
+    failed = SendOutcome(61, bytes(16), DispatchStatus.FAILED, 7, "a@example.com", error="x")
+    await settle.announce_failed([failed])  # campaign 7's progress has changed
+    await settle.flush_progress()  # the update fails: logged, not raised (the loop goes on)
+    assert settle._touched == {7}, "kept for the next fold"
