@@ -61,6 +61,8 @@ TARGETS: dict[str, Target] = {
             "tests/test_leases.py",
             "tests/test_delivery.py",
             "tests/test_worker_stages.py",
+            "tests/test_settle.py",
+            "tests/test_provider_parking.py",
             "tests/test_smtp_transport.py",
             "tests/test_controls.py",
             "tests/test_pacing.py::test_a_small_campaign_is_not_stuck_behind_a_big_one",

@@ -1,0 +1,57 @@
+"""A provider's "slow down" parks its sender in the queue until the time the provider gave:
+none of the sender's other emails is claimed before then."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from dispatch_engine.config import Settings
+from dispatch_engine.queue import RedisQueue
+from dispatch_engine.store import Store
+
+from .support.app_client import Start
+from .support.helpers import auth, new_token, wait_for
+from .support.plugin_dirs import plugin_dir
+from .test_hooks_events import _picky_sender, _schedule
+
+# Says "too many, retry in 10 minutes" to every message.
+TOO_MANY = """
+from dispatch_engine.transport import SenderRateLimitedError, TransportSpec
+
+class Picky:
+    def __init__(self, context):
+        pass
+
+    async def send(self, message):
+        raise SenderRateLimitedError("421 4.7.0 too many messages, slow down", 600)
+
+    async def close(self):
+        pass
+
+@hookimpl
+def register_transports(settings):
+    return [TransportSpec("picky", Picky)]
+"""
+
+
+async def test_a_provider_saying_too_many_parks_the_sender_until_the_time_it_gave(
+    make_client: Start, settings: Settings, store: Store, queue: RedisQueue, tmp_path: Path
+) -> None:
+    folder = plugin_dir(tmp_path, picky=TOO_MANY)
+    client = await make_client(replace(settings, plugins_dir=folder))
+    headers = auth(await new_token(store))
+    sender = await _picky_sender(client, headers)
+    asked = time.time()
+    await _schedule(client, headers, sender=sender, recipients=["a@example.com"])
+
+    async def retry_recorded() -> bool:  # the sender is parked before the retry is recorded
+        sql = "SELECT last_error IS NOT NULL AND status = 'scheduled' FROM dispatches"
+        return bool(await store.pool.fetchval(sql))
+
+    await wait_for(retry_recorded)
+    until = (await queue.sender_state(sender))["parked_until_ms"]
+    assert until is not None, "not parked"
+    # Parked for the provider's 10 minutes from about now (not a moment in the past).
+    assert asked + 590 < until / 1000 < time.time() + 610
