@@ -1,5 +1,5 @@
-"""The worker's stages on their own, where a promise is one stage's arithmetic: each owner's
-fair share of the send slots (share.py) and the retry back-off (send.py)."""
+"""The worker's stages: where a promise is one stage's arithmetic, on its own (each owner's
+fair share of the send slots, share.py; the retry back-off, send.py); else a real worker."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ from datetime import UTC, datetime
 import pytest
 
 from dispatch_engine.models import CampaignStatus, DispatchJob, DispatchStatus
+from dispatch_engine.queue import RedisQueue
 from dispatch_engine.worker.send import retry_delay_s
 from dispatch_engine.worker.share import OwnerShare
+
+from .support.app_client import Start
+from .support.helpers import wait_for
 
 
 def _job(dispatch_id: int, owner_id: int) -> DispatchJob:
@@ -114,3 +118,18 @@ def test_retries_back_off_exponentially_with_a_fifth_of_jitter_up_to_an_hour() -
         assert max(delays) - min(delays) > base_s * 0.3, "jittered, not fixed"
     capped = [retry_delay_s(40, 500) for _ in range(200)]
     assert min(capped) >= 3600 * 0.8 and max(capped) <= 3600 * 1.2
+
+
+async def test_a_queued_id_whose_email_is_gone_is_dropped_from_redis(
+    make_client: Start, queue: RedisQueue
+) -> None:
+    """An id PostgreSQL no longer has (its campaign deleted) is claimed once and acked: it
+    neither stays leased (holding a send slot, renewed for ever) nor comes back."""
+    await make_client()
+    seconds, micros = await queue.redis.time()
+    await queue.enqueue(5, [(987_654, int(seconds) * 1000 + int(micros) // 1000 - 1)])
+
+    async def gone() -> bool:
+        return await queue.depth(5) == 0 and await queue.leased_count() == 0
+
+    await wait_for(gone, within=15)
