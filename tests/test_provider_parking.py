@@ -55,3 +55,43 @@ async def test_a_provider_saying_too_many_parks_the_sender_until_the_time_it_gav
     assert until is not None, "not parked"
     # Parked for the provider's 10 minutes from about now (not a moment in the past).
     assert asked + 590 < until / 1000 < time.time() + 610
+
+
+REFUSED = """
+from dispatch_engine.transport import SenderAuthError, TransportSpec
+
+class Picky:
+    def __init__(self, context):
+        pass
+
+    async def send(self, message):
+        raise SenderAuthError("535 5.7.8 authentication failed")
+
+    async def close(self):
+        pass
+
+@hookimpl
+def register_transports(settings):
+    return [TransportSpec("picky", Picky)]
+"""
+
+
+async def test_an_email_whose_sender_login_was_refused_waits_its_back_off(
+    make_client: Start, settings: Settings, store: Store, tmp_path: Path
+) -> None:
+    folder = plugin_dir(tmp_path, picky=REFUSED)
+    # Ten minutes of back-off after the first refusal: far beyond any delay here.
+    client = await make_client(replace(settings, plugins_dir=folder, retry_base_ms=600_000))
+    headers = auth(await new_token(store))
+    sender = await _picky_sender(client, headers)
+    await _schedule(client, headers, sender=sender, recipients=["a@example.com"])
+
+    async def waiting() -> bool:
+        sql = "SELECT last_error IS NOT NULL AND status = 'scheduled' FROM dispatches"
+        return bool(await store.pool.fetchval(sql))
+
+    await wait_for(waiting)
+    row = await store.pool.fetchrow("SELECT scheduled_at, attempts FROM dispatches")
+    assert row is not None
+    assert row["scheduled_at"].timestamp() > time.time() + 400, "due again at once"
+    assert row["attempts"] == 0  # the account's fault, not the email's: no attempt spent

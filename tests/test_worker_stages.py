@@ -4,17 +4,18 @@ fair share of the send slots, share.py; the retry back-off, send.py); else a rea
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from dispatch_engine.models import CampaignStatus, DispatchJob, DispatchStatus
 from dispatch_engine.queue import RedisQueue
+from dispatch_engine.store import Store
 from dispatch_engine.worker.send import retry_delay_s
 from dispatch_engine.worker.share import OwnerShare
 
 from .support.app_client import Start
-from .support.helpers import wait_for
+from .support.helpers import auth, new_token, wait_for
 
 
 def _job(dispatch_id: int, owner_id: int) -> DispatchJob:
@@ -133,3 +134,32 @@ async def test_a_queued_id_whose_email_is_gone_is_dropped_from_redis(
         return await queue.depth(5) == 0 and await queue.leased_count() == 0
 
     await wait_for(gone, within=15)
+
+
+async def test_a_claimed_email_of_a_paused_campaign_is_dropped_unsent(
+    make_client: Start, queue: RedisQueue, store: Store
+) -> None:
+    """Pausing takes a campaign's ids out of Redis, but one claimed just before (or queued
+    again by a sweep) still reaches the worker: it must not be sent."""
+    client = await make_client()
+    headers = auth(await new_token(store))
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    payload = {"subject": "s", "body": "b", "recipients": ["p@example.com"], "start_at": later}
+    response = await client.post("/api/emails/schedule", json=payload, headers=headers)
+    assert response.status == 201, await response.text()
+    created = (await response.json())["campaign"]
+    paused = await client.post(f"/api/campaigns/{created['id']}/pause", headers=headers)
+    assert paused.status == 200
+    sender, dispatch_id = (
+        created["sender"]["id"],
+        await store.pool.fetchval("SELECT id FROM dispatches"),
+    )
+    seconds, micros = await queue.redis.time()
+    await queue.enqueue(sender, [(dispatch_id, int(seconds) * 1000 + int(micros) // 1000 - 1)])
+
+    async def claimed_and_dropped() -> bool:
+        return await queue.depth(sender) == 0 and await queue.leased_count() == 0
+
+    await wait_for(claimed_and_dropped, within=15)
+    assert await store.pool.fetchval("SELECT count(*) FROM captured_messages") == 0
+    assert await store.pool.fetchval("SELECT status FROM dispatches") == "scheduled"
