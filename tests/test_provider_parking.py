@@ -95,3 +95,23 @@ async def test_an_email_whose_sender_login_was_refused_waits_its_back_off(
     assert row is not None
     assert row["scheduled_at"].timestamp() > time.time() + 400, "due again at once"
     assert row["attempts"] == 0  # the account's fault, not the email's: no attempt spent
+
+
+async def test_emails_held_by_the_hourly_limit_say_why_while_their_sender_is_parked(
+    make_client: Start, settings: Settings, store: Store, queue: RedisQueue
+) -> None:
+    client = await make_client(replace(settings, max_emails_per_hour=1, rate_window_seconds=3600))
+    headers = auth(await new_token(store))
+    recipients = ["a@example.com", "b@example.com", "c@example.com"]
+    await _schedule(client, headers, recipients=recipients)
+    sender = await store.pool.fetchval("SELECT sender_id FROM campaigns")
+
+    async def parked() -> bool:  # the held emails are marked before the sender is parked
+        return (await queue.sender_state(sender))["parked_until_ms"] is not None
+
+    await wait_for(parked)
+    rows = await store.pool.fetch("SELECT status, wait_reason FROM dispatches ORDER BY id")
+    assert [r["status"] for r in rows].count("sent") == 1
+    # Those the parking held back (the others were not claimed yet) say it is the limit.
+    held = [r["wait_reason"] for r in rows if r["status"] == "rate_limited"]
+    assert held and set(held) == {"sender_window"}, rows
