@@ -13,7 +13,7 @@ from dispatch_engine.store import Store
 
 from .support.app_client import Start
 from .support.helpers import auth, new_token, wait_for
-from .support.plugin_dirs import plugin_dir
+from .support.plugin_dirs import events, plugin_dir
 from .test_hooks_events import _picky_sender, _schedule
 
 # Says "too many, retry in 10 minutes" to every message.
@@ -33,6 +33,10 @@ class Picky:
 @hookimpl
 def register_transports(settings):
     return [TransportSpec("picky", Picky)]
+
+@hookimpl
+def sender_limited(sender_id, resume_at_ms, reason):
+    record("sender_limited", resume_at_ms=resume_at_ms)
 """
 
 
@@ -55,6 +59,8 @@ async def test_a_provider_saying_too_many_parks_the_sender_until_the_time_it_gav
     assert until is not None, "not parked"
     # Parked for the provider's 10 minutes from about now (not a moment in the past).
     assert asked + 590 < until / 1000 < time.time() + 610
+    # and `sender_limited` says until when, in ms, as the queue has it
+    assert [e["resume_at_ms"] for e in events(folder, "sender_limited")] == [until]
 
 
 REFUSED = """
@@ -115,3 +121,44 @@ async def test_emails_held_by_the_hourly_limit_say_why_while_their_sender_is_par
     # Those the parking held back (the others were not claimed yet) say it is the limit.
     held = [r["wait_reason"] for r in rows if r["status"] == "rate_limited"]
     assert held and set(held) == {"sender_window"}, rows
+
+
+BROKEN = """
+from dispatch_engine.transport import TransportSpec
+
+class Picky:
+    def __init__(self, context):
+        pass
+
+    async def send(self, message):
+        raise RuntimeError("a bug in the transport plugin")
+
+    async def close(self):
+        pass
+
+@hookimpl
+def register_transports(settings):
+    return [TransportSpec("picky", Picky)]
+"""
+
+
+async def test_a_transport_plugin_raising_a_bug_fails_that_email_and_the_worker_goes_on(
+    make_client: Start, settings: Settings, store: Store, tmp_path: Path
+) -> None:
+    folder = plugin_dir(tmp_path, picky=BROKEN)
+    client = await make_client(replace(settings, plugins_dir=folder))
+    headers = auth(await new_token(store))
+    sender = await _picky_sender(client, headers)
+    broken = await _schedule(client, headers, sender=sender, recipients=["a@example.com"])
+    fine = await _schedule(client, headers, recipients=["b@example.com"])
+
+    async def finished() -> bool:
+        sql = "SELECT count(*) FROM dispatches WHERE status IN ('sent', 'failed')"
+        return int(await store.pool.fetchval(sql)) == 2
+
+    await wait_for(finished)
+    rows = await store.pool.fetch("SELECT campaign_id, status, last_error FROM dispatches")
+    by_campaign = {r["campaign_id"]: r for r in rows}
+    assert by_campaign[broken]["status"] == "failed"
+    assert by_campaign[broken]["last_error"] == "RuntimeError: a bug in the transport plugin"
+    assert by_campaign[fine]["status"] == "sent"
