@@ -18,7 +18,6 @@ from __future__ import annotations
 import binascii
 import copy
 import hashlib
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from markupsafe import escape
 
 from .consent.unsubscribe import VARIABLE as UNSUBSCRIBE_VARIABLE
 from .consent.unsubscribe import Unsubscribe
+from .message_ids import idempotency_key as idempotency_key  # re-exported: callers' path
+from .message_ids import message_id_for as message_id_for
 from .models import CampaignContent, Sender
 from .sandbox import MAX_RENDERED, LimitedEnvironment, TemplateLimitError, budget, render_limited
 
@@ -231,24 +232,6 @@ def _date_header() -> str:
     if now != _date[0]:
         _date = (now, formatdate(now, usegmt=True))
     return _date[1]
-
-
-_KEY_SALT = secrets.token_bytes(16)  # in memory only: keys are stored, never recomputed
-
-
-def message_id_for(idempotency_key: bytes, from_address: str) -> str:
-    """Stable per email: a resend carries the same Message-ID, so receivers can drop it."""
-    domain = from_address.rpartition("@")[2] or "dispatch-engine.local"
-    return f"<{idempotency_key.hex()[:40]}@{domain}>"
-
-
-def idempotency_key(campaign_id: int, recipient: str, scheduled_at_us: int) -> bytes:
-    """Made once per email at schedule time and kept with it. The Message-ID is made of it
-    and a DSN in the bounce mailbox (which anyone can mail) is matched by it, so it holds
-    this process's random salt: else it could be computed from a campaign id (a sequence), a
-    recipient and a start time an outsider can guess, and a forged DSN would name the email."""
-    seed = f"{campaign_id}\x00{recipient}\x00{scheduled_at_us}".encode()
-    return hashlib.sha256(_KEY_SALT + seed).digest()
 
 
 _LINE_BREAKS = str.maketrans({c: " " for c in "\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
