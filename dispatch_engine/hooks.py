@@ -207,3 +207,18 @@ class Hooks:
 
     async def campaign_completed(self, *, campaign_id: int, owner_id: int) -> None:
         await self._notify("campaign_completed", campaign_id=campaign_id, owner_id=owner_id)
+
+    # ---- replies (docs/replies.md) ----
+
+    async def reply_received(
+        self, *, dispatch_id: int, campaign_id: int, recipient: str, from_address: str,
+        snippet: str,
+    ) -> None:  # fmt: skip
+        await self._notify(
+            "reply_received",
+            dispatch_id=dispatch_id,
+            campaign_id=campaign_id,
+            recipient=recipient,
+            from_address=from_address,
+            snippet=snippet,
+        )

@@ -89,6 +89,7 @@ class Sender:
     dkim_domain: str | None = None
     dkim_private_key: str | None = None  # sealed (secretbox.py); never shown
     dkim_public_key: str | None = None
+    reply_mailbox: dict[str, Any] | None = None  # its IMAP inbox for replies; password sealed
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Notify: a message to a Slack-compatible incoming webhook when a sender is limited or
-parked (its server keeps refusing its account), or a campaign completes.
+parked (its server keeps refusing its account), a campaign completes, or a reply arrives.
 
 Set `DISPATCH_NOTIFY_WEBHOOK_URL` (Slack, Mattermost, Rocket.Chat, Discord's `/slack` URL:
 anything that takes `{"text": …}`); unset, the plugin does nothing. Posts run in background
@@ -92,6 +92,17 @@ def campaign_completed(campaign_id: int, owner_id: int, settings: Settings) -> N
     _post_later(
         settings,
         f":white_check_mark: Campaign {campaign_id} completed: "
+        f"{settings.public_url}/campaigns/{campaign_id}",
+    )
+
+
+@hookimpl
+def reply_received(
+    campaign_id: int, from_address: str, snippet: str, settings: Settings
+) -> None:  # docs/replies.md
+    _post_later(
+        settings,
+        f":speech_balloon: Reply from {from_address} to campaign {campaign_id}: {snippet} "
         f"{settings.public_url}/campaigns/{campaign_id}",
     )
 

@@ -20,6 +20,7 @@ import nh3
 from ..config import Settings
 from ..dkim.keys import sender_dns_record
 from ..models import DispatchStatus, Sender, User
+from ..reply_mailbox import reply_mailbox_json
 from ..store.accounts import ApiToken
 from ..waiting import CampaignWait, wait_of
 from ..warmup import daily_limit_now, warmup_json
@@ -240,6 +241,7 @@ def sender_json(sender: Sender) -> dict[str, Any]:
         "transactional": sender.transactional,  # its bodies may go without the unsubscribe footer
         # The private key is never shown: only what to publish in DNS (docs/senders.md).
         "dkim": _dkim_json(sender),
+        "reply_mailbox": reply_mailbox_json(sender.reply_mailbox),  # docs/replies.md
         # Set when its server kept refusing its account: every email of it waits.
         "parked": {"reason": sender.parked_reason, "since": sender.parked_at.isoformat()}
         if sender.parked_reason is not None and sender.parked_at is not None
