@@ -329,6 +329,17 @@ class CampaignService:
         await self._transition(user, campaign_id, CampaignStatus.PAUSED, ("scheduled", "running"))
         await self._unqueue(campaign_id, await self.store.queued_of_campaign(campaign_id))
 
+    async def pause_itself(self, owner_id: int, campaign_id: int, reason: str) -> bool:
+        """The feedback policy's pause (consent/policy.py): a user's, with its `reason`; False
+        when the campaign was not sending (a user paused or cancelled it, or it completed)."""
+        paused = CampaignStatus.PAUSED
+        if not await self.store.set_campaign_status(
+            owner_id, campaign_id, paused, ("scheduled", "running"), paused_reason=reason
+        ):
+            return False
+        await self._unqueue(campaign_id, await self.store.queued_of_campaign(campaign_id))
+        return True
+
     async def resume(self, user: User, campaign_id: int) -> None:
         """Queue again what is still to send; what was sent is never sent again."""
         await self._transition(user, campaign_id, CampaignStatus.RUNNING, ("paused",))

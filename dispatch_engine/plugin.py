@@ -45,6 +45,7 @@ from .setting import (
 from .transport import (
     OutgoingMessage,
     PermanentError,
+    PermanentReply,
     SenderAuthError,
     SenderRateLimitedError,
     SendResult,
@@ -83,6 +84,7 @@ __all__ = [
     "PacingPolicySpec",
     "PacingRequest",
     "PermanentError",
+    "PermanentReply",
     "ReplyIntake",
     "ReplyMailbox",
     "SendResult",

@@ -10,6 +10,7 @@ from .campaigns import CampaignQueries
 from .delivery import DeliveryQueries
 from .feedback import FeedbackQueries
 from .listings import ListingQueries
+from .policy import PolicyQueries
 from .replies import ReplyQueries
 from .senders import SenderQueries
 from .suppressions import SuppressionQueries
@@ -23,6 +24,7 @@ class Store(
     DeliveryQueries,
     SuppressionQueries,
     FeedbackQueries,
+    PolicyQueries,
     ReplyQueries,
 ):
     """The queries of every module, on one asyncpg pool."""

@@ -16,6 +16,7 @@ from ..models import (
 )
 from ..recipient_hours import SendWindow
 from .base import NewDispatch, Queries
+from .policy import campaign_feedback
 
 
 def content_from(row: asyncpg.Record) -> CampaignContent:
@@ -136,6 +137,7 @@ class CampaignQueries(Queries):
             counts[r["status"]] = r["n"]
         detail = dict(row)
         detail["counts"] = counts
+        detail["feedback"] = await campaign_feedback(self.pool, campaign_id)
         return detail
 
     async def campaign_waiting(self, campaign_id: int) -> list[asyncpg.Record]:
@@ -184,15 +186,25 @@ class CampaignQueries(Queries):
         )
 
     async def set_campaign_status(
-        self, owner_id: int, campaign_id: int, to: CampaignStatus, allowed_from: Sequence[str]
+        self,
+        owner_id: int,
+        campaign_id: int,
+        to: CampaignStatus,
+        allowed_from: Sequence[str],
+        paused_reason: str | None = None,
     ) -> bool:
+        """One guarded change. `paused_reason`: the campaign pauses itself (consent/policy.py);
+        any other change clears it, and leaving such a pause restarts its rates' count."""
         done = await self.pool.fetchval(
-            """UPDATE campaigns SET status = $3, updated_at = now()
+            """UPDATE campaigns SET status = $3, updated_at = now(), paused_reason = $5,
+                      rates_since = CASE WHEN paused_reason IS NOT NULL THEN now()
+                                         ELSE rates_since END
                WHERE owner_id = $1 AND id = $2 AND status = ANY($4::text[]) RETURNING true""",
             owner_id,
             campaign_id,
             to.value,
             list(allowed_from),
+            paused_reason,
         )
         return bool(done)
 

@@ -40,7 +40,8 @@ class ListingQueries(Queries):
                       l.response
                FROM dispatches d JOIN campaigns c ON c.id = d.campaign_id
                LEFT JOIN ledger l ON l.idempotency_key = d.idempotency_key
-               WHERE d.owner_id = $1 AND d.status IN ('sent', 'failed')
+               WHERE d.owner_id = $1
+                 AND d.status IN ('sent', 'failed', 'suppressed', 'bounced', 'complained')
                  AND ($3::timestamptz IS NULL OR (d.finished_at, d.id) < ($3, $4))
                ORDER BY d.finished_at DESC, d.id DESC LIMIT $2""",
             owner_id,

@@ -25,7 +25,7 @@ from ..store.accounts import ApiToken
 from ..waiting import CampaignWait, wait_of
 from ..warmup import daily_limit_now, warmup_json
 
-_FINISHED = ("sent", "failed", "cancelled")
+_FINISHED = ("sent", "failed", "cancelled", "suppressed", "bounced", "complained")
 
 
 def iso(value: datetime | None) -> str | None:
@@ -75,6 +75,7 @@ def campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
         "counts": counts,
         "progress": round(done / total, 4) if total else 1.0,
         "created_at": iso(detail["created_at"]),
+        **campaign_feedback_json(detail),
     }
 
 
@@ -113,6 +114,49 @@ def campaign_row_view(row: Any) -> dict[str, Any]:
     """A row of the dashboard's campaigns table."""
     counts = row["counts"] or {}
     return {**dict(row), "counts": counts, "progress": progress(counts, row["total"])}
+
+
+# ---- bounces and complaints (the feedback policy: consent/policy.py) ----
+
+
+def rate_percent(count: int, sent: int) -> float | None:
+    """`count` of `sent` in percent, to 2 places; None before anything was sent."""
+    return round(100 * count / sent, 2) if sent else None
+
+
+def campaign_feedback_json(detail: dict[str, Any]) -> dict[str, Any]:
+    """Why a campaign paused itself (null: it did not, or a user paused it) and its feedback:
+    reports by kind, and its hard-bounce and complaint rates of its emails sent so far."""
+    counts, reports = detail["counts"], detail.get("feedback") or {}
+    sent = sum(counts.get(s, 0) for s in ("sent", "bounced", "complained"))
+    return {
+        "paused_reason": detail.get("paused_reason"),
+        "feedback": {
+            "sent": sent,
+            "hard_bounces": reports.get("hard_bounce", 0),
+            "soft_bounces": reports.get("soft_bounce", 0),
+            "complaints": reports.get("complaint", 0),
+            "unsubscribes": reports.get("unsubscribe", 0),
+            "bounce_rate": rate_percent(counts.get("bounced", 0), sent),
+            "complaint_rate": rate_percent(counts.get("complained", 0), sent),
+        },
+    }
+
+
+def sender_feedback_json(found: dict[str, int] | None, days: int) -> dict[str, Any]:
+    """A sender's feedback over its last `days` days (store.sender_feedback's counts)."""
+    found = found or {}
+    sent = found.get("sent", 0)
+    return {
+        "days": days,
+        "sent": sent,
+        "hard_bounces": found.get("hard_bounce", 0),
+        "soft_bounces": found.get("soft_bounce", 0),
+        "complaints": found.get("complaint", 0),
+        "unsubscribes": found.get("unsubscribe", 0),
+        "bounce_rate": rate_percent(found.get("hard_bounce", 0), sent),
+        "complaint_rate": rate_percent(found.get("complaint", 0), sent),
+    }
 
 
 # ---- dispatches (one email each) ----
