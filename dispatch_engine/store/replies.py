@@ -132,6 +132,12 @@ class ReplyQueries(Queries):
         )
         return row is not None
 
+    async def owns_campaign(self, owner_id: int, campaign_id: int) -> bool:
+        found = await self.pool.fetchval(
+            "SELECT 1 FROM campaigns WHERE owner_id = $1 AND id = $2", owner_id, campaign_id
+        )
+        return found is not None
+
     async def campaign_replies(
         self, owner_id: int, campaign_id: int, kind: str, limit: int, before: int | None
     ) -> list[asyncpg.Record]:

@@ -41,6 +41,22 @@ def listing(items: list[dict[str, Any]], next_cursor: str | int | None) -> dict[
     return {"items": items, "next_cursor": None if next_cursor is None else str(next_cursor)}
 
 
+def reply_json(row: Any) -> dict[str, Any]:
+    """A reply (or auto-reply) to a campaign's email: who, when, its first lines."""
+    return {
+        "id": row["id"],
+        "dispatch_id": row["dispatch_id"],
+        "recipient": row["recipient"],
+        "kind": row["kind"],
+        "matched_by": row["matched_by"],  # thread (In-Reply-To/References) or subject
+        "from": row["from_address"],
+        "subject": row["subject"],
+        "snippet": row["snippet"],
+        "received_at": row["received_at"].isoformat(),
+        "returns_on": row["returns_on"].isoformat() if row["returns_on"] else None,
+    }
+
+
 def user_json(user: User) -> dict[str, Any]:
     return {"id": user.id, "email": user.email, "name": user.name, "avatar_url": user.avatar_url}
 
