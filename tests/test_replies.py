@@ -19,6 +19,7 @@ import pytest
 
 from dispatch_engine.builtins.imap_feedback import REPLY_READERS
 from dispatch_engine.config import Settings
+from dispatch_engine.plugin import DEV_EMAIL
 from dispatch_engine.store import Store
 
 from .support.app_client import AppClient, Start
@@ -26,6 +27,7 @@ from .support.dovecot import PASSWORD, USER, Dovecot
 from .support.helpers import auth, new_token, wait_for
 from .support.plugin_dirs import events, plugin_dir
 from .support.smtp_sink import free_port
+from .support.web_session import dev_login
 
 ANN = "ann@receiver.example"
 RETURNS = (datetime.now(UTC) + timedelta(days=12)).date().isoformat()
@@ -125,7 +127,7 @@ async def test_hook_reply_received(
     copy) changes nothing."""
     folder = plugin_dir(tmp_path, recorder=RECORD_REPLIES)
     client = await make_client(reading(settings, folder))
-    headers = auth(await new_token(store))
+    headers = auth(await new_token(store, DEV_EMAIL))  # the dashboard's dev user: its page too
     sender_id, sent = await campaign_to(client, store, headers, mailbox_of(mailbox), [ANN])
     dispatch = sent[ANN]
     await asyncio.to_thread(mailbox.append, reply(dispatch["message_id"]))
@@ -148,6 +150,10 @@ async def test_hook_reply_received(
          "campaign_id": dispatch["campaign_id"], "recipient": ANN, "from_address": ANN,
          "snippet": "Yes, tell me more."}
     ]  # fmt: skip
+    await dev_login(client)
+    page = await client.get(f"/campaigns/{dispatch['campaign_id']}")
+    html = await page.text()
+    assert page.status == 200 and "Yes, tell me more." in html and ANN in html
     before = await feedback(store)
     await asyncio.to_thread(mailbox.append, reply(dispatch["message_id"]))  # delivered twice
     await cursor_at(store, sender_id, 2)

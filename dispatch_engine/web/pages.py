@@ -23,6 +23,7 @@ from .presenters import (
     message_parts,
     pacing_view,
     progress,
+    reply_json,
     sanitize_html,
     wait_json,
 )
@@ -30,6 +31,7 @@ from .templating import render
 
 routes = web.RouteTableDef()
 PAGE_SIZE = 25
+REPLIES_SHOWN = 20  # the latest replies on a campaign page; the API pages through all
 
 
 def _path_id(request: web.Request) -> int:
@@ -111,6 +113,12 @@ async def campaign(request: web.Request) -> web.Response:
         "wait": wait_json(
             await campaign_wait(store, request.app[QUEUE], request.app[SETTINGS], user.id, detail)
         ),
+    }
+    replies = await store.campaign_replies(user.id, detail["id"], "reply", REPLIES_SHOWN + 1, None)
+    context |= {  # docs/replies.md
+        "replies": [reply_json(r) for r in replies[:REPLIES_SHOWN]],
+        "more_replies": len(replies) > REPLIES_SHOWN,
+        "reads_replies": bool(sender and sender.reply_mailbox),
     }
     return render(request, "campaign.html", context, partial="_campaign_live.html")
 
