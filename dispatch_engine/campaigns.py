@@ -19,11 +19,12 @@ from .parsing import aware_datetime, whole_number
 from .queue import RedisQueue
 from .recipient_hours import SendWindow, parse_send_window, reject_unknown_zones
 from .recipients import Limits, ParsedRecipients, from_request
-from .render import TemplateProblem, check_templates, idempotency_key, one_line
+from .render import TemplateProblem, check_templates, idempotency_key, one_line, render_preview
 from .requeue import requeue
 from .store import NewDispatch, Store
 
 MAX_SUBJECT = 998
+MAX_NAME = 200
 MAX_BODY = 1_000_000
 
 
@@ -39,6 +40,7 @@ class ScheduleRequest:
     sender: str | int | None
     daily_limit: int | None = None
     delay_jitter_ms: int = 0  # a random extra delay in [0, delay_jitter_ms] per email
+    name: str | None = None  # shown in the lists; the subject stands in when there is none
     send_window: SendWindow | None = None  # in each recipient's own time zone
 
 
@@ -91,6 +93,17 @@ def _sender_ref(value: Any) -> str | int | None:
     return value
 
 
+def _campaign_name(value: Any) -> str | None:
+    """An optional name of one line, at most MAX_NAME characters (blank: none)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str) or len(value) > MAX_NAME:
+        raise ValidationError("name", f"must be text of at most {MAX_NAME} characters")
+    if one_line(value) != value:
+        raise ValidationError("name", "must be a single line")
+    return value.strip()
+
+
 def parse_schedule_request(
     data: dict[str, Any], *, now: datetime, limits: Limits | None = None
 ) -> ScheduleRequest:
@@ -110,6 +123,7 @@ def parse_schedule_request(
     daily_limit = _int(data, "daily_limit", minimum=1, maximum=1_000_000_000)
     jitter = _int(data, "delay_jitter_ms", minimum=0, maximum=86_400_000) or 0
     sender = _sender_ref(data.get("sender"))
+    name = _campaign_name(data.get("name"))
     send_window = parse_send_window(data)
     recipients = from_request(data, limits)
     if send_window is not None:
@@ -138,8 +152,17 @@ def parse_schedule_request(
         sender=sender,
         daily_limit=daily_limit,
         delay_jitter_ms=jitter,
+        name=name,
         send_window=send_window,
     )
+
+
+async def first_subject(request: ScheduleRequest) -> str:
+    """The subject as the first recipient gets it (the lists show it beside the template)."""
+    first = request.recipients.accepted[0]
+    context = {**first.vars, "email": first.email}
+    rendered = await asyncio.to_thread(render_preview, {"subject": request.subject}, context)
+    return rendered["subject"]
 
 
 async def check_campaign_templates(request: ScheduleRequest) -> None:
@@ -230,6 +253,7 @@ class CampaignService:
                 raise ValidationError("sender", f"no sender {request.sender!r} belongs to you")
             sender = found
         await check_campaign_templates(request)
+        shown_subject = await first_subject(request)
 
         people = request.recipients.accepted
         ids = await self.store.reserve_dispatch_ids(len(people))
@@ -250,6 +274,8 @@ class CampaignService:
                     idempotency_key=idempotency_header,
                     daily_limit=request.daily_limit,
                     delay_jitter_ms=request.delay_jitter_ms,
+                    name=request.name,
+                    first_subject=shown_subject,
                     send_window=request.send_window,
                 )
                 rows = [

@@ -56,15 +56,18 @@ class CampaignQueries(Queries):
         idempotency_key: str | None,
         daily_limit: int | None = None,
         delay_jitter_ms: int = 0,
+        name: str | None = None,
+        first_subject: str | None = None,
         send_window: SendWindow | None = None,
     ) -> int:
         """Insert the campaign row (inside the caller's transaction); None when the key exists."""
         value = await conn.fetchval(
             """INSERT INTO campaigns (owner_id, sender_id, subject, body_text, body_html,
                    start_at, delay_between_ms, hourly_limit, total, idempotency_key,
-                   daily_limit, delay_jitter_ms, send_window, timezone, holidays)
+                   daily_limit, delay_jitter_ms, send_window, timezone, holidays, name,
+                   first_subject)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                       coalesce($15, '{}'::date[]))
+                       coalesce($15, '{}'::date[]), $16, $17)
                RETURNING id""",
             owner_id,
             sender_id,
@@ -81,6 +84,8 @@ class CampaignQueries(Queries):
             send_window.text if send_window else None,
             send_window.timezone if send_window else None,
             list(send_window.holidays) if send_window else None,
+            name,
+            first_subject,
         )
         return int(value)
 
@@ -170,7 +175,7 @@ class CampaignQueries(Queries):
         """A page of campaigns, newest first, each with its counts by status (keyset on id)."""
         return await self.pool.fetch(
             """SELECT c.id, c.subject, c.status, c.total, c.start_at, c.created_at,
-                      c.sender_id, s.from_address, k.counts
+                      c.sender_id, s.from_address, k.counts, c.name, c.first_subject
                FROM campaigns c JOIN senders s ON s.id = c.sender_id
                LEFT JOIN LATERAL (
                    SELECT jsonb_object_agg(status, n) AS counts FROM (

@@ -19,13 +19,14 @@ import nh3
 
 from ..config import Settings
 from ..dkim.keys import sender_dns_record
-from ..models import DispatchStatus, Sender, User
+from ..models import TERMINAL_STATES, DispatchStatus, Sender, User
 from ..reply_mailbox import reply_mailbox_json
 from ..store.accounts import ApiToken
 from ..waiting import CampaignWait, wait_of
 from ..warmup import daily_limit_now, warmup_json
+from .page_views import progress
 
-_FINISHED = ("sent", "failed", "cancelled", "suppressed", "bounced", "complained")
+_FINISHED = tuple(s.value for s in TERMINAL_STATES)  # every way an email ends
 
 
 def iso(value: datetime | None) -> str | None:
@@ -92,6 +93,7 @@ def campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
         "progress": round(done / total, 4) if total else 1.0,
         "created_at": iso(detail["created_at"]),
         **campaign_feedback_json(detail),
+        **campaign_naming(detail),
     }
 
 
@@ -107,7 +109,14 @@ def campaign_item_json(row: Any) -> dict[str, Any]:
         "start_at": iso(row["start_at"]),
         "created_at": iso(row["created_at"]),
         "counts": {status.value: counts.get(status.value, 0) for status in DispatchStatus},
+        **campaign_naming(row),
     }
+
+
+def campaign_naming(row: Any) -> dict[str, Any]:
+    """A campaign's name (null when it has none) and its subject as its first recipient got
+    it (null for campaigns scheduled before it was kept); `subject` stays the template."""
+    return {"name": row["name"], "first_subject": row["first_subject"]}
 
 
 def wait_json(wait: CampaignWait) -> dict[str, Any]:
@@ -118,12 +127,6 @@ def wait_json(wait: CampaignWait) -> dict[str, Any]:
             {"reason": w.reason, "count": w.count, "until": iso(w.until)} for w in wait.waiting
         ],
     }
-
-
-def progress(counts: dict[str, int], total: int) -> dict[str, Any]:
-    """A campaign's progress bar on the dashboard: done of total, in percent."""
-    done = sum(counts.get(s, 0) for s in _FINISHED)
-    return {"done": done, "total": total, "percent": round(100 * done / total) if total else 100}
 
 
 def campaign_row_view(row: Any) -> dict[str, Any]:
