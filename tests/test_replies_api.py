@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from dispatch_engine.builtins import notify
 from dispatch_engine.builtins.imap_feedback.replies import ReplyReader
 from dispatch_engine.builtins.imap_feedback.settings import ImapFeedbackSettings
 from dispatch_engine.config import Settings
@@ -18,6 +19,7 @@ from dispatch_engine.store.feedback import FeedbackTarget
 
 from .support.app_client import AppClient, Start
 from .support.helpers import auth, new_token
+from .support.http_receiver import Receiver
 
 MAILBOX = {"host": "imap.example.com", "port": 993, "tls": "tls", "username": "ops",
            "password": "imap-secret"}  # fmt: skip
@@ -141,3 +143,17 @@ async def test_replies_are_listed_only_to_their_campaigns_owner_and_paged(
     assert (await _json(await client.get(url, headers=bob), 404))["error"]["code"]
     for bad in ("?kind=everything", "?cursor=abc", "?limit=0"):
         await _json(await client.get(url + bad, headers=ada), 422)
+
+
+async def test_notify_posts_a_reply_with_its_text_escaped(settings: Settings) -> None:
+    """The reply's words come from anyone who can mail the sender: they cannot ping a
+    channel or forge a link in the Slack-style message."""
+    async with Receiver() as receiver:
+        configured = settings.with_environ(DISPATCH_NOTIFY_WEBHOOK_URL=f"{receiver.url}/hook")
+        notify.reply_received(5, "ann@x.example", "Yes <!channel> & <http://evil|x>", configured)
+        await notify.shutdown(configured, None)
+        (request,) = receiver.requests
+        text = str(request.json()["text"])
+        assert text.startswith(":speech_balloon: Reply from ann@x.example to campaign 5: Yes")
+        assert "&lt;!channel&gt; &amp; &lt;http://evil|x&gt;" in text and "<!" not in text
+        assert text.endswith("/campaigns/5")

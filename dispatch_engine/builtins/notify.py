@@ -155,9 +155,12 @@ def dispatch_complained(
 def reply_received(
     campaign_id: int, from_address: str, snippet: str, settings: Settings
 ) -> None:  # docs/replies.md
+    # Written by anyone who can mail the sender: escaped, so it cannot ping @channel.
+    said = snippet.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    author = from_address.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     _post_later(
         settings,
-        f":speech_balloon: Reply from {from_address} to campaign {campaign_id}: {snippet} "
+        f":speech_balloon: Reply from {author} to campaign {campaign_id}: {said} "
         f"{settings.public_url}/campaigns/{campaign_id}",
     )
 
