@@ -44,6 +44,8 @@ def message(headers: str, body: str = "Thanks!") -> EmailMessage:
         ("Subject: Risposta automatica: Hello", "auto_reply"),
         ("Subject: Automatisch antwoord: Hello", "auto_reply"),
         ("Subject: Re: Hello\r\nReturn-Path: <>", "auto_reply"),
+        ("Subject: Re: Absence of data in the report", "reply"),  # a word, not a prefix
+        ("Subject: Out of office", "auto_reply"),
         (
             "Subject: Undelivered\r\nContent-Type: multipart/report; report-type=delivery-status",
             "report",

@@ -38,7 +38,8 @@ _AUTO_SUBJECT = re.compile(
     r"automatisch antwoord|afwezig|niet aanwezig|"
     r"resposta autom[áa]tica|fora do escrit[óo]rio|"
     r"autosvar|fr[åa]nvaro|automaattinen vastaus|poza biurem|odpowied[źz] automatyczna|"
-    r"otomatik yan.t)",
+    r"otomatik yan.t)"
+    r"(?=\s*(?:[:(\-\u2013]|$))",  # a prefix ("Automatic reply: …"), not a word of a subject
     re.IGNORECASE,
 )
 _PRECEDENCE_AUTO = ("auto_reply", "bulk", "junk")
