@@ -22,6 +22,7 @@ from .recipients import Limits, ParsedRecipients, from_request
 from .render import TemplateProblem, check_templates, idempotency_key, one_line, render_preview
 from .requeue import requeue
 from .store import NewDispatch, Store
+from .suppressions import leave_out_suppressed
 
 MAX_SUBJECT = 998
 MAX_NAME = 200
@@ -51,6 +52,7 @@ class ScheduleResult:
     rejected: list[dict[str, Any]]
     rejected_total: int = 0
     replayed: bool = False
+    suppressed: int = 0  # of rejected_total: suppressed addresses left out
 
 
 def _text(data: dict[str, Any], name: str, *, required: bool, limit: int) -> str | None:
@@ -104,6 +106,16 @@ def _campaign_name(value: Any) -> str | None:
     return value.strip()
 
 
+def _some_left(recipients: ParsedRecipients) -> None:
+    if not recipients.accepted:
+        raise ValidationError(
+            "recipients",
+            "no valid address found",
+            code="no_valid_recipients",
+            details={"rejected": recipients.rejected, "rejected_total": recipients.rejected_total},
+        )
+
+
 def parse_schedule_request(
     data: dict[str, Any], *, now: datetime, limits: Limits | None = None
 ) -> ScheduleRequest:
@@ -128,13 +140,7 @@ def parse_schedule_request(
     recipients = from_request(data, limits)
     if send_window is not None:
         reject_unknown_zones(recipients)
-    if not recipients.accepted:
-        raise ValidationError(
-            "recipients",
-            "no valid address found",
-            code="no_valid_recipients",
-            details={"rejected": recipients.rejected, "rejected_total": recipients.rejected_total},
-        )
+    _some_left(recipients)
     try:  # the last email must still be a date PostgreSQL and Python can hold
         last = start_at + timedelta(milliseconds=delay + jitter) * len(recipients.accepted)
     except OverflowError:
@@ -252,6 +258,9 @@ class CampaignService:
             if found is None:
                 raise ValidationError("sender", f"no sender {request.sender!r} belongs to you")
             sender = found
+        # The owner's suppressed addresses are left out, reported as rejected lines.
+        if await leave_out_suppressed(self.store, user.id, request.recipients):
+            _some_left(request.recipients)
         await check_campaign_templates(request)
         shown_subject = await first_subject(request)
 
@@ -310,9 +319,11 @@ class CampaignService:
             claim_cap=claim_cap(sender.hourly_limit, gap),
         )
         await self.store.mark_enqueued(campaign_id, True)
+        parsed = request.recipients
         return ScheduleResult(
-            campaign_id, len(rows), request.recipients.rejected, request.recipients.rejected_total
-        )
+            campaign_id, len(rows), parsed.rejected, parsed.rejected_total,
+            suppressed=parsed.suppressed,
+        )  # fmt: skip
 
     # ---- controls: each is one guarded state change, then Redis is brought in line ----
 

@@ -150,6 +150,20 @@ class DeliveryQueries(Queries):
             reason,
         )
 
+    async def suppress_dispatches(self, errors: dict[int, str]) -> list[int]:
+        """End queued dispatches `suppressed` (their address was suppressed since they were
+        scheduled), each with its reason; returns the ids that were still queued."""
+        rows = await self.pool.fetch(
+            """UPDATE dispatches d SET status = 'suppressed', last_error = e.error,
+                      finished_at = now(), updated_at = now()
+               FROM unnest($1::bigint[], $2::text[]) AS e(id, error)
+               WHERE d.id = e.id AND d.status IN ('scheduled', 'sending', 'rate_limited')
+               RETURNING d.id""",
+            list(errors),
+            list(errors.values()),
+        )
+        return [r["id"] for r in rows]
+
     async def update_campaign_progress(
         self, campaign_ids: Sequence[int]
     ) -> list[tuple[int, int, CampaignStatus]]:

@@ -22,6 +22,7 @@ from ..dkim.keys import sender_dns_record
 from ..models import TERMINAL_STATES, DispatchStatus, Sender, User
 from ..reply_mailbox import reply_mailbox_json
 from ..store.accounts import ApiToken
+from ..store.suppressions import Suppression
 from ..waiting import CampaignWait, wait_of
 from ..warmup import daily_limit_now, warmup_json
 from .page_views import progress
@@ -376,4 +377,20 @@ def token_json(token: ApiToken, now: datetime | None = None) -> dict[str, Any]:
         "last_used_at": iso(token.last_used_at),
         "expires_at": iso(token.expires_at),
         "revoked_at": iso(token.revoked_at),
+    }
+
+
+# ---- suppressions (web/api/suppressions.py, web/suppression_pages.py) ----
+
+
+def suppression_json(entry: Suppression) -> dict[str, Any]:
+    """A suppressed address of the owner: its one form, why, where from and since when."""
+    return {
+        "id": entry.id,
+        "email": entry.email,
+        "reason": entry.reason,
+        "source": entry.source,
+        "detail": entry.detail,
+        "dispatch_id": entry.dispatch_id,
+        "created_at": iso(entry.created_at),
     }

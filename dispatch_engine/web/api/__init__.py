@@ -5,10 +5,32 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import campaigns, compose, emails, inbox, me, replies, senders, stats, tokens
+from . import (
+    campaigns,
+    compose,
+    emails,
+    inbox,
+    me,
+    replies,
+    senders,
+    stats,
+    suppressions,
+    tokens,
+)
 
 routes: list[web.AbstractRouteDef] = [
     route
-    for module in (campaigns, emails, inbox, stats, me, senders, compose, tokens, replies)
+    for module in (
+        campaigns,
+        emails,
+        inbox,
+        stats,
+        me,
+        senders,
+        compose,
+        tokens,
+        suppressions,
+        replies,
+    )
     for route in module.routes
 ]

@@ -91,6 +91,7 @@ async def schedule(request: web.Request) -> web.Response:
         "accepted": detail["total"] if result.replayed else result.accepted,
         "rejected": result.rejected,
         "rejected_total": result.rejected_total,
+        "suppressed_total": result.suppressed,
     }
     if result.replayed:
         return json_response(body)
