@@ -26,6 +26,7 @@ ID_ROUTES = {
     ("GET", "/campaigns/{id}"),
     ("GET", "/inbox/{id}"),
     ("GET", "/api/campaigns/{id}"),
+    ("GET", "/api/campaigns/{id}/replies"),
     ("GET", "/api/inbox/{id}"),
     ("POST", "/api/campaigns/{id}/pause"),
     ("POST", "/api/campaigns/{id}/resume"),
