@@ -14,8 +14,8 @@ from .config import Settings
 from .errors import InvalidState, NotFound, ValidationError
 from .hooks import Hooks
 from .models import CampaignStatus, Sender, User
-from .pacing import claim_cap
 from .parsing import aware_datetime, whole_number
+from .pools.request import enqueue_all, parse_senders, pool_for, sender_ref
 from .queue import RedisQueue
 from .recipient_hours import SendWindow, parse_send_window, reject_unknown_zones
 from .recipients import Limits, ParsedRecipients, from_request
@@ -43,6 +43,7 @@ class ScheduleRequest:
     delay_jitter_ms: int = 0  # a random extra delay in [0, delay_jitter_ms] per email
     name: str | None = None  # shown in the lists; the subject stands in when there is none
     send_window: SendWindow | None = None  # in each recipient's own time zone
+    senders: tuple[str | int, ...] = ()  # a pool instead of `sender` (pools/, docs/pools.md)
 
 
 @dataclass(frozen=True)
@@ -84,17 +85,6 @@ def _start_at(value: Any, now: datetime) -> datetime:
     return at
 
 
-def _sender_ref(value: Any) -> str | int | None:
-    """A sender's id (a number) or from address; anything else is a field error."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
-        return whole_number(value, "sender", minimum=1)
-    if not isinstance(value, str) or len(value) > 320:
-        raise ValidationError("sender", "must be a sender's id or from address")
-    return value
-
-
 def _campaign_name(value: Any) -> str | None:
     """An optional name of one line, at most MAX_NAME characters (blank: none)."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -134,7 +124,8 @@ def parse_schedule_request(
     hourly_limit = _int(data, "hourly_limit", minimum=1, maximum=1_000_000_000)
     daily_limit = _int(data, "daily_limit", minimum=1, maximum=1_000_000_000)
     jitter = _int(data, "delay_jitter_ms", minimum=0, maximum=86_400_000) or 0
-    sender = _sender_ref(data.get("sender"))
+    sender = sender_ref(data.get("sender"))
+    pool = parse_senders(data.get("senders"), sender)
     name = _campaign_name(data.get("name"))
     send_window = parse_send_window(data)
     recipients = from_request(data, limits)
@@ -160,6 +151,7 @@ def parse_schedule_request(
         delay_jitter_ms=jitter,
         name=name,
         send_window=send_window,
+        senders=pool,
     )
 
 
@@ -261,6 +253,8 @@ class CampaignService:
         # The owner's suppressed addresses are left out, reported as rejected lines.
         if await leave_out_suppressed(self.store, user.id, request.recipients):
             _some_left(request.recipients)
+        pool = await pool_for(self.store, self.queue, self.settings, user.id, request)
+        sender = pool.senders[0] if pool is not None else sender
         await check_campaign_templates(request)
         shown_subject = await first_subject(request)
 
@@ -287,6 +281,8 @@ class CampaignService:
                     first_subject=shown_subject,
                     send_window=request.send_window,
                 )
+                if pool is not None:
+                    await self.store.add_pool(conn, campaign_id, pool.ids, pool.counts)
                 rows = [
                     NewDispatch(
                         dispatch_id,
@@ -303,6 +299,7 @@ class CampaignService:
                     owner_id=user.id,
                     sender_id=sender.id,
                     rows=rows,
+                    senders=None if pool is None else pool.of_row,
                 )
         except asyncpg.UniqueViolationError:
             # A concurrent request with the same Idempotency-Key won the race.
@@ -312,12 +309,8 @@ class CampaignService:
                     return ScheduleResult(existing, 0, [], replayed=True)
             raise
         # After the commit: if this process dies here, recovery re-adds the rows from PostgreSQL.
-        gap = max(sender.min_gap_ms, request.delay_between_ms)
-        await self.queue.enqueue(
-            sender.id,
-            zip(ids, (due_ms for _, due_ms in times), strict=True),
-            claim_cap=claim_cap(sender.hourly_limit, gap),
-        )
+        dues = [due for _, due in times]  # each on its sender's queue (a pool's: several)
+        await enqueue_all(self.queue, sender, pool, ids, dues, request.delay_between_ms)
         await self.store.mark_enqueued(campaign_id, True)
         parsed = request.recipients
         return ScheduleResult(

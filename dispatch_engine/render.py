@@ -16,6 +16,7 @@ show it (a transactional sender's bodies go without).
 from __future__ import annotations
 
 import binascii
+import copy
 import hashlib
 import time
 from collections.abc import Mapping
@@ -275,6 +276,14 @@ def _body_part(text: str) -> bytes:
     return b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + qp.replace(b"\n", b"\r\n")
 
 
+def _sender_head(sender: Sender) -> bytes:
+    head = [f"From: {from_header(sender.display_name, sender.from_address)}"]
+    if sender.reply_to:
+        head.append(f"Reply-To: {from_header('', sender.reply_to)}")
+    head.append("MIME-Version: 1.0")
+    return ("\r\n".join(head) + "\r\n").encode()
+
+
 @dataclass
 class CompiledCampaign:
     """One campaign's templates and constant headers, compiled once per worker process."""
@@ -298,14 +307,17 @@ class CompiledCampaign:
         self._html_names_link = UNSUBSCRIBE_VARIABLE in (self.campaign.body_html or "")
         self.broken: str | None = None  # set after STRIKES work-limit failures
         self._strikes = 0
-        sender = self.sender
-        head = [f"From: {from_header(sender.display_name, sender.from_address)}"]
-        if sender.reply_to:
-            head.append(f"Reply-To: {from_header('', sender.reply_to)}")
-        head.append("MIME-Version: 1.0")
-        self._constant = ("\r\n".join(head) + "\r\n").encode()
+        self._constant = _sender_head(self.sender)
+        self.variants: dict[int, CompiledCampaign] = {}  # by sender id: a pool's other senders
         digest = hashlib.sha256(self.campaign.body_text.encode()).hexdigest()[:16]
         self._boundary = f"=_dispatch_{self.campaign.id}_{digest}"
+
+    def as_sender(self, sender: Sender) -> CompiledCampaign:
+        """The same templates sent by another sender of a pool (pools/compiled.py)."""
+        other = copy.copy(self)
+        other.sender, other.variants, other._footers = sender, {}, not sender.transactional
+        other._constant = _sender_head(sender)
+        return other
 
     def render(
         self,

@@ -40,7 +40,7 @@ FIELDS = [
     "hourly_limit", "sender", "recipient", "from_address", "display_name", "reply_to",
     "transport", "min_gap_ms", "settings", "send_test_message", "start_local", "tz_offset",
     "delay_seconds", "next", "csrf_token", "daily_limit", "delay_jitter_ms", "name",
-    "expires_in", "transactional", "List-Unsubscribe",
+    "expires_in", "transactional", "List-Unsubscribe", "senders",
     "emails", "email", "reason", "detail", "file",
 ]  # fmt: skip
 FORGED = "a" * 29  # an unsubscribe token of the right shape (/u/{token}) whose MAC is wrong

@@ -11,6 +11,7 @@ from .delivery import DeliveryQueries
 from .feedback import FeedbackQueries
 from .listings import ListingQueries
 from .policy import PolicyQueries
+from .pools import PoolQueries
 from .replies import ReplyQueries
 from .senders import SenderQueries
 from .suppressions import SuppressionQueries
@@ -25,6 +26,7 @@ class Store(
     SuppressionQueries,
     FeedbackQueries,
     PolicyQueries,
+    PoolQueries,
     ReplyQueries,
 ):
     """The queries of every module, on one asyncpg pool."""

@@ -17,6 +17,7 @@ from ..models import (
 from ..recipient_hours import SendWindow
 from .base import NewDispatch, Queries
 from .policy import campaign_feedback
+from .pools import pool_of
 
 
 def content_from(row: asyncpg.Record) -> CampaignContent:
@@ -97,6 +98,7 @@ class CampaignQueries(Queries):
         owner_id: int,
         sender_id: int,
         rows: Sequence[NewDispatch],
+        senders: Sequence[int] | None = None,  # a pool's: each row's sender (pools/)
     ) -> None:
         await conn.copy_records_to_table(
             "dispatches",
@@ -115,13 +117,13 @@ class CampaignQueries(Queries):
                     d.id,
                     campaign_id,
                     owner_id,
-                    sender_id,
+                    sender_id if senders is None else senders[n],
                     d.recipient,
                     d.vars,
                     d.scheduled_at,
                     d.idempotency_key,
                 )
-                for d in rows
+                for n, d in enumerate(rows)
             ],
         )
 
@@ -142,6 +144,7 @@ class CampaignQueries(Queries):
             counts[r["status"]] = r["n"]
         detail = dict(row)
         detail["counts"] = counts
+        detail["pool"] = await pool_of(self.pool, campaign_id)  # store/pools.py: [] without one
         detail["feedback"] = await campaign_feedback(self.pool, campaign_id)
         return detail
 

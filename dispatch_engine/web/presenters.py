@@ -20,6 +20,7 @@ import nh3
 from ..config import Settings
 from ..dkim.keys import sender_dns_record
 from ..models import TERMINAL_STATES, DispatchStatus, Sender, User
+from ..pools.present import pool_json
 from ..reply_mailbox import reply_mailbox_json
 from ..store.accounts import ApiToken
 from ..store.suppressions import Suppression
@@ -93,6 +94,7 @@ def campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
         "counts": counts,
         "progress": round(done / total, 4) if total else 1.0,
         "created_at": iso(detail["created_at"]),
+        "pool": pool_json(detail.get("pool") or []),  # its senders, if it has several
         **campaign_feedback_json(detail),
         **campaign_naming(detail),
     }

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from ..models import CampaignContent, DispatchJob, DispatchStatus, Sender
+from ..pools.compiled import for_sender
 from ..render import CompiledCampaign, TemplateProblem
 from ..store import SendOutcome, Store
 from ..suppressions import address_key, why_suppressed
@@ -41,6 +42,17 @@ async def prepare_campaign(
         return f"the campaign cannot be prepared: {exc}"[:1000]
     except Exception as exc:
         return f"the campaign cannot be prepared: {type(exc).__name__}: {exc}"[:1000]
+
+
+def _sender_of(
+    content: CampaignContent, jobs: list[DispatchJob], senders: dict[int, Sender]
+) -> Sender | None:
+    """The campaign's own sender, or (a pool's batch without it) one of its emails' senders."""
+    own = senders.get(content.sender_id)
+    if own is not None:
+        return own
+    return next((senders[j.sender_id] for j in jobs
+                 if j.campaign_id == content.id and j.sender_id in senders), None)  # fmt: skip
 
 
 class Prepare:
@@ -119,7 +131,7 @@ class Prepare:
                 prepared = (
                     "the campaign no longer exists"
                     if content is None
-                    else await prepare_campaign(content, senders.get(content.sender_id))
+                    else await prepare_campaign(content, _sender_of(content, jobs, senders))
                 )
                 if isinstance(prepared, str):
                     failed[cid] = self._unprepared[cid] = prepared
@@ -135,7 +147,7 @@ class Prepare:
             compiled = self._campaigns.get(cid)
             if compiled is None:
                 continue
-            fresh = senders.get(compiled.campaign.sender_id)
+            fresh = senders.get(compiled.sender.id)
             if fresh is not None and fresh != compiled.sender:
                 prepared = await prepare_campaign(compiled.campaign, fresh)
                 if isinstance(prepared, str):
@@ -143,6 +155,15 @@ class Prepare:
                     continue
                 compiled = self._campaigns[cid] = prepared
             out[cid] = compiled
+        for job in jobs:  # a pool's emails: each is sent by its own sender (docs/pools.md)
+            compiled = out.get(job.campaign_id)
+            if compiled is not None and job.sender_id != compiled.sender.id:
+                other = senders.get(job.sender_id)
+                if other is None:
+                    failed[job.campaign_id] = "the campaign's sender no longer exists"
+                    out.pop(job.campaign_id)
+                else:
+                    for_sender(compiled, other)
         return out, failed
 
     async def _fail(self, jobs: list[DispatchJob], reasons: dict[int, str]) -> None:
