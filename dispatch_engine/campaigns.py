@@ -21,6 +21,7 @@ from .recipient_hours import SendWindow, parse_send_window, reject_unknown_zones
 from .recipients import Limits, ParsedRecipients, from_request
 from .render import TemplateProblem, check_templates, idempotency_key, one_line
 from .requeue import requeue
+from .sequences.steps import StepRequest, check_step_templates, parse_steps
 from .store import NewDispatch, Store
 
 MAX_SUBJECT = 998
@@ -40,6 +41,7 @@ class ScheduleRequest:
     daily_limit: int | None = None
     delay_jitter_ms: int = 0  # a random extra delay in [0, delay_jitter_ms] per email
     send_window: SendWindow | None = None  # in each recipient's own time zone
+    steps: tuple[StepRequest, ...] = ()  # follow-ups (sequences/steps.py)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ def parse_schedule_request(
     jitter = _int(data, "delay_jitter_ms", minimum=0, maximum=86_400_000) or 0
     sender = _sender_ref(data.get("sender"))
     send_window = parse_send_window(data)
+    steps = parse_steps(data.get("steps"))
     recipients = from_request(data, limits)
     if send_window is not None:
         reject_unknown_zones(recipients)
@@ -139,6 +142,7 @@ def parse_schedule_request(
         daily_limit=daily_limit,
         delay_jitter_ms=jitter,
         send_window=send_window,
+        steps=steps,
     )
 
 
@@ -160,6 +164,8 @@ async def check_campaign_templates(request: ScheduleRequest) -> None:
         )
     except TemplateProblem as exc:
         raise ValidationError(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
+    sample = (first.email, first.vars)
+    subject_vars |= await check_step_templates(request.steps, request.recipients.columns, sample)
     subject_vars.discard("email")
     if not subject_vars:
         return
@@ -268,7 +274,12 @@ class CampaignService:
                     owner_id=user.id,
                     sender_id=sender.id,
                     rows=rows,
+                    step=0 if request.steps else None,
                 )
+                if request.steps:  # the follow-ups and each recipient's place in them
+                    day_s = self.settings.day_seconds if self.settings else 86_400
+                    await self.store.create_steps(conn, campaign_id, request.steps, day_s)
+                    await self.store.copy_members(conn, campaign_id, rows)
         except asyncpg.UniqueViolationError:
             # A concurrent request with the same Idempotency-Key won the race.
             if idempotency_header:
@@ -340,6 +351,7 @@ class CampaignService:
             user, campaign_id, CampaignStatus.CANCELLED, ("scheduled", "running", "paused")
         )
         cancelled = await self.store.cancel_dispatches(campaign_id)
+        await self.store.stop_campaign_members(campaign_id, "cancelled")  # waiting ones
         await self._unqueue(campaign_id, cancelled)
         return len(cancelled)
 

@@ -25,7 +25,7 @@ from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 from markupsafe import escape
 
-from .models import CampaignContent, Sender
+from .models import CampaignContent, Sender, StepContent
 from .sandbox import MAX_RENDERED, LimitedEnvironment, TemplateLimitError, budget, render_limited
 
 _ENV = LimitedEnvironment(autoescape=False)
@@ -264,6 +264,27 @@ def _body_part(text: str) -> bytes:
     return b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + qp.replace(b"\n", b"\r\n")
 
 
+@dataclass(frozen=True)
+class _Step:
+    """A follow-up's compiled templates; `subject` None: "Re: " + the first subject."""
+
+    subject: Renderer | None
+    text: Renderer
+    html: Renderer | None
+
+
+def _compile_step(step: StepContent) -> _Step:
+    def field(source: str | None, name: str) -> Renderer | None:
+        try:
+            return None if source is None else compile_template(source, html=name == "html")
+        except Exception as exc:  # named as the request named it: steps[0].body
+            raise _problem(f"steps[{step.step - 1}].{name}", exc) from None
+
+    text = field(step.body_text, "body")
+    assert text is not None
+    return _Step(field(step.subject, "subject"), text, field(step.body_html, "html"))
+
+
 @dataclass
 class CompiledCampaign:
     """One campaign's templates and constant headers, compiled once per worker process."""
@@ -277,6 +298,7 @@ class CompiledCampaign:
         self._html = (
             _compile_field(self.campaign.body_html, "html") if self.campaign.body_html else None
         )
+        self._steps = {step.step: _compile_step(step) for step in self.campaign.steps}
         self._fast = self._html is None and all(
             isinstance(r, _TextAndNames) for r in (self._subject, self._text)
         )
@@ -291,10 +313,28 @@ class CompiledCampaign:
         digest = hashlib.sha256(self.campaign.body_text.encode()).hexdigest()[:16]
         self._boundary = f"=_dispatch_{self.campaign.id}_{digest}"
 
+    def _render_step(self, step: int, context: dict[str, Any]) -> tuple[str, str, str | None]:
+        """A follow-up's subject, text and html (KeyError: the campaign has no such step)."""
+        follow = self._steps[step]
+        with budget():
+            if follow.subject is None:
+                subject = "Re: " + _render_capped(self._subject, context, "subject")
+            else:
+                subject = _render_capped(follow.subject, context, "subject")
+            text = _render_capped(follow.text, context, "body")
+            html = None if follow.html is None else _render_capped(follow.html, context, "html")
+        return subject, text, html
+
     def render(
-        self, recipient: str, variables: Mapping[str, Any], message_id: str
+        self,
+        recipient: str,
+        variables: Mapping[str, Any],
+        message_id: str,
+        step: int = 0,
+        thread_key: bytes | None = None,
     ) -> tuple[str, bytes]:
-        """Return (subject, raw message bytes) for one recipient.
+        """Return (subject, raw message bytes) for one recipient: the first email, or follow-up
+        `step` threaded to the first one (`thread_key`: its idempotency key; RFC 5322 3.6.4).
 
         Raises TemplateLimitError when a template goes over a limit; after STRIKES of them the
         campaign's other emails fail at once, without spending the budget again."""
@@ -302,7 +342,9 @@ class CompiledCampaign:
             raise TemplateLimitError(self.broken)
         context = {**variables, "email": recipient}
         try:
-            if self._fast:  # no Jinja runtime, nothing to budget: sizes follow the inputs
+            if step:
+                subject, text, html = self._render_step(step, context)
+            elif self._fast:  # no Jinja runtime, nothing to budget: sizes follow the inputs
                 subject = _render_capped(self._subject, context, "subject")
                 text = _render_capped(self._text, context, "body")
                 html = None
@@ -322,6 +364,9 @@ class CompiledCampaign:
             f"To: {recipient}\r\nSubject: {_header(subject)}\r\n"
             f"Date: {_date_header()}\r\nMessage-ID: {message_id}\r\n"
         ).encode()
+        if thread_key is not None:  # a follow-up answers the first email
+            first = message_id_for(thread_key, self.sender.from_address)
+            lines += f"In-Reply-To: {first}\r\nReferences: {first}\r\n".encode()
         if html is None:
             body = b"Content-Type: text/plain; charset=utf-8\r\n" + _body_part(text)
         else:

@@ -13,19 +13,21 @@ from ..models import (
     CampaignContent,
     CampaignStatus,
     DispatchStatus,
+    StepContent,
 )
 from ..recipient_hours import SendWindow
-from .base import NewDispatch, Queries
+from .base import NewDispatch
+from .sequences import SequenceQueries
 
 
-def content_from(row: asyncpg.Record) -> CampaignContent:
+def content_from(row: asyncpg.Record, steps: tuple[StepContent, ...] = ()) -> CampaignContent:
     fields = dict(row)
     text, zone, holidays = fields.pop("send_window"), fields.pop("timezone"), fields.pop("holidays")
     window = SendWindow(text, zone, tuple(holidays)).window() if text else None
-    return CampaignContent(**fields, send_window=window)
+    return CampaignContent(**fields, send_window=window, steps=steps)
 
 
-class CampaignQueries(Queries):
+class CampaignQueries(SequenceQueries):  # a campaign's details include its sequence
     async def campaign_by_idempotency_key(self, owner_id: int, key: str) -> int | None:
         value = await self.pool.fetchval(
             "SELECT id FROM campaigns WHERE owner_id = $1 AND idempotency_key = $2", owner_id, key
@@ -91,33 +93,36 @@ class CampaignQueries(Queries):
         owner_id: int,
         sender_id: int,
         rows: Sequence[NewDispatch],
+        step: int | None = None,
     ) -> None:
-        await conn.copy_records_to_table(
-            "dispatches",
-            columns=[
-                "id",
-                "campaign_id",
-                "owner_id",
-                "sender_id",
-                "recipient",
-                "vars",
-                "scheduled_at",
-                "idempotency_key",
-            ],
-            records=[
-                (
-                    d.id,
-                    campaign_id,
-                    owner_id,
-                    sender_id,
-                    d.recipient,
-                    d.vars,
-                    d.scheduled_at,
-                    d.idempotency_key,
-                )
-                for d in rows
-            ],
+        """`step` 0: the first step of a sequence (migration 0018); None: no sequence."""
+        columns = [
+            "id",
+            "campaign_id",
+            "owner_id",
+            "sender_id",
+            "recipient",
+            "vars",
+            "scheduled_at",
+            "idempotency_key",
+        ]
+        records: Any = (
+            (
+                d.id,
+                campaign_id,
+                owner_id,
+                sender_id,
+                d.recipient,
+                d.vars,
+                d.scheduled_at,
+                d.idempotency_key,
+            )
+            for d in rows
         )
+        if step is not None:
+            columns.append("step")
+            records = ((*r, step) for r in records)
+        await conn.copy_records_to_table("dispatches", columns=columns, records=records)
 
     async def campaign_detail(self, owner_id: int, campaign_id: int) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(
@@ -136,6 +141,7 @@ class CampaignQueries(Queries):
             counts[r["status"]] = r["n"]
         detail = dict(row)
         detail["counts"] = counts
+        detail["sequence"] = await self.sequence_summary(campaign_id)
         return detail
 
     async def campaign_waiting(self, campaign_id: int) -> list[asyncpg.Record]:
@@ -160,7 +166,8 @@ class CampaignQueries(Queries):
                FROM campaigns WHERE id = ANY($1::bigint[])""",
             ids,
         )
-        return {r["id"]: content_from(r) for r in rows}
+        steps = await self.steps_of(ids)
+        return {r["id"]: content_from(r, steps.get(r["id"], ())) for r in rows}
 
     async def list_campaigns(
         self, owner_id: int, limit: int, before_id: int | None

@@ -74,6 +74,8 @@ def campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
         "counts": counts,
         "progress": round(done / total, 4) if total else 1.0,
         "created_at": iso(detail["created_at"]),
+        # Follow-ups (without their bodies) and recipients by state; null: no steps.
+        "sequence": detail.get("sequence"),
     }
 
 

@@ -136,7 +136,9 @@ class Send:
         if held is not None:  # parked, or its login was just refused: do not try it again
             return waiting(held, await self.health.wait(sender, job.id, held))
         try:
-            subject, raw = compiled.render(job.recipient, job.vars, message_id)
+            subject, raw = compiled.render(
+                job.recipient, job.vars, message_id, job.step, job.thread_key
+            )
             raw = self.dkim.sign(sender, raw)
             transport = await self.transports.for_sender(sender)
             message = OutgoingMessage(
