@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from email import message_from_bytes
 from email.message import Message
+from itertools import pairwise
 from typing import Any
 
 from dispatch_engine.config import Settings
@@ -93,7 +94,7 @@ async def test_a_three_step_sequence_arrives_threaded_each_step_after_its_wait(
     for steps in by_person.values():
         assert [r["step"] for r in steps] == [0, 1, 2]
         assert len({r["sender_id"] for r in steps}) == 1  # the same sender throughout
-        for earlier, later in zip(steps, steps[1:], strict=False):  # each after a day's wait
+        for earlier, later in pairwise(steps):  # each after a day's wait
             assert (later["sent_at"] - earlier["sent_at"]).total_seconds() >= DAY_S
 
     async def completed() -> bool:
