@@ -153,12 +153,11 @@ async def test_a_manual_stop_cancels_the_queued_step_and_only_the_owner_may_stop
 
     await make_client(days, {"worker"})
     await until_states(store, campaign_id, {"go@example.com": "finished"})
-    statuses = dict(
-        await store.pool.fetch(
-            "SELECT recipient, status FROM dispatches WHERE campaign_id = $1 AND step = 1",
-            campaign_id,
-        )
+    rows = await store.pool.fetch(
+        "SELECT recipient, status FROM dispatches WHERE campaign_id = $1 AND step = 1",
+        campaign_id,
     )
+    statuses = {r["recipient"]: r["status"] for r in rows}
     assert statuses == {"stop@example.com": "cancelled", "go@example.com": "sent"}
     assert len(await received(store, "stop@example.com")) == 1
     assert len(await received(store, "go@example.com")) == 2
