@@ -40,7 +40,7 @@ FIELDS = [
     "hourly_limit", "sender", "recipient", "from_address", "display_name", "reply_to",
     "transport", "min_gap_ms", "settings", "send_test_message", "start_local", "tz_offset",
     "delay_seconds", "next", "csrf_token", "daily_limit", "delay_jitter_ms", "name",
-    "expires_in",
+    "expires_in", "steps",
 ]  # fmt: skip
 # Every provider webhook mounted (builtins/provider_webhooks), so the fuzz reaches them too.
 PROVIDER_WEBHOOKS = {
@@ -51,7 +51,8 @@ PROVIDER_WEBHOOKS = {
 }
 JSON_ERROR_PREFIXES = ("/api/", "/hooks/")
 MODES = ["token", "session", "form"]  # A's API token; A's session (+ CSRF header); form only
-QUERY_KEYS = ["limit", "cursor", "scheduled_cursor", "sent_cursor", "scheduled", "cancel_queued"]
+QUERY_KEYS = ["limit", "cursor", "scheduled_cursor", "sent_cursor", "scheduled", "cancel_queued",
+              "state"]  # fmt: skip
 HOSTILE = [
     "", "0", "-1", "¹", "١٢", "٣", "1e3", "1_000", " 7 ", "0x10", "NaN", "inf", "null", "[]",
     str(2**63), str(2**63 - 1), str(2**64), "9" * 30, "9" * 5000, "true", "ǅ", "\x00", "%00",
@@ -200,6 +201,8 @@ async def _tenants(client: AppClient, store: Store) -> tuple[dict[str, str], str
             "body": f"{MARKER} body",
             "recipients_csv": f"email,note\n{MARKER}{n}@b.example,{MARKER}\n",
             "sender": sender["id"],
+            # B's recipients are in a sequence: A must not list or stop them.
+            "steps": [{"after_days": 365, "body": f"{MARKER} again"}],
         }
         made = await (await client.post("/api/emails/schedule", json=payload, headers=b)).json()
         b_ids.append(str(made["campaign"]["id"]))
@@ -217,6 +220,7 @@ async def _tenants(client: AppClient, store: Store) -> tuple[dict[str, str], str
     b_ids += [str(m["id"]) for m in inbox["items"]]
     sent = await (await client.get("/api/emails/sent", headers=b)).json()
     b_ids += [str(m["id"]) for m in sent["items"]]
+    b_ids.append(f"{MARKER}0@b.example")  # a sequence's recipient, in /recipients/{email}
     return a_headers, csrf, b_ids
 
 
@@ -270,3 +274,7 @@ async def test_malformed_requests_to_every_route(
         "SELECT status FROM campaigns WHERE subject LIKE $1", f"{MARKER}%"
     )
     assert len(rows) == 2 and {r["status"] for r in rows} <= {"running", "completed", "scheduled"}
+    stopped = await store.pool.fetchval(
+        "SELECT count(*) FROM sequence_members WHERE state NOT IN ('active', 'waiting')"
+    )
+    assert stopped == 0  # no stop of A's reached B's recipients

@@ -111,6 +111,10 @@ async def campaign(request: web.Request) -> web.Response:
         "wait": wait_json(
             await campaign_wait(store, request.app[QUEUE], request.app[SETTINGS], user.id, detail)
         ),
+        # A sequence's first recipients, each with a Stop button (_sequence.html).
+        "members": await store.list_members(detail["id"], 20, None, None)
+        if detail["sequence"]
+        else [],
     }
     return render(request, "campaign.html", context, partial="_campaign_live.html")
 
