@@ -7,6 +7,10 @@ users, not trusted code. A template made only of text and `{{ name }}` (most are
 rendered by joining its parts, without Jinja's per-call runtime (~13 µs a template);
 anything else goes through Jinja. Every header value is encoded here: no CR/LF reaches the
 head of a message, whatever a sender's settings or a recipient's variables hold.
+
+Each email carries its opt-out (`consent/unsubscribe.py`): the List-Unsubscribe headers,
+`{{ unsubscribe_url }}` for the templates, and a footer with the link on a body that does not
+show it (a transactional sender's bodies go without).
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 from markupsafe import escape
 
-from .models import CampaignContent, Sender, StepContent
+from .consent.unsubscribe import VARIABLE as UNSUBSCRIBE_VARIABLE
+from .consent.unsubscribe import Unsubscribe
+from .models import CampaignContent, Sender
 from .sandbox import MAX_RENDERED, LimitedEnvironment, TemplateLimitError, budget, render_limited
 
 _ENV = LimitedEnvironment(autoescape=False)
 _HTML_ENV = LimitedEnvironment(autoescape=True)
 STRIKES = 3  # work-limit failures after which a campaign's other emails fail at once
+# The link a schedule-time check and a preview render with: as long as a real one.
+SAMPLE_UNSUBSCRIBE_URL = "https://unsubscribe.invalid/u/" + "a" * 29
 
 
 class TemplateProblem(ValueError):
@@ -74,7 +82,7 @@ def check_templates(
     uses an unknown variable, or (rendered for `sample`, one recipient) exceeds a limit.
 
     Returns the variables the subject uses (they become a header: no line breaks allowed)."""
-    known = columns | {"email"}
+    known = columns | {"email", UNSUBSCRIBE_VARIABLE}
     subject_vars: set[str] = set()
     for field, source in (("subject", subject), ("body", body), ("html", html)):
         if source is None:
@@ -97,7 +105,9 @@ def check_templates(
         if sample is not None:
             try:
                 with budget():
-                    _render_capped(renderer, {**sample[1], "email": sample[0]}, field)
+                    context = {**sample[1], "email": sample[0]}
+                    context[UNSUBSCRIBE_VARIABLE] = SAMPLE_UNSUBSCRIBE_URL
+                    _render_capped(renderer, context, field)
             except SecurityError as exc:  # a limit, or what the sandbox never allows
                 raise _problem(field, exc) from None
             except Exception:
@@ -181,17 +191,18 @@ def _compile_field(source: str, field: str) -> Renderer:
         raise _problem(field, exc) from None
 
 
-def render_preview(templates: Mapping[str, str], context: Mapping[str, Any]) -> dict[str, str]:
+def render_preview(templates: Mapping[str, str], recipient: Mapping[str, Any]) -> dict[str, str]:
     """What one recipient would get: compiled and rendered as the worker does (the same
     sandbox, one message's budget); TemplateProblem names the field. CPU work: off the loop."""
     renderers = {field: _compile_field(source, field) for field, source in templates.items()}
+    context = {**recipient, UNSUBSCRIBE_VARIABLE: SAMPLE_UNSUBSCRIBE_URL}
     out = {}
     with budget():
         for field, renderer in renderers.items():
             try:
                 out[field] = _render_capped(renderer, context, field)
             except jinja2.UndefinedError as exc:
-                known = ", ".join(sorted(context))
+                known = ", ".join(sorted(recipient))
                 message = f"{field}: {exc.message} (this recipient has: {known})"
                 raise TemplateProblem(field, message) from None
             except SecurityError as exc:
@@ -264,27 +275,6 @@ def _body_part(text: str) -> bytes:
     return b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + qp.replace(b"\n", b"\r\n")
 
 
-@dataclass(frozen=True)
-class _Step:
-    """A follow-up's compiled templates; `subject` None: "Re: " + the first subject."""
-
-    subject: Renderer | None
-    text: Renderer
-    html: Renderer | None
-
-
-def _compile_step(step: StepContent) -> _Step:
-    def field(source: str | None, name: str) -> Renderer | None:
-        try:
-            return None if source is None else compile_template(source, html=name == "html")
-        except Exception as exc:  # named as the request named it: steps[0].body
-            raise _problem(f"steps[{step.step - 1}].{name}", exc) from None
-
-    text = field(step.body_text, "body")
-    assert text is not None
-    return _Step(field(step.subject, "subject"), text, field(step.body_html, "html"))
-
-
 @dataclass
 class CompiledCampaign:
     """One campaign's templates and constant headers, compiled once per worker process."""
@@ -298,10 +288,14 @@ class CompiledCampaign:
         self._html = (
             _compile_field(self.campaign.body_html, "html") if self.campaign.body_html else None
         )
-        self._steps = {step.step: _compile_step(step) for step in self.campaign.steps}
         self._fast = self._html is None and all(
             isinstance(r, _TextAndNames) for r in (self._subject, self._text)
         )
+        # Footers: never for a transactional sender; else where the rendered body lacks the
+        # link (a template that never names it cannot show it: no search in the body then).
+        self._footers = not self.sender.transactional
+        self._text_names_link = UNSUBSCRIBE_VARIABLE in self.campaign.body_text
+        self._html_names_link = UNSUBSCRIBE_VARIABLE in (self.campaign.body_html or "")
         self.broken: str | None = None  # set after STRIKES work-limit failures
         self._strikes = 0
         sender = self.sender
@@ -313,36 +307,28 @@ class CompiledCampaign:
         digest = hashlib.sha256(self.campaign.body_text.encode()).hexdigest()[:16]
         self._boundary = f"=_dispatch_{self.campaign.id}_{digest}"
 
-    def _render_step(self, step: int, context: dict[str, Any]) -> tuple[str, str, str | None]:
-        """A follow-up's subject, text and html (KeyError: the campaign has no such step)."""
-        follow = self._steps[step]
-        with budget():
-            if follow.subject is None:
-                subject = "Re: " + _render_capped(self._subject, context, "subject")
-            else:
-                subject = _render_capped(follow.subject, context, "subject")
-            text = _render_capped(follow.text, context, "body")
-            html = None if follow.html is None else _render_capped(follow.html, context, "html")
-        return subject, text, html
-
     def render(
         self,
         recipient: str,
         variables: Mapping[str, Any],
         message_id: str,
+        unsubscribe: Unsubscribe | None = None,
         step: int = 0,
         thread_key: bytes | None = None,
     ) -> tuple[str, bytes]:
-        """Return (subject, raw message bytes) for one recipient: the first email, or follow-up
-        `step` threaded to the first one (`thread_key`: its idempotency key; RFC 5322 3.6.4).
+        """Return (subject, raw message bytes) for one recipient; with `unsubscribe` (the
+        worker always passes it), its headers, `{{ unsubscribe_url }}` and the footer. A
+        sequence's follow-up `step` answers its first email (`thread_key`: that one's key).
 
         Raises TemplateLimitError when a template goes over a limit; after STRIKES of them the
         campaign's other emails fail at once, without spending the budget again."""
         if self.broken is not None:
             raise TemplateLimitError(self.broken)
         context = {**variables, "email": recipient}
+        if unsubscribe is not None:  # after the variables: a recipient cannot set their link
+            context[UNSUBSCRIBE_VARIABLE] = unsubscribe.url
         try:
-            if step:
+            if step:  # a sequence's follow-up (sequences/compiled.py)
                 subject, text, html = self._render_step(step, context)
             elif self._fast:  # no Jinja runtime, nothing to budget: sizes follow the inputs
                 subject = _render_capped(self._subject, context, "subject")
@@ -364,9 +350,13 @@ class CompiledCampaign:
             f"To: {recipient}\r\nSubject: {_header(subject)}\r\n"
             f"Date: {_date_header()}\r\nMessage-ID: {message_id}\r\n"
         ).encode()
-        if thread_key is not None:  # a follow-up answers the first email
+        if thread_key is not None:  # RFC 5322 3.6.4: the first email is the parent
             first = message_id_for(thread_key, self.sender.from_address)
             lines += f"In-Reply-To: {first}\r\nReferences: {first}\r\n".encode()
+        if unsubscribe is not None:
+            lines += unsubscribe.head
+            if self._footers:
+                text, html = self._with_footers(unsubscribe, text, html)
         if html is None:
             body = b"Content-Type: text/plain; charset=utf-8\r\n" + _body_part(text)
         else:
@@ -388,3 +378,19 @@ class CompiledCampaign:
                 + b"--\r\n"
             )
         return subject, self._constant + lines + body
+
+    def _render_step(self, step: int, context: dict[str, Any]) -> tuple[str, str, str | None]:
+        raise ValueError(f"the campaign has no step {step}")  # CompiledSequence has them
+
+    def _with_footers(
+        self, unsubscribe: Unsubscribe, text: str, html: str | None
+    ) -> tuple[str, str | None]:
+        """Each body that does not show the link gets the footer (HTML: before </body>)."""
+        url = unsubscribe.url
+        if not (self._text_names_link and url in text):
+            text = f"{text.rstrip()}\n\n{unsubscribe.text_footer()}\n"
+        if html is not None and not (self._html_names_link and str(escape(url)) in html):
+            end = max(html.rfind("</body"), html.rfind("</BODY"))
+            end = len(html) if end < 0 else end
+            html = f"{html[:end]}{unsubscribe.html_footer()}\n{html[end:]}"
+        return text, html

@@ -20,7 +20,7 @@ from .warmup import parse_warmup
 
 FIELDS = {
     "from_address", "display_name", "reply_to", "transport", "settings", "hourly_limit",
-    "min_gap_ms", "is_default", "daily_limit", "delay_jitter_ms", "warmup",
+    "min_gap_ms", "is_default", "daily_limit", "delay_jitter_ms", "warmup", "transactional",
 }  # fmt: skip
 SMTP_TLS = ("none", "starttls", "tls")
 WEBHOOK_KEYS = ("url", "password", "timeout")
@@ -228,6 +228,10 @@ class SenderService:
             if not isinstance(data["is_default"], bool):
                 raise ValidationError("is_default", "must be true or false")
             fields["is_default"] = data["is_default"]
+        if "transactional" in data:  # its bodies may go without the unsubscribe footer
+            if not isinstance(data["transactional"], bool):
+                raise ValidationError("transactional", "must be true or false")
+            fields["transactional"] = data["transactional"]
         return fields
 
     async def create(self, user: User, data: Any, default_limit: int) -> Sender:

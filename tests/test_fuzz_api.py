@@ -40,8 +40,9 @@ FIELDS = [
     "hourly_limit", "sender", "recipient", "from_address", "display_name", "reply_to",
     "transport", "min_gap_ms", "settings", "send_test_message", "start_local", "tz_offset",
     "delay_seconds", "next", "csrf_token", "daily_limit", "delay_jitter_ms", "name",
-    "expires_in", "steps",
+    "expires_in", "transactional", "List-Unsubscribe", "steps",
 ]  # fmt: skip
+FORGED = "a" * 29  # an unsubscribe token of the right shape (/u/{token}) whose MAC is wrong
 # Every provider webhook mounted (builtins/provider_webhooks), so the fuzz reaches them too.
 PROVIDER_WEBHOOKS = {
     "DISPATCH_SES_TOPIC_ARNS": "arn:aws:sns:us-east-1:123456789012:fuzz",
@@ -133,7 +134,7 @@ def requests(draw: st.DrawFn, routes: list[Route], b_ids: list[str]) -> tuple[An
     route = draw(st.sampled_from(routes))
     path = route.path
     for name in re.findall(r"{(\w+)}", path):
-        value = draw(st.sampled_from([*HOSTILE[:24], *b_ids, "dev", "google", "oidc"]))
+        value = draw(st.sampled_from([*HOSTILE[:24], *b_ids, "dev", "google", "oidc", FORGED]))
         path = path.replace("{" + name + "}", value.replace("/", "%2F") or "0")
     short = [v for v in HOSTILE if len(v) < 1000]  # a longer URL is refused by aiohttp itself
     query = draw(st.dictionaries(st.sampled_from(QUERY_KEYS), st.sampled_from(short), max_size=3))

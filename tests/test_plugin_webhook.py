@@ -141,9 +141,12 @@ async def test_webhook_sender_posts_signed_json_and_retries_by_status(
             assert rows[to]["message_id"] in (body["message_id"], None)  # None: failed
             assert body["type"] == "email" and body["from"] == "hooks@example.com"
             assert body["to"] == [to] and body["subject"] == f"Hello {to}"
-            assert body["text"].strip() == f"Text for {to}"
-            assert body["html"].strip() == f"<p>HTML for {to}</p>"
             raw = message_from_bytes(base64.b64decode(body["raw"]), policy=policy.default)
+            link = str(raw["List-Unsubscribe"]).strip("<>")  # the bodies lack it: footers
+            text = body["text"].replace("\r\n", "\n").strip()
+            assert text == f"Text for {to}\n\nUnsubscribe: {link}"
+            assert body["html"].startswith(f"<p>HTML for {to}</p>")
+            assert f'<a href="{link}">' in body["html"]
             assert raw["Message-ID"] == body["message_id"] and raw["To"] == to
         for to in ("ok1@example.com", "ok2@example.com", "flaky@example.com", "busy@example.com"):
             assert rows[to]["status"] == "sent", rows[to]

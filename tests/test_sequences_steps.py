@@ -9,7 +9,7 @@ import pytest
 
 from dispatch_engine.errors import ValidationError
 from dispatch_engine.models import CampaignContent, Sender, StepContent
-from dispatch_engine.render import CompiledCampaign
+from dispatch_engine.sequences.compiled import CompiledSequence
 from dispatch_engine.sequences.steps import parse_steps
 from dispatch_engine.store import Store
 
@@ -88,9 +88,11 @@ def test_a_follow_up_renders_threaded_with_the_re_subject() -> None:
         1, 1, 1, "Hi {{ name }}", "one", None, 0, None,
         steps=(StepContent(1, None, "two {{ name }}", None),),
     )  # fmt: skip
-    compiled = CompiledCampaign(content, sender)
+    compiled = CompiledSequence(content, sender)
     key = bytes(range(32))
-    subject, raw = compiled.render("a@example.com", {"name": "A"}, "<m2@example.com>", 1, key)
+    subject, raw = compiled.render(
+        "a@example.com", {"name": "A"}, "<m2@example.com>", step=1, thread_key=key
+    )
     first = f"<{key.hex()[:40]}@example.com>"
     assert subject == "Re: Hi A"
     assert f"In-Reply-To: {first}\r\nReferences: {first}\r\n".encode() in raw

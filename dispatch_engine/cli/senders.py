@@ -92,6 +92,9 @@ def list_senders(obj: CommandContext, email: str) -> None:
 @click.option("--daily-limit", type=int, help="Emails per day (default none).")
 @click.option("--delay-jitter-ms", type=int, default=0, show_default=True)
 @click.option("--default", "is_default", is_flag=True, help="Make it the default sender.")
+@click.option(
+    "--transactional", is_flag=True, help="Its emails may go without the unsubscribe footer."
+)
 @click.pass_obj
 def add_sender(
     obj: CommandContext,
@@ -109,6 +112,7 @@ def add_sender(
     daily_limit: int | None,
     delay_jitter_ms: int,
     is_default: bool,
+    transactional: bool,
 ) -> None:
     """Add a sender for EMAIL and print it as JSON."""
     data: dict[str, Any] = {
@@ -119,6 +123,7 @@ def add_sender(
         "delay_jitter_ms": delay_jitter_ms,
         "daily_limit": daily_limit,
         "is_default": is_default,
+        "transactional": transactional,
     }
     if hourly_limit is not None:
         data["hourly_limit"] = hourly_limit

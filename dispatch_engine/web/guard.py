@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from yarl import URL
 
+from ..consent.unsubscribe import PATH as UNSUBSCRIBE_PATH
 from ..errors import DomainError
 from .app_keys import SESSIONS
 from .bodies import form as read_form
@@ -28,6 +29,9 @@ from .templating import render
 log = logging.getLogger(__name__)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 UNGUARDED_PREFIXES = ("/static/", "/healthz", "/readyz", "/metrics")
+# RFC 8058 one-click unsubscribes are POSTed by mail providers, with no cookie, session or
+# CSRF token: the signed token in the path is the capability (web/unsubscribe.py).
+ONE_CLICK_PREFIX = UNSUBSCRIBE_PATH
 # Provider feedback webhooks (builtins/provider_webhooks): the provider signs, no session.
 UNGUARDED_PATHS = frozenset(
     f"/hooks/feedback/{p}" for p in ("ses", "sendgrid", "mailgun", "postmark")
@@ -82,6 +86,10 @@ async def browser_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     if request.path.startswith(UNGUARDED_PREFIXES) or request.path in UNGUARDED_PATHS:
         return await handler(request)
+    if request.path.startswith(ONE_CLICK_PREFIX):  # no session, no CSRF check: see above
+        response = await handler(request)
+        _secure_headers(response)
+        return response
     session = await manager.find(request)
     if session is not None:
         request[USER] = session.user

@@ -239,6 +239,7 @@ def sender_json(sender: Sender) -> dict[str, Any]:
             "started_at": sender.warmup.started_at.isoformat(),
         },
         "is_default": sender.is_default,
+        "transactional": sender.transactional,  # its bodies may go without the unsubscribe footer
         # The private key is never shown: only what to publish in DNS (docs/senders.md).
         "dkim": _dkim_json(sender),
         # Set when its server kept refusing its account: every email of it waits.

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from ..models import CampaignContent, DispatchJob, DispatchStatus, Sender
 from ..render import CompiledCampaign, TemplateProblem
+from ..sequences.compiled import compiled_for
 from ..store import SendOutcome, Store
 from .settle import Settle
 
@@ -33,7 +34,7 @@ async def prepare_campaign(
     if sender is None:
         return "the campaign's sender no longer exists"
     try:
-        return await asyncio.to_thread(CompiledCampaign, content, sender)
+        return await asyncio.to_thread(compiled_for, content, sender)  # with its steps
     except TemplateProblem as exc:  # names the field: "body: the template cannot be …"
         return f"the campaign cannot be prepared: {exc}"[:1000]
     except Exception as exc:

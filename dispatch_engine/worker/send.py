@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..consent.unsubscribe import UnsubscribeLinks
 from ..dkim import DkimSigner
 from ..models import DispatchJob, DispatchStatus
 from ..pacing import WaitReason
@@ -68,6 +69,7 @@ class Send:
             deps.hooks,
             lambda n: retry_delay_s(n, deps.settings.retry_base_ms),
         )
+        self.unsubscribe = UnsubscribeLinks(deps.settings)  # each email's one-click link
         self._slots = asyncio.Semaphore(deps.settings.worker_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._latency: dict[str, Any] = {}  # transport_latency's child per transport
@@ -136,8 +138,9 @@ class Send:
         if held is not None:  # parked, or its login was just refused: do not try it again
             return waiting(held, await self.health.wait(sender, job.id, held))
         try:
+            unsubscribe = self.unsubscribe.for_dispatch(job.id)
             subject, raw = compiled.render(
-                job.recipient, job.vars, message_id, job.step, job.thread_key
+                job.recipient, job.vars, message_id, unsubscribe, job.step, job.thread_key
             )
             raw = self.dkim.sign(sender, raw)
             transport = await self.transports.for_sender(sender)
