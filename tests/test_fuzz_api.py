@@ -200,7 +200,7 @@ async def _tenants(client: AppClient, store: Store) -> tuple[dict[str, str], str
         payload = {
             "subject": f"{MARKER} {n}",
             "body": f"{MARKER} body",
-            "recipients_csv": f"email,note\n{MARKER}{n}@b.example,{MARKER}\n",
+            "recipients_csv": f"email,note\n{MARKER}{n}@b.example,{MARKER}\nseq{n}@b.example,x\n",
             "sender": sender["id"],
             # B's recipients are in a sequence: A must not list or stop them.
             "steps": [{"after_days": 365, "body": f"{MARKER} again"}],
@@ -221,7 +221,7 @@ async def _tenants(client: AppClient, store: Store) -> tuple[dict[str, str], str
     b_ids += [str(m["id"]) for m in inbox["items"]]
     sent = await (await client.get("/api/emails/sent", headers=b)).json()
     b_ids += [str(m["id"]) for m in sent["items"]]
-    b_ids.append(f"{MARKER}0@b.example")  # a sequence's recipient, in /recipients/{email}
+    b_ids.append("seq0@b.example")  # a sequence's recipient, in /recipients/{email}
     return a_headers, csrf, b_ids
 
 
