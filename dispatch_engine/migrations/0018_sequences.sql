@@ -24,8 +24,10 @@ ALTER TABLE dispatches
 -- One row per recipient of a campaign with steps, written by the schedule's COPY.
 -- active: the dispatch of `step` is queued or being sent; waiting: `step` was sent, step + 1
 -- is made at next_due_at; finished: the last step was sent; replied / stopped: no more steps.
+-- No foreign key: checked per statement, as dispatches are (migration 0005); a row-by-row
+-- check doubled the time of a 100,000-recipient schedule with steps.
 CREATE TABLE sequence_members (
-    campaign_id        bigint NOT NULL REFERENCES campaigns (id) ON DELETE CASCADE,
+    campaign_id        bigint NOT NULL,
     first_dispatch_id  bigint NOT NULL,
     recipient          text NOT NULL,
     step               smallint NOT NULL DEFAULT 0,
@@ -41,6 +43,35 @@ CREATE TABLE sequence_members (
 -- Partial: a schedule's COPY writes `active` rows, so neither index costs it anything.
 CREATE INDEX sequence_members_due ON sequence_members (next_due_at) WHERE state = 'waiting';
 CREATE INDEX sequence_members_waiting ON sequence_members (campaign_id) WHERE state = 'waiting';
+
+CREATE FUNCTION sequence_members_check_campaign() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM campaigns
+        WHERE id IN (SELECT DISTINCT campaign_id FROM new_members) FOR KEY SHARE;
+    IF EXISTS (
+        SELECT 1 FROM (SELECT DISTINCT campaign_id FROM new_members) m
+        WHERE NOT EXISTS (SELECT 1 FROM campaigns c WHERE c.id = m.campaign_id)
+    ) THEN
+        RAISE EXCEPTION 'a sequence member must belong to an existing campaign'
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER sequence_members_check_campaign AFTER INSERT ON sequence_members
+    REFERENCING NEW TABLE AS new_members
+    FOR EACH STATEMENT EXECUTE FUNCTION sequence_members_check_campaign();
+
+-- ON DELETE CASCADE, per statement: a deleted campaign (or user) takes its members along.
+CREATE FUNCTION campaigns_delete_members() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM sequence_members WHERE campaign_id IN (SELECT id FROM old_campaigns);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER campaigns_delete_members AFTER DELETE ON campaigns
+    REFERENCING OLD TABLE AS old_campaigns
+    FOR EACH STATEMENT EXECUTE FUNCTION campaigns_delete_members();
 
 -- When the next step is due: `days` days of `day_seconds` after `sent`, counting only
 -- Mon-Fri when `business`. Day n since the epoch is a weekday of (n + 3) mod 7 (Mon = 0):
