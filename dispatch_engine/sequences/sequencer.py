@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,7 @@ log = logging.getLogger("dispatch_engine.sequences")
 
 BATCH = 500  # members per transaction
 MAX_RECHECK_S = 60.0
+LEADER_CHECK_S = 1.0  # how soon a new leader starts
 
 
 class Sequencer:
@@ -74,18 +74,18 @@ class Sequencer:
 
     async def wait_s(self) -> float:
         """How long to sleep: until the earliest waiting member is due, at most recheck_s."""
-        due = await self.store.next_step_due()
-        if due is None:
-            return self.recheck_s
-        return max(0.0, min(self.recheck_s, due.timestamp() - time.time()))
+        due_in = await self.store.next_step_due_in()
+        return self.recheck_s if due_in is None else max(0.0, min(self.recheck_s, due_in))
 
     async def run(self) -> None:
         while True:
+            if not self.is_leader():  # an in-memory flag: waiting for it sends no command
+                await asyncio.sleep(LEADER_CHECK_S)
+                continue
             delay = self.recheck_s
             try:
-                if self.is_leader():
-                    await self.make_due()
-                    delay = await self.wait_s()
+                await self.make_due()
+                delay = await self.wait_s()
             except Exception:
                 log.warning("the sequencer's pass failed; trying again", exc_info=True)
-            await asyncio.sleep(max(delay, 0.05))
+            await asyncio.sleep(max(delay, 0.01))

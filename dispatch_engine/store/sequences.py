@@ -4,7 +4,6 @@ batch that makes the next step's dispatches (migration 0018, docs/sequences.md).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -218,15 +217,16 @@ class SequenceQueries(Queries):
                 keys,
             )
 
-    async def next_step_due(self) -> datetime | None:
-        """The earliest next_due_at of a live campaign's waiting member (None: none waits)."""
-        due: datetime | None = await self.pool.fetchval(
-            """SELECT m.next_due_at FROM sequence_members m
-               JOIN campaigns c ON c.id = m.campaign_id
+    async def next_step_due_in(self) -> float | None:
+        """Seconds (on PostgreSQL's clock, the one `make_due_steps` compares with) until the
+        earliest waiting member of a live campaign is due; None: none waits."""
+        due = await self.pool.fetchval(
+            """SELECT extract(epoch FROM m.next_due_at - now())::float8
+               FROM sequence_members m JOIN campaigns c ON c.id = m.campaign_id
                WHERE m.state = 'waiting' AND c.status IN ('scheduled', 'running')
                ORDER BY m.next_due_at LIMIT 1"""
         )
-        return due
+        return None if due is None else float(due)
 
     async def owns_campaign(self, owner_id: int, campaign_id: int) -> bool:
         return bool(
