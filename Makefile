@@ -74,11 +74,12 @@ $(PEERS): tests/peers/package.json tests/peers/package-lock.json
 
 # Tools the tests drive as real peers, from Debian's packages: chromium (dashboard), nginx (a
 # load balancer in front of API processes), docker-compose (validates docker-compose.yml),
-# postfix (a private relay instance the SMTP tests send through), dnsmasq (a DNS server for
-# `sender check-dns`).
+# postfix (a private relay instance the SMTP tests send through, and the MTA whose DSNs the
+# bounce tests read), dnsmasq (a DNS server for `sender check-dns`), dovecot-imapd (the bounce
+# mailbox the IMAP feedback reader reads).
 # Installed when missing and we may (root with apt-get); otherwise those tests skip locally.
 SYSTEM_TOOLS := $(CHROMIUM):chromium /usr/sbin/nginx:nginx /usr/bin/docker-compose:docker-compose \
-	/usr/sbin/postfix:postfix /usr/sbin/dnsmasq:dnsmasq-base
+	/usr/sbin/postfix:postfix /usr/sbin/dnsmasq:dnsmasq-base /usr/sbin/dovecot:dovecot-imapd
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 		[ -x "$${pair%%:*}" ] || missing="$$missing $${pair##*:}"; done; \

@@ -339,6 +339,9 @@ def load_settings(
     from .consent.settings import ConsentSettings  # checked at start like the core's own
 
     settings_of(ConsentSettings, settings)
+    from .consent.verp import VerpSettings  # DISPATCH_BOUNCE_DOMAIN(S), checked likewise
+
+    settings_of(VerpSettings, settings)
     return settings
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from . import outbound, weekly
 from .auth import DEV_EMAIL, AuthContext, AuthError, AuthProviderSpec, LoginIdentity
 from .config import Settings
+from .consent import arf, dsn, verp  # bounce and complaint reports, VERP return paths
 from .consent.addresses import AddressError, normalize_address
 from .consent.feedback import Feedback, FeedbackEvent, FeedbackKind, FeedbackResult
 from .hookspecs import hookimpl
@@ -91,10 +93,12 @@ __all__ = [
     "TransportError",
     "TransportSpec",
     "WeeklyWindow",
+    "arf",
     "boolean",
     "bounce_token_dispatch",
     "ca_file",
     "choice",
+    "dsn",
     "feedback_of",
     "hookimpl",
     "names",
@@ -102,10 +106,12 @@ __all__ = [
     "outbound",
     "read_settings",
     "redis_of",
+    "roles_of",
     "setting",
     "settings_of",
     "text",
     "url",
+    "verp",
     "weekly",
     "whole_number",
 ]
@@ -123,15 +129,18 @@ def bounce_token_dispatch(app: web.Application, token: str) -> int | None:
     from .consent.tokens import DispatchTokens, Purpose
     from .web.app_keys import SETTINGS
 
-    settings = app[SETTINGS]
-    if not settings.secret_key:
-        return None
-    tokens = DispatchTokens(settings.secret_key, Purpose.BOUNCE, settings.old_secret_keys)
-    return tokens.read(token.strip())
+    return DispatchTokens.for_settings(app[SETTINGS], Purpose.BOUNCE).read(token.strip())
+
+
+def roles_of(app: web.Application) -> frozenset[str]:
+    """The roles this process runs (`api`, `worker`, `sweeper`)."""
+    from .web.app_keys import ROLES
+
+    return app[ROLES]
 
 
 def redis_of(app: web.Application) -> Redis:
-    """The process's Redis client (keys a plugin writes start with its own name)."""
+    """The process's Redis client (started apps), e.g. for a lock one process holds."""
     from .web.app_keys import REDIS
 
     return app[REDIS]

@@ -46,6 +46,7 @@ DEFAULT_PLUGINS = (
     "dispatch_engine.builtins.capture",
     "dispatch_engine.builtins.dev_login",
     "dispatch_engine.builtins.google_oidc",
+    "dispatch_engine.builtins.imap_feedback",
     "dispatch_engine.builtins.notify",
     "dispatch_engine.builtins.pacing",
     "dispatch_engine.builtins.provider_webhooks",
@@ -156,7 +157,9 @@ def get_plugin_manager(settings: Settings, *, entry_points: bool = True) -> plug
 
 def shipped_settings() -> list[type]:
     """The core's `Settings` and each built-in plugin's `SETTINGS`: every documented variable."""
-    found: list[type] = [Settings]
+    from .consent.verp import VerpSettings  # the worker's return paths, beside the core's
+
+    found: list[type] = [Settings, VerpSettings]
     for name, module in builtin_names().items():
         declared = plugin_settings(name, importlib.import_module(module))
         if declared is not None:

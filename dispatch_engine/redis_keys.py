@@ -19,3 +19,7 @@ LOGIN_FLOW_PREFIX = "auth:flow:"  # + SHA-256(browser, state): one login in prog
 def login_flow_key(digest: str) -> str:
     """The key of one login in progress (`auth.LoginFlows`)."""
     return LOGIN_FLOW_PREFIX + digest
+
+
+# The imap_feedback plugin's (it imports only dispatch_engine.plugin, so it names its own):
+# `dispatch:{feedback}:imap:<digest of the mailbox>`, the reader's identity, with expiry.

@@ -17,6 +17,8 @@ import hmac
 from collections.abc import Sequence
 from enum import StrEnum
 
+from ..config import Settings, ensure_secret_key
+
 MAC_BYTES = 10  # 80 bits: a forgery needs 2**80 tries, each one an HTTP request or a bounce
 TOKEN_LENGTH = 29  # base32 of 8 + 10 bytes, unpadded
 
@@ -46,6 +48,14 @@ class DispatchTokens:
             raise ValueError("a secret key is needed to sign dispatch tokens")
         self.purpose = purpose
         self._keys = [_key(s, purpose) for s in (secret, *old_secrets) if s]
+
+    @classmethod
+    def for_settings(cls, settings: Settings, purpose: Purpose) -> DispatchTokens:
+        """The process's tokens of a purpose: DISPATCH_SECRET_KEY (in local mode, the key kept
+        in the data folder), so api, worker and sweeper processes agree on every token."""
+        keyed = ensure_secret_key(settings)
+        assert keyed.secret_key is not None
+        return cls(keyed.secret_key, purpose, keyed.old_secret_keys)
 
     def make(self, dispatch_id: int) -> str:
         payload = dispatch_id.to_bytes(8, "big")

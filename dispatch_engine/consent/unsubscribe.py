@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from markupsafe import escape
 
-from ..config import Settings, ensure_secret_key
+from ..config import Settings
 from ..setting import settings_of
 from .settings import ConsentSettings
 from .tokens import DispatchTokens, Purpose
@@ -51,8 +51,7 @@ class UnsubscribeLinks:
     """Makes each dispatch's `Unsubscribe` and reads the tokens of its links back."""
 
     def __init__(self, settings: Settings) -> None:
-        keyed = ensure_secret_key(settings)
-        self.tokens = DispatchTokens(keyed.secret_key, Purpose.UNSUBSCRIBE, keyed.old_secret_keys)
+        self.tokens = DispatchTokens.for_settings(settings, Purpose.UNSUBSCRIBE)
         consent = settings_of(ConsentSettings, settings)
         self._base = quote(settings.public_url.rstrip("/"), safe=_URL_SAFE) + PATH
         if settings.base_url is None and not settings.loopback_bind:

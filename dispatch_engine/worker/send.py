@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..consent.unsubscribe import UnsubscribeLinks
+from ..consent.verp import ReturnPaths
 from ..dkim import DkimSigner
 from ..models import DispatchJob, DispatchStatus
 from ..pacing import WaitReason
@@ -71,6 +72,7 @@ class Send:
         )
         self.unsubscribe = UnsubscribeLinks(deps.settings)  # each email's one-click link
         self._slots = asyncio.Semaphore(deps.settings.worker_concurrency)
+        self.return_paths = ReturnPaths.of(deps.settings)  # VERP: bounce+<token>@…
         self._tasks: set[asyncio.Task[None]] = set()
         self._latency: dict[str, Any] = {}  # transport_latency's child per transport
         self.dkim = DkimSigner(deps.transports.box)  # signs before any transport (docs/senders.md)
@@ -147,7 +149,7 @@ class Send:
             message = OutgoingMessage(
                 job.id,
                 job.owner_id,
-                sender.from_address,
+                self.return_paths.for_dispatch(job.id, sender.from_address),
                 (job.recipient,),
                 message_id,
                 subject,

@@ -6,15 +6,14 @@ each to its dispatch and hands it to the core feedback handler.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
+
+from dispatch_engine.plugin import verp
 
 Kind = Literal["hard_bounce", "soft_bounce", "complaint", "unsubscribe"]
 MAX_DETAIL_CHARS = 500  # of a provider's diagnostic, kept with the event
 MAX_EVENTS = 1000  # per request (SendGrid batches; the others post one event)
-# The VERP envelope sender of consent/verp.py: `bounce+<29-character base32 token>@domain`.
-_VERP = re.compile(r"(?i)^bounce\+([a-z2-7]{29})@[^@\s<>]+$")
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,4 @@ def short(text: object) -> str:
 
 def verp_token(envelope_sender: object) -> str | None:
     """The bounce token in a VERP envelope sender (`bounce+<token>@…`), if it is one."""
-    if not isinstance(envelope_sender, str):
-        return None
-    found = _VERP.match(envelope_sender.strip().strip("<>"))
-    return found.group(1) if found else None
+    return verp.token_of(envelope_sender) if isinstance(envelope_sender, str) else None

@@ -1,0 +1,74 @@
+"""The DISPATCH_FEEDBACK_IMAP_* settings: the bounce mailbox the reader reads (docs/bounces.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dispatch_engine.plugin import ca_file, choice, setting, text, whole_number
+
+TLS_ALIASES = {
+    **dict.fromkeys(("off", "false", "0", "no"), "none"),
+    **dict.fromkeys(("ssl", "implicit", "true", "1", "yes"), "tls"),
+}
+
+
+@dataclass(frozen=True)
+class ImapFeedbackSettings:
+    host: str | None = setting(
+        "DISPATCH_FEEDBACK_IMAP_HOST",
+        None,
+        text,
+        "the IMAP server of the bounce mailbox (unset: no mailbox is read)",
+    )
+    port: int | None = setting(
+        "DISPATCH_FEEDBACK_IMAP_PORT",
+        None,
+        whole_number(1, 65535),
+        "its port (unset: 993 with tls, else 143)",
+    )
+    tls: str = setting(
+        "DISPATCH_FEEDBACK_IMAP_TLS",
+        "tls",
+        choice("tls", "starttls", "none", aliases=TLS_ALIASES),
+        "tls (implicit, port 993), starttls or none (loopback only)",
+    )
+    user: str | None = setting("DISPATCH_FEEDBACK_IMAP_USER", None, text, "the mailbox's login")
+    password: str | None = setting(
+        "DISPATCH_FEEDBACK_IMAP_PASSWORD", None, text, "its password", secret=True
+    )
+    folder: str = setting(
+        "DISPATCH_FEEDBACK_IMAP_FOLDER", "INBOX", text, "the folder bounces and complaints land in"
+    )
+    processed_folder: str | None = setting(
+        "DISPATCH_FEEDBACK_IMAP_PROCESSED_FOLDER",
+        None,
+        text,
+        "move each processed message there (unset: flag it \\Seen and leave it)",
+    )
+    poll_seconds: int = setting(
+        "DISPATCH_FEEDBACK_IMAP_POLL_SECONDS",
+        60,
+        whole_number(1, 3600),
+        "how often the mailbox is checked (with IDLE, new mail is read at once as well)",
+    )
+    max_report_bytes: int = setting(
+        "DISPATCH_FEEDBACK_MAX_REPORT_BYTES",
+        1_048_576,
+        whole_number(10_000, 50_000_000),
+        "a larger message in the bounce mailbox is skipped unread (and logged)",
+    )
+    ca_file: Path | None = setting(
+        "DISPATCH_FEEDBACK_IMAP_CA_FILE",
+        None,
+        ca_file,
+        "a PEM file of CA certificates trusted for the IMAP server besides the system's",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host and self.user)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.tls == "tls" else 143)
