@@ -70,7 +70,21 @@ async def test_a_three_step_sequence_arrives_threaded_each_step_after_its_wait(
     token = await new_token(store)
     people = [f"r{i}@example.com" for i in range(4)]
     campaign_id = await schedule(client, token, sequence_payload(people))
-    await until_states(store, campaign_id, {p: "finished" for p in people})
+    early: list[int] = []
+
+    async def finished() -> bool:
+        # A follow-up's dispatch exists only once due: never one queued for later.
+        early.append(
+            await store.pool.fetchval(
+                """SELECT count(*) FROM dispatches WHERE step > 0 AND scheduled_at > now()
+                   AND status IN ('scheduled', 'rate_limited')"""
+            )
+        )
+        now = await states(store, campaign_id)
+        return all(now.get(p, ("", None))[0] == "finished" for p in people)
+
+    await wait_for(finished, within=60)
+    assert not any(early)
 
     for person in people:
         first, second, third = await received(store, person)  # exactly three each
