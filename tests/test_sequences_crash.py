@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from dispatch_engine.store import Store
 
 from .support.app_client import Start
 from .support.helpers import new_token, wait_for
+from .support.processes import Proc
 from .test_sequences import received, schedule, sequence_payload, until_states
 
 PEOPLE = 60
@@ -80,3 +82,58 @@ async def test_a_sequencer_killed_mid_batch_and_restarted_makes_each_step_once(
         "SELECT count(*) FROM captured_messages WHERE deliveries > 1"
     )
     assert resent == 0
+
+
+@pytest.mark.timeout(180)  # 2,000 recipients, two steps, three processes
+async def test_a_sequencer_process_killed_while_making_steps_makes_each_once_after_restart(
+    make_client: Start, settings: Settings, store: Store, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A real `dispatch-engine run --role sweeper` SIGKILLed as soon as its first batch of
+    follow-ups is committed (4 batches of 500 to make), then started again."""
+    days = replace(settings, day_seconds=1)
+    client = await make_client(days, {"api", "worker"})
+    people = [f"k{i}@example.com" for i in range(2000)]
+    payload = sequence_payload(people)
+    payload["steps"] = payload["steps"][:1]
+    await schedule(client, await new_token(store), payload)
+
+    async def count(sql: str) -> int:
+        return int(await store.pool.fetchval(sql))
+
+    async def all_due() -> bool:
+        return await count(
+            "SELECT count(*) FROM sequence_members WHERE state = 'waiting' AND next_due_at <= now()"
+        ) == len(people)
+
+    await wait_for(all_due, within=120)
+    await client.close()
+    sweeper_env = {**env, "DISPATCH_DAY_SECONDS": "1"}
+    first = Proc(["run", "--role", "sweeper"], sweeper_env, tmp_path / "sweeper1.log")
+
+    async def some_made() -> bool:
+        return await count("SELECT count(*) FROM dispatches WHERE step = 1") > 0
+
+    await wait_for(some_made, within=60)
+    first.kill()
+    made_before = await count("SELECT count(*) FROM dispatches WHERE step = 1")
+    print(f"follow-ups made before the kill: {made_before} of {len(people)}")
+    again = Proc(["run", "--role", "sweeper"], sweeper_env, tmp_path / "sweeper2.log")
+
+    async def all_made() -> bool:
+        return await count("SELECT count(*) FROM sequence_members WHERE state = 'waiting'") == 0
+
+    await wait_for(all_made, within=60)
+    made = await count("SELECT count(*) FROM dispatches WHERE step = 1")
+    distinct = await count("SELECT count(DISTINCT first_id) FROM dispatches WHERE step = 1")
+    assert made == distinct == len(people), f"{made_before} made before the kill"
+    await make_client(days, {"worker"})
+
+    async def all_finished() -> bool:
+        return await count("SELECT count(*) FROM sequence_members WHERE state = 'finished'") == len(
+            people
+        )
+
+    await wait_for(all_finished, within=120)
+    assert again.stop() == 0
+    assert await count("SELECT count(*) FROM captured_messages") == 2 * len(people)
+    assert await count("SELECT count(*) FROM captured_messages WHERE deliveries > 1") == 0
