@@ -120,7 +120,7 @@ async def test_a_manual_stop_cancels_the_queued_step_and_only_the_owner_may_stop
     days = replace(settings, day_seconds=DAY_S)
     sender = await make_client(days, {"api", "worker"})
     token = await new_token(store)
-    people = ["stop@example.com", "go@example.com"]
+    people = ["stop@example.com", "go@example.com", "late@example.com"]
     payload = sequence_payload(people)
     payload["steps"] = payload["steps"][:1]  # one follow-up
     campaign_id = await schedule(sender, token, payload)
@@ -150,6 +150,13 @@ async def test_a_manual_stop_cancels_the_queued_step_and_only_the_owner_may_stop
         f"/api/campaigns/{campaign_id}/recipients/nobody@example.com/stop", headers=auth(token)
     )
     assert unknown.status == 404
+    # A report naming the follow-up (not the first email) finds the same recipient's sequence.
+    late = await store.pool.fetchval(
+        "SELECT id FROM dispatches WHERE recipient = 'late@example.com' AND step = 1"
+    )
+    feedback = Feedback(store, settings_of(ConsentSettings, settings))
+    reply = FeedbackEvent(FeedbackKind.REPLY, "imap", "r-late", dispatch_id=late)
+    assert len((await feedback.handle([reply])).applied) == 1
 
     await make_client(days, {"worker"})
     await until_states(store, campaign_id, {"go@example.com": "finished"})
@@ -158,8 +165,14 @@ async def test_a_manual_stop_cancels_the_queued_step_and_only_the_owner_may_stop
         campaign_id,
     )
     statuses = {r["recipient"]: r["status"] for r in rows}
-    assert statuses == {"stop@example.com": "cancelled", "go@example.com": "sent"}
+    assert statuses == {
+        "stop@example.com": "cancelled",
+        "go@example.com": "sent",
+        "late@example.com": "cancelled",
+    }
+    assert (await states(store, campaign_id))["late@example.com"] == ("replied", "replied")
     assert len(await received(store, "stop@example.com")) == 1
+    assert len(await received(store, "late@example.com")) == 1
     assert len(await received(store, "go@example.com")) == 2
 
     async def completed() -> bool:
