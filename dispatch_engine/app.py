@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
+from functools import partial
 
 import aiohttp_jinja2
 import jinja2
@@ -18,9 +19,10 @@ from aiohttp import web
 from .campaigns import CampaignService
 from .config import Settings, SettingsError
 from .consent.feedback import Feedback
+from .consent.policy import FeedbackPolicy
 from .consent.settings import ConsentSettings
 from .db import create_pool
-from .events import Subscription
+from .events import Subscription, publish
 from .hooks import Hooks
 from .metrics import Metrics
 from .migrate import require_current_schema
@@ -84,7 +86,11 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
         )
         app[CAMPAIGNS] = CampaignService(app[STORE], app[QUEUE], app[HOOKS], settings)
         app[PACER] = await _pacer(app)
-        app[FEEDBACK] = Feedback(app[STORE], settings_of(ConsentSettings, settings))
+        consent = settings_of(ConsentSettings, settings)
+        policy = FeedbackPolicy(  # hooks and auto-pause after each new report
+            app[STORE], app[CAMPAIGNS], app[HOOKS], consent, partial(publish, clients.pubsub)
+        )
+        app[FEEDBACK] = Feedback(app[STORE], consent, policy)
         app[SENDERS] = SenderService(
             app[STORE],
             app[QUEUE],
@@ -138,6 +144,7 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
             metrics=app[METRICS],
             pubsub_redis=app[REDIS_PUBSUB],
             subscription=app[SUBSCRIPTION],
+            feedback=app[FEEDBACK],  # refusals at RCPT or DATA go through the one handler
         )
     )
     app[WORKERS] = pool

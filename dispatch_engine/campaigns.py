@@ -19,12 +19,13 @@ from .parsing import aware_datetime, whole_number
 from .queue import RedisQueue
 from .recipient_hours import SendWindow, parse_send_window, reject_unknown_zones
 from .recipients import Limits, ParsedRecipients, from_request
-from .render import TemplateProblem, check_templates, idempotency_key, one_line
+from .render import TemplateProblem, check_templates, idempotency_key, one_line, render_preview
 from .requeue import requeue
 from .sequences.steps import StepRequest, check_step_templates, parse_steps
 from .store import NewDispatch, Store
 
 MAX_SUBJECT = 998
+MAX_NAME = 200
 MAX_BODY = 1_000_000
 
 
@@ -40,6 +41,7 @@ class ScheduleRequest:
     sender: str | int | None
     daily_limit: int | None = None
     delay_jitter_ms: int = 0  # a random extra delay in [0, delay_jitter_ms] per email
+    name: str | None = None  # shown in the lists; the subject stands in when there is none
     send_window: SendWindow | None = None  # in each recipient's own time zone
     steps: tuple[StepRequest, ...] = ()  # follow-ups (sequences/steps.py)
 
@@ -93,6 +95,17 @@ def _sender_ref(value: Any) -> str | int | None:
     return value
 
 
+def _campaign_name(value: Any) -> str | None:
+    """An optional name of one line, at most MAX_NAME characters (blank: none)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str) or len(value) > MAX_NAME:
+        raise ValidationError("name", f"must be text of at most {MAX_NAME} characters")
+    if one_line(value) != value:
+        raise ValidationError("name", "must be a single line")
+    return value.strip()
+
+
 def parse_schedule_request(
     data: dict[str, Any], *, now: datetime, limits: Limits | None = None
 ) -> ScheduleRequest:
@@ -112,8 +125,8 @@ def parse_schedule_request(
     daily_limit = _int(data, "daily_limit", minimum=1, maximum=1_000_000_000)
     jitter = _int(data, "delay_jitter_ms", minimum=0, maximum=86_400_000) or 0
     sender = _sender_ref(data.get("sender"))
+    name = _campaign_name(data.get("name"))
     send_window = parse_send_window(data)
-    steps = parse_steps(data.get("steps"))
     recipients = from_request(data, limits)
     if send_window is not None:
         reject_unknown_zones(recipients)
@@ -141,9 +154,18 @@ def parse_schedule_request(
         sender=sender,
         daily_limit=daily_limit,
         delay_jitter_ms=jitter,
+        name=name,
         send_window=send_window,
-        steps=steps,
+        steps=parse_steps(data.get("steps")),
     )
+
+
+async def first_subject(request: ScheduleRequest) -> str:
+    """The subject as the first recipient gets it (the lists show it beside the template)."""
+    first = request.recipients.accepted[0]
+    context = {**first.vars, "email": first.email}
+    rendered = await asyncio.to_thread(render_preview, {"subject": request.subject}, context)
+    return rendered["subject"]
 
 
 async def check_campaign_templates(request: ScheduleRequest) -> None:
@@ -164,8 +186,7 @@ async def check_campaign_templates(request: ScheduleRequest) -> None:
         )
     except TemplateProblem as exc:
         raise ValidationError(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
-    sample = (first.email, first.vars)
-    subject_vars |= await check_step_templates(request.steps, request.recipients.columns, sample)
+    subject_vars |= await check_step_templates(request.steps, request.recipients)
     subject_vars.discard("email")
     if not subject_vars:
         return
@@ -236,6 +257,7 @@ class CampaignService:
                 raise ValidationError("sender", f"no sender {request.sender!r} belongs to you")
             sender = found
         await check_campaign_templates(request)
+        shown_subject = await first_subject(request)
 
         people = request.recipients.accepted
         ids = await self.store.reserve_dispatch_ids(len(people))
@@ -256,6 +278,8 @@ class CampaignService:
                     idempotency_key=idempotency_header,
                     daily_limit=request.daily_limit,
                     delay_jitter_ms=request.delay_jitter_ms,
+                    name=request.name,
+                    first_subject=shown_subject,
                     send_window=request.send_window,
                 )
                 rows = [
@@ -278,8 +302,7 @@ class CampaignService:
                 )
                 if request.steps:  # the follow-ups and each recipient's place in them
                     day_s = self.settings.day_seconds if self.settings else 86_400
-                    await self.store.create_steps(conn, campaign_id, request.steps, day_s)
-                    await self.store.copy_members(conn, campaign_id, rows)
+                    await self.store.create_sequence(conn, campaign_id, request.steps, rows, day_s)
         except asyncpg.UniqueViolationError:
             # A concurrent request with the same Idempotency-Key won the race.
             if idempotency_header:
@@ -340,6 +363,17 @@ class CampaignService:
         await self._transition(user, campaign_id, CampaignStatus.PAUSED, ("scheduled", "running"))
         await self._unqueue(campaign_id, await self.store.queued_of_campaign(campaign_id))
 
+    async def pause_itself(self, owner_id: int, campaign_id: int, reason: str) -> bool:
+        """The feedback policy's pause (consent/policy.py): a user's, with its `reason`; False
+        when the campaign was not sending (a user paused or cancelled it, or it completed)."""
+        paused = CampaignStatus.PAUSED
+        if not await self.store.set_campaign_status(
+            owner_id, campaign_id, paused, ("scheduled", "running"), paused_reason=reason
+        ):
+            return False
+        await self._unqueue(campaign_id, await self.store.queued_of_campaign(campaign_id))
+        return True
+
     async def resume(self, user: User, campaign_id: int) -> None:
         """Queue again what is still to send; what was sent is never sent again."""
         await self._transition(user, campaign_id, CampaignStatus.RUNNING, ("paused",))
@@ -351,7 +385,6 @@ class CampaignService:
             user, campaign_id, CampaignStatus.CANCELLED, ("scheduled", "running", "paused")
         )
         cancelled = await self.store.cancel_dispatches(campaign_id)
-        await self.store.stop_campaign_members(campaign_id, "cancelled")  # waiting ones
         await self._unqueue(campaign_id, cancelled)
         return len(cancelled)
 

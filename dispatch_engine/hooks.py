@@ -207,3 +207,31 @@ class Hooks:
 
     async def campaign_completed(self, *, campaign_id: int, owner_id: int) -> None:
         await self._notify("campaign_completed", campaign_id=campaign_id, owner_id=owner_id)
+
+    async def dispatch_bounced(
+        self, *, dispatch_id: int, campaign_id: int, recipient: str, kind: str, detail: str
+    ) -> None:
+        await self._notify(
+            "dispatch_bounced",
+            dispatch_id=dispatch_id,
+            campaign_id=campaign_id,
+            recipient=recipient,
+            kind=kind,
+            detail=detail,
+        )
+
+    async def dispatch_complained(
+        self, *, dispatch_id: int, campaign_id: int, recipient: str, detail: str
+    ) -> None:
+        await self._notify(
+            "dispatch_complained",
+            dispatch_id=dispatch_id,
+            campaign_id=campaign_id,
+            recipient=recipient,
+            detail=detail,
+        )
+
+    async def campaign_paused(self, *, campaign_id: int, owner_id: int, reason: str) -> None:
+        await self._notify(
+            "campaign_paused", campaign_id=campaign_id, owner_id=owner_id, reason=reason
+        )

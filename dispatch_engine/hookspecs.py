@@ -195,3 +195,50 @@ def campaign_completed(
     a paused campaign whose last emails finished meanwhile is resumed. Returns nothing.
     Not called for a cancelled campaign.
     """
+
+
+# ---- feedback: called after the core's feedback handler recorded a new report ----
+# In the process that read the report: the worker for a refusal at RCPT or DATA, the api
+# process for a provider webhook or a one-click unsubscribe, the reader's for a bounce
+# mailbox. A report read twice fires nothing the second time.
+
+
+@hookspec
+def dispatch_bounced(
+    dispatch_id: int, campaign_id: int, recipient: str, kind: str, detail: str, settings: Settings
+) -> Awaitable[None] | None:
+    """A bounce of an email was recorded. Returns nothing.
+
+    `kind` is `hard` (the address is bad: it is suppressed and the email is `bounced`) or
+    `soft` (a full mailbox and the like: counted; DISPATCH_SOFT_BOUNCE_LIMIT of them within
+    DISPATCH_SOFT_BOUNCE_DAYS suppress the address). `detail` is the server's or the report's
+    diagnostic. Called in the worker process for a permanent refusal at RCPT or DATA, and in
+    the process that read a DSN or a provider's event (api for webhooks), after the commit.
+    """
+
+
+@hookspec
+def dispatch_complained(
+    dispatch_id: int, campaign_id: int, recipient: str, detail: str, settings: Settings
+) -> Awaitable[None] | None:
+    """A recipient reported an email as spam (an ARF report or a provider's complaint event).
+
+    The email is `complained` and the address suppressed. Returns nothing. Called in the
+    process that read the report (the api process for provider webhooks, the IMAP reader's
+    for ARF), after the commit.
+    """
+
+
+@hookspec
+def campaign_paused(
+    campaign_id: int, owner_id: int, reason: str, settings: Settings
+) -> Awaitable[None] | None:
+    """A campaign paused itself: its hard-bounce or complaint rate passed its threshold
+    (DISPATCH_PAUSE_BOUNCE_PERCENT, DISPATCH_PAUSE_COMPLAINT_PERCENT, after
+    DISPATCH_PAUSE_MIN_SENT sends). Returns nothing.
+
+    `reason` is the one line the API (`paused_reason`) and the campaign page show. Called
+    once per pause, in the process whose feedback pushed the rate over (the worker process
+    for refusals at RCPT or DATA, api for webhooks), after the pause is committed. Not
+    called when a user pauses a campaign.
+    """

@@ -44,6 +44,7 @@ from .setting import (
 from .transport import (
     OutgoingMessage,
     PermanentError,
+    PermanentReply,
     SenderAuthError,
     SenderRateLimitedError,
     SendResult,
@@ -82,6 +83,7 @@ __all__ = [
     "PacingPolicySpec",
     "PacingRequest",
     "PermanentError",
+    "PermanentReply",
     "SendResult",
     "SenderAuthError",
     "SenderRateLimitedError",

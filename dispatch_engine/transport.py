@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,26 @@ class TransientError(TransportError):
 
 class PermanentError(TransportError):
     """Never retry this email (5xx reply, invalid recipient); the reason is kept."""
+
+
+# RFC 3463 (RFC 2034 carries it in SMTP replies): class.subject.detail after the basic code.
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?!\S)")
+
+
+class PermanentReply(PermanentError):
+    """The server refused this email for good with an SMTP reply: `code` (550), the RFC 3463
+    `enhanced` status when the reply opens with one ("5.1.1"), and the `stage` it came at
+    ("mail", "rcpt" or "data"). Whether it is a hard bounce (the address is bad) or a
+    failure that is not the recipient's (policy, size, our syntax) is the feedback policy's
+    call (`dispatch_engine.consent.smtp_status`)."""
+
+    def __init__(self, message: str, *, code: int, reply: str, stage: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.stage = stage
+        found = _ENHANCED.match(reply.strip())
+        # RFC 3463 §2: the class must agree with the basic code's first digit, else ignore it.
+        self.enhanced = found.group(0) if found and found.group(1) == str(code)[:1] else None
 
 
 class SenderAuthError(TransportError):

@@ -39,23 +39,20 @@ def wait_of(row: Any, now: datetime) -> tuple[WaitReason | None, datetime | None
     return None, None
 
 
-def campaign_eta(
-    detail: dict[str, Any],
-    sender: Sender | None,
-    settings: Settings,
-    now: datetime,
-    not_before: datetime | None = None,
-) -> datetime | None:
-    """When the campaign's last email should go, from its backlog and every limit on it.
+@dataclass(frozen=True)
+class Pace:
+    """The most a campaign may send under every limit on it (inf: no such limit)."""
 
-    `not_before`: the sender's park or its held emails' earliest wait. An estimate that
-    assumes the campaign has its sender to itself (other campaigns of the sender share its
-    window and day). None when nothing is left to send.
-    """
-    counts = detail["counts"]
-    backlog = counts["scheduled"] + counts["rate_limited"] + counts["sending"]
-    if backlog == 0 or detail["status"] in ("cancelled", "completed"):
-        return None
+    gap_ms: int
+    per_window: float  # per rate window (`DISPATCH_RATE_WINDOW_SECONDS`)
+    per_day: float
+
+
+def campaign_pace(
+    detail: dict[str, Any], sender: Sender | None, settings: Settings, now: datetime
+) -> Pace:
+    """The campaign's pace at `now`: its own limits, its sender's (its warm-up day's) and
+    the gap between emails."""
     window_ms, day_ms = settings.rate_window_seconds * 1000, settings.day_seconds * 1000
     gap = max(detail["delay_between_ms"], sender.min_gap_ms if sender else 0)
     per_window = min(
@@ -76,6 +73,29 @@ def campaign_eta(
             per_window * max(1, day_ms // window_ms),
         )
     )
+    return Pace(gap, per_window, per_day)
+
+
+def campaign_eta(
+    detail: dict[str, Any],
+    sender: Sender | None,
+    settings: Settings,
+    now: datetime,
+    not_before: datetime | None = None,
+) -> datetime | None:
+    """When the campaign's last email should go, from its backlog and every limit on it.
+
+    `not_before`: the sender's park or its held emails' earliest wait. An estimate that
+    assumes the campaign has its sender to itself (other campaigns of the sender share its
+    window and day). None when nothing is left to send.
+    """
+    counts = detail["counts"]
+    backlog = counts["scheduled"] + counts["rate_limited"] + counts["sending"]
+    if backlog == 0 or detail["status"] in ("cancelled", "completed"):
+        return None
+    window_ms, day_ms = settings.rate_window_seconds * 1000, settings.day_seconds * 1000
+    pace = campaign_pace(detail, sender, settings, now)
+    gap, per_window, per_day = pace.gap_ms, pace.per_window, pace.per_day
     start = max(now, detail["start_at"], not_before or now)
     ms = 0.0
     rest = backlog

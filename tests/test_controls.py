@@ -110,7 +110,8 @@ async def test_retry_failed_sends_only_the_failed_again(
     make_client: Start, settings: Settings, store: Store
 ) -> None:
     with SmtpSink() as smtp:
-        smtp.sink.faults["gone@example.com"] = ("550 5.1.1 no such user", 1)
+        # A refusal that is not the address's (a bounce is never retried: it is suppressed).
+        smtp.sink.faults["gone@example.com"] = ("554 5.7.1 rejected by policy", 1)
         client = await make_client(
             replace(settings, transport="smtp").with_environ(
                 SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp.port), SMTP_TLS="none"

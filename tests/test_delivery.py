@@ -54,7 +54,7 @@ async def test_smtp_delivery_records_ledger_and_retries(
         assert all(rows[r]["status"] == "sent" for r in good)
         assert rows["flaky@example.com"]["status"] == "sent"
         assert rows["flaky@example.com"]["attempts"] == 3
-        assert rows["gone@example.com"]["status"] == "failed"
+        assert rows["gone@example.com"]["status"] == "bounced"  # a hard bounce at RCPT
         assert "550 5.1.1 no such user here" in rows["gone@example.com"]["last_error"]
         assert rows["gone@example.com"]["attempts"] == 1
         assert rows["stuck@example.com"]["status"] == "failed"

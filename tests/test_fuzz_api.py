@@ -53,6 +53,7 @@ PROVIDER_WEBHOOKS = {
 JSON_ERROR_PREFIXES = ("/api/", "/hooks/")
 MODES = ["token", "session", "form"]  # A's API token; A's session (+ CSRF header); form only
 QUERY_KEYS = ["limit", "cursor", "scheduled_cursor", "sent_cursor", "scheduled", "cancel_queued",
+              "tab", "status", "campaign_id", "sender_id", "q", "after", "before",
               "state"]  # fmt: skip
 HOSTILE = [
     "", "0", "-1", "¹", "١٢", "٣", "1e3", "1_000", " 7 ", "0x10", "NaN", "inf", "null", "[]",

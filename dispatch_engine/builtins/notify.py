@@ -1,10 +1,12 @@
 """Notify: a message to a Slack-compatible incoming webhook when a sender is limited or
-parked (its server keeps refusing its account), or a campaign completes.
+parked (its server keeps refusing its account), a campaign completes or pauses itself (its
+bounce or complaint rate), or an email bounces or draws a complaint.
 
 Set `DISPATCH_NOTIFY_WEBHOOK_URL` (Slack, Mattermost, Rocket.Chat, Discord's `/slack` URL:
 anything that takes `{"text": …}`); unset, the plugin does nothing. Posts run in background
 tasks, so a slow or broken receiver never slows sending; a failed post is logged. A sender
-that stays limited is announced at most once per `QUIET_S` per worker process.
+that stays limited is announced at most once per `QUIET_S` per worker process; so are the
+bounces (hard, soft) and complaints of one campaign, the next message counting those held.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ QUIET_S = 600.0
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 _pending: set[asyncio.Task[None]] = set()
 _last_limited: dict[tuple[str, int], float] = {}
+_last_feedback: dict[tuple[str, str, int], tuple[float, int]] = {}  # (last post, held since)
 
 
 async def _post(url: str, text: str) -> None:
@@ -94,6 +97,58 @@ def campaign_completed(campaign_id: int, owner_id: int, settings: Settings) -> N
         f":white_check_mark: Campaign {campaign_id} completed: "
         f"{settings.public_url}/campaigns/{campaign_id}",
     )
+
+
+@hookimpl
+def campaign_paused(campaign_id: int, owner_id: int, reason: str, settings: Settings) -> None:
+    _post_later(
+        settings,
+        f":octagonal_sign: Campaign {campaign_id} paused itself: {reason}. Its other emails "
+        f"wait until it is resumed: {settings.public_url}/campaigns/{campaign_id}",
+    )
+
+
+def _quietly(settings: Settings, what: str, campaign_id: int) -> int | None:
+    """How many events of this kind and campaign this post stands for (the ones held back
+    in the quiet time, and itself); None: within the quiet time, held back and counted."""
+    key = (settings_of(NotifySettings, settings).webhook_url or "", what, campaign_id)
+    now = time.monotonic()
+    last, held = _last_feedback.get(key, (None, 0))
+    if last is not None and now - last < QUIET_S:
+        _last_feedback[key] = (last, held + 1)
+        return None
+    if len(_last_feedback) > 10_000:  # campaigns long quiet: forget them
+        for stale in [k for k, (at, _) in _last_feedback.items() if now - at >= QUIET_S]:
+            del _last_feedback[stale]
+    _last_feedback[key] = (now, 0)
+    return held + 1
+
+
+@hookimpl
+def dispatch_bounced(
+    dispatch_id: int, campaign_id: int, recipient: str, kind: str, detail: str, settings: Settings
+) -> None:
+    count = _quietly(settings, f"bounce:{kind}", campaign_id)
+    if count is not None:
+        more = f" ({count} {kind} bounces since the last message)" if count > 1 else ""
+        _post_later(
+            settings,
+            f":leftwards_arrow_with_hook: A {kind} bounce in campaign {campaign_id}{more}: "
+            f"{recipient}: {detail}",
+        )
+
+
+@hookimpl
+def dispatch_complained(
+    dispatch_id: int, campaign_id: int, recipient: str, detail: str, settings: Settings
+) -> None:
+    count = _quietly(settings, "complaint", campaign_id)
+    if count is not None:
+        more = f" ({count} complaints since the last message)" if count > 1 else ""
+        _post_later(
+            settings,
+            f":warning: {recipient} reported an email of campaign {campaign_id} as spam{more}",
+        )
 
 
 @hookimpl

@@ -7,6 +7,9 @@ How servers are found, migrated and given tokens is `dispatch_engine.bootstrap`'
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +18,6 @@ from typing import Any
 import click
 import pluggy
 
-from .. import __version__
 from ..config import Settings, SettingsError, load_settings
 from ..embedded import EmbeddedError
 from ..hooks import Hooks
@@ -31,11 +33,12 @@ from .up import up_command
 
 # Errors whose message is the whole story: one line, exit 2, no traceback.
 USER_ERRORS = (SettingsError, EmbeddedError, SchemaBehindError, PluginError)
-HELP_ARGS = frozenset({"-h", "--help", "--version"})
+# What click reads to answer a shell's completion request instead of running a command.
+COMPLETE_VAR = "_DISPATCH_ENGINE_COMPLETE"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="dispatch-engine")
+@click.version_option(package_name="dispatch-engine", prog_name="dispatch-engine")
 @click.option(
     "--plugins-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -67,36 +70,61 @@ def _plugins_dir_arg(args: list[str]) -> Path | None:
     return None
 
 
-def _settings_for(args: list[str]) -> Settings:
-    """The environment's settings; help and --version answer even when one is malformed."""
+def _only_help(group: click.Group, args: list[str]) -> bool:
+    """Whether click answers `args` without running any command: help, the version, a usage
+    error or a shell completion. Parsed by click itself, quietly, as the real run will."""
+    if os.environ.get(COMPLETE_VAR):
+        return True
+    command: click.Command = group
+    parent: click.Context | None = None
+    name, rest = "dispatch-engine", list(args)
+    quiet = io.StringIO()
     try:
-        return load_settings()
-    except SettingsError:
-        if not HELP_ARGS.intersection(args):
-            raise
-        return Settings()
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            while isinstance(command, click.Group):
+                ctx = click.Context(command, info_name=name, parent=parent)
+                with ctx.scope(cleanup=False):
+                    # A group's own options only: its subcommand's arguments are the rest.
+                    rest = click.Command.parse_args(command, ctx, rest)
+                    if not rest:
+                        return not command.invoke_without_command
+                    found, sub, rest = command.resolve_command(ctx, rest)
+                if sub is None:
+                    return True
+                command, name, parent = sub, found or "", ctx
+            command.make_context(name, rest, parent=parent)
+    except (click.exceptions.Exit, click.ClickException):
+        return True  # help or the version printed, or a usage error: nothing runs
+    return False
 
 
-def _plugins_for(settings: Settings, args: list[str]) -> pluggy.PluginManager:
-    """The plugins; for help, with their own settings at their defaults if one is malformed."""
+def _environment(args: list[str]) -> tuple[Settings, pluggy.PluginManager, Exception | None]:
+    """The settings and plugins; when one is malformed, defaults and the error, so that help
+    can still answer (`main` raises the error if a command would run)."""
+    error: Exception | None = None
     try:
-        return get_plugin_manager(settings)
-    except SettingsError:
-        if not HELP_ARGS.intersection(args):
-            raise
-        return get_plugin_manager(replace(settings, environ={}))
+        settings = load_settings()
+        plugins_dir = _plugins_dir_arg(args)
+        if plugins_dir is not None:
+            settings = replace(settings, plugins_dir=plugins_dir)
+    except SettingsError as exc:
+        settings, error = Settings(), exc
+    try:
+        plugins = get_plugin_manager(settings)
+    except (SettingsError, PluginError) as exc:
+        error = error or exc
+        plugins = get_plugin_manager(Settings())  # every setting at its default
+    return settings, plugins, error
 
 
 def main(argv: list[str] | None = None) -> Any:
     args = sys.argv[1:] if argv is None else argv
     try:
-        settings = _settings_for(args)
-        plugins_dir = _plugins_dir_arg(args)
-        if plugins_dir is not None:
-            settings = replace(settings, plugins_dir=plugins_dir)
+        settings, plugins, error = _environment(args)
         setup_logging(settings.log_level, settings.log_format)
-        plugins = _plugins_for(settings, args)
         asyncio.run(Hooks(plugins, settings).add_commands(cli))
+        if error is not None and not _only_help(cli, args):
+            raise error
         return cli.main(
             args=argv,
             prog_name="dispatch-engine",

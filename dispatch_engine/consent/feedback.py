@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Protocol
 
 from ..db import Conn
 from ..models import DispatchStatus
@@ -94,10 +95,19 @@ class FeedbackResult:
     unmatched: int = 0
 
 
+class Aftermath(Protocol):
+    """What follows new events, after their commit (consent/policy.py: hooks, auto-pause)."""
+
+    async def applied(self, applied: Sequence[Applied]) -> None: ...
+
+
 class Feedback:
-    def __init__(self, store: Store, settings: ConsentSettings) -> None:
+    def __init__(
+        self, store: Store, settings: ConsentSettings, policy: Aftermath | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.policy = policy
 
     async def handle(self, events: Sequence[FeedbackEvent]) -> FeedbackResult:
         result = FeedbackResult()
@@ -113,6 +123,8 @@ class Feedback:
                 result.duplicates += 1
             else:
                 result.applied.append(applied)
+        if result.applied and self.policy is not None:
+            await self.policy.applied(result.applied)
         return result
 
     async def _apply(self, event: FeedbackEvent, target: FeedbackTarget) -> Applied | None:

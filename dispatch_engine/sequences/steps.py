@@ -11,6 +11,7 @@ import orjson
 
 from ..errors import ValidationError
 from ..parsing import whole_number
+from ..recipients import ParsedRecipients
 from ..render import TemplateProblem, check_templates
 
 MAX_STEPS = 10
@@ -101,12 +102,12 @@ def _check(
 
 
 async def check_step_templates(
-    steps: tuple[StepRequest, ...],
-    columns: set[str],
-    sample: tuple[str, Mapping[str, Any]],
+    steps: tuple[StepRequest, ...], recipients: ParsedRecipients
 ) -> set[str]:
     """Compile and render each step for the first recipient, as for the first email (in a
     thread); returns the variables the steps' subjects use (they become a header)."""
     if not steps:
         return set()
-    return await asyncio.to_thread(_check, steps, columns, sample)
+    first = recipients.accepted[0]
+    sample = (first.email, first.vars)
+    return await asyncio.to_thread(_check, steps, recipients.columns, sample)

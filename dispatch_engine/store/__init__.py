@@ -10,6 +10,7 @@ from .campaigns import CampaignQueries
 from .delivery import DeliveryQueries
 from .feedback import FeedbackQueries
 from .listings import ListingQueries
+from .policy import PolicyQueries
 from .senders import SenderQueries
 from .suppressions import SuppressionQueries
 
@@ -22,6 +23,7 @@ class Store(
     DeliveryQueries,
     SuppressionQueries,
     FeedbackQueries,
+    PolicyQueries,
 ):
     """The queries of every module, on one asyncpg pool."""
 

@@ -84,6 +84,7 @@ class SendOutcome:
     error: str | None = None
     retry_at: datetime | None = None
     wait_reason: str | None = None  # a retry that waits for its sender (a WaitReason)
+    bounce: str | None = None  # a FeedbackKind: a refusal at RCPT/DATA that is a bounce
 
 
 class Queries:

@@ -17,6 +17,7 @@ from ..models import (
 )
 from ..recipient_hours import SendWindow
 from .base import NewDispatch
+from .policy import campaign_feedback
 from .sequences import SequenceQueries
 
 
@@ -57,15 +58,18 @@ class CampaignQueries(SequenceQueries):  # a campaign's details include its sequ
         idempotency_key: str | None,
         daily_limit: int | None = None,
         delay_jitter_ms: int = 0,
+        name: str | None = None,
+        first_subject: str | None = None,
         send_window: SendWindow | None = None,
     ) -> int:
         """Insert the campaign row (inside the caller's transaction); None when the key exists."""
         value = await conn.fetchval(
             """INSERT INTO campaigns (owner_id, sender_id, subject, body_text, body_html,
                    start_at, delay_between_ms, hourly_limit, total, idempotency_key,
-                   daily_limit, delay_jitter_ms, send_window, timezone, holidays)
+                   daily_limit, delay_jitter_ms, send_window, timezone, holidays, name,
+                   first_subject)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                       coalesce($15, '{}'::date[]))
+                       coalesce($15, '{}'::date[]), $16, $17)
                RETURNING id""",
             owner_id,
             sender_id,
@@ -82,6 +86,8 @@ class CampaignQueries(SequenceQueries):  # a campaign's details include its sequ
             send_window.text if send_window else None,
             send_window.timezone if send_window else None,
             list(send_window.holidays) if send_window else None,
+            name,
+            first_subject,
         )
         return int(value)
 
@@ -141,6 +147,7 @@ class CampaignQueries(SequenceQueries):  # a campaign's details include its sequ
             counts[r["status"]] = r["n"]
         detail = dict(row)
         detail["counts"] = counts
+        detail["feedback"] = await campaign_feedback(self.pool, campaign_id)
         detail["sequence"] = await self.sequence_summary(campaign_id)
         return detail
 
@@ -175,7 +182,7 @@ class CampaignQueries(SequenceQueries):  # a campaign's details include its sequ
         """A page of campaigns, newest first, each with its counts by status (keyset on id)."""
         return await self.pool.fetch(
             """SELECT c.id, c.subject, c.status, c.total, c.start_at, c.created_at,
-                      c.sender_id, s.from_address, k.counts
+                      c.sender_id, s.from_address, k.counts, c.name, c.first_subject
                FROM campaigns c JOIN senders s ON s.id = c.sender_id
                LEFT JOIN LATERAL (
                    SELECT jsonb_object_agg(status, n) AS counts FROM (
@@ -191,20 +198,31 @@ class CampaignQueries(SequenceQueries):  # a campaign's details include its sequ
         )
 
     async def set_campaign_status(
-        self, owner_id: int, campaign_id: int, to: CampaignStatus, allowed_from: Sequence[str]
+        self,
+        owner_id: int,
+        campaign_id: int,
+        to: CampaignStatus,
+        allowed_from: Sequence[str],
+        paused_reason: str | None = None,
     ) -> bool:
+        """One guarded change. `paused_reason`: the campaign pauses itself (consent/policy.py);
+        any other change clears it, and leaving such a pause restarts its rates' count."""
         done = await self.pool.fetchval(
-            """UPDATE campaigns SET status = $3, updated_at = now()
+            """UPDATE campaigns SET status = $3, updated_at = now(), paused_reason = $5,
+                      rates_since = CASE WHEN paused_reason IS NOT NULL THEN now()
+                                         ELSE rates_since END
                WHERE owner_id = $1 AND id = $2 AND status = ANY($4::text[]) RETURNING true""",
             owner_id,
             campaign_id,
             to.value,
             list(allowed_from),
+            paused_reason,
         )
         return bool(done)
 
     async def cancel_dispatches(self, campaign_id: int) -> list[asyncpg.Record]:
         """Cancel what has not started; emails already handed to a transport finish."""
+        await self.stop_campaign_members(campaign_id, "cancelled")  # those waiting for a step
         return await self.pool.fetch(
             """UPDATE dispatches SET status = 'cancelled', finished_at = now(),
                       updated_at = now()

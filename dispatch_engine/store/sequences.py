@@ -22,9 +22,16 @@ _MEMBER_OF = "m.campaign_id = d.campaign_id AND m.first_dispatch_id = coalesce(d
 
 
 class SequenceQueries(Queries):
-    async def create_steps(
-        self, conn: Conn, campaign_id: int, steps: Sequence[StepRequest], day_seconds: int
+    async def create_sequence(
+        self,
+        conn: Conn,
+        campaign_id: int,
+        steps: Sequence[StepRequest],
+        rows: Sequence[NewDispatch],
+        day_seconds: int,
     ) -> None:
+        """The steps, and one `active` member per recipient (a COPY), in the schedule's
+        transaction."""
         await conn.executemany(
             """INSERT INTO campaign_steps (campaign_id, step, wait_days, business_days,
                    day_seconds, subject, body_text, body_html)
@@ -35,9 +42,6 @@ class SequenceQueries(Queries):
                 for s in steps
             ],
         )  # fmt: skip
-
-    async def copy_members(self, conn: Conn, campaign_id: int, rows: Sequence[NewDispatch]) -> None:
-        """One `active` member per recipient, in the schedule's transaction (a COPY)."""
         await conn.copy_records_to_table(
             "sequence_members",
             columns=["campaign_id", "first_dispatch_id", "dispatch_id", "recipient"],

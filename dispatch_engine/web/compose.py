@@ -9,7 +9,7 @@ their fields.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +21,7 @@ from ..senders import default_sender
 from .api.campaigns import schedule_campaign
 from .app_keys import SETTINGS, STORE
 from .bodies import form as read_form
+from .compose_check import FormCheck, check_form
 from .middleware import current_user
 from .responses import status_of
 from .templating import render
@@ -37,21 +38,30 @@ PAGE_FIELDS = {
 }
 
 
-def _upload(form: MultiDictProxy[Any]) -> bytes | None:
+def _upload_named(form: MultiDictProxy[Any]) -> web.FileField | None:
     upload = form.get("recipients_file")
-    if isinstance(upload, web.FileField) and upload.filename:
-        return upload.file.read()
-    return None
+    return upload if isinstance(upload, web.FileField) and upload.filename else None
+
+
+def _upload(form: MultiDictProxy[Any]) -> bytes | None:
+    upload = _upload_named(form)
+    return upload.file.read() if upload is not None else None
 
 
 async def _compose_page(
-    request: web.Request, *, values: dict[str, Any], errors: dict[str, str], status: int = 200
+    request: web.Request,
+    *,
+    values: dict[str, Any],
+    errors: dict[str, str],
+    status: int = 200,
+    warnings: dict[str, str] | None = None,
 ) -> web.Response:
     user = current_user(request)
     settings, store = request.app[SETTINGS], request.app[STORE]
     await default_sender(store, user, settings)  # the form offers it
     senders = await store.senders_of(user.id)
-    context = {"senders": senders, "values": values, "errors": errors, "title": "Compose"}
+    context = {"senders": senders, "values": values, "errors": errors, "title": "Compose",
+               "warnings": warnings or {}}  # fmt: skip
     return render(request, "compose.html", context, status=status)
 
 
@@ -84,15 +94,37 @@ def _delay_ms(form: MultiDictProxy[Any], name: str = "delay_seconds") -> int | s
     return round(seconds * 1000) if math.isfinite(seconds) else raw
 
 
+async def _form_check(request: web.Request, form: MultiDictProxy[Any]) -> FormCheck:
+    """Every field of the form checked at once (web/compose_check.py), as the page's script
+    asks `POST /api/compose/check` before it schedules."""
+    values: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
+    values["has_recipients"] = bool(_upload_named(form) or values.get("recipients_csv", "").strip())
+    start_error = None
+    try:
+        values["start_at"] = _start_at(form)
+    except ValidationError as exc:
+        values["start_at"], start_error = None, exc.message
+    senders = await request.app[STORE].senders_of(current_user(request).id)
+    found = check_form(values, senders, datetime.now(UTC))
+    if start_error:
+        found.errors["start_local"] = f"Start {start_error}"
+    return found
+
+
 @routes.post("/compose")
 async def compose_submit(request: web.Request) -> web.StreamResponse:
     user = current_user(request)
     form = await read_form(request)
     values = {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf_token"}
+    found = await _form_check(request, form)
+    if found.errors:
+        return await _compose_page(
+            request, values=values, errors=found.errors, warnings=found.warnings, status=422
+        )
     try:
         data: dict[str, Any] = {
             k: form.get(k)
-            for k in ("subject", "body", "html", "hourly_limit", "daily_limit", "sender")
+            for k in ("name", "subject", "body", "html", "hourly_limit", "daily_limit", "sender")
         }
         data["start_at"] = _start_at(form)
         data["delay_between_ms"] = _delay_ms(form)
@@ -106,6 +138,7 @@ async def compose_submit(request: web.Request) -> web.StreamResponse:
     except DomainError as exc:
         field = PAGE_FIELDS.get(exc.field or "", exc.field or "form")
         return await _compose_page(
-            request, values=values, errors={field: exc.message}, status=status_of(exc)
-        )
+            request, values=values, errors={field: exc.message}, status=status_of(exc),
+            warnings=found.warnings,
+        )  # fmt: skip
     raise web.HTTPSeeOther(f"/emails?scheduled={result.campaign_id}")

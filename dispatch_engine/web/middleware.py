@@ -15,10 +15,19 @@ from .app_keys import SESSIONS, SETTINGS, STORE
 from .bodies import form
 from .responses import HttpError, too_large
 
+# RFC 6750 §3: a 401 names the scheme it wants, and why a token sent was refused.
+ASK_FOR_TOKEN = {"WWW-Authenticate": 'Bearer realm="dispatch-engine"'}
+REFUSED_TOKEN = {"WWW-Authenticate": 'Bearer realm="dispatch-engine", error="invalid_token"'}
 USER = web.RequestKey("user", User)
 # Routes that take CSV uploads or whole templates; every other route takes small bodies.
 UPLOAD_ROUTES = frozenset(
-    {"/api/emails/schedule", "/api/compose/recipients", "/api/compose/preview", "/compose"}
+    {
+        "/api/emails/schedule",
+        "/api/compose/recipients",
+        "/api/compose/preview",
+        "/api/compose/check",  # the whole form, templates included
+        "/compose",
+    }
 )
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 API_TOKEN_ID = web.RequestKey("api_token_id", int)  # set when a bearer token named the user
@@ -72,10 +81,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 "unauthenticated",
                 "send an API token: Authorization: Bearer <token> "
                 "(create one with `dispatch-engine token create --email you@example.com`)",
+                headers=ASK_FOR_TOKEN,
             )
         found = await request.app[STORE].token_user(token.strip()) if len(token) < 200 else None
         if found is None:
-            raise HttpError(401, "invalid_token", "the API token is unknown, expired or revoked")
+            message = "the API token is unknown, expired or revoked"
+            raise HttpError(401, "invalid_token", message, headers=REFUSED_TOKEN)
         request[USER], request[API_TOKEN_ID] = found
     return await handler(request)
 

@@ -1,4 +1,4 @@
-"""The dashboard's pages: emails (Scheduled and Sent), campaigns, the capture inbox.
+"""The dashboard's pages: campaigns, the capture inbox (the Emails page is email_pages.py).
 
 Server-rendered and complete without JavaScript (pagination is links, times are UTC); the
 page script adds local times and live refreshes of each page's live region. Every query is
@@ -7,22 +7,23 @@ scoped to the signed-in user.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from ..errors import ValidationError
 from ..models import Sender
-from ..waiting import campaign_wait
+from ..waiting import campaign_pace, campaign_wait
 from .app_keys import QUEUE, SETTINGS, STORE
 from .middleware import current_user
-from .paging import decode_cursor, decode_id_cursor, id_cursor_after, lenient, time_cursor_after
+from .page_views import pace_view, progress
+from .paging import decode_id_cursor, id_cursor_after, lenient
 from .params import path_id
 from .presenters import (
     campaign_row_view,
     message_parts,
     pacing_view,
-    progress,
     sanitize_html,
     wait_json,
 )
@@ -42,31 +43,6 @@ def _path_id(request: web.Request) -> int:
 @routes.get("/")
 async def home(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/emails")
-
-
-@routes.get("/emails")
-async def emails(request: web.Request) -> web.Response:
-    user, store = current_user(request), request.app[STORE]
-    q = request.query
-    after = lenient(decode_cursor, q.get("scheduled_cursor"))
-    before = lenient(decode_cursor, q.get("sent_cursor"))
-    scheduled = await store.list_scheduled(user.id, PAGE_SIZE + 1, after)
-    finished = await store.list_finished(user.id, PAGE_SIZE + 1, before)
-    flash = None
-    scheduled_id = lenient(decode_id_cursor, q.get("scheduled"))  # the campaign just scheduled
-    if scheduled_id is not None:
-        flash = await store.campaign_detail(user.id, scheduled_id)
-    context = {
-        "title": "Emails",
-        "scheduled": scheduled[:PAGE_SIZE],
-        "sent": finished[:PAGE_SIZE],
-        "scheduled_next": time_cursor_after(scheduled, PAGE_SIZE, "scheduled_at"),
-        "sent_next": time_cursor_after(finished, PAGE_SIZE, "finished_at"),
-        "paged": bool(after or before),
-        "query": dict(q),
-        "flash": flash,
-    }
-    return render(request, "emails.html", context, partial="_emails_live.html")
 
 
 @routes.get("/campaigns")
@@ -99,17 +75,18 @@ async def campaign(request: web.Request) -> web.Response:
     if detail is None:
         raise web.HTTPNotFound()
     sender = await store.find_sender(user.id, detail["sender_id"])
-    limit = detail["hourly_limit"]
+    limit, settings = detail["hourly_limit"], request.app[SETTINGS]
     context = {
-        "title": detail["subject"],
+        "title": detail["name"] or detail["first_subject"] or detail["subject"],
         "campaign": detail,
         "progress": progress(detail["counts"], detail["total"]),
         "sender": sender,
         "pacing": await _pacing(request, sender) if sender else None,
         "hourly_limit": min(limit, sender.hourly_limit) if limit and sender else limit,
         "gap_ms": max(detail["delay_between_ms"], sender.min_gap_ms if sender else 0),
+        "pace": pace_view(campaign_pace(detail, sender, settings, datetime.now(UTC)), settings),
         "wait": wait_json(
-            await campaign_wait(store, request.app[QUEUE], request.app[SETTINGS], user.id, detail)
+            await campaign_wait(store, request.app[QUEUE], settings, user.id, detail)
         ),
         # A sequence's first recipients, each with a Stop button (_sequence.html).
         "members": await store.list_members(detail["id"], 20, None, None)

@@ -19,12 +19,13 @@ import nh3
 
 from ..config import Settings
 from ..dkim.keys import sender_dns_record
-from ..models import DispatchStatus, Sender, User
+from ..models import TERMINAL_STATES, DispatchStatus, Sender, User
 from ..store.accounts import ApiToken
 from ..waiting import CampaignWait, wait_of
 from ..warmup import daily_limit_now, warmup_json
+from .page_views import progress
 
-_FINISHED = ("sent", "failed", "cancelled")
+_FINISHED = tuple(s.value for s in TERMINAL_STATES)  # every way an email ends
 
 
 def iso(value: datetime | None) -> str | None:
@@ -74,6 +75,8 @@ def campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
         "counts": counts,
         "progress": round(done / total, 4) if total else 1.0,
         "created_at": iso(detail["created_at"]),
+        **campaign_feedback_json(detail),
+        **campaign_naming(detail),
         # Follow-ups (without their bodies) and recipients by state; null: no steps.
         "sequence": detail.get("sequence"),
     }
@@ -91,7 +94,14 @@ def campaign_item_json(row: Any) -> dict[str, Any]:
         "start_at": iso(row["start_at"]),
         "created_at": iso(row["created_at"]),
         "counts": {status.value: counts.get(status.value, 0) for status in DispatchStatus},
+        **campaign_naming(row),
     }
+
+
+def campaign_naming(row: Any) -> dict[str, Any]:
+    """A campaign's name (null when it has none) and its subject as its first recipient got
+    it (null for campaigns scheduled before it was kept); `subject` stays the template."""
+    return {"name": row["name"], "first_subject": row["first_subject"]}
 
 
 def wait_json(wait: CampaignWait) -> dict[str, Any]:
@@ -104,16 +114,53 @@ def wait_json(wait: CampaignWait) -> dict[str, Any]:
     }
 
 
-def progress(counts: dict[str, int], total: int) -> dict[str, Any]:
-    """A campaign's progress bar on the dashboard: done of total, in percent."""
-    done = sum(counts.get(s, 0) for s in _FINISHED)
-    return {"done": done, "total": total, "percent": round(100 * done / total) if total else 100}
-
-
 def campaign_row_view(row: Any) -> dict[str, Any]:
     """A row of the dashboard's campaigns table."""
     counts = row["counts"] or {}
     return {**dict(row), "counts": counts, "progress": progress(counts, row["total"])}
+
+
+# ---- bounces and complaints (the feedback policy: consent/policy.py) ----
+
+
+def rate_percent(count: int, sent: int) -> float | None:
+    """`count` of `sent` in percent, to 2 places; None before anything was sent."""
+    return round(100 * count / sent, 2) if sent else None
+
+
+def campaign_feedback_json(detail: dict[str, Any]) -> dict[str, Any]:
+    """Why a campaign paused itself (null: it did not, or a user paused it) and its feedback:
+    reports by kind, and its hard-bounce and complaint rates of its emails sent so far."""
+    counts, reports = detail["counts"], detail.get("feedback") or {}
+    sent = sum(counts.get(s, 0) for s in ("sent", "bounced", "complained"))
+    return {
+        "paused_reason": detail.get("paused_reason"),
+        "feedback": {
+            "sent": sent,
+            "hard_bounces": reports.get("hard_bounce", 0),
+            "soft_bounces": reports.get("soft_bounce", 0),
+            "complaints": reports.get("complaint", 0),
+            "unsubscribes": reports.get("unsubscribe", 0),
+            "bounce_rate": rate_percent(counts.get("bounced", 0), sent),
+            "complaint_rate": rate_percent(counts.get("complained", 0), sent),
+        },
+    }
+
+
+def sender_feedback_json(found: dict[str, int] | None, days: int) -> dict[str, Any]:
+    """A sender's feedback over its last `days` days (store.sender_feedback's counts)."""
+    found = found or {}
+    sent = found.get("sent", 0)
+    return {
+        "days": days,
+        "sent": sent,
+        "hard_bounces": found.get("hard_bounce", 0),
+        "soft_bounces": found.get("soft_bounce", 0),
+        "complaints": found.get("complaint", 0),
+        "unsubscribes": found.get("unsubscribe", 0),
+        "bounce_rate": rate_percent(found.get("hard_bounce", 0), sent),
+        "complaint_rate": rate_percent(found.get("complaint", 0), sent),
+    }
 
 
 # ---- dispatches (one email each) ----

@@ -8,6 +8,7 @@ refusals: 401, 403, 413) carries one. Nothing else reaches a user as a stack tra
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -31,9 +32,18 @@ class HttpError(DomainError):
     """A refusal of the HTTP layer itself, which names its status (authentication, CSRF,
     a body past its byte cap)."""
 
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message, code=code, field=field)
         self.status = status
+        self.headers = dict(headers or {})  # e.g. a 401's WWW-Authenticate (RFC 6750)
 
 
 def status_of(error: DomainError) -> int:
@@ -51,12 +61,20 @@ def error_body(error: DomainError) -> dict[str, Any]:
     return {"error": body}
 
 
-def json_response(data: Any, status: int = 200) -> web.Response:
+def json_response(
+    data: Any, status: int = 200, *, headers: Mapping[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
         status=status,
         content_type="application/json",
+        headers=headers,
     )
+
+
+def created(data: Any, location: str) -> web.Response:
+    """A 201 naming the new object's API URL in `Location` (RFC 9110 §15.3.2)."""
+    return json_response(data, 201, headers={"Location": location})
 
 
 def too_large(limit: int, field: str = "body") -> HttpError:
@@ -70,7 +88,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except DomainError as exc:
-        return json_response(error_body(exc), status_of(exc))
+        headers = exc.headers if isinstance(exc, HttpError) else None
+        return json_response(error_body(exc), status_of(exc), headers=headers)
     except web.HTTPRequestEntityTooLarge:  # read past the app's client_max_size
         return json_response(error_body(too_large(request.client_max_size)), 413)
     except web.HTTPException as exc:

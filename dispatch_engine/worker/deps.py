@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from ..config import Settings
+from ..consent.feedback import Feedback
 from ..events import Subscription
 from ..hooks import Hooks
 from ..metrics import Metrics
@@ -28,6 +29,7 @@ class WorkerDeps:
     metrics: Metrics = field(default_factory=Metrics)
     pubsub_redis: Redis | None = None  # a connection of its own for pub/sub, when given
     subscription: Subscription | None = None  # the process's one (its owner starts it)
+    feedback: Feedback | None = None  # the app's handler; None: one without hooks or pauses
 
     @property
     def pubsub(self) -> Redis:

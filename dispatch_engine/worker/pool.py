@@ -72,6 +72,7 @@ class WorkerPool:
             asyncio.create_task(self.claim.run(), name="dispatch-claim"),
             asyncio.create_task(self.recorder.run(), name="dispatch-record"),
             asyncio.create_task(self.settle.run_progress(), name="dispatch-progress"),
+            asyncio.create_task(self.settle.bounces.run(), name="dispatch-bounces"),
             asyncio.create_task(
                 self.leases.keep_renewed(self.deps.settings.lease_seconds / 3),
                 name="dispatch-renew",
@@ -86,6 +87,8 @@ class WorkerPool:
         await self.send.stop(grace_s)
         self.recorder.stopping = True
         await self.recorder.results.join()
+        self.settle.bounces.stopping = True
+        await self.settle.bounces.events.join()
         await self.settle.flush_progress()
         await cancel_and_wait(*self._tasks)
         if self._own_subscription is not None:

@@ -15,6 +15,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..consent.feedback import FeedbackKind
+from ..consent.smtp_status import bounce_of
 from ..consent.unsubscribe import UnsubscribeLinks
 from ..consent.verp import ReturnPaths
 from ..dkim import DkimSigner
@@ -28,6 +30,7 @@ from ..tasks import cancel_and_wait
 from ..transport import (
     OutgoingMessage,
     PermanentError,
+    PermanentReply,
     SenderAuthError,
     SenderRateLimitedError,
     TransientError,
@@ -189,6 +192,11 @@ class Send:
                 seconds=retry_delay_s(attempt, self.settings.retry_base_ms)
             )
             return outcome(DispatchStatus.SCHEDULED, error=str(exc), retry_at=at)
+        except PermanentReply as exc:  # a hard bounce ends `bounced`; feedback follows the commit
+            kind = bounce_of(exc)
+            hard = kind == FeedbackKind.HARD_BOUNCE
+            status = DispatchStatus.BOUNCED if hard else DispatchStatus.FAILED
+            return outcome(status, error=str(exc), bounce=kind and kind.value)
         except PermanentError as exc:
             return outcome(DispatchStatus.FAILED, error=str(exc))
         except Exception as exc:  # a template or plugin bug: fail this email, keep the worker

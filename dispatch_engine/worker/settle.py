@@ -3,8 +3,9 @@
 The leases of recorded results are acked, or retried at their new due time, in one script
 call (through `Leases`, which then frees their send slots). Then metrics and logs count
 them, dashboards hear of them on EVENTS_CHANNEL, and the `dispatch_sent` /
-`dispatch_failed` hooks fire. Campaign progress is folded in at most twice a second, so big
-campaigns do not pay a progress query per batch; `campaign_completed` fires from there.
+`dispatch_failed` hooks fire; refusals that are bounces go on to `SyncBounces` (bounces.py).
+Campaign progress is folded in at most twice a second, so big campaigns do not pay a
+progress query per batch; `campaign_completed` fires from there.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import logging
 from typing import Any
 
 from .. import events
+from ..consent.feedback import Feedback
+from ..consent.settings import ConsentSettings
 from ..models import CampaignStatus, DispatchStatus
 from ..queue import Lease, Settlement
+from ..setting import settings_of
 from ..store import SendOutcome
+from .bounces import SyncBounces
 from .deps import WorkerDeps
 from .leases import Leases
 
@@ -35,6 +40,9 @@ class Settle:
         self.leases = leases
         self.sent = 0
         self._touched: set[int] = set()  # campaigns whose progress may have changed
+        consent = settings_of(ConsentSettings, deps.settings)
+        feedback = deps.feedback or Feedback(deps.store, consent)
+        self.bounces = SyncBounces(feedback)  # its task runs beside the recorder's
 
     async def recorded(self, batch: list[tuple[SendOutcome, Lease]]) -> None:
         """Results PostgreSQL has committed: settle their leases, count and announce them."""
@@ -53,6 +61,7 @@ class Settle:
         outcomes = [o for o, _ in batch]
         self._count(outcomes)
         await self._announce(outcomes)
+        self.bounces.recorded(outcomes)  # committed: now they may suppress and pause
 
     async def announce_failed(self, outcomes: list[SendOutcome]) -> None:
         """Failures recorded outside the group commit (a campaign that cannot be prepared)."""
@@ -95,7 +104,7 @@ class Settle:
                 continue
             self.metrics.emails.labels(o.status.value).inc()
             self._touched.add(o.campaign_id)
-            log.warning("dispatch %d failed: %s", o.dispatch_id, o.error, extra=ids)
+            log.warning("dispatch %d %s: %s", o.dispatch_id, o.status.value, o.error, extra=ids)
         if sent:
             self.sent += sent
             self.metrics.emails.labels(DispatchStatus.SENT.value).inc(sent)

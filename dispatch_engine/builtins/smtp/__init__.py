@@ -25,6 +25,7 @@ import aiosmtplib
 from dispatch_engine.plugin import (
     OutgoingMessage,
     PermanentError,
+    PermanentReply,
     SenderAuthError,
     SenderRateLimitedError,
     SendResult,
@@ -50,8 +51,9 @@ ACCOUNT_REFUSED = (530, 534, 535)
 REFUSAL_SHARED_S = 2.0
 
 
-def classify(code: int, message: str) -> Exception:
-    """Turn an SMTP reply into the error that tells the worker what to do."""
+def classify(code: int, message: str, stage: str | None = None) -> Exception:
+    """Turn an SMTP reply into the error that tells the worker what to do; a 5xx to this
+    email's MAIL, RCPT or DATA (`stage`) is a `PermanentReply` the bounce policy reads."""
     reply = f"{code} {message}".strip()
     if code in ACCOUNT_REFUSED:
         return SenderAuthError(f"the server refused the account: {reply}")
@@ -59,7 +61,18 @@ def classify(code: int, message: str) -> Exception:
         return SenderRateLimitedError(f"server is limiting this sender: {reply}")
     if 400 <= code < 500:
         return TransientError(f"server answered {reply}")
+    if stage is not None:
+        return PermanentReply(f"server answered {reply}", code=code, reply=message, stage=stage)
     return PermanentError(f"server answered {reply}")
+
+
+def _stage(exc: aiosmtplib.SMTPResponseException) -> str | None:
+    """Which command of the email a refusal answered (None: the session, not the email)."""
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+        return "mail"
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        return "rcpt"
+    return "data" if isinstance(exc, aiosmtplib.SMTPDataError) else None
 
 
 class SmtpTransport:
@@ -232,9 +245,9 @@ class SmtpTransport:
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
-            raise classify(first.code, first.message) from None
+            raise classify(first.code, first.message, "rcpt") from None
         except aiosmtplib.SMTPResponseException as exc:
-            raise classify(exc.code, exc.message) from None
+            raise classify(exc.code, exc.message, _stage(exc)) from None
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise TransientError(f"{self.host}:{self.port}: {exc}") from None
         return SendResult(_with_preview(self.host, response))
@@ -256,10 +269,10 @@ class SmtpTransport:
                 if client is not None and client.is_connected:
                     self._idle.append(client)  # a refused recipient leaves the session usable
                 first = exc.recipients[0]
-                raise classify(first.code, first.message) from None
+                raise classify(first.code, first.message, "rcpt") from None
             except aiosmtplib.SMTPResponseException as exc:
                 await _close(client)
-                raise classify(exc.code, exc.message) from None
+                raise classify(exc.code, exc.message, _stage(exc)) from None
             except PermanentError:
                 if client is not None and client.is_connected:
                     self._idle.append(client)  # nothing was sent on it

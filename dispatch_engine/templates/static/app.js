@@ -35,8 +35,12 @@ function localizeTimes(root = document) {
 function startLive() {
   const region = document.querySelector("[data-live]");
   const status = document.querySelector("[data-live-status]");
+  const announce = document.querySelector("[data-live-announce]");
   if (!region || !window.EventSource) return;
   let busy = false, again = false;
+  // Screen readers hear one short line when a refresh changed it, never the region itself.
+  const summaryOf = () => region.querySelector("[data-summary]")?.dataset.summary || "";
+  let said = summaryOf();
 
   async function refresh() {
     if (busy) { again = true; return; }
@@ -47,6 +51,9 @@ function startLive() {
       if (response.ok && response.headers.get("Content-Type")?.startsWith("text/html")) {
         const focused = document.activeElement?.id;
         region.innerHTML = await response.text();
+        const summary = summaryOf();
+        if (announce && summary && summary !== said) announce.textContent = summary;
+        said = summary;
         localizeTimes(region);
         wireApiForms(region);
         if (focused) document.getElementById(focused)?.focus();
@@ -213,22 +220,58 @@ function startCompose() {
   file.addEventListener("change", checkRecipients);
   pasted.addEventListener("input", debounce(checkRecipients, 400));
   for (const name of ["subject", "body", "html"]) field(name).addEventListener("input", debounce(preview, 300));
+
+  // The form's own check (POST /api/compose/check): every error at once in the form's words,
+  // and warnings that do not stop a schedule (a start in the past, a limit above the sender's).
+  function startIso() {
+    const start = field("start_local").value;
+    if (!start) return "";
+    const at = new Date(start);  // read as local time, DST included
+    return Number.isNaN(at.getTime()) ? start : at.toISOString();
+  }
+  async function checkForm() {
+    const values = { has_recipients: Boolean(file.files.length || pasted.value.trim()), start_at: startIso() };
+    for (const name of ["name", "subject", "body", "html", "delay_seconds", "jitter_seconds", "hourly_limit", "daily_limit", "sender"]) {
+      values[name] = field(name).value;
+    }
+    return api("/api/compose/check", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(values),
+    });
+  }
+  function showWarnings(warnings) {
+    for (const box of form.querySelectorAll("[data-warning-for]")) {
+      const message = warnings[box.dataset.warningFor];
+      box.hidden = !message;
+      box.textContent = message || "";
+    }
+  }
+  const rewarn = debounce(async () => {
+    try { showWarnings((await checkForm()).warnings); } catch (_) { /* shown on submit */ }
+  }, 300);
+  for (const name of ["start_local", "hourly_limit", "daily_limit", "sender"]) {
+    field(name).addEventListener("input", rewarn);
+    field(name).addEventListener("change", rewarn);
+  }
   if (file.files.length || pasted.value.trim()) checkRecipients(); else preview();
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearFieldErrors(form);
     const button = form.querySelector("[data-schedule]");
+    let checked;
+    try { checked = await checkForm(); } catch (err) { showFieldError(form, err.error?.field, err.message).focus(); return; }
+    showWarnings(checked.warnings);
+    const problems = Object.entries(checked.errors);
+    if (problems.length) {
+      const shown = problems.map(([name, message]) => showFieldError(form, name, message));
+      shown[0].focus();
+      return;
+    }
     const data = new FormData();
-    for (const name of ["subject", "body", "html", "hourly_limit", "daily_limit", "sender"]) {
+    for (const name of ["name", "subject", "body", "html", "hourly_limit", "daily_limit", "sender"]) {
       if (field(name).value !== "") data.append(name, field(name).value);
     }
-    const start = field("start_local").value;
-    if (start) {
-      const at = new Date(start);  // read as local time, DST included
-      if (Number.isNaN(at.getTime())) { showFieldError(form, "start_at", "start: not a date and time").focus(); return; }
-      data.append("start_at", at.toISOString());
-    }
+    if (startIso()) data.append("start_at", startIso());
     for (const [input, name] of [["delay_seconds", "delay_between_ms"], ["jitter_seconds", "delay_jitter_ms"]]) {
       const value = field(input).value;
       if (value === "") continue;

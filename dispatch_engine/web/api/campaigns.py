@@ -20,7 +20,7 @@ from ..middleware import current_user
 from ..paging import api_limit, decode_id_cursor, id_cursor_after
 from ..params import path_id
 from ..presenters import campaign_item_json, campaign_json, listing, wait_json
-from ..responses import json_response
+from ..responses import created, json_response
 
 routes = web.RouteTableDef()
 
@@ -92,7 +92,9 @@ async def schedule(request: web.Request) -> web.Response:
         "rejected": result.rejected,
         "rejected_total": result.rejected_total,
     }
-    return json_response(body, 200 if result.replayed else 201)
+    if result.replayed:
+        return json_response(body)
+    return created(body, f"/api/campaigns/{result.campaign_id}")
 
 
 @routes.get("/api/campaigns/{id}")

@@ -1,11 +1,13 @@
-"""Compose's helpers over the API: a recipients check and a preview, both before scheduling.
+"""Compose's helpers over the API: a recipients check, a preview and the form's own check,
+all before scheduling.
 
-The compose page (web/compose.py) calls both as the user types; they parse and render as
+The compose page (web/compose.py) calls them as the user types; they parse and render as
 the schedule and the worker do, so their verdicts agree.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -14,8 +16,9 @@ from ...campaigns import MAX_BODY, MAX_SUBJECT
 from ...errors import ValidationError
 from ...recipients import from_request
 from ...render import TemplateProblem, render_preview
-from ..app_keys import SETTINGS
+from ..app_keys import SETTINGS, STORE
 from ..bodies import json_object, multipart_fields, off_loop, upload_limits, utf8
+from ..compose_check import check_form
 from ..middleware import current_user
 from ..presenters import sanitize_html
 from ..responses import json_response
@@ -89,3 +92,13 @@ async def preview(request: web.Request) -> web.Response:
             "html": sanitize_html(html) if html else None,
         }
     )
+
+
+@routes.post("/api/compose/check")
+async def check(request: web.Request) -> web.Response:
+    """The compose form's fields checked at once, in its own words: errors and warnings."""
+    user = current_user(request)
+    body = await json_object(request)
+    senders = await request.app[STORE].senders_of(user.id)
+    found = check_form(body, senders, datetime.now(UTC))
+    return json_response({"errors": found.errors, "warnings": found.warnings})

@@ -12,7 +12,7 @@ from ..bodies import json_object
 from ..middleware import current_user
 from ..params import path_id, query_flag
 from ..presenters import sender_json
-from ..responses import json_response
+from ..responses import created, json_response
 
 routes = web.RouteTableDef()
 
@@ -29,7 +29,7 @@ async def create_sender(request: web.Request) -> web.Response:
     sender = await request.app[SENDERS].create(
         current_user(request), await json_object(request), limit
     )
-    return json_response(sender_json(sender), 201)
+    return created(sender_json(sender), f"/api/senders/{sender.id}")
 
 
 @routes.get("/api/senders/{id}")

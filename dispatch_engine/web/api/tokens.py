@@ -17,7 +17,7 @@ from ..bodies import json_object
 from ..middleware import API_TOKEN_ID, current_user
 from ..params import path_id
 from ..presenters import token_json
-from ..responses import json_response
+from ..responses import created, json_response
 
 routes = web.RouteTableDef()
 
@@ -35,7 +35,8 @@ async def create_token(request: web.Request) -> web.Response:
     made = await tokens.create_for(
         request.app[STORE], current_user(request), name, expires_in, request.get(API_TOKEN_ID)
     )
-    return json_response({**token_json(made.info), "token": made.token}, 201)
+    body = {**token_json(made.info), "token": made.token}
+    return created(body, f"/api/tokens/{made.info.id}")
 
 
 @routes.delete("/api/tokens/{id}")
