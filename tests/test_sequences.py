@@ -120,3 +120,4 @@ async def test_a_three_step_sequence_arrives_threaded_each_step_after_its_wait(
     sequence = detail["sequence"]
     assert [s["step"] for s in sequence["steps"]] == [1, 2]
     assert sequence["members"]["finished"] == 4 and sequence["members"]["waiting"] == 0
+    assert detail["progress"] == 1.0 and detail["counts"]["sent"] == 12  # 3 emails each

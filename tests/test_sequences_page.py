@@ -26,6 +26,7 @@ async def test_the_campaign_page_lists_the_steps_and_stops_a_recipient(
     campaign_id = (await created.json())["campaign"]["id"]
 
     page = await (await client.get(f"/campaigns/{campaign_id}")).text()
+    assert "0 of 6 done" in page  # 2 recipients, 3 emails each
     assert 'aria-labelledby="sequence-heading"' in page
     assert "Re: Hello {{ name }}" in unescape(page) and "Last note, {{ name }}" in unescape(page)
     assert re.search(r'data-member-count="active">2<', page)

@@ -148,7 +148,9 @@ class CampaignQueries(SequenceQueries):  # a campaign's details include its sequ
         detail = dict(row)
         detail["counts"] = counts
         detail["feedback"] = await campaign_feedback(self.pool, campaign_id)
-        detail["sequence"] = await self.sequence_summary(campaign_id)
+        detail["sequence"] = sequence = await self.sequence_summary(campaign_id)
+        # The emails the campaign sends: a sequence's follow-ups too (made or still to make).
+        detail["emails"] = sum(counts.values()) + sequence["to_make"] if sequence else None
         return detail
 
     async def campaign_waiting(self, campaign_id: int) -> list[asyncpg.Record]:

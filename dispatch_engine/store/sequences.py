@@ -71,13 +71,16 @@ class SequenceQueries(Queries):
         if not steps:
             return None
         counts = {state: 0 for state in MEMBER_STATES}
+        to_make = 0  # follow-ups of live members not made yet: part of the progress bar
         for r in await self.pool.fetch(
-            """SELECT state, count(*) AS n FROM sequence_members WHERE campaign_id = $1
-               GROUP BY state""",
+            """SELECT state, count(*) AS n, sum($2 - step) AS left FROM sequence_members
+               WHERE campaign_id = $1 GROUP BY state""",
             campaign_id,
+            len(steps),
         ):
             counts[r["state"]] = r["n"]
-        return {"steps": [dict(r) for r in steps], "members": counts}
+            to_make += int(r["left"]) if r["state"] in LIVE else 0
+        return {"steps": [dict(r) for r in steps], "members": counts, "to_make": to_make}
 
     async def list_members(
         self, campaign_id: int, limit: int, after: int | None, state: str | None

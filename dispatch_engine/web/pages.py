@@ -79,7 +79,7 @@ async def campaign(request: web.Request) -> web.Response:
     context = {
         "title": detail["name"] or detail["first_subject"] or detail["subject"],
         "campaign": detail,
-        "progress": progress(detail["counts"], detail["total"]),
+        "progress": progress(detail["counts"], detail.get("emails") or detail["total"]),
         "sender": sender,
         "pacing": await _pacing(request, sender) if sender else None,
         "hourly_limit": min(limit, sender.hourly_limit) if limit and sender else limit,
