@@ -28,6 +28,7 @@ from .metrics import Metrics
 from .migrate import require_current_schema
 from .pacing import Pacer, PacingPolicySpec
 from .plugins import get_plugin_manager
+from .pools.rotation import Rotation
 from .queue import RedisQueue
 from .redis_client import connect_redis
 from .secretbox import secret_box
@@ -162,6 +163,7 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
         interval_s=max(1.0, settings.lease_seconds / 4),
         max_stalls=settings.max_attempts,
         metrics=app[METRICS],
+        rotation=Rotation(app[STORE], app[QUEUE], settings),
     )
     task = asyncio.create_task(sweeper.run(), name="dispatch-sweeper")
     # Follow-ups of sequences, made by the sweeper's leader only (sequences/sequencer.py).

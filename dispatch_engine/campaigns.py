@@ -14,15 +14,16 @@ from .config import Settings
 from .errors import InvalidState, NotFound, ValidationError
 from .hooks import Hooks
 from .models import CampaignStatus, Sender, User
-from .pacing import claim_cap
 from .parsing import aware_datetime, whole_number
+from .pools.request import enqueue_all, parse_senders, pool_for, sender_ref
 from .queue import RedisQueue
 from .recipient_hours import SendWindow, parse_send_window, reject_unknown_zones
 from .recipients import Limits, ParsedRecipients, from_request
 from .render import TemplateProblem, check_templates, idempotency_key, one_line, render_preview
 from .requeue import requeue
-from .sequences.steps import StepRequest, check_step_templates, parse_steps
+from .sequences.steps import StepRequest, check_steps, parse_steps
 from .store import NewDispatch, Store
+from .suppressions import leave_out_suppressed
 
 MAX_SUBJECT = 998
 MAX_NAME = 200
@@ -43,6 +44,7 @@ class ScheduleRequest:
     delay_jitter_ms: int = 0  # a random extra delay in [0, delay_jitter_ms] per email
     name: str | None = None  # shown in the lists; the subject stands in when there is none
     send_window: SendWindow | None = None  # in each recipient's own time zone
+    senders: tuple[str | int, ...] = ()  # a pool instead of `sender` (pools/, docs/pools.md)
     steps: tuple[StepRequest, ...] = ()  # follow-ups (sequences/steps.py)
 
 
@@ -53,6 +55,7 @@ class ScheduleResult:
     rejected: list[dict[str, Any]]
     rejected_total: int = 0
     replayed: bool = False
+    suppressed: int = 0  # of rejected_total: suppressed addresses left out
 
 
 def _text(data: dict[str, Any], name: str, *, required: bool, limit: int) -> str | None:
@@ -84,17 +87,6 @@ def _start_at(value: Any, now: datetime) -> datetime:
     return at
 
 
-def _sender_ref(value: Any) -> str | int | None:
-    """A sender's id (a number) or from address; anything else is a field error."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
-        return whole_number(value, "sender", minimum=1)
-    if not isinstance(value, str) or len(value) > 320:
-        raise ValidationError("sender", "must be a sender's id or from address")
-    return value
-
-
 def _campaign_name(value: Any) -> str | None:
     """An optional name of one line, at most MAX_NAME characters (blank: none)."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -104,6 +96,16 @@ def _campaign_name(value: Any) -> str | None:
     if one_line(value) != value:
         raise ValidationError("name", "must be a single line")
     return value.strip()
+
+
+def _some_left(recipients: ParsedRecipients) -> None:
+    if not recipients.accepted:
+        raise ValidationError(
+            "recipients",
+            "no valid address found",
+            code="no_valid_recipients",
+            details={"rejected": recipients.rejected, "rejected_total": recipients.rejected_total},
+        )
 
 
 def parse_schedule_request(
@@ -124,19 +126,14 @@ def parse_schedule_request(
     hourly_limit = _int(data, "hourly_limit", minimum=1, maximum=1_000_000_000)
     daily_limit = _int(data, "daily_limit", minimum=1, maximum=1_000_000_000)
     jitter = _int(data, "delay_jitter_ms", minimum=0, maximum=86_400_000) or 0
-    sender = _sender_ref(data.get("sender"))
+    sender = sender_ref(data.get("sender"))
+    pool = parse_senders(data.get("senders"), sender)
     name = _campaign_name(data.get("name"))
     send_window = parse_send_window(data)
     recipients = from_request(data, limits)
     if send_window is not None:
         reject_unknown_zones(recipients)
-    if not recipients.accepted:
-        raise ValidationError(
-            "recipients",
-            "no valid address found",
-            code="no_valid_recipients",
-            details={"rejected": recipients.rejected, "rejected_total": recipients.rejected_total},
-        )
+    _some_left(recipients)
     try:  # the last email must still be a date PostgreSQL and Python can hold
         last = start_at + timedelta(milliseconds=delay + jitter) * len(recipients.accepted)
     except OverflowError:
@@ -156,7 +153,8 @@ def parse_schedule_request(
         delay_jitter_ms=jitter,
         name=name,
         send_window=send_window,
-        steps=parse_steps(data.get("steps")),
+        senders=pool,
+        steps=check_steps(parse_steps(data.get("steps")), recipients),
     )
 
 
@@ -186,7 +184,6 @@ async def check_campaign_templates(request: ScheduleRequest) -> None:
         )
     except TemplateProblem as exc:
         raise ValidationError(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
-    subject_vars |= await check_step_templates(request.steps, request.recipients)
     subject_vars.discard("email")
     if not subject_vars:
         return
@@ -256,6 +253,11 @@ class CampaignService:
             if found is None:
                 raise ValidationError("sender", f"no sender {request.sender!r} belongs to you")
             sender = found
+        # The owner's suppressed addresses are left out, reported as rejected lines.
+        if await leave_out_suppressed(self.store, user.id, request.recipients):
+            _some_left(request.recipients)
+        pool = await pool_for(self.store, self.queue, self.settings, user.id, request)
+        sender = pool.senders[0] if pool is not None else sender
         await check_campaign_templates(request)
         shown_subject = await first_subject(request)
 
@@ -282,6 +284,8 @@ class CampaignService:
                     first_subject=shown_subject,
                     send_window=request.send_window,
                 )
+                if pool is not None:
+                    await self.store.add_pool(conn, campaign_id, pool.ids, pool.counts)
                 rows = [
                     NewDispatch(
                         dispatch_id,
@@ -298,11 +302,10 @@ class CampaignService:
                     owner_id=user.id,
                     sender_id=sender.id,
                     rows=rows,
-                    step=0 if request.steps else None,
+                    senders=None if pool is None else pool.of_row,
+                    steps=request.steps,  # and each recipient's place in them
+                    day_seconds=getattr(self.settings, "day_seconds", 86_400),
                 )
-                if request.steps:  # the follow-ups and each recipient's place in them
-                    day_s = self.settings.day_seconds if self.settings else 86_400
-                    await self.store.create_sequence(conn, campaign_id, request.steps, rows, day_s)
         except asyncpg.UniqueViolationError:
             # A concurrent request with the same Idempotency-Key won the race.
             if idempotency_header:
@@ -311,16 +314,14 @@ class CampaignService:
                     return ScheduleResult(existing, 0, [], replayed=True)
             raise
         # After the commit: if this process dies here, recovery re-adds the rows from PostgreSQL.
-        gap = max(sender.min_gap_ms, request.delay_between_ms)
-        await self.queue.enqueue(
-            sender.id,
-            zip(ids, (due_ms for _, due_ms in times), strict=True),
-            claim_cap=claim_cap(sender.hourly_limit, gap),
-        )
+        dues = [due for _, due in times]  # each on its sender's queue (a pool's: several)
+        await enqueue_all(self.queue, sender, pool, ids, dues, request.delay_between_ms)
         await self.store.mark_enqueued(campaign_id, True)
+        parsed = request.recipients
         return ScheduleResult(
-            campaign_id, len(rows), request.recipients.rejected, request.recipients.rejected_total
-        )
+            campaign_id, len(rows), parsed.rejected, parsed.rejected_total,
+            suppressed=parsed.suppressed,
+        )  # fmt: skip
 
     # ---- controls: each is one guarded state change, then Redis is brought in line ----
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from redis.asyncio import Redis
 
 from .config import Settings
+from .pools.compiled import for_job
 from .warmup import daily_limit_now
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ def pacing_request(
     day_ms: int,
 ) -> PacingRequest:
     """The request for one sender's claimed emails (in queue order), with its campaigns."""
-    sender = compiled[group[0].campaign_id].sender
+    sender = for_job(compiled, group[0]).sender  # a pool's own
     campaigns = {}
     for job in group:
         c = compiled[job.campaign_id].campaign

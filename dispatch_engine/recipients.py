@@ -105,6 +105,7 @@ class ParsedRecipients:
     rejected: list[dict[str, Any]] = field(default_factory=list)  # the first listed_rejects
     columns: set[str] = field(default_factory=set)
     rejected_total: int = 0
+    suppressed: int = 0  # of rejected_total: left out as suppressed by their owner
     limits: Limits = field(default_factory=Limits)
     source: str = "recipients"  # the request field the recipients came from
     _seen: dict[str, int] = field(default_factory=dict)
@@ -141,6 +142,20 @@ class ParsedRecipients:
     def line_of(self, address: str) -> int:
         """The line an accepted address came from."""
         return self._seen.get(address.lower(), 0)
+
+    def leave_out(self, reasons: Mapping[str, str]) -> int:
+        """Drop the accepted addresses named in `reasons` (address -> why), reported as
+        rejected lines (the schedule-time suppression check); returns how many."""
+        if not reasons:
+            return 0
+        self.accepted = [person for person in self.accepted if person.email not in reasons]
+        dropped = [{"line": self.line_of(email), "value": email[:200], "reason": why}
+                   for email, why in reasons.items()]  # fmt: skip
+        self.rejected_total += len(dropped)
+        self.suppressed += len(dropped)
+        merged = sorted([*self.rejected, *dropped], key=lambda row: int(row["line"]))
+        self.rejected = merged[: self.limits.listed_rejects]
+        return len(dropped)
 
     def check_lines(self, line: int) -> None:
         if line > self.limits.max_lines:

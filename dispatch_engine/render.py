@@ -16,6 +16,7 @@ show it (a transactional sender's bodies go without).
 from __future__ import annotations
 
 import binascii
+import copy
 import hashlib
 import time
 from collections.abc import Mapping
@@ -275,6 +276,14 @@ def _body_part(text: str) -> bytes:
     return b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + qp.replace(b"\n", b"\r\n")
 
 
+def _sender_head(sender: Sender) -> bytes:
+    head = [f"From: {from_header(sender.display_name, sender.from_address)}"]
+    if sender.reply_to:
+        head.append(f"Reply-To: {from_header('', sender.reply_to)}")
+    head.append("MIME-Version: 1.0")
+    return ("\r\n".join(head) + "\r\n").encode()
+
+
 @dataclass
 class CompiledCampaign:
     """One campaign's templates and constant headers, compiled once per worker process."""
@@ -298,14 +307,17 @@ class CompiledCampaign:
         self._html_names_link = UNSUBSCRIBE_VARIABLE in (self.campaign.body_html or "")
         self.broken: str | None = None  # set after STRIKES work-limit failures
         self._strikes = 0
-        sender = self.sender
-        head = [f"From: {from_header(sender.display_name, sender.from_address)}"]
-        if sender.reply_to:
-            head.append(f"Reply-To: {from_header('', sender.reply_to)}")
-        head.append("MIME-Version: 1.0")
-        self._constant = ("\r\n".join(head) + "\r\n").encode()
+        self._constant = _sender_head(self.sender)
+        self.variants: dict[int, CompiledCampaign] = {}  # by sender id: a pool's other senders
         digest = hashlib.sha256(self.campaign.body_text.encode()).hexdigest()[:16]
         self._boundary = f"=_dispatch_{self.campaign.id}_{digest}"
+
+    def as_sender(self, sender: Sender) -> CompiledCampaign:
+        """The same templates sent by another sender of a pool (pools/compiled.py)."""
+        other = copy.copy(self)
+        other.sender, other.variants, other._footers = sender, {}, not sender.transactional
+        other._constant = _sender_head(sender)
+        return other
 
     def render(
         self,
@@ -313,12 +325,9 @@ class CompiledCampaign:
         variables: Mapping[str, Any],
         message_id: str,
         unsubscribe: Unsubscribe | None = None,
-        step: int = 0,
-        thread_key: bytes | None = None,
     ) -> tuple[str, bytes]:
         """Return (subject, raw message bytes) for one recipient; with `unsubscribe` (the
-        worker always passes it), its headers, `{{ unsubscribe_url }}` and the footer. A
-        sequence's follow-up `step` answers its first email (`thread_key`: that one's key).
+        worker always passes it), its headers, `{{ unsubscribe_url }}` and the footer.
 
         Raises TemplateLimitError when a template goes over a limit; after STRIKES of them the
         campaign's other emails fail at once, without spending the budget again."""
@@ -328,9 +337,7 @@ class CompiledCampaign:
         if unsubscribe is not None:  # after the variables: a recipient cannot set their link
             context[UNSUBSCRIBE_VARIABLE] = unsubscribe.url
         try:
-            if step:  # a sequence's follow-up (sequences/compiled.py)
-                subject, text, html = self._render_step(step, context)
-            elif self._fast:  # no Jinja runtime, nothing to budget: sizes follow the inputs
+            if self._fast:  # no Jinja runtime, nothing to budget: sizes follow the inputs
                 subject = _render_capped(self._subject, context, "subject")
                 text = _render_capped(self._text, context, "body")
                 html = None
@@ -350,9 +357,6 @@ class CompiledCampaign:
             f"To: {recipient}\r\nSubject: {_header(subject)}\r\n"
             f"Date: {_date_header()}\r\nMessage-ID: {message_id}\r\n"
         ).encode()
-        if thread_key is not None:  # RFC 5322 3.6.4: the first email is the parent
-            first = message_id_for(thread_key, self.sender.from_address)
-            lines += f"In-Reply-To: {first}\r\nReferences: {first}\r\n".encode()
         if unsubscribe is not None:
             lines += unsubscribe.head
             if self._footers:
@@ -378,9 +382,6 @@ class CompiledCampaign:
                 + b"--\r\n"
             )
         return subject, self._constant + lines + body
-
-    def _render_step(self, step: int, context: dict[str, Any]) -> tuple[str, str, str | None]:
-        raise ValueError(f"the campaign has no step {step}")  # CompiledSequence has them
 
     def _with_footers(
         self, unsubscribe: Unsubscribe, text: str, html: str | None

@@ -14,6 +14,7 @@ import time
 from redis.asyncio import Redis
 
 from .metrics import Metrics
+from .pools.rotation import Rotation
 from .queue import RedisQueue
 from .redis_keys import SWEEPER_LEADER_KEY, SWEEPER_MARKER_KEY
 from .requeue import requeue
@@ -49,8 +50,10 @@ class Sweeper:
         interval_s: float,
         max_stalls: int,
         metrics: Metrics | None = None,
+        rotation: Rotation | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.rotation = rotation  # pools: senders leaving the rotation (pools/rotation.py)
         self.store = store
         self.queue = queue
         self.redis = redis
@@ -89,6 +92,11 @@ class Sweeper:
             if requeued:
                 log.info("recovery re-queued %d dispatches from PostgreSQL", requeued)
         self.metrics.requeued.inc(requeued)
+        if self.rotation is not None:
+            try:
+                await self.rotation.run()
+            except Exception:  # idempotent: the next pass finishes it
+                log.warning("moving recipients off senders that left a pool failed", exc_info=True)
         if time.monotonic() - self._housekept_at >= HOUSEKEEPING_EVERY_S:
             self._housekept_at = time.monotonic()
             pruned = await self.store.prune_sessions()

@@ -71,8 +71,30 @@ async def _content(client: AppClient, store: Store, pool: asyncpg.Pool) -> dict[
         waiting_id,
     )
     message_id = await pool.fetchval("SELECT min(id) FROM captured_messages")
-    return {"sent": (await sent.json())["campaign"]["id"], "waiting": waiting_id,
-            "message": message_id}  # fmt: skip
+    # A campaign over a pool of two senders (its pool table; compose's multiple select).
+    second = await client.post(
+        "/api/senders",
+        headers=headers,
+        json={"from_address": "two@example.com", "transport": "capture"},
+    )
+    first = (await sent.json())["campaign"]["sender"]["id"]
+    pooled = await client.post(
+        "/api/emails/schedule",
+        headers=headers,
+        json={
+            "subject": "Pooled",
+            "body": "b",
+            "senders": [first, (await second.json())["id"]],
+            "recipients": ["p1@example.com", "p2@example.com"],
+        },
+    )
+    assert pooled.status == 201, await pooled.text()
+    return {
+        "sent": (await sent.json())["campaign"]["id"],
+        "waiting": waiting_id,
+        "message": message_id,
+        "pooled": (await pooled.json())["campaign"]["id"],
+    }
 
 
 async def _sign_in(page: Page, base: str) -> None:
@@ -95,6 +117,7 @@ async def test_axe_finds_no_violation_on_any_page(
     paths = [
         "/emails", "/emails?tab=sent", "/emails?tab=sent&status=nonsense", "/emails?q=nobody",
         "/campaigns", f"/campaigns/{ids['sent']}", f"/campaigns/{ids['waiting']}",
+        f"/campaigns/{ids['pooled']}",
         "/compose", "/inbox", f"/inbox/{ids['message']}", "/tokens",
     ]  # fmt: skip
     for path in paths:

@@ -40,7 +40,8 @@ FIELDS = [
     "hourly_limit", "sender", "recipient", "from_address", "display_name", "reply_to",
     "transport", "min_gap_ms", "settings", "send_test_message", "start_local", "tz_offset",
     "delay_seconds", "next", "csrf_token", "daily_limit", "delay_jitter_ms", "name",
-    "expires_in", "transactional", "List-Unsubscribe", "steps",
+    "expires_in", "transactional", "List-Unsubscribe", "senders",
+    "emails", "email", "reason", "detail", "file", "steps",
 ]  # fmt: skip
 FORGED = "a" * 29  # an unsubscribe token of the right shape (/u/{token}) whose MAC is wrong
 # Every provider webhook mounted (builtins/provider_webhooks), so the fuzz reaches them too.
@@ -54,7 +55,9 @@ JSON_ERROR_PREFIXES = ("/api/", "/hooks/")
 MODES = ["token", "session", "form"]  # A's API token; A's session (+ CSRF header); form only
 QUERY_KEYS = ["limit", "cursor", "scheduled_cursor", "sent_cursor", "scheduled", "cancel_queued",
               "tab", "status", "campaign_id", "sender_id", "q", "after", "before",
-              "state"]  # fmt: skip
+              "email", "state"]  # fmt: skip
+# A's query values are drawn from HOSTILE and these (B's suppressed address among them).
+QUERY_EXTRA = ["b-gone@b.example"]
 HOSTILE = [
     "", "0", "-1", "¹", "١٢", "٣", "1e3", "1_000", " 7 ", "0x10", "NaN", "inf", "null", "[]",
     str(2**63), str(2**63 - 1), str(2**64), "9" * 30, "9" * 5000, "true", "ǅ", "\x00", "%00",
@@ -138,7 +141,8 @@ def requests(draw: st.DrawFn, routes: list[Route], b_ids: list[str]) -> tuple[An
         value = draw(st.sampled_from([*HOSTILE[:24], *b_ids, "dev", "google", "oidc", FORGED]))
         path = path.replace("{" + name + "}", value.replace("/", "%2F") or "0")
     short = [v for v in HOSTILE if len(v) < 1000]  # a longer URL is refused by aiohttp itself
-    query = draw(st.dictionaries(st.sampled_from(QUERY_KEYS), st.sampled_from(short), max_size=3))
+    values = st.sampled_from([*short, *QUERY_EXTRA])
+    query = draw(st.dictionaries(st.sampled_from(QUERY_KEYS), values, max_size=3))
     content_type, body = draw(bodies()) if route.method in BODY_METHODS else (None, b"")
     return route, path, query, content_type, body, draw(st.sampled_from(MODES))
 
@@ -210,6 +214,11 @@ async def _tenants(client: AppClient, store: Store) -> tuple[dict[str, str], str
         b_ids.append(str(made["campaign"]["id"]))
     b_token = await client.post("/api/tokens", json={"name": MARKER}, headers=b)
     b_ids.append(str((await b_token.json())["id"]))  # listed to A, it would carry the marker
+    # Its detail carries the marker; its address (not: A's own input is echoed in errors)
+    # is among the path values, so A's look-ups and removals name it.
+    suppressed = {"emails": ["b-gone@b.example"], "detail": MARKER}
+    assert (await client.post("/api/suppressions", json=suppressed, headers=b)).status == 201
+    b_ids.append("b-gone@b.example")
     a_payload = {"subject": "A's", "body": "hi", "recipients": ["a1@a.example"]}
     assert (await client.post("/api/emails/schedule", json=a_payload, headers=a_headers)).ok
 
@@ -276,6 +285,9 @@ async def test_malformed_requests_to_every_route(
         "SELECT status FROM campaigns WHERE subject LIKE $1", f"{MARKER}%"
     )
     assert len(rows) == 2 and {r["status"] for r in rows} <= {"running", "completed", "scheduled"}
+    # B's suppression is still there, whatever A sent to remove it.
+    kept = await store.pool.fetchval("SELECT count(*) FROM suppressions WHERE detail = $1", MARKER)
+    assert kept == 1
     stopped = await store.pool.fetchval(
         "SELECT count(*) FROM sequence_members WHERE state NOT IN ('active', 'waiting')"
     )

@@ -256,3 +256,29 @@ async def test_a_plugin_raising_in_an_event_hook_is_logged_and_loses_no_email(
     # The other plugin still heard every event.
     assert len(await _recorded(folder, "campaign_completed", 1)) == 1
     assert len(events(folder, "dispatch_sent")) == 6
+
+
+ONLY_FAILED = """
+@hookimpl
+def dispatch_failed(dispatch_id, campaign_id, recipient, error):
+    record("dispatch_failed", recipient=recipient, error=error)
+
+@hookimpl
+def campaign_completed(campaign_id, owner_id):
+    record("campaign_completed", campaign_id=campaign_id)
+"""
+
+
+async def test_a_plugin_hooking_only_failures_hears_only_failures(
+    make_client: Start, settings: Settings, store: Store, tmp_path: Path
+) -> None:
+    # No plugin implements dispatch_sent: a sent email must not reach dispatch_failed instead.
+    folder = plugin_dir(tmp_path, only_failed=ONLY_FAILED, picky=PICKY)
+    client = await make_client(replace(settings, plugins_dir=folder))
+    headers = auth(await new_token(store))
+    sender = await _picky_sender(client, headers)
+    recipients = ["gone@example.com", "ok@example.com"]
+    campaign = await _schedule(client, headers, sender=sender, recipients=recipients)
+    await wait_for(lambda: _completed(store, campaign))
+    await _recorded(folder, "campaign_completed", 1)
+    assert [e["recipient"] for e in events(folder, "dispatch_failed")] == ["gone@example.com"]

@@ -3,13 +3,22 @@ each error naming its field (`steps[1].body`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from dispatch_engine.errors import ValidationError
-from dispatch_engine.models import CampaignContent, Sender, StepContent
-from dispatch_engine.sequences.compiled import CompiledSequence
+from dispatch_engine.models import (
+    CampaignContent,
+    CampaignStatus,
+    DispatchJob,
+    DispatchStatus,
+    Sender,
+    StepContent,
+)
+from dispatch_engine.sequences.compiled import compiled_for, render_email
 from dispatch_engine.sequences.steps import parse_steps
 from dispatch_engine.store import Store
 
@@ -88,14 +97,21 @@ def test_a_follow_up_renders_threaded_with_the_re_subject() -> None:
         1, 1, 1, "Hi {{ name }}", "one", None, 0, None,
         steps=(StepContent(1, None, "two {{ name }}", None),),
     )  # fmt: skip
-    compiled = CompiledSequence(content, sender)
+    compiled = compiled_for(content, sender)
     key = bytes(range(32))
-    subject, raw = compiled.render(
-        "a@example.com", {"name": "A"}, "<m2@example.com>", step=1, thread_key=key
-    )
+    job = DispatchJob(
+        7, 1, 1, 1, "a@example.com", {"name": "A"}, DispatchStatus.SCHEDULED,
+        CampaignStatus.RUNNING, b"k" * 32, 0, datetime.now(UTC), step=1, thread_key=key,
+    )  # fmt: skip
+    subject, raw = render_email(compiled, job, "<m2@example.com>", None)
     first = f"<{key.hex()[:40]}@example.com>"
     assert subject == "Re: Hi A"
-    assert f"In-Reply-To: {first}\r\nReferences: {first}\r\n".encode() in raw
+    assert (
+        f"Message-ID: <m2@example.com>\r\nIn-Reply-To: {first}\r\nReferences: {first}\r\n".encode()
+        in raw
+    )
     assert b"two A" in raw
-    subject, raw = compiled.render("a@example.com", {"name": "A"}, "<m1@example.com>")
+    subject, raw = render_email(
+        compiled, replace(job, step=0, thread_key=None), "<m1@example.com>", None
+    )
     assert subject == "Hi A" and b"In-Reply-To" not in raw

@@ -24,8 +24,9 @@ from dispatch_engine.worker.sender_health import LOGIN_FAILURES_TO_PARK
 from .support.app_client import AppClient, Start
 from .support.helpers import auth, new_token, wait_for
 from .support.plugin_dirs import events, plugin_dir
+from .support.postfix import RelayPostfix
 from .support.processes import run_cli
-from .support.smtp_peer import PrivateCa, PrivatePostfix, SmtpPeer
+from .support.smtp_peer import PrivateCa, SmtpPeer
 from .support.smtp_sink import free_port
 from .support.web_session import dev_login
 
@@ -326,7 +327,7 @@ async def test_sending_through_a_real_postfix_relay(
 ) -> None:
     """Postfix (it announces PIPELINING) takes the emails and relays them to smtp-server:
     each Message-ID arrives once, envelope intact."""
-    with SmtpPeer() as peer, PrivatePostfix(free_port(), peer.port) as mta:
+    with SmtpPeer() as peer, RelayPostfix(free_port(), peer.port) as mta:
         client = await make_client(settings)
         headers = auth(await new_token(store))
         sender = await _sender(client, headers, mta.port, tls="none")

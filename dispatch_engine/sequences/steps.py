@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +11,7 @@ import orjson
 from ..errors import ValidationError
 from ..parsing import whole_number
 from ..recipients import ParsedRecipients
-from ..render import TemplateProblem, check_templates
+from ..render import TemplateProblem, check_templates, one_line
 
 MAX_STEPS = 10
 MAX_WAIT_DAYS = 365
@@ -85,29 +84,34 @@ def parse_steps(value: Any) -> tuple[StepRequest, ...]:
     return tuple(_step(i, item) for i, item in enumerate(value))
 
 
-def _check(
-    steps: tuple[StepRequest, ...],
-    columns: set[str],
-    sample: tuple[str, Mapping[str, Any]],
-) -> set[str]:
-    subject_vars: set[str] = set()
-    for s in steps:
-        where = f"steps[{s.step - 1}]"
-        try:
-            subject_vars |= check_templates(s.subject or "", s.body, s.html, columns, sample)
-        except TemplateProblem as exc:
-            message = str(exc).removeprefix(f"{exc.field}: ").removeprefix(f"{exc.field} ")
-            raise ValidationError(f"{where}.{exc.field}", message) from None
-    return subject_vars
-
-
-async def check_step_templates(
+def check_steps(
     steps: tuple[StepRequest, ...], recipients: ParsedRecipients
-) -> set[str]:
-    """Compile and render each step for the first recipient, as for the first email (in a
-    thread); returns the variables the steps' subjects use (they become a header)."""
-    if not steps:
-        return set()
+) -> tuple[StepRequest, ...]:
+    """Compile and render each step for the first recipient, as for the first email (CPU
+    work: parse_schedule_request runs off the loop), and refuse line breaks in the values a
+    step's subject (a header) uses."""
+    if not steps or not recipients.accepted:
+        return steps
     first = recipients.accepted[0]
     sample = (first.email, first.vars)
-    return await asyncio.to_thread(_check, steps, recipients.columns, sample)
+    subject_vars: set[str] = set()
+    for s in steps:
+        try:
+            subject_vars |= check_templates(
+                s.subject or "", s.body, s.html, recipients.columns, sample
+            )
+        except TemplateProblem as exc:
+            field = f"steps[{s.step - 1}].{exc.field}"
+            message = str(exc).removeprefix(f"{exc.field}: ").removeprefix(f"{exc.field} ")
+            raise ValidationError(field, message) from None
+    subject_vars.discard("email")
+    for person in recipients.accepted if subject_vars else ():
+        for name in subject_vars:
+            value = person.vars.get(name)
+            if isinstance(value, str) and one_line(value) != value:
+                raise ValidationError(
+                    "recipients",
+                    f"{person.email}: {name!r} is used in a step's subject (a header) and "
+                    "contains a line break",
+                )
+    return steps

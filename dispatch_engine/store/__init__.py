@@ -11,6 +11,7 @@ from .delivery import DeliveryQueries
 from .feedback import FeedbackQueries
 from .listings import ListingQueries
 from .policy import PolicyQueries
+from .pools import PoolQueries
 from .senders import SenderQueries
 from .suppressions import SuppressionQueries
 
@@ -24,6 +25,7 @@ class Store(
     SuppressionQueries,
     FeedbackQueries,
     PolicyQueries,
+    PoolQueries,
 ):
     """The queries of every module, on one asyncpg pool."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -18,7 +18,11 @@ from ..models import (
 from ..recipient_hours import SendWindow
 from .base import NewDispatch
 from .policy import campaign_feedback
+from .pools import pool_of
 from .sequences import SequenceQueries
+
+if TYPE_CHECKING:
+    from ..sequences.steps import StepRequest
 
 
 def content_from(row: asyncpg.Record, steps: tuple[StepContent, ...] = ()) -> CampaignContent:
@@ -99,9 +103,12 @@ class CampaignQueries(SequenceQueries):  # a campaign's details include its sequ
         owner_id: int,
         sender_id: int,
         rows: Sequence[NewDispatch],
-        step: int | None = None,
+        senders: Sequence[int] | None = None,  # a pool's: each row's sender (pools/)
+        steps: Sequence[StepRequest] = (),
+        day_seconds: int = 86_400,
     ) -> None:
-        """`step` 0: the first step of a sequence (migration 0018); None: no sequence."""
+        """With `steps`: the dispatches are a sequence's first step (`step` 0), and the steps
+        and each recipient's member are written too (store/sequences.py, migration 0018)."""
         columns = [
             "id",
             "campaign_id",
@@ -117,18 +124,20 @@ class CampaignQueries(SequenceQueries):  # a campaign's details include its sequ
                 d.id,
                 campaign_id,
                 owner_id,
-                sender_id,
+                sender_id if senders is None else senders[n],
                 d.recipient,
                 d.vars,
                 d.scheduled_at,
                 d.idempotency_key,
             )
-            for d in rows
+            for n, d in enumerate(rows)
         )
-        if step is not None:
+        if steps:
             columns.append("step")
-            records = ((*r, step) for r in records)
+            records = ((*r, 0) for r in records)
         await conn.copy_records_to_table("dispatches", columns=columns, records=records)
+        if steps:
+            await self.create_sequence(conn, campaign_id, steps, rows, day_seconds)
 
     async def campaign_detail(self, owner_id: int, campaign_id: int) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(
@@ -147,6 +156,7 @@ class CampaignQueries(SequenceQueries):  # a campaign's details include its sequ
             counts[r["status"]] = r["n"]
         detail = dict(row)
         detail["counts"] = counts
+        detail["pool"] = await pool_of(self.pool, campaign_id)  # store/pools.py: [] without one
         detail["feedback"] = await campaign_feedback(self.pool, campaign_id)
         detail["sequence"] = sequence = await self.sequence_summary(campaign_id)
         # The emails the campaign sends: a sequence's follow-ups too (made or still to make).

@@ -50,21 +50,26 @@ class DeliveryQueries(Queries):
         message_ids: Sequence[str],
         transports: Sequence[str],
         attempt_token: str,
+        sender_ids: Sequence[int] | None = None,
     ) -> tuple[set[int], set[int]]:
         """Mark dispatches `sending` and write their ledger rows, in one statement.
 
         Returns (go, already_sent): ids to hand to the transport now, and ids whose ledger
         says a previous attempt was recorded as sent (they are only repaired and acked).
         A ledger row still `sending` belongs to an attempt that died; this one takes it over.
+        `sender_ids`: the senders of the leases; a dispatch a pool moved to another sender
+        since (pools/rotation.py) is not begun under a lease of its old one.
         """
         rows = await self.pool.fetch(
             """WITH input AS (
-                   SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, mid, tr)
+                   SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $5::bigint[])
+                       AS t(id, mid, tr, sender)
                ), marked AS (
                    UPDATE dispatches d SET status = 'sending', attempts = d.attempts + 1,
                           updated_at = now()
                    FROM input WHERE d.id = input.id
                      AND d.status IN ('scheduled', 'rate_limited', 'sending')
+                     AND (input.sender IS NULL OR d.sender_id = input.sender)
                    RETURNING d.id, d.idempotency_key, input.mid, input.tr
                ), led AS (
                    INSERT INTO ledger (idempotency_key, dispatch_id, state, attempt_token,
@@ -81,6 +86,7 @@ class DeliveryQueries(Queries):
             message_ids,
             transports,
             attempt_token,
+            list(sender_ids) if sender_ids is not None else [None] * len(ids),
         )
         go = {r["id"] for r in rows if r["go"]}
         return go, {r["id"] for r in rows if not r["go"]}
@@ -152,6 +158,20 @@ class DeliveryQueries(Queries):
             ids,
             reason,
         )
+
+    async def suppress_dispatches(self, errors: dict[int, str]) -> list[int]:
+        """End queued dispatches `suppressed` (their address was suppressed since they were
+        scheduled), each with its reason; returns the ids that were still queued."""
+        rows = await self.pool.fetch(
+            """UPDATE dispatches d SET status = 'suppressed', last_error = e.error,
+                      finished_at = now(), updated_at = now()
+               FROM unnest($1::bigint[], $2::text[]) AS e(id, error)
+               WHERE d.id = e.id AND d.status IN ('scheduled', 'sending', 'rate_limited')
+               RETURNING d.id""",
+            list(errors),
+            list(errors.values()),
+        )
+        return [r["id"] for r in rows]
 
     async def update_campaign_progress(
         self, campaign_ids: Sequence[int]

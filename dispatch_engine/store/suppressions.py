@@ -66,6 +66,32 @@ class SuppressionQueries(Queries):
         )
         return int(status.rsplit(" ", 1)[1])
 
+    async def suppress_rows(
+        self,
+        owner_id: int,
+        emails: Sequence[str],
+        reasons: Sequence[str],
+        details: Sequence[str],
+        source: str,
+    ) -> int:
+        """Suppress normalized addresses, each with its own reason and detail (a CSV
+        import), in one statement; one already suppressed keeps its first reason. Returns
+        how many were new."""
+        if not emails:
+            return 0
+        status = await self.pool.execute(
+            """INSERT INTO suppressions (owner_id, email_normalized, reason, source, detail)
+               SELECT $1, e, r, $5, d
+               FROM unnest($2::text[], $3::text[], $4::text[]) AS t(e, r, d)
+               ON CONFLICT (owner_id, email_normalized) DO NOTHING""",
+            owner_id,
+            list(emails),
+            list(reasons),
+            [d[:1000] for d in details],
+            source,
+        )
+        return int(status.rsplit(" ", 1)[1])
+
     async def unsuppress(self, owner_id: int, email: str) -> bool:
         status = await self.pool.execute(
             "DELETE FROM suppressions WHERE owner_id = $1 AND email_normalized = $2",
@@ -85,14 +111,28 @@ class SuppressionQueries(Queries):
     async def suppressions_among(
         self, owner_id: int, emails: Iterable[str]
     ) -> dict[str, Suppression]:
-        """The suppressed ones among an owner's normalized addresses (schedule-time check)."""
+        """The suppressed ones among an owner's normalized addresses (schedule-time check).
+
+        A join with the array, not `= ANY(array)`: the planner estimates an ANY element by
+        element, 0.6 s of planning for 1,000,000 addresses (3.1 s in all vs 1.1 s)."""
         rows = await self.pool.fetch(
-            f"""SELECT {_COLUMNS} FROM suppressions
-                WHERE owner_id = $1 AND email_normalized = ANY($2::text[])""",
+            """SELECT s.id, s.email_normalized, s.reason, s.source, s.detail, s.dispatch_id,
+                      s.created_at
+               FROM unnest($2::text[]) AS e JOIN suppressions s
+                 ON s.owner_id = $1 AND s.email_normalized = e""",
             owner_id,
             list(set(emails)),
         )
         return {r["email_normalized"]: suppression_from(r) for r in rows}
+
+    async def suppressed_emails(self, owner_id: int, limit: int) -> list[str]:
+        """Up to `limit` of the owner's suppressed addresses (fewer: that is the whole list)."""
+        rows = await self.pool.fetch(
+            "SELECT email_normalized FROM suppressions WHERE owner_id = $1 LIMIT $2",
+            owner_id,
+            limit,
+        )
+        return [r[0] for r in rows]
 
     async def suppressed_pairs(self, pairs: Iterable[tuple[int, str]]) -> set[tuple[int, str]]:
         """Which (owner id, normalized address) pairs are suppressed (send-time check of a

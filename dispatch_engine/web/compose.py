@@ -126,6 +126,10 @@ async def compose_submit(request: web.Request) -> web.StreamResponse:
             k: form.get(k)
             for k in ("name", "subject", "body", "html", "hourly_limit", "daily_limit", "sender")
         }
+        pool = [str(v) for v in form.getall("senders", [])]  # a pool (pools/): not `sender`
+        if pool:
+            data["senders"], data["sender"] = pool, None
+            values["senders"] = ",".join(pool)
         data["start_at"] = _start_at(form)
         data["delay_between_ms"] = _delay_ms(form)
         data["delay_jitter_ms"] = _delay_ms(form, "jitter_seconds")
@@ -137,6 +141,7 @@ async def compose_submit(request: web.Request) -> web.StreamResponse:
         result = await schedule_campaign(request, user, data)
     except DomainError as exc:
         field = PAGE_FIELDS.get(exc.field or "", exc.field or "form")
+        field = "senders" if field.startswith("senders[") else field
         return await _compose_page(
             request, values=values, errors={field: exc.message}, status=status_of(exc),
             warnings=found.warnings,

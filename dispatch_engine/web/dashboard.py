@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import auth, compose, email_pages, events, pages, token_pages, unsubscribe
+from . import auth, compose, email_pages, events, pages, suppression_pages, token_pages, unsubscribe
 from .app_keys import SESSIONS, SETTINGS, STORE
 from .sessions import SessionManager
 from .templating import setup_templates, static_dir
@@ -32,4 +32,5 @@ def setup(app: web.Application) -> None:
     app.add_routes(pages.routes)
     app.add_routes(token_pages.routes)
     unsubscribe.setup(app)  # the recipients' one-click pages (no login)
+    app.add_routes(suppression_pages.routes)
     app.router.add_static("/static", static_dir())

@@ -27,6 +27,8 @@ UPLOAD_ROUTES = frozenset(
         "/api/compose/preview",
         "/api/compose/check",  # the whole form, templates included
         "/compose",
+        "/api/suppressions/import",
+        "/suppressions/import",
     }
 )
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from ..errors import ValidationError
 from ..models import Sender
+from ..pools.present import add_today, pool_json
 from ..waiting import campaign_pace, campaign_wait
 from .app_keys import QUEUE, SETTINGS, STORE
 from .middleware import current_user
@@ -75,12 +76,14 @@ async def campaign(request: web.Request) -> web.Response:
     if detail is None:
         raise web.HTTPNotFound()
     sender = await store.find_sender(user.id, detail["sender_id"])
+    await add_today(detail["pool"], store, request.app[QUEUE], request.app[SETTINGS].day_seconds)
     limit, settings = detail["hourly_limit"], request.app[SETTINGS]
     context = {
         "title": detail["name"] or detail["first_subject"] or detail["subject"],
         "campaign": detail,
         "progress": progress(detail["counts"], detail.get("emails") or detail["total"]),
         "sender": sender,
+        "pool": pool_json(detail.get("pool") or []),  # its senders, if several (pools/)
         "pacing": await _pacing(request, sender) if sender else None,
         "hourly_limit": min(limit, sender.hourly_limit) if limit and sender else limit,
         "gap_ms": max(detail["delay_between_ms"], sender.min_gap_ms if sender else 0),

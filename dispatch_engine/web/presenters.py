@@ -20,7 +20,9 @@ import nh3
 from ..config import Settings
 from ..dkim.keys import sender_dns_record
 from ..models import TERMINAL_STATES, DispatchStatus, Sender, User
+from ..pools.present import pool_json
 from ..store.accounts import ApiToken
+from ..store.suppressions import Suppression
 from ..waiting import CampaignWait, wait_of
 from ..warmup import daily_limit_now, warmup_json
 from .page_views import progress
@@ -76,6 +78,7 @@ def campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
         # Of every email it sends (a sequence's follow-ups too: store "emails").
         "progress": round(done / (detail.get("emails") or total), 4) if total else 1.0,
         "created_at": iso(detail["created_at"]),
+        "pool": pool_json(detail.get("pool") or []),  # its senders, if it has several
         **campaign_feedback_json(detail),
         **campaign_naming(detail),
         # Follow-ups (without their bodies) and recipients by state; null: no steps.
@@ -361,4 +364,20 @@ def token_json(token: ApiToken, now: datetime | None = None) -> dict[str, Any]:
         "last_used_at": iso(token.last_used_at),
         "expires_at": iso(token.expires_at),
         "revoked_at": iso(token.revoked_at),
+    }
+
+
+# ---- suppressions (web/api/suppressions.py, web/suppression_pages.py) ----
+
+
+def suppression_json(entry: Suppression) -> dict[str, Any]:
+    """A suppressed address of the owner: its one form, why, where from and since when."""
+    return {
+        "id": entry.id,
+        "email": entry.email,
+        "reason": entry.reason,
+        "source": entry.source,
+        "detail": entry.detail,
+        "dispatch_id": entry.dispatch_id,
+        "created_at": iso(entry.created_at),
     }

@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass
 
 from ..models import QUEUED_STATES, CampaignStatus, DispatchJob
+from ..pools.compiled import for_job
+from ..pools.rotation import rehome
 from ..queue import Lease, Waker
 from .begin import Begin
 from .deps import WorkerDeps
@@ -84,11 +86,24 @@ class Claim:
                 self.leases.abandon(result.leases)
                 await self.waker.wait(1.0)
 
+    async def _moved_off(
+        self, jobs: list[DispatchJob], by_id: dict[int, Lease]
+    ) -> list[DispatchJob]:
+        """A pool's email moved to another sender since this lease was taken (pools/rotation.py):
+        nothing is sent under this lease; the id goes to its sender's queue."""
+        moved = [j for j in jobs if j.sender_id != by_id[j.id].sender_id]
+        if not moved:
+            return jobs
+        await self.leases.ack([by_id[j.id] for j in moved])
+        await rehome(self.queue, await self.store.queued_elsewhere([j.id for j in moved]))
+        return [j for j in jobs if j.sender_id == by_id[j.id].sender_id]
+
     async def _start_batch(self, leases: list[Lease], now_ms: int) -> bool:
         """Start what may go of a claimed batch; False when the fair share held back all."""
         by_id = {lease.dispatch_id: lease for lease in leases}
         jobs = await self.store.load_jobs(list(by_id))
         done: list[Lease] = [by_id[i] for i in set(by_id) - {j.id for j in jobs}]
+        jobs = await self._moved_off(jobs, by_id)
         runnable: list[DispatchJob] = []
         for job in jobs:
             if job.status in QUEUED_STATES and job.campaign_status in SENDABLE:
@@ -105,7 +120,8 @@ class Claim:
         started, sent_already = await self.begin.batch(go, compiled, by_id)
         done += sent_already
         for job, message_id in started:
-            await self.send.start(job, compiled[job.campaign_id], message_id, by_id[job.id])
+            compiled_job = for_job(compiled, job)  # its pool sender's
+            await self.send.start(job, compiled_job, message_id, by_id[job.id])
         if done:
             await self.leases.ack(done)
         return bool(runnable) or not held

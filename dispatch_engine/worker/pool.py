@@ -50,7 +50,7 @@ class WorkerPool:
             hours=RecipientHours(deps.store, self.leases),
             share=share,
             pace=Pace(deps, self.leases),
-            begin=Begin(deps.store, self.leases),
+            begin=Begin(deps.store, self.leases, deps.queue),
             send=self.send,
         )
         self.claim = Claim(deps, self.leases, self._waker, downstream)

@@ -1,9 +1,11 @@
-"""Stage 2: compile the campaigns of a claimed batch; one campaign's failure is its alone.
+"""Stage 2: leave out suppressed emails and compile the campaigns of a claimed batch; one
+campaign's failure is its alone.
 
-`prepare_campaign` compiles one campaign's templates (in a thread); `Prepare` keeps the
-compiled campaigns of this process (recompiled when their sender was edited) and fails the
-emails of a campaign that cannot be prepared, with the reason, while the rest of the batch
-goes on.
+An email whose address its owner suppressed after it was scheduled ends `suppressed` here
+and never reaches a transport. `prepare_campaign` compiles one campaign's templates (in a
+thread); `Prepare` keeps the compiled campaigns of this process (recompiled when their
+sender was edited) and fails the emails of a campaign that cannot be prepared, with the
+reason, while the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from ..models import CampaignContent, DispatchJob, DispatchStatus, Sender
+from ..pools.compiled import for_sender
 from ..render import CompiledCampaign, TemplateProblem
 from ..sequences.compiled import compiled_for
 from ..store import SendOutcome, Store
+from ..suppressions import address_key, why_suppressed
 from .settle import Settle
 
 log = logging.getLogger("dispatch_engine.worker")
@@ -41,6 +45,17 @@ async def prepare_campaign(
         return f"the campaign cannot be prepared: {type(exc).__name__}: {exc}"[:1000]
 
 
+def _sender_of(
+    content: CampaignContent, jobs: list[DispatchJob], senders: dict[int, Sender]
+) -> Sender | None:
+    """The campaign's own sender, or (a pool's batch without it) one of its emails' senders."""
+    own = senders.get(content.sender_id)
+    if own is not None:
+        return own
+    return next((senders[j.sender_id] for j in jobs
+                 if j.campaign_id == content.id and j.sender_id in senders), None)  # fmt: skip
+
+
 class Prepare:
     def __init__(self, store: Store, settle: Settle) -> None:
         self.store = store
@@ -51,14 +66,52 @@ class Prepare:
     async def batch(
         self, jobs: list[DispatchJob]
     ) -> tuple[list[DispatchJob], dict[int, CompiledCampaign], list[DispatchJob]]:
-        """(emails that go on, their compiled campaigns, emails failed here); the caller
-        acks the failed ones' leases with the batch's other finished ones."""
+        """(emails that go on, their compiled campaigns, emails finished here: suppressed or
+        failed); the caller acks their leases with the batch's other finished ones."""
+        suppressed = await self._suppressed(jobs)
+        if suppressed:
+            gone = {j.id for j in suppressed}
+            jobs = [j for j in jobs if j.id not in gone]
         compiled, failed = await self._compiled(jobs)
         if not failed:
-            return jobs, compiled, []
+            return jobs, compiled, suppressed
         bad = [j for j in jobs if j.campaign_id in failed]
         await self._fail(bad, failed)
-        return [j for j in jobs if j.campaign_id not in failed], compiled, bad
+        return [j for j in jobs if j.campaign_id not in failed], compiled, suppressed + bad
+
+    async def _suppressed(self, jobs: list[DispatchJob]) -> list[DispatchJob]:
+        """Emails whose owner suppressed their address since they were scheduled: they end
+        `suppressed`, with the reason, and are never sent. One query per batch (it holds
+        many owners' emails); the reasons are read only when some are suppressed."""
+        if not jobs:
+            return []
+        keys = {job.id: (job.owner_id, address_key(job.recipient)) for job in jobs}
+        hits = await self.store.suppressed_pairs(keys.values())
+        if not hits:
+            return []
+        reasons: dict[tuple[int, str], str] = {}
+        for owner in {owner for owner, _ in hits}:
+            found = await self.store.suppressions_among(owner, [e for o, e in hits if o == owner])
+            reasons.update({(owner, e): why_suppressed(s) for e, s in found.items()})
+        # An address unsuppressed in between (no reason found) is sent as usual.
+        gone = [job for job in jobs if keys[job.id] in reasons]
+        errors = {job.id: reasons[keys[job.id]] for job in gone}
+        marked = set(await self.store.suppress_dispatches(errors))
+        await self.settle.announce_failed(
+            [
+                SendOutcome(
+                    j.id,
+                    j.idempotency_key,
+                    DispatchStatus.SUPPRESSED,
+                    j.campaign_id,
+                    j.recipient,
+                    error=reasons[keys[j.id]],
+                )
+                for j in gone
+                if j.id in marked  # the others finished otherwise meanwhile (cancelled…)
+            ]
+        )
+        return gone
 
     async def _compiled(
         self, jobs: Iterable[DispatchJob]
@@ -79,7 +132,7 @@ class Prepare:
                 prepared = (
                     "the campaign no longer exists"
                     if content is None
-                    else await prepare_campaign(content, senders.get(content.sender_id))
+                    else await prepare_campaign(content, _sender_of(content, jobs, senders))
                 )
                 if isinstance(prepared, str):
                     failed[cid] = self._unprepared[cid] = prepared
@@ -95,7 +148,7 @@ class Prepare:
             compiled = self._campaigns.get(cid)
             if compiled is None:
                 continue
-            fresh = senders.get(compiled.campaign.sender_id)
+            fresh = senders.get(compiled.sender.id)
             if fresh is not None and fresh != compiled.sender:
                 prepared = await prepare_campaign(compiled.campaign, fresh)
                 if isinstance(prepared, str):
@@ -103,6 +156,15 @@ class Prepare:
                     continue
                 compiled = self._campaigns[cid] = prepared
             out[cid] = compiled
+        for job in jobs:  # a pool's emails: each is sent by its own sender (docs/pools.md)
+            compiled = out.get(job.campaign_id)
+            if compiled is not None and job.sender_id != compiled.sender.id:
+                other = senders.get(job.sender_id)
+                if other is None:
+                    failed[job.campaign_id] = "the campaign's sender no longer exists"
+                    out.pop(job.campaign_id)
+                else:
+                    for_sender(compiled, other)
         return out, failed
 
     async def _fail(self, jobs: list[DispatchJob], reasons: dict[int, str]) -> None:

@@ -1,7 +1,8 @@
-"""A private Postfix (Debian's, as root) that bounces like a real MTA: the peer of the
-asynchronous bounce tests (docs/bounces.md).
+"""Private Postfix instances (Debian's, as root) for the tests: `RelayPostfix`, a real MTA
+between Dispatch Engine and another peer, and `BouncingPostfix`, which bounces like a real
+MTA: the peer of the asynchronous bounce tests (docs/bounces.md).
 
-It listens on 127.0.0.1:`port`, accepts any recipient of `LOCAL_DOMAIN` at SMTP time
+`BouncingPostfix` listens on 127.0.0.1:`port`, accepts any recipient of `LOCAL_DOMAIN` at SMTP time
 (`local_recipient_maps =` empty, so nothing is refused at RCPT) and hands it to its `local`
 delivery agent, which bounces a user the machine does not have: Postfix's `bounce` daemon
 then writes a real RFC 3464 DSN to the envelope sender. Mail for `BOUNCE_DOMAIN` (the
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -62,42 +64,27 @@ def mail_ids() -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-class BouncingPostfix:
-    """Postfix on 127.0.0.1:`port` that bounces `<anyone>@dest.example.net` to the sender and
-    delivers the DSNs for `@bounce.example.net` into `maildir` (created here, owned by `nobody`)."""
+class PrivatePostfix:
+    """A private Postfix (Debian's, as root) on 127.0.0.1:`port` with its own config, queue
+    and data in a temporary folder; `main_cf` is added to the settings every instance has."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, main_cf: str, prefix: str = "dispatch-postfix-") -> None:
         if not POSTFIX.exists():
             pytest.skip("Postfix is not installed (make system-deps installs it as root)")
         if os.geteuid() != 0:
             pytest.skip("a private Postfix instance needs root")
-        self.folder = folder = Path(tempfile.mkdtemp(prefix="dispatch-postfix-bounce-"))
+        self.folder = folder = Path(tempfile.mkdtemp(prefix=prefix))
         folder.chmod(0o755)
         self.conf, queue, data = folder / "conf", folder / "queue", folder / "data"
         for made in (self.conf, queue, data):
             made.mkdir(parents=True)
         shutil.chown(data, "postfix")
-        uid, gid = mail_ids()
-        self.mail_root = mail_root = folder / "mail"
-        mail_root.mkdir()
-        os.chown(mail_root, uid, gid)
-        self.maildir = mail_root / BOUNCE_MAILBOX
         (self.conf / "master.cf").write_text(_SERVICES.format(port=port))
         (self.conf / "main.cf").write_text(
             "compatibility_level = 3.6\n"
             f"queue_directory = {queue}\ndata_directory = {data}\n"
-            "inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmyhostname = mta.test\n"
-            f"mydestination = {LOCAL_DOMAIN}\nlocal_recipient_maps =\n"
-            "mynetworks = 127.0.0.0/8\nalias_maps =\nalias_database =\nrelayhost =\n"
-            "recipient_delimiter = +\nbiff = no\nsmtputf8_enable = yes\n"
-            f"virtual_mailbox_domains = {BOUNCE_DOMAIN}\n"
-            f"virtual_mailbox_base = {mail_root}\n"
-            f"virtual_mailbox_maps = inline:{{ {BOUNCE_MAILBOX}@{BOUNCE_DOMAIN}="
-            f"{BOUNCE_MAILBOX}/ }}\n"
-            f"virtual_uid_maps = static:{uid}\nvirtual_gid_maps = static:{gid}\n"
-            "virtual_minimum_uid = 1\n"
-            # Bounce at once, never defer: the test waits for one DSN, not a retry schedule.
-            "maximal_queue_lifetime = 0\nbounce_queue_lifetime = 0\n"
+            "inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmynetworks = 127.0.0.0/8\n"
+            "alias_maps =\nalias_database =\nsmtputf8_enable = yes\n" + main_cf
         )
         self.port = port
         try:
@@ -114,6 +101,61 @@ class BouncingPostfix:
         if done.returncode != 0:  # its log goes to syslog, if the machine has one
             raise AssertionError(f"postfix {command} failed: {done.stderr}{done.stdout}")
 
+    def stop(self) -> None:
+        try:
+            self._postfix("stop")
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RelayPostfix(PrivatePostfix):
+    """Relays everything from loopback to 127.0.0.1:`relay_port` (a real MTA in between)."""
+
+    def __init__(self, port: int, relay_port: int) -> None:
+        super().__init__(
+            port,
+            f"myhostname = relay.test\nmydestination =\nrelayhost = [127.0.0.1]:{relay_port}\n",
+        )
+
+
+class BouncingPostfix(PrivatePostfix):
+    """Postfix on 127.0.0.1:`port` that bounces `<anyone>@dest.example.net` to the sender and
+    delivers the DSNs for `@bounce.example.net` into `maildir` (created here, owned by `nobody`)."""
+
+    def __init__(self, port: int) -> None:
+        uid, gid = mail_ids()
+        root = Path(tempfile.mkdtemp(prefix="dispatch-bounce-mail-"))
+        root.chmod(0o755)
+        self.mail_root = mail_root = root / "mail"
+        mail_root.mkdir()
+        os.chown(mail_root, uid, gid)
+        self.maildir = mail_root / BOUNCE_MAILBOX
+        self._mail_folder = root
+        main_cf = (
+            "myhostname = mta.test\n"
+            f"mydestination = {LOCAL_DOMAIN}\nlocal_recipient_maps =\nrelayhost =\n"
+            "recipient_delimiter = +\nbiff = no\n"
+            f"virtual_mailbox_domains = {BOUNCE_DOMAIN}\n"
+            f"virtual_mailbox_base = {mail_root}\n"
+            f"virtual_mailbox_maps = inline:{{ {BOUNCE_MAILBOX}@{BOUNCE_DOMAIN}="
+            f"{BOUNCE_MAILBOX}/ }}\n"
+            f"virtual_uid_maps = static:{uid}\nvirtual_gid_maps = static:{gid}\n"
+            "virtual_minimum_uid = 1\n"
+            # Bounce at once, never defer: the test waits for one DSN, not a retry schedule.
+            "maximal_queue_lifetime = 0\nbounce_queue_lifetime = 0\n"
+        )
+        try:
+            super().__init__(port, main_cf, prefix="dispatch-postfix-bounce-")
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+
     def delivered(self) -> list[Path]:
         """The messages the virtual agent has written into the bounce Maildir so far."""
         new, cur = self.maildir / "new", self.maildir / "cur"
@@ -128,12 +170,6 @@ class BouncingPostfix:
 
     def stop(self) -> None:
         try:
-            self._postfix("stop")
+            super().stop()
         finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-    def __enter__(self) -> BouncingPostfix:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+            shutil.rmtree(self._mail_folder, ignore_errors=True)

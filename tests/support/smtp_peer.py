@@ -11,10 +11,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -183,83 +181,6 @@ class SmtpPeer:
             self.proc.stdout.close()
 
     def __enter__(self) -> SmtpPeer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-POSTFIX = Path("/usr/sbin/postfix")
-_POSTFIX_SERVICES = """\
-127.0.0.1:{port} inet n - n - - smtpd
-pickup unix n - n 60 1 pickup
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-flush unix n - n 1000? 0 flush
-proxymap unix - - n - - proxymap
-smtp unix - - n - - smtp
-relay unix - - n - - smtp
-showq unix n - n - - showq
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-"""
-
-
-class PrivatePostfix:
-    """A private Postfix (Debian's, as root) on 127.0.0.1:`port` with its own config, queue
-    and log in a temporary folder, relaying everything from loopback to `relay_port`."""
-
-    def __init__(self, port: int, relay_port: int) -> None:
-        if not POSTFIX.exists():
-            pytest.skip("Postfix is not installed (make system-deps installs it as root)")
-        if os.geteuid() != 0:
-            pytest.skip("a private Postfix instance needs root")
-        # Not under pytest's tmp_path: its daemons run as `postfix`, and that path is 0700.
-        self.folder = folder = Path(tempfile.mkdtemp(prefix="dispatch-postfix-"))
-        folder.chmod(0o755)
-        self.conf, queue, data = folder / "conf", folder / "queue", folder / "data"
-        for path in (self.conf, queue, data):
-            path.mkdir(parents=True)
-        shutil.chown(data, "postfix")
-        (self.conf / "master.cf").write_text(_POSTFIX_SERVICES.format(port=port))
-        (self.conf / "main.cf").write_text(
-            "compatibility_level = 3.6\n"
-            f"queue_directory = {queue}\ndata_directory = {data}\n"
-            "inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmyhostname = relay.test\n"
-            "mydestination =\nmynetworks = 127.0.0.0/8\nalias_maps =\nalias_database =\n"
-            f"relayhost = [127.0.0.1]:{relay_port}\nsmtputf8_enable = yes\n"
-        )
-        self.port = port
-        try:
-            self._postfix("start")
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-
-    def _postfix(self, command: str) -> None:
-        done = subprocess.run(
-            [str(POSTFIX), "-c", str(self.conf), command],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        if done.returncode != 0:  # its log goes to syslog, if the machine has one
-            raise AssertionError(f"postfix {command} failed: {done.stderr}{done.stdout}")
-
-    def stop(self) -> None:
-        try:
-            self._postfix("stop")
-        finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-    def __enter__(self) -> PrivatePostfix:
         return self
 
     def __exit__(self, *exc: object) -> None:

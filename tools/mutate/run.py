@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,22 +55,32 @@ TARGETS: dict[str, Target] = {
             f"dispatch_engine/worker/{stage}.py"
             for stage in ("claim", "prepare", "share", "pace", "begin", "send", "leases", "pool")
         ),
+        # Quick ones first (`-x`). Not the timed end-to-end pacing tests (a loaded machine
+        # stretches their send times: a false kill is no score; they run in `make test`).
         (
             "tests/test_leases.py",
             "tests/test_delivery.py",
-            "tests/test_dispatch_integrity.py",
-            "tests/test_pacing.py",
-            "tests/test_controls.py",
+            "tests/test_worker_stages.py",
+            "tests/test_settle.py",
+            "tests/test_provider_parking.py",
             "tests/test_smtp_transport.py",
+            "tests/test_controls.py",
+            "tests/test_pacing.py::test_a_small_campaign_is_not_stuck_behind_a_big_one",
+            "tests/test_isolation.py::test_a_campaign_that_cannot_compile_fails_alone_and_the_batch_goes_on",
+            "tests/test_lease_renewal.py",
         ),
     ),
     "recorder": Target(
         ("dispatch_engine/worker/record.py", "dispatch_engine/worker/settle.py"),
+        # Quickest first (`-x` stops at the first failure); the 8-refusal outage last (25 s).
         (
-            "tests/test_recorder_outage.py",
             "tests/test_delivery.py",
             "tests/test_metrics_counts.py",
+            "tests/test_settle.py",
+            "tests/test_recorder_stop.py",
             "tests/test_hooks_events.py",
+            "--deselect=tests/test_hooks_events.py::test_hook_sender_limited",  # pacing's, 5 s
+            "tests/test_recorder_outage.py",
         ),
     ),
     "recipients": Target(
@@ -282,13 +293,33 @@ def main() -> None:
         parser.error(f"unknown: {', '.join(sorted(unknown))}")
     OUT.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the copy on a stop
-    with tempfile.TemporaryDirectory(prefix="dispatch-mutate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="dispatch-mutate-") as tmp, shared_servers():
         tree = Path(tmp)
         copy_tree(tree)
         try:
             run_all(names, tree)
         finally:
             kill_leftovers(tree)
+
+
+@contextlib.contextmanager
+def shared_servers() -> Iterator[None]:
+    """One PostgreSQL and Redis for every test run of every mutant (tests/conftest.py takes
+    them from DISPATCH_TEST_*_URL): each run then skips an initdb and two server starts,
+    seconds per mutant on a loaded machine. Each run still gets a fresh database of its own
+    and a flushed Redis. They live outside the copy, so `kill_leftovers` spares them."""
+    if os.environ.get("DISPATCH_TEST_DATABASE_URL") and os.environ.get("DISPATCH_TEST_REDIS_URL"):
+        yield
+        return
+    from dispatch_engine.embedded import EmbeddedServers
+
+    with (
+        tempfile.TemporaryDirectory(prefix="dispatch-mutate-db-") as data,
+        EmbeddedServers(Path(data)) as servers,
+    ):
+        os.environ["DISPATCH_TEST_DATABASE_URL"] = servers.urls.database_url
+        os.environ["DISPATCH_TEST_REDIS_URL"] = servers.urls.redis_url
+        yield
 
 
 if __name__ == "__main__":

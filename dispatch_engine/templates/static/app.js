@@ -271,6 +271,8 @@ function startCompose() {
     for (const name of ["name", "subject", "body", "html", "hourly_limit", "daily_limit", "sender"]) {
       if (field(name).value !== "") data.append(name, field(name).value);
     }
+    const pool = [...(form.querySelector("#senders")?.selectedOptions || [])].map((o) => o.value);
+    if (pool.length) { data.delete("sender"); data.append("senders", pool.join(",")); }  // a pool
     if (startIso()) data.append("start_at", startIso());
     for (const [input, name] of [["delay_seconds", "delay_between_ms"], ["jitter_seconds", "delay_jitter_ms"]]) {
       const value = field(input).value;
@@ -286,7 +288,8 @@ function startCompose() {
       const result = await api("/api/emails/schedule", { method: "POST", body: data });
       location.assign(`/emails?scheduled=${result.campaign.id}`);
     } catch (err) {
-      showFieldError(form, err.error?.field, err.message).focus();
+      const where = err.error?.field?.startsWith("senders[") ? "senders" : err.error?.field;
+      showFieldError(form, where, err.message).focus();
       button.disabled = false;
       button.textContent = "Schedule";
     }

@@ -5,10 +5,32 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import campaigns, compose, emails, inbox, me, senders, sequences, stats, tokens
+from . import (
+    campaigns,
+    compose,
+    emails,
+    inbox,
+    me,
+    senders,
+    sequences,
+    stats,
+    suppressions,
+    tokens,
+)
 
 routes: list[web.AbstractRouteDef] = [
     route
-    for module in (campaigns, emails, inbox, stats, me, senders, compose, tokens, sequences)
+    for module in (
+        campaigns,
+        emails,
+        inbox,
+        stats,
+        me,
+        senders,
+        compose,
+        tokens,
+        suppressions,
+        sequences,
+    )
     for route in module.routes
 ]

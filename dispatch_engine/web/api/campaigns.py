@@ -11,6 +11,7 @@ from ...campaigns import ScheduleRequest, ScheduleResult, parse_schedule_request
 from ...errors import NotFound
 from ...models import User
 from ...parsing import idempotency_key
+from ...pools.present import add_today
 from ...recipients import Limits
 from ...waiting import campaign_wait
 from ..app_keys import CAMPAIGNS, QUEUE, SETTINGS, STORE
@@ -91,6 +92,7 @@ async def schedule(request: web.Request) -> web.Response:
         "accepted": detail["total"] if result.replayed else result.accepted,
         "rejected": result.rejected,
         "rejected_total": result.rejected_total,
+        "suppressed_total": result.suppressed,
     }
     if result.replayed:
         return json_response(body)
@@ -105,6 +107,7 @@ async def campaign(request: web.Request) -> web.Response:
     if detail is None:
         raise NotFound("no such campaign")
     wait = await campaign_wait(store, request.app[QUEUE], request.app[SETTINGS], user.id, detail)
+    await add_today(detail["pool"], store, request.app[QUEUE], request.app[SETTINGS].day_seconds)
     return json_response(campaign_json(detail) | wait_json(wait))
 
 

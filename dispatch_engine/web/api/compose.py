@@ -16,6 +16,7 @@ from ...campaigns import MAX_BODY, MAX_SUBJECT
 from ...errors import ValidationError
 from ...recipients import from_request
 from ...render import TemplateProblem, render_preview
+from ...suppressions import leave_out_suppressed
 from ..app_keys import SETTINGS, STORE
 from ..bodies import json_object, multipart_fields, off_loop, upload_limits, utf8
 from ..compose_check import check_form
@@ -44,16 +45,18 @@ async def check_recipients(request: web.Request) -> web.Response:
 
     The same parse as the schedule's (`recipients.from_request`), so the verdicts agree.
     """
-    current_user(request)
+    user = current_user(request)
     data = await _recipients_fields(request)
     limits = upload_limits(request.app[SETTINGS])
     parsed = await off_loop(from_request, data, limits)
+    await leave_out_suppressed(request.app[STORE], user.id, parsed)  # as the schedule will
     first = parsed.accepted[0] if parsed.accepted else None
     return json_response(
         {
             "valid": len(parsed.accepted),
             "rejected": parsed.rejected,
             "rejected_total": parsed.rejected_total,
+            "suppressed_total": parsed.suppressed,
             "columns": sorted(parsed.columns),
             "first": {"email": first.email, "vars": first.vars} if first else None,
         }
