@@ -135,4 +135,6 @@ class DispatchJob:
     attempts: int
     scheduled_at: datetime
     step: int = 0  # a sequence's follow-up: 1..10
-    thread_key: bytes | None = None  # a follow-up's: the first step's idempotency key
+    # A follow-up's: the Message-ID the first step went out with (its sender may have
+    # changed since, when a pool moved the recipient).
+    thread_message_id: str | None = None

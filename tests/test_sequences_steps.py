@@ -98,13 +98,12 @@ def test_a_follow_up_renders_threaded_with_the_re_subject() -> None:
         steps=(StepContent(1, None, "two {{ name }}", None),),
     )  # fmt: skip
     compiled = compiled_for(content, sender)
-    key = bytes(range(32))
+    first = "<first-went-out-as@old-sender.example>"  # a pool may have moved the recipient since
     job = DispatchJob(
         7, 1, 1, 1, "a@example.com", {"name": "A"}, DispatchStatus.SCHEDULED,
-        CampaignStatus.RUNNING, b"k" * 32, 0, datetime.now(UTC), step=1, thread_key=key,
+        CampaignStatus.RUNNING, b"k" * 32, 0, datetime.now(UTC), step=1, thread_message_id=first,
     )  # fmt: skip
     subject, raw = render_email(compiled, job, "<m2@example.com>", None)
-    first = f"<{key.hex()[:40]}@example.com>"
     assert subject == "Re: Hi A"
     assert (
         f"Message-ID: <m2@example.com>\r\nIn-Reply-To: {first}\r\nReferences: {first}\r\n".encode()
@@ -112,6 +111,6 @@ def test_a_follow_up_renders_threaded_with_the_re_subject() -> None:
     )
     assert b"two A" in raw
     subject, raw = render_email(
-        compiled, replace(job, step=0, thread_key=None), "<m1@example.com>", None
+        compiled, replace(job, step=0, thread_message_id=None), "<m1@example.com>", None
     )
     assert subject == "Hi A" and b"In-Reply-To" not in raw

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..models import CampaignContent, DispatchJob, Sender
-from ..render import CompiledCampaign, TemplateProblem, message_id_for
+from ..render import CompiledCampaign, TemplateProblem
 
 
 class CompiledSequence(CompiledCampaign):
@@ -51,9 +51,9 @@ def render_email(
     if not isinstance(compiled, CompiledSequence) or job.step not in compiled.steps:
         raise ValueError(f"the campaign has no step {job.step}")
     subject, raw = compiled.steps[job.step].render(job.recipient, job.vars, message_id, unsubscribe)
-    if job.thread_key is None:
+    first = job.thread_message_id
+    if first is None:
         return subject, raw
-    first = message_id_for(job.thread_key, compiled.sender.from_address)
     # The header line we wrote (a header value never holds CRLF, so this is the first one).
     line = f"\r\nMessage-ID: {message_id}\r\n".encode()
     thread = f"In-Reply-To: {first}\r\nReferences: {first}\r\n".encode()

@@ -19,7 +19,7 @@ class DeliveryQueries(Queries):
         rows = await self.pool.fetch(
             """SELECT d.id, d.campaign_id, d.sender_id, d.owner_id, d.recipient, d.vars,
                       d.status, c.status AS campaign_status, d.idempotency_key, d.attempts,
-                      d.scheduled_at, coalesce(d.step, 0) AS step, f.idempotency_key AS thread_key
+                      d.scheduled_at, coalesce(d.step, 0) AS step, f.message_id AS thread_message_id
                FROM dispatches d JOIN campaigns c ON c.id = d.campaign_id
                LEFT JOIN dispatches f ON f.id = d.first_id  -- a follow-up's first step
                WHERE d.id = ANY($1::bigint[])""",
@@ -39,7 +39,7 @@ class DeliveryQueries(Queries):
                 r["attempts"],
                 r["scheduled_at"],
                 r["step"],
-                r["thread_key"],
+                r["thread_message_id"],
             )
             for r in rows
         ]
