@@ -93,6 +93,16 @@ class Sender:
 
 
 @dataclass(frozen=True)
+class StepContent:
+    """A follow-up's templates (sequences): `subject` None is "Re: " + the first subject."""
+
+    step: int
+    subject: str | None
+    body_text: str
+    body_html: str | None
+
+
+@dataclass(frozen=True)
 class CampaignContent:
     """What a worker needs to render a campaign's emails; immutable once created."""
 
@@ -107,6 +117,7 @@ class CampaignContent:
     daily_limit: int | None = None
     delay_jitter_ms: int = 0
     send_window: WeeklyWindow | None = None  # applied in each recipient's own time zone
+    steps: tuple[StepContent, ...] = ()  # follow-ups of a sequence, in order
 
 
 @dataclass(frozen=True)
@@ -124,3 +135,7 @@ class DispatchJob:
     idempotency_key: bytes
     attempts: int
     scheduled_at: datetime
+    step: int = 0  # a sequence's follow-up: 1..10
+    # A follow-up's: the Message-ID the first step went out with (its sender may have
+    # changed since, when a pool moved the recipient).
+    thread_message_id: str | None = None

@@ -83,7 +83,7 @@ async def campaign(request: web.Request) -> web.Response:
     context = {
         "title": detail["name"] or detail["first_subject"] or detail["subject"],
         "campaign": detail,
-        "progress": progress(detail["counts"], detail["total"]),
+        "progress": progress(detail["counts"], detail.get("emails") or detail["total"]),
         "sender": sender,
         "pool": pool_json(detail.get("pool") or []),  # its senders, if several (pools/)
         "pacing": await _pacing(request, sender) if sender else None,
@@ -93,6 +93,10 @@ async def campaign(request: web.Request) -> web.Response:
         "wait": wait_json(
             await campaign_wait(store, request.app[QUEUE], settings, user.id, detail)
         ),
+        # A sequence's first recipients, each with a Stop button (_sequence.html).
+        "members": await store.list_members(detail["id"], 20, None, None)
+        if detail["sequence"]
+        else [],
     }
     replies = await store.campaign_replies(user.id, detail["id"], "reply", REPLIES_SHOWN + 1, None)
     context |= {  # docs/replies.md

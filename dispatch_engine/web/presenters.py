@@ -92,11 +92,14 @@ def campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
         },
         "total": total,
         "counts": counts,
-        "progress": round(done / total, 4) if total else 1.0,
+        # Of every email it sends (a sequence's follow-ups too: store "emails").
+        "progress": round(done / (detail.get("emails") or total), 4) if total else 1.0,
         "created_at": iso(detail["created_at"]),
         "pool": pool_json(detail.get("pool") or []),  # its senders, if it has several
         **campaign_feedback_json(detail),
         **campaign_naming(detail),
+        # Follow-ups (without their bodies) and recipients by state; null: no steps.
+        "sequence": detail.get("sequence"),
     }
 
 

@@ -13,6 +13,7 @@ from . import (
     me,
     replies,
     senders,
+    sequences,
     stats,
     suppressions,
     tokens,
@@ -30,6 +31,7 @@ routes: list[web.AbstractRouteDef] = [
         compose,
         tokens,
         suppressions,
+        sequences,
         replies,
     )
     for route in module.routes
