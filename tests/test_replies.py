@@ -28,6 +28,7 @@ from .support.helpers import auth, new_token, wait_for
 from .support.plugin_dirs import events, plugin_dir
 from .support.smtp_sink import free_port
 from .support.web_session import dev_login
+from .test_sequences import states, until_states
 
 ANN = "ann@receiver.example"
 RETURNS = (datetime.now(UTC) + timedelta(days=12)).date().isoformat()
@@ -64,7 +65,7 @@ def mailbox_of(dovecot: Dovecot, folder: str = "INBOX") -> dict[str, Any]:
 
 async def campaign_to(
     client: AppClient, store: Store, headers: dict[str, str], reply_mailbox: dict[str, Any],
-    recipients: list[str], subject: str = "Hello",
+    recipients: list[str], subject: str = "Hello", **extra: Any,
 ) -> tuple[int, dict[str, dict[str, Any]]]:  # fmt: skip
     """A sender with this reply mailbox, a campaign from it; (sender id, dispatch rows by
     recipient) once every email is sent."""
@@ -73,7 +74,7 @@ async def campaign_to(
     sender = await _json(await client.post("/api/senders", json=body, headers=headers), 201)
     assert "password" not in sender["reply_mailbox"] and sender["reply_mailbox"]["password_set"]
     payload = {"subject": subject, "body": "Hello there", "sender": sender["id"],
-               "recipients": recipients}  # fmt: skip
+               "recipients": recipients, **extra}  # fmt: skip
     await _json(await client.post("/api/emails/schedule", json=payload, headers=headers), 201)
 
     async def sent() -> bool:
@@ -257,3 +258,26 @@ async def test_readers_follow_the_senders_mailboxes(
     got = await _json(await client.patch(f"/api/senders/{sender_id}", json=patch, headers=headers))
     assert got["reply_mailbox"] is None
     await wait_for(lambda: _async(readers.reader_of(sender_id) is None))
+
+
+async def test_a_reply_stops_its_recipients_sequence_and_an_auto_reply_does_not(
+    mailbox: Dovecot, make_client: Start, settings: Settings, store: Store, tmp_path: Path
+) -> None:
+    """With "sequences": the reply read from the mailbox stops Ann's follow-ups; Bob's
+    out-of-office leaves his waiting for the next step."""
+    client = await make_client(reading(settings, plugin_dir(tmp_path, recorder="")))
+    headers = auth(await new_token(store))
+    bob = "bob@receiver.example"
+    steps = [{"after_days": 3, "subject": None, "body": "A follow-up"}]
+    sender_id, sent = await campaign_to(
+        client, store, headers, mailbox_of(mailbox), [ANN, bob], steps=steps
+    )
+    campaign_id = sent[ANN]["campaign_id"]
+    await until_states(store, campaign_id, {ANN: "waiting", bob: "waiting"})
+    await asyncio.to_thread(mailbox.append, reply(sent[ANN]["message_id"]))
+    away = reply(sent[bob]["message_id"], subject="Out of Office: Hello", author=bob,
+                 own_id="<a3@receiver.example>", body="Away until next week.")  # fmt: skip
+    await asyncio.to_thread(mailbox.append, away)
+    await cursor_at(store, sender_id, 2)
+    now = await states(store, campaign_id)
+    assert now[ANN] == ("replied", "replied") and now[bob][0] == "waiting", now
