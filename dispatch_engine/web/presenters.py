@@ -45,19 +45,12 @@ def listing(items: list[dict[str, Any]], next_cursor: str | int | None) -> dict[
 
 
 def reply_json(row: Any) -> dict[str, Any]:
-    """A reply (or auto-reply) to a campaign's email: who, when, its first lines."""
-    return {
-        "id": row["id"],
-        "dispatch_id": row["dispatch_id"],
-        "recipient": row["recipient"],
-        "kind": row["kind"],
-        "matched_by": row["matched_by"],  # thread (In-Reply-To/References) or subject
-        "from": row["from_address"],
-        "subject": row["subject"],
-        "snippet": row["snippet"],
-        "received_at": row["received_at"].isoformat(),
-        "returns_on": row["returns_on"].isoformat() if row["returns_on"] else None,
-    }
+    """A reply (or auto-reply) to a campaign's email: who, when, its first lines;
+    `matched_by` says how (thread: In-Reply-To/References; or subject)."""
+    keys = ("id", "dispatch_id", "recipient", "kind", "matched_by", "subject", "snippet")
+    return {**{k: row[k] for k in keys}, "from": row["from_address"],
+            "received_at": row["received_at"].isoformat(),
+            "returns_on": row["returns_on"].isoformat() if row["returns_on"] else None}  # fmt: skip
 
 
 def user_json(user: User) -> dict[str, Any]:
