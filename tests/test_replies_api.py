@@ -119,6 +119,7 @@ async def test_replies_are_listed_only_to_their_campaigns_owner_and_paged(
     campaign_id = made["campaign"]["id"]
     row = await store.pool.fetchrow("SELECT * FROM dispatches WHERE campaign_id = $1",
                                     campaign_id)  # fmt: skip
+    assert row is not None
     target = FeedbackTarget(row["id"], row["owner_id"], campaign_id, row["sender_id"],
                             row["recipient"], "sent")  # fmt: skip
     for n in range(3):
