@@ -33,6 +33,7 @@ from .queue import RedisQueue
 from .redis_client import connect_redis
 from .secretbox import secret_box
 from .senders import SenderService
+from .sequences.sequencer import Sequencer
 from .setting import settings_of
 from .store import Store
 from .sweeper import Sweeper
@@ -165,8 +166,13 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
         rotation=Rotation(app[STORE], app[QUEUE], settings),
     )
     task = asyncio.create_task(sweeper.run(), name="dispatch-sweeper")
+    # Follow-ups of sequences, made by the sweeper's leader only (sequences/sequencer.py).
+    sequencer = Sequencer(
+        app[STORE], app[QUEUE], day_seconds=settings.day_seconds, is_leader=lambda: sweeper.leader
+    )
+    steps = asyncio.create_task(sequencer.run(), name="dispatch-sequencer")
     yield
-    await cancel_and_wait(task)
+    await cancel_and_wait(task, steps)
     with contextlib.suppress(Exception):
         await sweeper.release()
 

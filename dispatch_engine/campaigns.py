@@ -21,6 +21,7 @@ from .recipient_hours import SendWindow, parse_send_window, reject_unknown_zones
 from .recipients import Limits, ParsedRecipients, from_request
 from .render import TemplateProblem, check_templates, idempotency_key, one_line, render_preview
 from .requeue import requeue
+from .sequences.steps import StepRequest, check_steps, parse_steps
 from .store import NewDispatch, Store
 from .suppressions import leave_out_suppressed
 
@@ -44,6 +45,7 @@ class ScheduleRequest:
     name: str | None = None  # shown in the lists; the subject stands in when there is none
     send_window: SendWindow | None = None  # in each recipient's own time zone
     senders: tuple[str | int, ...] = ()  # a pool instead of `sender` (pools/, docs/pools.md)
+    steps: tuple[StepRequest, ...] = ()  # follow-ups (sequences/steps.py)
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ def parse_schedule_request(
         name=name,
         send_window=send_window,
         senders=pool,
+        steps=check_steps(parse_steps(data.get("steps")), recipients),
     )
 
 
@@ -300,6 +303,8 @@ class CampaignService:
                     sender_id=sender.id,
                     rows=rows,
                     senders=None if pool is None else pool.of_row,
+                    steps=request.steps,  # and each recipient's place in them
+                    day_seconds=getattr(self.settings, "day_seconds", 86_400),
                 )
         except asyncpg.UniqueViolationError:
             # A concurrent request with the same Idempotency-Key won the race.

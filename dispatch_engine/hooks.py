@@ -235,3 +235,18 @@ class Hooks:
         await self._notify(
             "campaign_paused", campaign_id=campaign_id, owner_id=owner_id, reason=reason
         )
+
+    # ---- replies (docs/replies.md) ----
+
+    async def reply_received(
+        self, *, dispatch_id: int, campaign_id: int, recipient: str, from_address: str,
+        snippet: str,
+    ) -> None:  # fmt: skip
+        await self._notify(
+            "reply_received",
+            dispatch_id=dispatch_id,
+            campaign_id=campaign_id,
+            recipient=recipient,
+            from_address=from_address,
+            snippet=snippet,
+        )

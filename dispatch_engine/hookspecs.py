@@ -242,3 +242,25 @@ def campaign_paused(
     for refusals at RCPT or DATA, api for webhooks), after the pause is committed. Not
     called when a user pauses a campaign.
     """
+
+
+# ---- replies (docs/replies.md) ----
+
+
+@hookspec
+def reply_received(
+    dispatch_id: int,
+    campaign_id: int,
+    recipient: str,
+    from_address: str,
+    snippet: str,
+    settings: Settings,
+) -> Awaitable[None] | None:
+    """A person replied to an email (not an auto-reply, not a bounce). Returns nothing.
+
+    `recipient` is the email's recipient, `from_address` the reply's author (often the
+    same), `snippet` its first lines as plain text (at most 300 characters, quoted text left
+    out). Called once per reply, after its feedback event is recorded, in the process whose
+    sweeper role read it from the sender's reply mailbox (never in an api or worker process
+    that lacks the sweeper role).
+    """

@@ -89,6 +89,17 @@ class Sender:
     dkim_domain: str | None = None
     dkim_private_key: str | None = None  # sealed (secretbox.py); never shown
     dkim_public_key: str | None = None
+    reply_mailbox: dict[str, Any] | None = None  # its IMAP inbox for replies; password sealed
+
+
+@dataclass(frozen=True)
+class StepContent:
+    """A follow-up's templates (sequences): `subject` None is "Re: " + the first subject."""
+
+    step: int
+    subject: str | None
+    body_text: str
+    body_html: str | None
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,7 @@ class CampaignContent:
     daily_limit: int | None = None
     delay_jitter_ms: int = 0
     send_window: WeeklyWindow | None = None  # applied in each recipient's own time zone
+    steps: tuple[StepContent, ...] = ()  # follow-ups of a sequence, in order
 
 
 @dataclass(frozen=True)
@@ -123,3 +135,7 @@ class DispatchJob:
     idempotency_key: bytes
     attempts: int
     scheduled_at: datetime
+    step: int = 0  # a sequence's follow-up: 1..10
+    # A follow-up's: the Message-ID the first step went out with (its sender may have
+    # changed since, when a pool moved the recipient).
+    thread_message_id: str | None = None

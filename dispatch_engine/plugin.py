@@ -17,6 +17,7 @@ from .config import Settings
 from .consent import arf, dsn, verp  # bounce and complaint reports, VERP return paths
 from .consent.addresses import AddressError, normalize_address
 from .consent.feedback import Feedback, FeedbackEvent, FeedbackKind, FeedbackResult
+from .consent.reply_intake import ReplyIntake, ReplyMailbox, Taken  # reply mailboxes
 from .hookspecs import hookimpl
 from .login_config import GOOGLE_ISSUER, OidcClient
 from .pacing import (
@@ -84,11 +85,14 @@ __all__ = [
     "PacingRequest",
     "PermanentError",
     "PermanentReply",
+    "ReplyIntake",
+    "ReplyMailbox",
     "SendResult",
     "SenderAuthError",
     "SenderRateLimitedError",
     "Settings",
     "SettingsError",
+    "Taken",
     "TransientError",
     "Transport",
     "TransportContext",
@@ -108,6 +112,7 @@ __all__ = [
     "outbound",
     "read_settings",
     "redis_of",
+    "reply_intake_of",
     "roles_of",
     "setting",
     "settings_of",
@@ -146,3 +151,18 @@ def redis_of(app: web.Application) -> Redis:
     from .web.app_keys import REDIS
 
     return app[REDIS]
+
+
+def reply_intake_of(app: web.Application) -> ReplyIntake:
+    """Where a reply mailbox reader hands each message (started apps; docs/replies.md)."""
+    from .secretbox import secret_box
+    from .web.app_keys import FEEDBACK, HOOKS, SETTINGS, STORE
+
+    settings = app[SETTINGS]
+    return ReplyIntake(
+        app[STORE],
+        app[FEEDBACK],
+        app[HOOKS],
+        secret_box(settings),
+        allow_private=settings.private_targets_allowed,
+    )

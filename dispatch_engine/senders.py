@@ -13,6 +13,7 @@ from .errors import InvalidState, Malformed, NotFound, ValidationError
 from .models import Sender, User
 from .queue import RedisQueue
 from .render import one_line
+from .reply_mailbox import check_reply_target, parse_reply_mailbox
 from .secretbox import SecretBox
 from .store import Store
 from .transport import TransportRegistry, TransportSpec
@@ -21,6 +22,7 @@ from .warmup import parse_warmup
 FIELDS = {
     "from_address", "display_name", "reply_to", "transport", "settings", "hourly_limit",
     "min_gap_ms", "is_default", "daily_limit", "delay_jitter_ms", "warmup", "transactional",
+    "reply_mailbox",
 }  # fmt: skip
 SMTP_TLS = ("none", "starttls", "tls")
 WEBHOOK_KEYS = ("url", "password", "timeout")
@@ -232,6 +234,11 @@ class SenderService:
             if not isinstance(data["transactional"], bool):
                 raise ValidationError("transactional", "must be true or false")
             fields["transactional"] = data["transactional"]
+        if "reply_mailbox" in data:  # the IMAP inbox its replies are read from
+            old_mailbox = current.reply_mailbox if current else None
+            fields["reply_mailbox"] = parse_reply_mailbox(
+                data["reply_mailbox"], old_mailbox, self.box
+            )
         return fields
 
     async def create(self, user: User, data: Any, default_limit: int) -> Sender:
@@ -278,6 +285,10 @@ class SenderService:
                 fields["transport"],
                 fields["transport_settings"],
                 allow_private=self.allow_private_targets,
+            )
+        if fields.get("reply_mailbox") is not None:
+            await check_reply_target(
+                fields["reply_mailbox"], allow_private=self.allow_private_targets
             )
 
     async def get(self, user: User, sender_id: int) -> Sender:

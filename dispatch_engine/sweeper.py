@@ -62,6 +62,7 @@ class Sweeper:
         self.identity = secrets.token_hex(8)
         self._tick = redis.register_script(_TICK)
         self._housekept_at = -HOUSEKEEPING_EVERY_S
+        self.leader = False  # held the leader lock at the last pass (the sequencer asks)
 
     async def tick(self) -> int:
         """NOT_LEADER, LEADER or LEADER_DATA_LOST; the lock outlives three missed passes."""
@@ -109,6 +110,7 @@ class Sweeper:
         while True:
             try:
                 state = await self.tick()
+                self.leader = state != NOT_LEADER
                 if state != NOT_LEADER:
                     await self.sweep(full=full or state == LEADER_DATA_LOST)
                     full = False

@@ -29,7 +29,10 @@ from .support.tiers import assign
 if TYPE_CHECKING:
     from playwright.async_api import Browser
 
-TABLES = "captured_messages, ledger, dispatches, campaigns, senders, api_tokens, identities, users"
+TABLES = (
+    "captured_messages, ledger, dispatches, sequence_members, campaigns, senders, api_tokens,"
+    " identities, users"
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m unit` (etc.) deselects by the markers

@@ -26,11 +26,14 @@ ID_ROUTES = {
     ("GET", "/campaigns/{id}"),
     ("GET", "/inbox/{id}"),
     ("GET", "/api/campaigns/{id}"),
+    ("GET", "/api/campaigns/{id}/replies"),
     ("GET", "/api/inbox/{id}"),
     ("POST", "/api/campaigns/{id}/pause"),
     ("POST", "/api/campaigns/{id}/resume"),
     ("POST", "/api/campaigns/{id}/cancel"),
     ("POST", "/api/campaigns/{id}/retry-failed"),
+    ("GET", "/api/campaigns/{id}/recipients"),
+    ("POST", "/api/campaigns/{id}/recipients/{email}/stop"),
     ("GET", "/api/senders/{id}"),
     ("PATCH", "/api/senders/{id}"),
     ("DELETE", "/api/senders/{id}"),
@@ -134,7 +137,8 @@ async def test_user_b_cannot_see_or_touch_user_a(
                "/tokens/": a_token_id}  # fmt: skip
         for method, route in sorted(ID_ROUTES):
             prefix = route[: route.index("{id}")]
-            target = url(route.replace("{id}", str(ids[prefix])))
+            path = route.replace("{id}", str(ids[prefix]))
+            target = url(path.replace("{email}", "later@example.com"))
             sent_json: dict[str, str] | None = {} if method in ("POST", "PATCH") else None
             for headers in ({"X-CSRF-Token": b_csrf}, b_token):
                 if headers is b_token and method != "GET" and not route.startswith("/api/"):

@@ -41,7 +41,7 @@ FIELDS = [
     "transport", "min_gap_ms", "settings", "send_test_message", "start_local", "tz_offset",
     "delay_seconds", "next", "csrf_token", "daily_limit", "delay_jitter_ms", "name",
     "expires_in", "transactional", "List-Unsubscribe", "senders",
-    "emails", "email", "reason", "detail", "file",
+    "emails", "email", "reason", "detail", "file", "steps",
 ]  # fmt: skip
 FORGED = "a" * 29  # an unsubscribe token of the right shape (/u/{token}) whose MAC is wrong
 # Every provider webhook mounted (builtins/provider_webhooks), so the fuzz reaches them too.
@@ -55,7 +55,7 @@ JSON_ERROR_PREFIXES = ("/api/", "/hooks/")
 MODES = ["token", "session", "form"]  # A's API token; A's session (+ CSRF header); form only
 QUERY_KEYS = ["limit", "cursor", "scheduled_cursor", "sent_cursor", "scheduled", "cancel_queued",
               "tab", "status", "campaign_id", "sender_id", "q", "after", "before",
-              "email"]  # fmt: skip
+              "email", "state"]  # fmt: skip
 # A's query values are drawn from HOSTILE and these (B's suppressed address among them).
 QUERY_EXTRA = ["b-gone@b.example"]
 HOSTILE = [
@@ -205,8 +205,10 @@ async def _tenants(client: AppClient, store: Store) -> tuple[dict[str, str], str
         payload = {
             "subject": f"{MARKER} {n}",
             "body": f"{MARKER} body",
-            "recipients_csv": f"email,note\n{MARKER}{n}@b.example,{MARKER}\n",
+            "recipients_csv": f"email,note\n{MARKER}{n}@b.example,{MARKER}\nseq{n}@b.example,x\n",
             "sender": sender["id"],
+            # B's recipients are in a sequence: A must not list or stop them.
+            "steps": [{"after_days": 365, "body": f"{MARKER} again"}],
         }
         made = await (await client.post("/api/emails/schedule", json=payload, headers=b)).json()
         b_ids.append(str(made["campaign"]["id"]))
@@ -229,6 +231,7 @@ async def _tenants(client: AppClient, store: Store) -> tuple[dict[str, str], str
     b_ids += [str(m["id"]) for m in inbox["items"]]
     sent = await (await client.get("/api/emails/sent", headers=b)).json()
     b_ids += [str(m["id"]) for m in sent["items"]]
+    b_ids.append("seq0@b.example")  # a sequence's recipient, in /recipients/{email}
     return a_headers, csrf, b_ids
 
 
@@ -285,3 +288,7 @@ async def test_malformed_requests_to_every_route(
     # B's suppression is still there, whatever A sent to remove it.
     kept = await store.pool.fetchval("SELECT count(*) FROM suppressions WHERE detail = $1", MARKER)
     assert kept == 1
+    stopped = await store.pool.fetchval(
+        "SELECT count(*) FROM sequence_members WHERE state NOT IN ('active', 'waiting')"
+    )
+    assert stopped == 0  # no stop of A's reached B's recipients

@@ -1,6 +1,6 @@
 """Notify: a message to a Slack-compatible incoming webhook when a sender is limited or
 parked (its server keeps refusing its account), a campaign completes or pauses itself (its
-bounce or complaint rate), or an email bounces or draws a complaint.
+bounce or complaint rate), an email bounces or draws a complaint, or a reply arrives.
 
 Set `DISPATCH_NOTIFY_WEBHOOK_URL` (Slack, Mattermost, Rocket.Chat, Discord's `/slack` URL:
 anything that takes `{"text": …}`); unset, the plugin does nothing. Posts run in background
@@ -149,6 +149,20 @@ def dispatch_complained(
             settings,
             f":warning: {recipient} reported an email of campaign {campaign_id} as spam{more}",
         )
+
+
+@hookimpl
+def reply_received(
+    campaign_id: int, from_address: str, snippet: str, settings: Settings
+) -> None:  # docs/replies.md
+    # Written by anyone who can mail the sender: escaped, so it cannot ping @channel.
+    said = snippet.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    author = from_address.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    _post_later(
+        settings,
+        f":speech_balloon: Reply from {author} to campaign {campaign_id}: {said} "
+        f"{settings.public_url}/campaigns/{campaign_id}",
+    )
 
 
 @hookimpl

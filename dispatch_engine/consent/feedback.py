@@ -54,6 +54,13 @@ _MARKS = {
     FeedbackKind.HARD_BOUNCE: DispatchStatus.BOUNCED,
     FeedbackKind.COMPLAINT: DispatchStatus.COMPLAINED,
 }
+# Sequences: these stop the recipient's follow-ups (the member's stop reason).
+_STOPS = {
+    FeedbackKind.REPLY: "replied",
+    FeedbackKind.UNSUBSCRIBE: "unsubscribed",
+    FeedbackKind.HARD_BOUNCE: "bounced",
+    FeedbackKind.COMPLAINT: "complained",
+}
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,8 @@ class Feedback:
                 conn=conn,
             ):
                 reason = None  # suppressed before, for its first reason
+            if event.kind in _STOPS:  # no more follow-ups for this recipient (sequences)
+                await self.store.stop_sequence_of(conn, target.dispatch_id, _STOPS[event.kind])
         return Applied(event, target, email, reason, status)
 
     async def _over_soft_limit(self, conn: Conn, owner_id: int, email: str) -> bool:

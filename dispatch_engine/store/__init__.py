@@ -12,6 +12,7 @@ from .feedback import FeedbackQueries
 from .listings import ListingQueries
 from .policy import PolicyQueries
 from .pools import PoolQueries
+from .replies import ReplyQueries
 from .senders import SenderQueries
 from .suppressions import SuppressionQueries
 
@@ -26,6 +27,7 @@ class Store(
     FeedbackQueries,
     PolicyQueries,
     PoolQueries,
+    ReplyQueries,
 ):
     """The queries of every module, on one asyncpg pool."""
 

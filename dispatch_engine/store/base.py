@@ -55,6 +55,7 @@ def sender_from(row: asyncpg.Record) -> Sender:
         dkim_domain=row.get("dkim_domain"),
         dkim_private_key=row.get("dkim_private_key"),
         dkim_public_key=row.get("dkim_public_key"),
+        reply_mailbox=row.get("reply_mailbox"),
     )
 
 

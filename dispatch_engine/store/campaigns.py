@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -13,21 +13,26 @@ from ..models import (
     CampaignContent,
     CampaignStatus,
     DispatchStatus,
+    StepContent,
 )
 from ..recipient_hours import SendWindow
-from .base import NewDispatch, Queries
+from .base import NewDispatch
 from .policy import campaign_feedback
 from .pools import pool_of
+from .sequences import SequenceQueries
+
+if TYPE_CHECKING:
+    from ..sequences.steps import StepRequest
 
 
-def content_from(row: asyncpg.Record) -> CampaignContent:
+def content_from(row: asyncpg.Record, steps: tuple[StepContent, ...] = ()) -> CampaignContent:
     fields = dict(row)
     text, zone, holidays = fields.pop("send_window"), fields.pop("timezone"), fields.pop("holidays")
     window = SendWindow(text, zone, tuple(holidays)).window() if text else None
-    return CampaignContent(**fields, send_window=window)
+    return CampaignContent(**fields, send_window=window, steps=steps)
 
 
-class CampaignQueries(Queries):
+class CampaignQueries(SequenceQueries):  # a campaign's details include its sequence
     async def campaign_by_idempotency_key(self, owner_id: int, key: str) -> int | None:
         value = await self.pool.fetchval(
             "SELECT id FROM campaigns WHERE owner_id = $1 AND idempotency_key = $2", owner_id, key
@@ -99,33 +104,40 @@ class CampaignQueries(Queries):
         sender_id: int,
         rows: Sequence[NewDispatch],
         senders: Sequence[int] | None = None,  # a pool's: each row's sender (pools/)
+        steps: Sequence[StepRequest] = (),
+        day_seconds: int = 86_400,
     ) -> None:
-        await conn.copy_records_to_table(
-            "dispatches",
-            columns=[
-                "id",
-                "campaign_id",
-                "owner_id",
-                "sender_id",
-                "recipient",
-                "vars",
-                "scheduled_at",
-                "idempotency_key",
-            ],
-            records=[
-                (
-                    d.id,
-                    campaign_id,
-                    owner_id,
-                    sender_id if senders is None else senders[n],
-                    d.recipient,
-                    d.vars,
-                    d.scheduled_at,
-                    d.idempotency_key,
-                )
-                for n, d in enumerate(rows)
-            ],
+        """With `steps`: the dispatches are a sequence's first step (`step` 0), and the steps
+        and each recipient's member are written too (store/sequences.py, migration 0018)."""
+        columns = [
+            "id",
+            "campaign_id",
+            "owner_id",
+            "sender_id",
+            "recipient",
+            "vars",
+            "scheduled_at",
+            "idempotency_key",
+        ]
+        records: Any = (
+            (
+                d.id,
+                campaign_id,
+                owner_id,
+                sender_id if senders is None else senders[n],
+                d.recipient,
+                d.vars,
+                d.scheduled_at,
+                d.idempotency_key,
+            )
+            for n, d in enumerate(rows)
         )
+        if steps:
+            columns.append("step")
+            records = ((*r, 0) for r in records)
+        await conn.copy_records_to_table("dispatches", columns=columns, records=records)
+        if steps:
+            await self.create_sequence(conn, campaign_id, steps, rows, day_seconds)
 
     async def campaign_detail(self, owner_id: int, campaign_id: int) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(
@@ -146,6 +158,9 @@ class CampaignQueries(Queries):
         detail["counts"] = counts
         detail["pool"] = await pool_of(self.pool, campaign_id)  # store/pools.py: [] without one
         detail["feedback"] = await campaign_feedback(self.pool, campaign_id)
+        detail["sequence"] = sequence = await self.sequence_summary(campaign_id)
+        # The emails the campaign sends: a sequence's follow-ups too (made or still to make).
+        detail["emails"] = sum(counts.values()) + sequence["to_make"] if sequence else None
         return detail
 
     async def campaign_waiting(self, campaign_id: int) -> list[asyncpg.Record]:
@@ -170,7 +185,8 @@ class CampaignQueries(Queries):
                FROM campaigns WHERE id = ANY($1::bigint[])""",
             ids,
         )
-        return {r["id"]: content_from(r) for r in rows}
+        steps = await self.steps_of(ids)
+        return {r["id"]: content_from(r, steps.get(r["id"], ())) for r in rows}
 
     async def list_campaigns(
         self, owner_id: int, limit: int, before_id: int | None
@@ -218,6 +234,7 @@ class CampaignQueries(Queries):
 
     async def cancel_dispatches(self, campaign_id: int) -> list[asyncpg.Record]:
         """Cancel what has not started; emails already handed to a transport finish."""
+        await self.stop_campaign_members(campaign_id, "cancelled")  # those waiting for a step
         return await self.pool.fetch(
             """UPDATE dispatches SET status = 'cancelled', finished_at = now(),
                       updated_at = now()

@@ -19,8 +19,9 @@ class DeliveryQueries(Queries):
         rows = await self.pool.fetch(
             """SELECT d.id, d.campaign_id, d.sender_id, d.owner_id, d.recipient, d.vars,
                       d.status, c.status AS campaign_status, d.idempotency_key, d.attempts,
-                      d.scheduled_at
+                      d.scheduled_at, coalesce(d.step, 0) AS step, f.message_id AS thread_message_id
                FROM dispatches d JOIN campaigns c ON c.id = d.campaign_id
+               LEFT JOIN dispatches f ON f.id = d.first_id  -- a follow-up's first step
                WHERE d.id = ANY($1::bigint[])""",
             ids,
         )
@@ -37,6 +38,8 @@ class DeliveryQueries(Queries):
                 r["idempotency_key"],
                 r["attempts"],
                 r["scheduled_at"],
+                r["step"],
+                r["thread_message_id"],
             )
             for r in rows
         ]
@@ -185,6 +188,9 @@ class DeliveryQueries(Queries):
                UPDATE campaigns c SET status = CASE
                    WHEN NOT EXISTS (SELECT 1 FROM dispatches d WHERE d.campaign_id = c.id
                                     AND d.status IN ('scheduled', 'sending', 'rate_limited'))
+                    -- a sequence's recipients waiting for their next step (migration 0018)
+                    AND NOT EXISTS (SELECT 1 FROM sequence_members m
+                                    WHERE m.campaign_id = c.id AND m.state = 'waiting')
                    THEN 'completed' ELSE 'running' END,
                    updated_at = now()
                FROM old WHERE c.id = old.id

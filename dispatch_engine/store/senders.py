@@ -80,7 +80,7 @@ class SenderQueries(Queries):
         columns = ["from_address", "display_name", "reply_to", "transport",
                    "transport_settings", "hourly_limit", "min_gap_ms", "daily_limit",
                    "delay_jitter_ms", "transactional", "warmup_start", "warmup_step",
-                   "warmup_max", "warmup_started_at"]  # fmt: skip
+                   "warmup_max", "warmup_started_at", "reply_mailbox"]  # fmt: skip
         values = {c: fields[c] for c in columns if c in fields}
         unpark = (
             ", login_failures = 0, parked_reason = NULL, parked_at = NULL"

@@ -25,6 +25,7 @@ from .presenters import (
     campaign_row_view,
     message_parts,
     pacing_view,
+    reply_json,
     sanitize_html,
     wait_json,
 )
@@ -32,6 +33,7 @@ from .templating import render
 
 routes = web.RouteTableDef()
 PAGE_SIZE = 25
+REPLIES_SHOWN = 20  # the latest replies on a campaign page; the API pages through all
 
 
 def _path_id(request: web.Request) -> int:
@@ -81,7 +83,7 @@ async def campaign(request: web.Request) -> web.Response:
     context = {
         "title": detail["name"] or detail["first_subject"] or detail["subject"],
         "campaign": detail,
-        "progress": progress(detail["counts"], detail["total"]),
+        "progress": progress(detail["counts"], detail.get("emails") or detail["total"]),
         "sender": sender,
         "pool": pool_json(detail.get("pool") or []),  # its senders, if several (pools/)
         "pacing": await _pacing(request, sender) if sender else None,
@@ -91,6 +93,16 @@ async def campaign(request: web.Request) -> web.Response:
         "wait": wait_json(
             await campaign_wait(store, request.app[QUEUE], settings, user.id, detail)
         ),
+        # A sequence's first recipients, each with a Stop button (_sequence.html).
+        "members": await store.list_members(detail["id"], 20, None, None)
+        if detail["sequence"]
+        else [],
+    }
+    replies = await store.campaign_replies(user.id, detail["id"], "reply", REPLIES_SHOWN + 1, None)
+    context |= {  # docs/replies.md
+        "replies": [reply_json(r) for r in replies[:REPLIES_SHOWN]],
+        "more_replies": len(replies) > REPLIES_SHOWN,
+        "reads_replies": bool(sender and sender.reply_mailbox),
     }
     return render(request, "campaign.html", context, partial="_campaign_live.html")
 

@@ -21,6 +21,7 @@ from ..config import Settings
 from ..dkim.keys import sender_dns_record
 from ..models import TERMINAL_STATES, DispatchStatus, Sender, User
 from ..pools.present import pool_json
+from ..reply_mailbox import reply_mailbox_json
 from ..store.accounts import ApiToken
 from ..store.suppressions import Suppression
 from ..waiting import CampaignWait, wait_of
@@ -41,6 +42,15 @@ def iso_ms(ms: int | None) -> str | None:
 def listing(items: list[dict[str, Any]], next_cursor: str | int | None) -> dict[str, Any]:
     """One page of an API listing: its items and the cursor of the next page (or null)."""
     return {"items": items, "next_cursor": None if next_cursor is None else str(next_cursor)}
+
+
+def reply_json(row: Any) -> dict[str, Any]:
+    """A reply (or auto-reply) to a campaign's email: who, when, its first lines;
+    `matched_by` says how (thread: In-Reply-To/References; or subject)."""
+    keys = ("id", "dispatch_id", "recipient", "kind", "matched_by", "subject", "snippet")
+    return {**{k: row[k] for k in keys}, "from": row["from_address"],
+            "received_at": row["received_at"].isoformat(),
+            "returns_on": row["returns_on"].isoformat() if row["returns_on"] else None}  # fmt: skip
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -75,11 +85,14 @@ def campaign_json(detail: dict[str, Any]) -> dict[str, Any]:
         },
         "total": total,
         "counts": counts,
-        "progress": round(done / total, 4) if total else 1.0,
+        # Of every email it sends (a sequence's follow-ups too: store "emails").
+        "progress": round(done / (detail.get("emails") or total), 4) if total else 1.0,
         "created_at": iso(detail["created_at"]),
         "pool": pool_json(detail.get("pool") or []),  # its senders, if it has several
         **campaign_feedback_json(detail),
         **campaign_naming(detail),
+        # Follow-ups (without their bodies) and recipients by state; null: no steps.
+        "sequence": detail.get("sequence"),
     }
 
 
@@ -290,6 +303,7 @@ def sender_json(sender: Sender) -> dict[str, Any]:
         "transactional": sender.transactional,  # its bodies may go without the unsubscribe footer
         # The private key is never shown: only what to publish in DNS (docs/senders.md).
         "dkim": _dkim_json(sender),
+        "reply_mailbox": reply_mailbox_json(sender.reply_mailbox),  # docs/replies.md
         # Set when its server kept refusing its account: every email of it waits.
         "parked": {"reason": sender.parked_reason, "since": sender.parked_at.isoformat()}
         if sender.parked_reason is not None and sender.parked_at is not None

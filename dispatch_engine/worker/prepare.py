@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from ..models import CampaignContent, DispatchJob, DispatchStatus, Sender
 from ..pools.compiled import for_sender
 from ..render import CompiledCampaign, TemplateProblem
+from ..sequences.compiled import compiled_for
 from ..store import SendOutcome, Store
 from ..suppressions import address_key, why_suppressed
 from .settle import Settle
@@ -37,7 +38,7 @@ async def prepare_campaign(
     if sender is None:
         return "the campaign's sender no longer exists"
     try:
-        return await asyncio.to_thread(CompiledCampaign, content, sender)
+        return await asyncio.to_thread(compiled_for, content, sender)  # with its steps
     except TemplateProblem as exc:  # names the field: "body: the template cannot be …"
         return f"the campaign cannot be prepared: {exc}"[:1000]
     except Exception as exc:

@@ -24,6 +24,7 @@ from ..models import DispatchJob, DispatchStatus
 from ..pacing import WaitReason
 from ..queue import Lease
 from ..render import CompiledCampaign
+from ..sequences.compiled import render_email
 from ..store import SendOutcome
 from ..store.senders import WAITING
 from ..tasks import cancel_and_wait
@@ -144,7 +145,7 @@ class Send:
             return waiting(held, await self.health.wait(sender, job.id, held))
         try:
             unsubscribe = self.unsubscribe.for_dispatch(job.id)
-            subject, raw = compiled.render(job.recipient, job.vars, message_id, unsubscribe)
+            subject, raw = render_email(compiled, job, message_id, unsubscribe)  # any step
             raw = self.dkim.sign(sender, raw)
             transport = await self.transports.for_sender(sender)
             message = OutgoingMessage(

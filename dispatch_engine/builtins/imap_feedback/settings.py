@@ -1,4 +1,5 @@
-"""The DISPATCH_FEEDBACK_IMAP_* settings: the bounce mailbox the reader reads (docs/bounces.md)."""
+"""The DISPATCH_FEEDBACK_IMAP_* settings: the bounce mailbox the reader reads (docs/bounces.md);
+DISPATCH_REPLY_IMAP_*: how senders' reply mailboxes are read (docs/replies.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from dispatch_engine.plugin import ca_file, choice, setting, text, whole_number
 
+_CA_FILE = ca_file  # the field `ca_file` below hides the parser's name in the class body
 TLS_ALIASES = {
     **dict.fromkeys(("off", "false", "0", "no"), "none"),
     **dict.fromkeys(("ssl", "implicit", "true", "1", "yes"), "tls"),
@@ -63,6 +65,25 @@ class ImapFeedbackSettings:
         None,
         ca_file,
         "a PEM file of CA certificates trusted for the IMAP server besides the system's",
+    )
+    # Each sender's reply mailbox (replies.py; the mailboxes are set per sender in the API).
+    reply_poll_seconds: int = setting(
+        "DISPATCH_REPLY_IMAP_POLL_SECONDS",
+        60,
+        whole_number(1, 3600),
+        "how often each sender's reply mailbox is checked (IDLE reads new mail at once too)",
+    )
+    reply_lookback_days: int = setting(
+        "DISPATCH_REPLY_IMAP_LOOKBACK_DAYS",
+        14,
+        whole_number(0, 365),
+        "a reply mailbox read for the first time: its messages of the last days are read",
+    )
+    reply_ca_file: Path | None = setting(
+        "DISPATCH_REPLY_IMAP_CA_FILE",
+        None,
+        _CA_FILE,
+        "a PEM file of CA certificates trusted for reply mailboxes besides the system's",
     )
 
     @property

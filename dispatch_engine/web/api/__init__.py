@@ -5,10 +5,34 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import campaigns, compose, emails, inbox, me, senders, stats, suppressions, tokens
+from . import (
+    campaigns,
+    compose,
+    emails,
+    inbox,
+    me,
+    replies,
+    senders,
+    sequences,
+    stats,
+    suppressions,
+    tokens,
+)
 
 routes: list[web.AbstractRouteDef] = [
     route
-    for module in (campaigns, emails, inbox, stats, me, senders, compose, tokens, suppressions)
+    for module in (
+        campaigns,
+        emails,
+        inbox,
+        stats,
+        me,
+        senders,
+        compose,
+        tokens,
+        suppressions,
+        sequences,
+        replies,
+    )
     for route in module.routes
 ]
