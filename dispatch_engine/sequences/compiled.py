@@ -35,6 +35,13 @@ class CompiledSequence(CompiledCampaign):
                 message = str(exc).removeprefix(f"{exc.field}: ")
                 raise TemplateProblem(field, f"{field}: {message}") from None
 
+    def as_sender(self, sender: Sender) -> CompiledCampaign:
+        """A pool's other sender sends the follow-ups too (their From, Reply-To, footer)."""
+        other = super().as_sender(sender)
+        assert isinstance(other, CompiledSequence)
+        other.steps = {n: step.as_sender(sender) for n, step in self.steps.items()}
+        return other
+
 
 def compiled_for(content: CampaignContent, sender: Sender) -> CompiledCampaign:
     """What the worker compiles for a campaign: with its steps when it has any."""
