@@ -30,7 +30,7 @@ from .test_sequences import received, states, until_states
 
 __all__ = ["mailbox"]  # the Dovecot fixture, used by name
 
-DAY_S = 4  # long enough for a reply to be read (IDLE) before the next step is due
+DAY_S = 8  # long enough for a reply to be read (IDLE) before the next step is due, under load
 TOKYO, LOS_ANGELES = "Asia/Tokyo", "America/Los_Angeles"
 
 
