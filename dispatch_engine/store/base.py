@@ -9,7 +9,6 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from ..db import Conn as Conn  # the one alias (db.py), importable beside Queries
 from ..models import (
     DispatchStatus,
     Sender,

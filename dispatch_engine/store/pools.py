@@ -9,7 +9,8 @@ from typing import Any
 
 import asyncpg
 
-from .base import Conn, Queries
+from ..db import Conn
+from .base import Queries
 
 _QUEUED = ("scheduled", "rate_limited")  # not `sending`: an attempt has it, it stays
 _LIVE = ("scheduled", "running", "paused")

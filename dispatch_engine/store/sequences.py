@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from ..db import Conn
 from ..models import StepContent
-from .base import Conn, NewDispatch, Queries
+from .base import NewDispatch, Queries
 
 if TYPE_CHECKING:
     from ..sequences.steps import StepRequest
