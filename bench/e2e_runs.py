@@ -106,8 +106,9 @@ class SinkResults:
 
 def prerender(n: int) -> list[tuple[str, str, bytes]]:
     """N messages rendered the way the worker renders them (same headers and body)."""
+    from dispatch_engine.message_ids import idempotency_key, message_id_for
     from dispatch_engine.models import CampaignContent, Sender
-    from dispatch_engine.render import CompiledCampaign, idempotency_key, message_id_for
+    from dispatch_engine.render import CompiledCampaign
 
     sender = Sender(1, 1, "bench@example.com", "", None, "smtp", {}, 10_000_000, 0)
     content = CampaignContent(1, 1, 1, SUBJECT, BODY, None, 0, None)

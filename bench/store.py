@@ -36,10 +36,10 @@ from redis.asyncio import Redis
 
 from dispatch_engine.campaigns import CampaignService, parse_schedule_request
 from dispatch_engine.db import create_pool
+from dispatch_engine.message_ids import message_id_for
 from dispatch_engine.migrate import migrate
 from dispatch_engine.models import DispatchStatus
 from dispatch_engine.queue import RedisQueue
-from dispatch_engine.render import message_id_for
 from dispatch_engine.store import SendOutcome, Store
 
 STEPS = ("load_jobs", "begin_sends", "record_outcomes", "update_campaign_progress")

@@ -13,13 +13,14 @@ from . import senders
 from .config import Settings
 from .errors import InvalidState, NotFound, ValidationError
 from .hooks import Hooks
+from .message_ids import idempotency_key
 from .models import CampaignStatus, Sender, User
 from .parsing import aware_datetime, whole_number
 from .pools.request import enqueue_all, parse_senders, pool_for, sender_ref
 from .queue import RedisQueue
 from .recipient_hours import SendWindow, parse_send_window, reject_unknown_zones
 from .recipients import Limits, ParsedRecipients, from_request
-from .render import TemplateProblem, check_templates, idempotency_key, one_line, render_preview
+from .render import TemplateProblem, check_templates, one_line, render_preview
 from .requeue import requeue
 from .sequences.steps import StepRequest, check_steps, parse_steps
 from .store import NewDispatch, Store
@@ -98,16 +99,6 @@ def _campaign_name(value: Any) -> str | None:
     return value.strip()
 
 
-def _some_left(recipients: ParsedRecipients) -> None:
-    if not recipients.accepted:
-        raise ValidationError(
-            "recipients",
-            "no valid address found",
-            code="no_valid_recipients",
-            details={"rejected": recipients.rejected, "rejected_total": recipients.rejected_total},
-        )
-
-
 def parse_schedule_request(
     data: dict[str, Any], *, now: datetime, limits: Limits | None = None
 ) -> ScheduleRequest:
@@ -133,7 +124,7 @@ def parse_schedule_request(
     recipients = from_request(data, limits)
     if send_window is not None:
         reject_unknown_zones(recipients)
-    _some_left(recipients)
+    recipients.require_some()
     try:  # the last email must still be a date PostgreSQL and Python can hold
         last = start_at + timedelta(milliseconds=delay + jitter) * len(recipients.accepted)
     except OverflowError:
@@ -255,7 +246,7 @@ class CampaignService:
             sender = found
         # The owner's suppressed addresses are left out, reported as rejected lines.
         if await leave_out_suppressed(self.store, user.id, request.recipients):
-            _some_left(request.recipients)
+            request.recipients.require_some()
         pool = await pool_for(self.store, self.queue, self.settings, user.id, request)
         sender = pool.senders[0] if pool is not None else sender
         await check_campaign_templates(request)

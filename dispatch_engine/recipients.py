@@ -139,6 +139,16 @@ class ParsedRecipients:
         self._seen[key] = line
         self.accepted.append(Recipient(address, variables))
 
+    def require_some(self) -> None:
+        """A 422 on `recipients`, with the rejected lines, when no address is left."""
+        if not self.accepted:
+            raise ValidationError(
+                "recipients",
+                "no valid address found",
+                code="no_valid_recipients",
+                details={"rejected": self.rejected, "rejected_total": self.rejected_total},
+            )
+
     def line_of(self, address: str) -> int:
         """The line an accepted address came from."""
         return self._seen.get(address.lower(), 0)

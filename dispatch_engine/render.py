@@ -32,8 +32,6 @@ from markupsafe import escape
 
 from .consent.unsubscribe import VARIABLE as UNSUBSCRIBE_VARIABLE
 from .consent.unsubscribe import Unsubscribe
-from .message_ids import idempotency_key as idempotency_key  # re-exported: callers' path
-from .message_ids import message_id_for as message_id_for
 from .models import CampaignContent, Sender
 from .sandbox import MAX_RENDERED, LimitedEnvironment, TemplateLimitError, budget, render_limited
 

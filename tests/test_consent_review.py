@@ -17,7 +17,7 @@ from dispatch_engine.builtins.provider_webhooks.reported import MAX_MESSAGE_IDS
 from dispatch_engine.config import Settings
 from dispatch_engine.consent.feedback import Feedback, FeedbackEvent, FeedbackKind
 from dispatch_engine.consent.settings import ConsentSettings
-from dispatch_engine.render import message_id_for
+from dispatch_engine.message_ids import message_id_for
 from dispatch_engine.setting import settings_of
 from dispatch_engine.store import Store
 from dispatch_engine.store.feedback import FeedbackQueries

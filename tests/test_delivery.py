@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dispatch_engine.config import Settings
-from dispatch_engine.render import message_id_for
+from dispatch_engine.message_ids import message_id_for
 from dispatch_engine.store import Store
 
 from .support.app_client import Start

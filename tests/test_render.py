@@ -13,13 +13,12 @@ from typing import Any
 import jinja2
 import pytest
 
+from dispatch_engine.message_ids import idempotency_key, message_id_for
 from dispatch_engine.models import CampaignContent, Sender
 from dispatch_engine.render import (
     CompiledCampaign,
     TemplateProblem,
     check_templates,
-    idempotency_key,
-    message_id_for,
 )
 
 RECIPIENT = "ada@example.com"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hooks import Hooks
-from ..render import message_id_for
+from ..message_ids import message_id_for
 from ..reply_mailbox import port_of
 from ..secretbox import SecretBox, SecretError
 from ..store import Store

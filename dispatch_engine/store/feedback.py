@@ -9,7 +9,7 @@ from typing import NamedTuple
 from ..db import Conn
 from .base import Queries, db_text
 
-# render.message_id_for: `<40 hex digits of the idempotency key@domain>`.
+# message_ids.message_id_for: `<40 hex digits of the idempotency key@domain>`.
 _OUR_MESSAGE_ID = re.compile(r"<?([0-9a-f]{40})@[^>\s]+>?")
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import secrets
 
+from ..message_ids import message_id_for
 from ..models import DispatchJob
 from ..pools.compiled import for_job
 from ..pools.rotation import rehome
 from ..queue import Lease, RedisQueue
-from ..render import CompiledCampaign, message_id_for
+from ..render import CompiledCampaign
 from ..store import Store
 from .leases import Leases
 
